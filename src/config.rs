@@ -1,1 +1,425 @@
-//! (in progress)
+//! The herd's JSON configuration (PROTOCOL section 8), validated into typed values.
+//!
+//! Every problem is reported as one line naming the file, the place in it and what is wrong, e.g.
+//! `config/herd.json: servers[2].port: expected an integer from 1 to 65535, found "x"`.
+//! Relative paths in the file are taken relative to the directory the command runs in.
+
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "config/herd.json";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub servers: Vec<ServerConfig>,
+    /// Undirected links as pairs of indices into `servers`, each pair once, lower index first.
+    pub links: Vec<(usize, usize)>,
+    pub places: Option<PlacesConfig>,
+    pub local_places: Option<LocalPlacesConfig>,
+    pub log_dir: PathBuf,
+    pub herd_secret_env: Option<String>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub peer_port: u16,
+}
+
+impl ServerConfig {
+    /// Resolves `host` (an IP address, or a name resolved once here, at start-up, never on the loop).
+    pub fn resolve(&self, port: u16) -> Result<SocketAddr, String> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        (self.host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("server {}: cannot resolve host {:?}: {e}", self.name, self.host))?
+            .next()
+            .ok_or_else(|| format!("server {}: host {:?} has no address", self.name, self.host))
+    }
+
+    pub fn client_addr(&self) -> Result<SocketAddr, String> {
+        self.resolve(self.port)
+    }
+
+    pub fn peer_addr(&self) -> Result<SocketAddr, String> {
+        self.resolve(self.peer_port)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlacesApi {
+    Legacy,
+    New,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlacesConfig {
+    pub api: PlacesApi,
+    pub url: String,
+    /// The name of the environment variable holding the API key (never the key itself).
+    pub key_env: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub timeout_ms: u64,
+    /// Idle keep-alive connections kept per server.
+    pub pool_size: usize,
+    /// How long a Places answer may be served from the cache; 0 turns the cache off.
+    pub cache_ttl_s: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LocalPlacesConfig {
+    pub listen: SocketAddr,
+    pub ca_out: PathBuf,
+}
+
+/// Bounds on what one client or peer may cost. Every buffer in the server is bounded by one of these.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest command, in bytes before its LF.
+    pub max_line: usize,
+    pub max_clients: usize,
+    /// Unwritten reply bytes past which a client is no longer read until it drains.
+    pub client_output_soft: usize,
+    /// Unwritten reply bytes past which a client is dropped.
+    pub client_output_hard: usize,
+    /// Unwritten bytes past which a peer link is dropped (and resynced when it comes back).
+    pub peer_output_max: usize,
+    /// A client that sends nothing and is owed nothing for this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line: 16_384,
+            max_clients: 10_000,
+            client_output_soft: 256 * 1024,
+            client_output_hard: 4 * 1024 * 1024,
+            peer_output_max: 16 * 1024 * 1024,
+            idle_timeout_ms: 300_000,
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
+        let at = |e: String| format!("{}: {e}", path.display());
+        let value: Value = serde_json::from_str(text).map_err(|e| at(format!("not valid JSON: {e}")))?;
+        let mut config = from_value(&value).map_err(at)?;
+        config.path = path.to_path_buf();
+        Ok(config)
+    }
+
+    pub fn server_index(&self, name: &str) -> Option<usize> {
+        self.servers.iter().position(|s| s.name == name)
+    }
+
+    /// The neighbours of server `i`, as indices.
+    pub fn neighbours(&self, i: usize) -> Vec<usize> {
+        let mut out: Vec<usize> = self
+            .links
+            .iter()
+            .filter_map(|&(a, b)| if a == i { Some(b) } else if b == i { Some(a) } else { None })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Where the log file of server `name` goes.
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.log_dir.join(format!("{name}.log"))
+    }
+}
+
+/// A JSON object being read field by field, remembering where it is for error messages.
+struct Obj<'a> {
+    map: &'a Map<String, Value>,
+    at: String,
+}
+
+impl<'a> Obj<'a> {
+    fn new(v: &'a Value, at: &str) -> Result<Self, String> {
+        match v {
+            Value::Object(map) => Ok(Obj { map, at: at.to_string() }),
+            other => Err(format!("{}: expected an object, found {}", where_(at), describe(other))),
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.at)
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<&'a Value> {
+        self.map.get(key).filter(|v| !v.is_null())
+    }
+
+    fn require(&self, key: &str) -> Result<&'a Value, String> {
+        self.get(key).ok_or_else(|| format!("{}: missing", self.path(key)))
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(other) => Err(format!("{}: expected a non-empty string, found {}", self.path(key), describe(other))),
+        }
+    }
+
+    fn required_string(&self, key: &str) -> Result<String, String> {
+        self.require(key)?;
+        Ok(self.string(key)?.expect("present"))
+    }
+
+    fn integer(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, String> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => match v.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
+                _ => Err(format!("{}: expected an integer from {min} to {max}, found {}", self.path(key), describe(v))),
+            },
+        }
+    }
+
+    fn required_integer(&self, key: &str, min: u64, max: u64) -> Result<u64, String> {
+        self.require(key)?;
+        Ok(self.integer(key, min, max)?.expect("present"))
+    }
+
+    /// Refuses keys this object does not know, so that a typo is an error rather than a silent default.
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.map.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(format!("{}: unknown field (known: {})", self.path(k), known.join(", "))),
+            None => Ok(()),
+        }
+    }
+}
+
+fn where_(at: &str) -> &str {
+    if at.is_empty() {
+        "top level"
+    } else {
+        at
+    }
+}
+
+fn describe(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() > 40 {
+        format!("{}…", &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)])
+    } else {
+        text
+    }
+}
+
+fn from_value(value: &Value) -> Result<Config, String> {
+    let top = Obj::new(value, "")?;
+    top.only(&["servers", "links", "places", "local_places", "log_dir", "herd_secret_env", "limits"])?;
+
+    let servers_value = top.require("servers")?;
+    let Value::Array(items) = servers_value else {
+        return Err(format!("servers: expected an array, found {}", describe(servers_value)));
+    };
+    if items.is_empty() {
+        return Err("servers: the herd needs at least one server".into());
+    }
+    let mut servers = Vec::with_capacity(items.len());
+    let mut names = HashMap::new();
+    let mut ports: HashMap<(String, u16), String> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let at = format!("servers[{i}]");
+        let o = Obj::new(item, &at)?;
+        o.only(&["name", "host", "port", "peer_port"])?;
+        let name = o.required_string("name")?;
+        if name.bytes().any(|b| crate::protocol::is_whitespace(b) || b.is_ascii_control()) || name.len() > 64 {
+            return Err(format!("{at}.name: {name:?} must be 1 to 64 bytes without whitespace"));
+        }
+        if names.insert(name.clone(), i).is_some() {
+            return Err(format!("{at}.name: duplicate server name {name:?}"));
+        }
+        let host = o.string("host")?.unwrap_or_else(|| "127.0.0.1".into());
+        let port = o.required_integer("port", 1, 65535)? as u16;
+        let peer_port = o.required_integer("peer_port", 1, 65535)? as u16;
+        for (what, p) in [("port", port), ("peer_port", peer_port)] {
+            if let Some(other) = ports.insert((host.clone(), p), format!("{name}.{what}")) {
+                return Err(format!("{at}.{what}: port {p} on {host} is already used by {other}"));
+            }
+        }
+        servers.push(ServerConfig { name, host, port, peer_port });
+    }
+
+    let mut links = Vec::new();
+    if let Some(v) = top.get("links") {
+        let Value::Array(items) = v else {
+            return Err(format!("links: expected an array of [name, name] pairs, found {}", describe(v)));
+        };
+        for (i, item) in items.iter().enumerate() {
+            let pair = match item {
+                Value::Array(p) if p.len() == 2 => (p[0].as_str(), p[1].as_str()),
+                other => return Err(format!("links[{i}]: expected a pair [name, name], found {}", describe(other))),
+            };
+            let (Some(a), Some(b)) = pair else {
+                return Err(format!("links[{i}]: expected two server names, found {}", describe(item)));
+            };
+            let index = |n: &str| names.get(n).copied().ok_or_else(|| format!("links[{i}]: unknown server {n:?}"));
+            let (a, b) = (index(a)?, index(b)?);
+            if a == b {
+                return Err(format!("links[{i}]: a server cannot link to itself"));
+            }
+            let link = (a.min(b), a.max(b));
+            if links.contains(&link) {
+                return Err(format!("links[{i}]: duplicate link"));
+            }
+            links.push(link);
+        }
+    }
+
+    let places = top.get("places").map(|v| parse_places(v)).transpose()?;
+    let local_places = match top.get("local_places") {
+        None => None,
+        Some(v) => {
+            let o = Obj::new(v, "local_places")?;
+            o.only(&["listen", "ca_out"])?;
+            let listen = o.required_string("listen")?;
+            let listen = listen
+                .parse::<SocketAddr>()
+                .map_err(|_| format!("local_places.listen: expected IP:PORT, found {listen:?}"))?;
+            Some(LocalPlacesConfig { listen, ca_out: o.required_string("ca_out")?.into() })
+        }
+    };
+
+    let limits = match top.get("limits") {
+        None => Limits::default(),
+        Some(v) => parse_limits(v)?,
+    };
+
+    Ok(Config {
+        path: PathBuf::new(),
+        servers,
+        links,
+        places,
+        local_places,
+        log_dir: top.string("log_dir")?.unwrap_or_else(|| "logs".into()).into(),
+        herd_secret_env: top.string("herd_secret_env")?,
+        limits,
+    })
+}
+
+fn parse_places(v: &Value) -> Result<PlacesConfig, String> {
+    let o = Obj::new(v, "places")?;
+    o.only(&["api", "url", "key_env", "ca_file", "timeout_ms", "pool_size", "cache_ttl_s"])?;
+    let api = match o.string("api")?.as_deref() {
+        None | Some("legacy") => PlacesApi::Legacy,
+        Some("new") => PlacesApi::New,
+        Some(other) => return Err(format!("places.api: expected \"legacy\" or \"new\", found {other:?}")),
+    };
+    let url = o.required_string("url")?;
+    if !url.starts_with("https://") {
+        return Err(format!("places.url: expected an https:// URL, found {url:?}"));
+    }
+    Ok(PlacesConfig {
+        api,
+        url,
+        key_env: o.string("key_env")?,
+        ca_file: o.string("ca_file")?.map(PathBuf::from),
+        timeout_ms: o.integer("timeout_ms", 1, 600_000)?.unwrap_or(3000),
+        pool_size: o.integer("pool_size", 0, 64)?.unwrap_or(4) as usize,
+        cache_ttl_s: o.integer("cache_ttl_s", 0, 86_400)?.unwrap_or(300),
+    })
+}
+
+fn parse_limits(v: &Value) -> Result<Limits, String> {
+    let o = Obj::new(v, "limits")?;
+    let names = [
+        "max_line",
+        "max_clients",
+        "client_output_soft",
+        "client_output_hard",
+        "peer_output_max",
+        "idle_timeout_ms",
+    ];
+    o.only(&names)?;
+    let d = Limits::default();
+    let get = |k: &str, dflt: usize, min: u64, max: u64| -> Result<usize, String> {
+        Ok(o.integer(k, min, max)?.map_or(dflt, |n| n as usize))
+    };
+    let limits = Limits {
+        max_line: get("max_line", d.max_line, 16, 1 << 24)?,
+        max_clients: get("max_clients", d.max_clients, 1, 1 << 20)?,
+        client_output_soft: get("client_output_soft", d.client_output_soft, 1024, 1 << 30)?,
+        client_output_hard: get("client_output_hard", d.client_output_hard, 1024, 1 << 31)?,
+        peer_output_max: get("peer_output_max", d.peer_output_max, 64 * 1024, 1 << 31)?,
+        idle_timeout_ms: get("idle_timeout_ms", d.idle_timeout_ms as usize, 1, 1 << 40)? as u64,
+    };
+    if limits.client_output_hard < limits.client_output_soft {
+        return Err("limits.client_output_hard: must be at least limits.client_output_soft".into());
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("c.json"), text)
+    }
+
+    const GOOD: &str = r#"{
+        "servers": [
+            {"name": "A", "port": 1000, "peer_port": 2000},
+            {"name": "B", "host": "127.0.0.1", "port": 1001, "peer_port": 2001},
+            {"name": "C", "port": 1002, "peer_port": 2002}
+        ],
+        "links": [["A", "B"], ["C", "B"]],
+        "places": {"api": "new", "url": "https://127.0.0.1:1/v1/places:searchNearby", "key_env": "K"},
+        "log_dir": "l"
+    }"#;
+
+    #[test]
+    fn a_good_config_reads() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.servers.len(), 3);
+        assert_eq!(c.links, vec![(0, 1), (1, 2)]);
+        assert_eq!(c.neighbours(1), vec![0, 2]);
+        assert_eq!(c.neighbours(0), vec![1]);
+        let p = c.places.unwrap();
+        assert_eq!((p.api, p.timeout_ms, p.cache_ttl_s), (PlacesApi::New, 3000, 300));
+        assert_eq!(c.limits.max_line, 16_384);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases = [
+            (GOOD.replace(r#""port": 1001"#, r#""port": "x""#), "c.json: servers[1].port: expected an integer from 1 to 65535, found \"x\""),
+            (GOOD.replace(r#""port": 1001"#, r#""port": 1000"#), "c.json: servers[1].port: port 1000 on 127.0.0.1 is already used by A.port"),
+            (GOOD.replace(r#""name": "C""#, r#""name": "A""#), "c.json: servers[2].name: duplicate server name \"A\""),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["C", "Z"]"#), "c.json: links[1]: unknown server \"Z\""),
+            (GOOD.replace(r#", "peer_port": 2002"#, ""), "c.json: servers[2].peer_port: missing"),
+            (GOOD.replace(r#""log_dir""#, r#""log_dri""#), "c.json: log_dri: unknown field"),
+            (GOOD.replace(r#""new""#, r#""old""#), "c.json: places.api: expected \"legacy\" or \"new\", found \"old\""),
+            ("{".into(), "c.json: not valid JSON"),
+        ];
+        for (text, want) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.starts_with(want), "got {err:?}, want {want:?}");
+            assert!(!err.contains('\n'), "one line: {err:?}");
+        }
+    }
+}

@@ -13,3 +13,4 @@ pub mod places_service;
 pub mod protocol;
 pub mod record;
 pub mod server;
+pub mod up;

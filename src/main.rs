@@ -1,1 +1,100 @@
-fn main() {}
+//! The `herd` command line (PROTOCOL section 8): `up`, `serve`, `places`, `load`.
+
+use herd::config::{Config, DEFAULT_PATH};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  herd up [--config FILE]                      run every server of the config (and the local Places service)
+  herd serve NAME [--config FILE]              run one server in the foreground
+  herd places --listen ADDR --ca-out FILE      run the local Places-compatible HTTPS service
+  herd load [OPTIONS]                          the load generator (herd load --help)
+
+--config defaults to config/herd.json. Logging to stderr follows RUST_LOG (default: info).";
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = match args.first().map(String::as_str) {
+        Some("serve") => serve(&args[1..]),
+        Some("up") => up(&args[1..]),
+        Some("places") => herd::places_service::cli(&args[1..]),
+        Some("load") => herd::load::cli(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            0
+        }
+        Some("-V" | "--version") => {
+            println!("herd {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Some(other) => usage_error(&format!("unknown command {other:?}")),
+        None => usage_error("missing command"),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn usage_error(msg: &str) -> i32 {
+    eprintln!("herd: {msg}\n{USAGE}");
+    2
+}
+
+/// Splits `[NAME] [--config FILE]` in any order.
+fn config_and_names(args: &[String]) -> Result<(PathBuf, Vec<String>), String> {
+    let mut config = PathBuf::from(DEFAULT_PATH);
+    let mut names = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config = it.next().ok_or("--config needs a FILE")?.into(),
+            s if s.starts_with("--config=") => config = s["--config=".len()..].into(),
+            s if s.starts_with('-') => return Err(format!("unknown option {s:?}")),
+            s => names.push(s.to_string()),
+        }
+    }
+    Ok((config, names))
+}
+
+fn load_config(path: &std::path::Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        eprintln!("herd: {e}");
+        2
+    })
+}
+
+fn serve(args: &[String]) -> i32 {
+    let (path, names) = match config_and_names(args) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    let [name] = names.as_slice() else {
+        return usage_error("serve takes exactly one server NAME");
+    };
+    let config = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match herd::server::serve(&config, name) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("herd: {e}");
+            2
+        }
+    }
+}
+
+fn up(args: &[String]) -> i32 {
+    let (path, names) = match config_and_names(args) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    if !names.is_empty() {
+        return usage_error("up takes no server names");
+    }
+    let config = match load_config(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    herd::up::run(&config)
+}

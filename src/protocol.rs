@@ -1,1 +1,618 @@
-//! (in progress)
+//! The client protocol of PROTOCOL.md sections 2 to 4: parsing commands and formatting replies.
+//!
+//! Pure functions over byte slices: no I/O, no clock (the caller passes the time in), no allocation
+//! except into the output buffer the caller hands in. Everything here is exact: coordinates and times are
+//! validated and compared as decimal text, and the time difference is computed in integer nanoseconds.
+
+use std::cmp::Ordering;
+
+/// The six whitespace bytes of the protocol: SP, HT, LF, VT, FF, CR.
+#[inline]
+pub fn is_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+/// Iterator over the fields of a command: the runs of non-whitespace bytes.
+#[derive(Clone)]
+pub struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    pub fn new(line: &'a [u8]) -> Self {
+        Fields { rest: line }
+    }
+}
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let start = self.rest.iter().position(|&b| !is_whitespace(b))?;
+        let rest = &self.rest[start..];
+        let len = rest.iter().position(|&b| is_whitespace(b)).unwrap_or(rest.len());
+        self.rest = &rest[len..];
+        Some(&rest[..len])
+    }
+}
+
+/// Longest client id, in bytes.
+pub const MAX_CLIENT_ID: usize = 255;
+/// Largest WHATSAT bound.
+pub const MAX_BOUND: u8 = 20;
+
+/// One parsed client command. The slices borrow from the line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// No fields at all: ignored, no reply.
+    Blank,
+    IAmAt(IAmAt<'a>),
+    WhatsAt(WhatsAt<'a>),
+    /// Anything else: answered with `? <line>`.
+    Invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IAmAt<'a> {
+    pub client_id: &'a [u8],
+    pub location: &'a [u8],
+    pub client_time: &'a [u8],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhatsAt<'a> {
+    pub client_id: &'a [u8],
+    /// The radius in kilometres as the client wrote it (DIGITS or DIGITS.DIGITS, in (0, 50]).
+    pub radius_km: &'a [u8],
+    pub bound: u8,
+}
+
+/// Parses one command: `line` is the bytes before the LF (a CR before it is whitespace anyway).
+pub fn parse_command(line: &[u8]) -> Command<'_> {
+    let mut fields = Fields::new(line);
+    let Some(verb) = fields.next() else {
+        return Command::Blank;
+    };
+    let (Some(a), Some(b), Some(c), None) = (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Command::Invalid;
+    };
+    match verb {
+        b"IAMAT" if valid_client_id(a) && parse_location(b).is_some() && valid_time(c) => {
+            Command::IAmAt(IAmAt { client_id: a, location: b, client_time: c })
+        }
+        b"WHATSAT" if valid_client_id(a) && valid_radius(b) => match parse_bound(c) {
+            Some(bound) => Command::WhatsAt(WhatsAt { client_id: a, radius_km: b, bound }),
+            None => Command::Invalid,
+        },
+        _ => Command::Invalid,
+    }
+}
+
+#[inline]
+fn valid_client_id(id: &[u8]) -> bool {
+    // Fields never contain whitespace, so only the length is left to check.
+    !id.is_empty() && id.len() <= MAX_CLIENT_ID
+}
+
+/// A decimal number split at its point: `int` is DIGITS, `frac` is empty or DIGITS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decimal<'a> {
+    pub int: &'a [u8],
+    pub frac: &'a [u8],
+}
+
+/// Parses `DIGITS` or `DIGITS.DIGITS` (no sign, no exponent, digits on both sides of a point).
+#[inline]
+pub fn parse_decimal(s: &[u8]) -> Option<Decimal<'_>> {
+    let (int, frac) = match s.iter().position(|&b| b == b'.') {
+        Some(dot) => {
+            let (int, frac) = (&s[..dot], &s[dot + 1..]);
+            if frac.is_empty() {
+                return None;
+            }
+            (int, frac)
+        }
+        None => (s, &s[s.len()..]),
+    };
+    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(Decimal { int, frac })
+}
+
+impl Decimal<'_> {
+    /// The integer part without leading zeros (empty for zero).
+    fn int_trimmed(&self) -> &[u8] {
+        let zeros = self.int.iter().take_while(|&&b| b == b'0').count();
+        &self.int[zeros..]
+    }
+
+    /// The fraction without trailing zeros (empty for a whole number).
+    fn frac_trimmed(&self) -> &[u8] {
+        let zeros = self.frac.iter().rev().take_while(|&&b| b == b'0').count();
+        &self.frac[..self.frac.len() - zeros]
+    }
+
+    fn is_zero(&self) -> bool {
+        self.int_trimmed().is_empty() && self.frac_trimmed().is_empty()
+    }
+
+    /// Exact comparison of two decimals of any length: `.5` and `.50` are equal.
+    pub fn cmp_exact(&self, other: &Decimal<'_>) -> Ordering {
+        let (a, b) = (self.int_trimmed(), other.int_trimmed());
+        a.len()
+            .cmp(&b.len())
+            .then_with(|| a.cmp(b))
+            // With trailing zeros gone, digit strings compare as fractions do: "05" < "5" < "51".
+            .then_with(|| self.frac_trimmed().cmp(other.frac_trimmed()))
+    }
+
+    /// Whether this decimal is at most `limit` (a small whole number such as 90 or 180).
+    fn at_most(&self, limit: u32) -> bool {
+        let int = self.int_trimmed();
+        if int.len() > 9 {
+            return false;
+        }
+        let value = int.iter().fold(0u32, |v, &d| v * 10 + u32::from(d - b'0'));
+        value < limit || (value == limit && self.frac_trimmed().is_empty())
+    }
+}
+
+/// The client-time grammar: DIGITS or DIGITS.DIGITS.
+#[inline]
+pub fn valid_time(s: &[u8]) -> bool {
+    parse_decimal(s).is_some()
+}
+
+/// Compares two client times exactly. Both must satisfy [`valid_time`]; invalid text compares as zero.
+pub fn cmp_time(a: &[u8], b: &[u8]) -> Ordering {
+    let zero = Decimal { int: b"0", frac: b"" };
+    let a = parse_decimal(a).unwrap_or(zero);
+    let b = parse_decimal(b).unwrap_or(zero);
+    a.cmp_exact(&b)
+}
+
+/// A validated ISO 6709 location, split into its two signed coordinates (each with its sign).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location<'a> {
+    pub lat: &'a [u8],
+    pub lng: &'a [u8],
+}
+
+/// Parses `±DD[.D+]±DDD[.D+]` with latitude in [-90, 90] and longitude in [-180, 180].
+pub fn parse_location(s: &[u8]) -> Option<Location<'_>> {
+    if s.len() < 4 || !matches!(s[0], b'+' | b'-') {
+        return None;
+    }
+    let second = 1 + s[1..].iter().position(|&b| b == b'+' || b == b'-')?;
+    let (lat, lng) = (&s[..second], &s[second..]);
+    let lat_abs = parse_decimal(&lat[1..])?;
+    let lng_abs = parse_decimal(&lng[1..])?;
+    (lat_abs.at_most(90) && lng_abs.at_most(180)).then_some(Location { lat, lng })
+}
+
+/// WHATSAT radius: DIGITS or DIGITS.DIGITS, greater than 0 and at most 50.
+fn valid_radius(s: &[u8]) -> bool {
+    parse_decimal(s).is_some_and(|d| !d.is_zero() && d.at_most(50))
+}
+
+/// WHATSAT bound: DIGITS, 0 to 20 (leading zeros allowed, as for every DIGITS).
+fn parse_bound(s: &[u8]) -> Option<u8> {
+    let d = parse_decimal(s)?;
+    if !d.frac.is_empty() || !d.at_most(u32::from(MAX_BOUND)) {
+        return None;
+    }
+    Some(d.int_trimmed().iter().fold(0u8, |v, &b| v * 10 + (b - b'0')))
+}
+
+/// A point in time as the server's clock gives it: whole seconds and nanoseconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp {
+    pub secs: u64,
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    pub fn from_system_time(t: std::time::SystemTime) -> Self {
+        let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Timestamp { secs: d.as_secs(), nanos: d.subsec_nanos() }
+    }
+
+    fn as_nanos(self) -> i128 {
+        i128::from(self.secs) * 1_000_000_000 + i128::from(self.nanos)
+    }
+}
+
+/// Appends `now - client_time` as `±S.NNNNNNNNN`, exact: computed in integer nanoseconds from the decimal
+/// text and truncated toward zero past the ninth fraction digit. `client_time` must satisfy [`valid_time`].
+pub fn write_time_diff(out: &mut Vec<u8>, now: Timestamp, client_time: &[u8]) {
+    let t = parse_decimal(client_time).unwrap_or(Decimal { int: b"0", frac: b"" });
+    let int = t.int_trimmed();
+    let frac9 = |i: usize| t.frac.get(i).map_or(0, |d| i128::from(d - b'0'));
+    let frac_ns = (0..9).fold(0i128, |v, i| v * 10 + frac9(i));
+    // Digits past the ninth make the client time a little larger than `t_ns`.
+    let beyond_ns = t.frac.len() > 9 && t.frac[9..].iter().any(|&d| d != b'0');
+
+    // Up to 20 integer digits, t_ns < 10^29 fits an i128 with room to spare.
+    if int.len() <= 20 {
+        let secs = int.iter().fold(0i128, |v, &d| v * 10 + i128::from(d - b'0'));
+        let mut diff = now.as_nanos() - (secs * 1_000_000_000 + frac_ns);
+        // The exact difference is diff - ε with 0 < ε < 1 ns: truncating toward zero lowers a positive
+        // difference by one and leaves a negative one where it is.
+        if beyond_ns && diff > 0 {
+            diff -= 1;
+        }
+        let (sign, abs) = if diff < 0 { (b'-', diff.unsigned_abs()) } else { (b'+', diff.unsigned_abs()) };
+        out.push(sign);
+        write_u128(out, abs / 1_000_000_000);
+        out.push(b'.');
+        write_padded9(out, (abs % 1_000_000_000) as u32);
+        return;
+    }
+
+    // A client time beyond 10^20 seconds is far in the future of any clock: the difference is negative and
+    // its magnitude is t_ns - now, in decimal digits. ε only moves it toward zero, which truncation undoes.
+    let mut t_ns: Vec<u8> = int.to_vec();
+    t_ns.extend((0..9).map(|i| t.frac.get(i).copied().unwrap_or(b'0')));
+    let magnitude = sub_decimal(&t_ns, now.as_nanos() as u128);
+    let split = magnitude.len() - 9;
+    out.push(b'-');
+    out.extend_from_slice(&magnitude[..split]);
+    out.push(b'.');
+    out.extend_from_slice(&magnitude[split..]);
+}
+
+/// `a - b` for a decimal digit string `a` known to be larger than `b`, at least ten digits long.
+fn sub_decimal(a: &[u8], b: u128) -> Vec<u8> {
+    let mut digits = a.to_vec();
+    let mut borrow = 0u8;
+    let mut b = b;
+    for d in digits.iter_mut().rev() {
+        let sub = (b % 10) as u8 + borrow;
+        b /= 10;
+        let v = *d - b'0';
+        if v >= sub {
+            *d = b'0' + v - sub;
+            borrow = 0;
+        } else {
+            *d = b'0' + v + 10 - sub;
+            borrow = 1;
+        }
+    }
+    let zeros = digits.iter().take_while(|&&d| d == b'0').count().min(digits.len() - 10);
+    digits.drain(..zeros);
+    digits
+}
+
+fn write_u128(out: &mut Vec<u8>, mut v: u128) {
+    let mut buf = [0u8; 40];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn write_padded9(out: &mut Vec<u8>, mut v: u32) {
+    let mut buf = [b'0'; 9];
+    for slot in buf.iter_mut().rev() {
+        *slot = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+    out.extend_from_slice(&buf);
+}
+
+/// Appends the IAMAT reply `AT <server> <time-diff> <client-id> <location> <client-time>\n` and returns
+/// where its fields are, relative to the start of the line, so it can be stored without parsing it again.
+pub fn write_at(out: &mut Vec<u8>, server: &[u8], now: Timestamp, cmd: &IAmAt<'_>) -> AtFields {
+    let start = out.len();
+    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+        let from = (out.len() - start) as u32;
+        out.extend_from_slice(bytes);
+        (from, (out.len() - start) as u32)
+    };
+    out.extend_from_slice(b"AT ");
+    let server = field(out, server);
+    out.push(b' ');
+    write_time_diff(out, now, cmd.client_time);
+    out.push(b' ');
+    let client_id = field(out, cmd.client_id);
+    out.push(b' ');
+    let location = field(out, cmd.location);
+    out.push(b' ');
+    let client_time = field(out, cmd.client_time);
+    out.push(b'\n');
+    AtFields { server, client_id, location, client_time }
+}
+
+/// Appends the reply to an invalid command: `? <line>\n`, the line exactly as received (without its LF
+/// and a CR just before it, which the caller has already removed).
+pub fn write_invalid(out: &mut Vec<u8>, line: &[u8]) {
+    out.extend_from_slice(b"? ");
+    out.extend_from_slice(line);
+    out.push(b'\n');
+}
+
+/// The fields of a stored `AT` line, as byte ranges into it: what a record needs to compare and flood.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtFields {
+    pub server: (u32, u32),
+    pub client_id: (u32, u32),
+    pub location: (u32, u32),
+    pub client_time: (u32, u32),
+}
+
+/// Validates an `AT` line (with or without its final LF) as it travels between servers, and finds its
+/// fields. Everything is checked again: a peer is trusted to be a neighbour, not to be bug-free.
+pub fn parse_at(line: &[u8]) -> Option<AtFields> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let mut parts = body.split(|&b| b == b' ');
+    let (Some(b"AT"), Some(server), Some(diff), Some(id), Some(loc), Some(time), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let server_ok = !server.is_empty() && !server.iter().any(|&b| is_whitespace(b));
+    let id_ok = valid_client_id(id) && !id.iter().any(|&b| is_whitespace(b));
+    let diff_ok = diff.len() > 1
+        && matches!(diff[0], b'+' | b'-')
+        && parse_decimal(&diff[1..]).is_some_and(|d| d.frac.len() == 9);
+    if !(server_ok && id_ok && diff_ok && parse_location(loc).is_some() && valid_time(time)) {
+        return None;
+    }
+    let range = |s: &[u8]| {
+        let start = s.as_ptr() as usize - body.as_ptr() as usize;
+        (start as u32, (start + s.len()) as u32)
+    };
+    Some(AtFields {
+        server: range(server),
+        client_id: range(id),
+        location: range(loc),
+        client_time: range(time),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(secs: u64, nanos: u32) -> Timestamp {
+        Timestamp { secs, nanos }
+    }
+
+    fn diff(now: Timestamp, t: &str) -> String {
+        let mut out = Vec::new();
+        write_time_diff(&mut out, now, t.as_bytes());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn fields_split_on_all_six_whitespace_bytes() {
+        let line = b" \tIAMAT\x0bkiwi.cs.ucla.edu\x0c+34.068930-118.445127\r1520023934.918963997\r";
+        let fields: Vec<&[u8]> = Fields::new(line).collect();
+        assert_eq!(
+            fields,
+            vec![&b"IAMAT"[..], b"kiwi.cs.ucla.edu", b"+34.068930-118.445127", b"1520023934.918963997"]
+        );
+        assert!(matches!(parse_command(line), Command::IAmAt(_)));
+    }
+
+    #[test]
+    fn protocol_locations() {
+        let valid = [
+            "+34.068930-118.445127",
+            "+12-118",
+            "-33.8587+151.2100",
+            "+040.5-075.25",
+            "+90+180",
+            "-90-180",
+            "+90.000-180.0000",
+            "+0+0",
+            "-0.0-0.0",
+            "+000090+0000180",
+        ];
+        for loc in valid {
+            assert!(parse_location(loc.as_bytes()).is_some(), "{loc} should be valid");
+        }
+        let invalid = [
+            "+34.-118.",
+            "34.068930-118.445127",
+            "+34.068930118.445127",
+            "+90.0000001+0",
+            "-90.0000001+0",
+            "+0+180.0000001",
+            "+91+0",
+            "+0-181",
+            "+1e1+0",
+            "+34.0-118.4x",
+            "+34.0-118.4+",
+            "+.5+1",
+            "+1+.5",
+            "++1+1",
+            "+1+1-1",
+            "+1",
+            "+",
+            "",
+            "+ 1+1",
+            "+1+1.",
+            "+100000000000+0",
+        ];
+        for loc in invalid {
+            assert!(parse_location(loc.as_bytes()).is_none(), "{loc} should be invalid");
+        }
+        let loc = parse_location(b"+34.068930-118.445127").unwrap();
+        assert_eq!((loc.lat, loc.lng), (&b"+34.068930"[..], &b"-118.445127"[..]));
+    }
+
+    #[test]
+    fn protocol_times() {
+        for t in ["1520023934.918963997", "1646272345.1234567", "1700000000", "0", "0.0", "0001"] {
+            assert!(valid_time(t.as_bytes()), "{t} should be valid");
+        }
+        for t in ["1700000000.", ".5", "+5", "-5", "1e9", "", "1.2.3", "12a", "1,5"] {
+            assert!(!valid_time(t.as_bytes()), "{t} should be invalid");
+        }
+    }
+
+    #[test]
+    fn times_compare_exactly() {
+        use Ordering::*;
+        let cases = [
+            ("1700000300.0000000001", "1700000300", Greater),
+            ("0.5", "0.50", Equal),
+            ("0.5", "0.500000000000000000000001", Less),
+            ("01", "1", Equal),
+            ("1700000000", "999999999.999999999999", Greater),
+            ("9", "10", Less),
+            ("10.05", "10.5", Less),
+            ("0000000000000000000000000000000000000001", "1.0", Equal),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(cmp_time(a.as_bytes(), b.as_bytes()), want, "{a} vs {b}");
+            assert_eq!(cmp_time(b.as_bytes(), a.as_bytes()), want.reverse(), "{b} vs {a}");
+        }
+    }
+
+    #[test]
+    fn time_diff_is_exact() {
+        let now = ts(1520023935, 182837383);
+        assert_eq!(diff(now, "1520023934.918963997"), "+0.263873386");
+        assert_eq!(diff(ts(1700000000, 0), "1700000002.000000001"), "-2.000000001");
+        assert_eq!(diff(ts(1700000000, 0), "1700000000"), "+0.000000000");
+        assert_eq!(diff(ts(1700000000, 0), "1700000000.000000000000"), "+0.000000000");
+        // Truncation toward zero past the ninth digit, both signs.
+        assert_eq!(diff(ts(1700000001, 0), "1700000000.0000000001"), "+0.999999999");
+        assert_eq!(diff(ts(1700000000, 0), "1700000001.9999999999"), "-1.999999999");
+        assert_eq!(diff(ts(1700000000, 0), "1700000000.0000000001"), "+0.000000000");
+        assert_eq!(diff(ts(1700000000, 5), "1700000000.000000004999"), "+0.000000000");
+        assert_eq!(diff(ts(1700000000, 6), "1700000000.0000000049"), "+0.000000001");
+        // A 12-digit fraction, zero, and a 40-digit integer.
+        assert_eq!(diff(ts(1700000000, 0), "1699999999.123456789999"), "+0.876543210");
+        assert_eq!(diff(ts(1700000000, 1), "0"), "+1700000000.000000001");
+        let huge = "1234567890123456789012345678901234567890";
+        assert_eq!(diff(ts(1700000000, 0), huge), "-1234567890123456789012345678899534567890.000000000");
+        assert_eq!(diff(ts(1700000000, 0), &format!("{huge}.5")), "-1234567890123456789012345678899534567890.500000000");
+        assert_eq!(diff(ts(0, 0), "100000000000000000000"), "-100000000000000000000.000000000");
+    }
+
+    #[test]
+    fn iamat_reply_matches_the_spec_example() {
+        let line = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997";
+        let Command::IAmAt(cmd) = parse_command(line) else { panic!("valid IAMAT") };
+        let mut out = Vec::new();
+        let written = write_at(&mut out, b"Hill", ts(1520023935, 182837383), &cmd);
+        assert_eq!(
+            out,
+            b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\n"
+        );
+        let fields = parse_at(&out).unwrap();
+        assert_eq!(fields, written);
+        let s = |r: (u32, u32)| &out[r.0 as usize..r.1 as usize];
+        assert_eq!(s(fields.server), b"Hill");
+        assert_eq!(s(fields.client_id), b"kiwi.cs.ucla.edu");
+        assert_eq!(s(fields.location), b"+34.068930-118.445127");
+        assert_eq!(s(fields.client_time), b"1520023934.918963997");
+    }
+
+    #[test]
+    fn command_table() {
+        let id255 = "x".repeat(255);
+        let id256 = "x".repeat(256);
+        let valid_iamat = [
+            "IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997".to_string(),
+            "IAMAT a +12-118 1700000000".into(),
+            "IAMAT a +90-180 1646272345.1234567".into(),
+            "IAMAT a -90+180 1646272345.123456789012".into(),
+            format!("IAMAT {id255} +0+0 1"),
+            "IAMAT a +0+0 1234567890123456789012345678901234567890".into(),
+            "  IAMAT\ta\x0b+0+0\x0c1\r".into(),
+            "IAMAT ключ +0+0 1".into(),
+        ];
+        for line in &valid_iamat {
+            assert!(matches!(parse_command(line.as_bytes()), Command::IAmAt(_)), "{line:?}");
+        }
+        let valid_whatsat = [
+            ("WHATSAT kiwi.cs.ucla.edu 10 5", 5),
+            ("WHATSAT a 50 20", 20),
+            ("WHATSAT a 2.5 0", 0),
+            ("WHATSAT a 0.001 00020", 20),
+            ("WHATSAT a 050.000 1", 1),
+        ];
+        for (line, bound) in valid_whatsat {
+            match parse_command(line.as_bytes()) {
+                Command::WhatsAt(w) => assert_eq!(w.bound, bound, "{line}"),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        let invalid = [
+            "IAMAT".to_string(),
+            "IAMAT a +0+0".into(),
+            "IAMAT a +0+0 1 extra".into(),
+            "iamat a +0+0 1".into(),
+            "IAMAT a 34.0-118.0 1".into(),
+            "IAMAT a +90.0000001+0 1".into(),
+            "IAMAT a +0+0 1e9".into(),
+            "IAMAT a +0+0 1.".into(),
+            "IAMAT a +0+0 .5".into(),
+            "IAMAT a +0+0 +5".into(),
+            format!("IAMAT {id256} +0+0 1"),
+            "WHATSAT a 0 5".into(),
+            "WHATSAT a 0.0 5".into(),
+            "WHATSAT a 50.0001 5".into(),
+            "WHATSAT a 51 5".into(),
+            "WHATSAT a 10. 5".into(),
+            "WHATSAT a .5 5".into(),
+            "WHATSAT a 1e1 5".into(),
+            "WHATSAT a 10 21".into(),
+            "WHATSAT a 10 -1".into(),
+            "WHATSAT a 10 1.0".into(),
+            "WHATSAT a 10".into(),
+            format!("WHATSAT {id256} 10 5"),
+            "AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997".into(),
+            "HELLO".into(),
+            "\u{7f}\u{0}".into(),
+        ];
+        for line in &invalid {
+            assert_eq!(parse_command(line.as_bytes()), Command::Invalid, "{line:?}");
+        }
+        for blank in ["", " ", "\t\r", "\x0b\x0c \r"] {
+            assert_eq!(parse_command(blank.as_bytes()), Command::Blank, "{blank:?}");
+        }
+        let non_utf8 = b"IAMAT \xff\xfe +0+0 x";
+        assert_eq!(parse_command(non_utf8), Command::Invalid);
+        let mut out = Vec::new();
+        write_invalid(&mut out, non_utf8);
+        assert_eq!(out, b"? IAMAT \xff\xfe +0+0 x\n");
+    }
+
+    #[test]
+    fn at_lines_are_validated() {
+        let good = b"AT Bona -0.000000001 c +1+1 1.5\n";
+        assert!(parse_at(good).is_some());
+        for bad in [
+            &b"AT Bona +0.1 c +1+1 1.5"[..],
+            b"AT Bona 0.000000000 c +1+1 1.5",
+            b"AT  +0.000000000 c +1+1 1.5",
+            b"AT Bona +0.000000000 c +91+1 1.5",
+            b"AT Bona +0.000000000 c +1+1 1.",
+            b"AT Bona +0.000000000 c +1+1 1.5 x",
+            b"AT Bona +0.000000000 c +1+1",
+            b"IAMAT Bona +0.000000000 c +1+1 1",
+        ] {
+            assert!(parse_at(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}

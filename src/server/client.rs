@@ -1,0 +1,457 @@
+//! The client connection state machine.
+//!
+//! ```text
+//!            read data, answer lines                 output back under the soft bound
+//!   ┌──────┐ ─────────────────────────▶ ┌───────────┐ ◀──────────────────────────────
+//!   │ Open │   output over soft bound   │ Throttled │
+//!   └──────┘ ─────────────────────────▶ └───────────┘
+//!      │ EOF, over-long line, shut-down        │
+//!      ▼                                       ▼
+//!   ┌──────────┐  nothing owed, all written  ┌────────┐
+//!   │ Draining │ ──────────────────────────▶ │ Closed │ ◀── reset, write error, hard bound, idle
+//!   └──────────┘                             └────────┘
+//! ```
+//!
+//! * Input is read into the loop's shared scratch buffer; complete lines are answered straight from it and
+//!   only a trailing partial line (or lines held back while throttled) is copied into the connection's own
+//!   `input`. An idle connection owns no buffer at all.
+//! * Replies are appended to `out` and the connection is marked dirty; the loop writes every dirty
+//!   connection once at the end of the turn, so one unpipelined request costs one `read` and one `write`,
+//!   and a pipelined burst costs one of each for all of it.
+//! * A WHATSAT waiting on Places takes a place in `waiting`; replies to later commands queue behind it and
+//!   everything moves to `out` in arrival order once it is answered.
+//!
+//! Readiness is edge-triggered and tracked per socket (sozu's way): the `readable`/`writable` flags are set
+//! by events and cleared only when the kernel says `WouldBlock` (or, for reads, a short read: on Linux a
+//! read that returns less than asked has drained the socket, and new data raises a new edge).
+
+use super::event_loop::{CloseReason, Ctx, Whatsat, READS_PER_TURN};
+use crate::protocol::{self, Command};
+use mio::net::TcpStream;
+use mio::Token;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Reading and answering commands.
+    Open,
+    /// Too many unwritten reply bytes: not reading (and not answering held-back lines) until they drain.
+    Throttled,
+    /// No more input will be read; answering what is owed, then closing with the reason.
+    Draining(CloseReason),
+    /// Done: the loop deregisters and frees it at the end of the turn.
+    Closed(CloseReason),
+}
+
+/// A reply slot behind a WHATSAT that still waits on Places.
+enum Pending {
+    /// The WHATSAT itself: its AT line, known when it arrived, and the bound to cut the answer to.
+    Places { ticket: u64, at_line: Vec<u8>, bound: u8 },
+    /// Replies already made for later commands, coalesced into one buffer.
+    Ready(Vec<u8>),
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub token: Token,
+    pub state: State,
+    /// Unanswered input: a partial line, or whole lines held back while throttled.
+    input: Vec<u8>,
+    /// Replies not yet written; `out[sent..]` is what is left.
+    out: Vec<u8>,
+    sent: usize,
+    waiting: VecDeque<Pending>,
+    /// Bytes held in `waiting`'s ready buffers (for the output bounds).
+    waiting_bytes: usize,
+    readable: bool,
+    writable: bool,
+    /// The peer half-closed: read to EOF even after a short read.
+    hup: bool,
+    dirty: bool,
+    /// When the connection counts as idle, if nothing happens before.
+    pub idle_at: Instant,
+}
+
+/// What one `read` gave.
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    WouldBlock,
+    Failed,
+}
+
+impl Client {
+    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, idle_at: Instant) -> Client {
+        Client {
+            stream,
+            addr,
+            token,
+            state: State::Open,
+            input: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            waiting: VecDeque::new(),
+            waiting_bytes: 0,
+            readable: false,
+            // A new socket can take bytes: write optimistically, wait for an event only after WouldBlock.
+            writable: true,
+            hup: false,
+            dirty: false,
+            idle_at,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    /// Reply bytes made but not yet written (including those queued behind a pending WHATSAT).
+    fn unsent(&self) -> usize {
+        self.out.len() - self.sent + self.waiting_bytes
+    }
+
+    /// Whether the connection still owes the client anything.
+    fn owes(&self) -> bool {
+        !self.waiting.is_empty() || self.sent < self.out.len()
+    }
+
+    /// A readiness event for this socket.
+    pub fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_read_closed() || ev.is_error() {
+            self.hup = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() {
+            self.writable = true;
+            if self.sent < self.out.len() {
+                self.mark_dirty(ctx);
+            }
+        }
+        self.drive(ctx, scratch);
+    }
+
+    /// Runs the state machine until it has to wait for the kernel (or for Places).
+    pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        let mut reads = 0;
+        loop {
+            match self.state {
+                State::Open => {
+                    if !self.readable {
+                        return;
+                    }
+                    if reads == READS_PER_TURN {
+                        // Fairness: let the other connections have this turn; come back next turn.
+                        ctx.again.push(self.token);
+                        return;
+                    }
+                    reads += 1;
+                    match self.read(scratch, ctx) {
+                        ReadOutcome::Data(n) => {
+                            ctx.counters.bytes_in += n as u64;
+                            self.idle_at = ctx.now + ctx.idle_timeout;
+                            self.take_input(&scratch[..n], ctx);
+                        }
+                        ReadOutcome::Eof => self.end_of_input(ctx),
+                        ReadOutcome::WouldBlock => self.readable = false,
+                        ReadOutcome::Failed => self.state = State::Closed(CloseReason::Reset),
+                    }
+                }
+                State::Throttled => {
+                    if self.unsent() > ctx.limits.client_output_soft / 2 {
+                        return;
+                    }
+                    // Drained enough: answer the lines held back, then read again.
+                    self.state = State::Open;
+                    let held = std::mem::take(&mut self.input);
+                    self.take_input(&held, ctx);
+                }
+                State::Draining(reason) => {
+                    if self.owes() {
+                        return;
+                    }
+                    self.state = State::Closed(reason);
+                }
+                State::Closed(_) => return,
+            }
+        }
+    }
+
+    fn read(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> ReadOutcome {
+        loop {
+            return match self.stream.read(scratch) {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(n) => {
+                    // A short read drained the socket (epoll(7)); after a half-close keep reading to the EOF,
+                    // which will raise no new edge.
+                    if n < scratch.len() && !self.hup {
+                        self.readable = false;
+                    }
+                    ReadOutcome::Data(n)
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    ctx.log.event(format_args!("client {} read error: {e}", self.addr));
+                    ReadOutcome::Failed
+                }
+            };
+        }
+    }
+
+    /// The client half-closed: a final command without LF is still a command.
+    fn end_of_input(&mut self, ctx: &mut Ctx) {
+        self.readable = false;
+        let last = std::mem::take(&mut self.input);
+        if !last.is_empty() && self.state == State::Open {
+            self.command(&last, ctx);
+        }
+        if self.state == State::Open || self.state == State::Throttled {
+            self.state = State::Draining(CloseReason::Eof);
+        }
+    }
+
+    /// New bytes from the socket (or held-back input being resumed).
+    fn take_input(&mut self, data: &[u8], ctx: &mut Ctx) {
+        if self.input.is_empty() {
+            let used = self.lines(data, ctx);
+            self.keep(&data[used..], ctx);
+        } else {
+            let mut input = std::mem::take(&mut self.input);
+            input.extend_from_slice(data);
+            let used = self.lines(&input, ctx);
+            input.drain(..used);
+            let rest = std::mem::take(&mut input);
+            self.input = input;
+            self.keep(&rest, ctx);
+        }
+    }
+
+    /// Keeps unanswered bytes for later; an incomplete line already over the limit is a violation.
+    fn keep(&mut self, rest: &[u8], ctx: &mut Ctx) {
+        if self.state == State::Open && rest.len() > ctx.limits.max_line && !rest.contains(&b'\n') {
+            self.violation(rest.len(), ctx);
+            return;
+        }
+        if matches!(self.state, State::Open | State::Throttled) {
+            self.input.extend_from_slice(rest);
+        }
+    }
+
+    /// Answers every complete line of `buf` while the connection stays open; returns the bytes used.
+    fn lines(&mut self, buf: &[u8], ctx: &mut Ctx) -> usize {
+        let mut pos = 0;
+        while self.state == State::Open {
+            let Some(len) = memchr::memchr(b'\n', &buf[pos..]) else { break };
+            if len > ctx.limits.max_line {
+                self.violation(len, ctx);
+                return buf.len();
+            }
+            let line = &buf[pos..pos + len];
+            pos += len + 1;
+            self.command(line.strip_suffix(b"\r").unwrap_or(line), ctx);
+            if self.unsent() > ctx.limits.client_output_soft && self.state == State::Open {
+                self.state = State::Throttled;
+                ctx.counters.throttled += 1;
+            }
+        }
+        pos
+    }
+
+    /// A line over the limit: no reply to it, nothing after it is read; flush what is owed, then close.
+    fn violation(&mut self, len: usize, ctx: &mut Ctx) {
+        ctx.counters.line_too_long += 1;
+        ctx.log.event(format_args!(
+            "client {} sent a line of more than {} bytes ({len} seen): closing after replies owed",
+            self.addr, ctx.limits.max_line
+        ));
+        log::warn!("client {}: line longer than {} bytes, closing", self.addr, ctx.limits.max_line);
+        self.input = Vec::new();
+        self.readable = false;
+        self.state = State::Draining(CloseReason::LineTooLong);
+    }
+
+    /// Where a reply made now must go: straight to `out`, or behind a WHATSAT still waiting on Places.
+    fn reply_buf(&mut self) -> &mut Vec<u8> {
+        if self.waiting.is_empty() {
+            return &mut self.out;
+        }
+        if !matches!(self.waiting.back(), Some(Pending::Ready(_))) {
+            self.waiting.push_back(Pending::Ready(Vec::new()));
+        }
+        match self.waiting.back_mut() {
+            Some(Pending::Ready(buf)) => buf,
+            _ => unreachable!("just pushed"),
+        }
+    }
+
+    /// Answers one command.
+    fn command(&mut self, line: &[u8], ctx: &mut Ctx) {
+        ctx.log.command(self.addr, line);
+        let queued = !self.waiting.is_empty();
+        let token = self.token;
+        let buf = self.reply_buf();
+        let start = buf.len();
+        match protocol::parse_command(line) {
+            Command::Blank => {
+                ctx.counters.blank += 1;
+                return;
+            }
+            Command::Invalid => {
+                ctx.counters.invalid += 1;
+                protocol::write_invalid(buf, line);
+            }
+            Command::IAmAt(cmd) => {
+                ctx.counters.iamat += 1;
+                let fields = protocol::write_at(buf, &ctx.name, ctx.wall, &cmd);
+                ctx.store_and_flood(&buf[start..], fields, None);
+            }
+            Command::WhatsAt(cmd) => {
+                ctx.counters.whatsat += 1;
+                match ctx.whatsat(&cmd, token, buf) {
+                    Whatsat::Answered => {}
+                    Whatsat::UnknownClient => {
+                        ctx.counters.invalid += 1;
+                        protocol::write_invalid(buf, line);
+                    }
+                    Whatsat::Pending { ticket, at_line } => {
+                        self.waiting.push_back(Pending::Places { ticket, at_line, bound: cmd.bound });
+                        return;
+                    }
+                }
+            }
+        }
+        self.replied(start, queued, ctx);
+    }
+
+    /// Bookkeeping after a reply was appended at `start` of the reply buffer.
+    fn replied(&mut self, start: usize, queued: bool, ctx: &mut Ctx) {
+        let buf = if queued {
+            match self.waiting.back() {
+                Some(Pending::Ready(buf)) => buf,
+                _ => unreachable!("queued replies go to a ready buffer"),
+            }
+        } else {
+            &self.out
+        };
+        let reply = &buf[start..];
+        ctx.counters.replies += 1;
+        ctx.log.reply(self.addr, reply);
+        if queued {
+            self.waiting_bytes += reply.len();
+        } else {
+            self.mark_dirty(ctx);
+        }
+        if self.unsent() > ctx.limits.client_output_hard {
+            self.state = State::Closed(CloseReason::OutputBound);
+        }
+    }
+
+    /// Places answered the WHATSAT with this ticket: fill its slot and release every reply now in order.
+    pub fn places_answered(&mut self, ticket: u64, json: &[u8], ctx: &mut Ctx) {
+        let Some(slot) = self.waiting.iter_mut().find(|p| matches!(p, Pending::Places { ticket: t, .. } if *t == ticket))
+        else {
+            return;
+        };
+        let Pending::Places { at_line, .. } = slot else { unreachable!() };
+        let mut reply = std::mem::take(at_line);
+        reply.extend_from_slice(json);
+        reply.extend_from_slice(b"\n\n");
+        ctx.counters.replies += 1;
+        ctx.log.reply(self.addr, &reply);
+        self.waiting_bytes += reply.len();
+        *slot = Pending::Ready(reply);
+        while let Some(Pending::Ready(_)) = self.waiting.front() {
+            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else { unreachable!() };
+            self.waiting_bytes -= buf.len();
+            self.out.extend_from_slice(&buf);
+        }
+        self.mark_dirty(ctx);
+        if self.unsent() > ctx.limits.client_output_hard {
+            self.state = State::Closed(CloseReason::OutputBound);
+        }
+    }
+
+    /// The bound of the WHATSAT waiting on `ticket`, if it is still waiting.
+    pub fn bound_for(&self, ticket: u64) -> Option<u8> {
+        self.waiting.iter().find_map(|p| match p {
+            Pending::Places { ticket: t, bound, .. } if *t == ticket => Some(*bound),
+            _ => None,
+        })
+    }
+
+    fn mark_dirty(&mut self, ctx: &mut Ctx) {
+        if !self.dirty {
+            self.dirty = true;
+            ctx.dirty.push(self.token);
+        }
+    }
+
+    /// End of turn: write what is owed in one `write` (more only if the kernel took part of it).
+    pub fn flush(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        self.dirty = false;
+        while self.sent < self.out.len() && self.writable && !self.is_closed() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(n) => {
+                    self.sent += n;
+                    ctx.counters.bytes_out += n as u64;
+                    ctx.counters.writes += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => self.state = State::Closed(CloseReason::Reset),
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            // Give back the memory of a burst; keep a small buffer for the next reply.
+            if self.out.capacity() > 64 * 1024 {
+                self.out = Vec::new();
+            }
+        }
+        // Written output may let a throttled or draining connection move on.
+        self.drive(ctx, scratch);
+    }
+
+    /// Starts a graceful shut-down: answer what was received (including bytes still in the kernel), then close.
+    pub fn shut_down(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if self.state == State::Open {
+            // One last read of what the kernel already holds.
+            self.hup = true;
+            self.readable = true;
+            while self.state == State::Open && self.readable {
+                match self.read(scratch, ctx) {
+                    ReadOutcome::Data(n) => self.take_input(&scratch[..n], ctx),
+                    ReadOutcome::Eof | ReadOutcome::WouldBlock => self.readable = false,
+                    ReadOutcome::Failed => self.state = State::Closed(CloseReason::Reset),
+                }
+            }
+        }
+        if let State::Open | State::Throttled = self.state {
+            if !self.input.is_empty() && self.state == State::Open {
+                let last = std::mem::take(&mut self.input);
+                self.command(&last, ctx);
+            }
+            self.state = State::Draining(CloseReason::Shutdown);
+        }
+        self.drive(ctx, scratch);
+    }
+
+    /// Idle check from the loop's timer: closes a client that sent nothing and is owed nothing.
+    pub fn idle_check(&mut self, ctx: &mut Ctx) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        if self.idle_at > ctx.now || self.owes() {
+            return Some(self.idle_at.max(ctx.now + ctx.idle_timeout / 8));
+        }
+        self.state = State::Closed(CloseReason::Idle);
+        None
+    }
+}

@@ -1,0 +1,198 @@
+//! The server's own log file (PROTOCOL section 6): every command and reply, every connection opened and
+//! dropped, every Places request, start-up and shut-down.
+//!
+//! Logging every command at full rate must not be what limits throughput, so nothing here writes per line.
+//! Lines are formatted into one in-memory buffer with a timestamp formatted once per loop turn, and the
+//! buffer goes to the file in one `write` when it passes 64 KiB, when the loop's log timer fires (every
+//! 50 ms while there is something to write), and at shut-down. A regular-file write of 64 KiB lands in the
+//! page cache in microseconds; it is the only place the loop touches the disk.
+
+use crate::protocol::Timestamp;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// How often buffered lines reach the file at the latest.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+const FLUSH_AT: usize = 64 * 1024;
+/// Bytes of a reply body logged before the rest is summarised as a count.
+const BODY_PREVIEW: usize = 120;
+
+pub struct ServerLog {
+    file: Option<File>,
+    buf: Vec<u8>,
+    stamp: [u8; 27],
+}
+
+impl ServerLog {
+    /// Opens (appending) `path`, creating its directory if missing.
+    pub fn open(path: &Path) -> Result<ServerLog, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        Ok(ServerLog { file: Some(file), buf: Vec::with_capacity(FLUSH_AT * 2), stamp: [b'0'; 27] })
+    }
+
+    /// A log that keeps nothing (benchmarks of the loop without disk).
+    pub fn disabled() -> ServerLog {
+        ServerLog { file: None, buf: Vec::new(), stamp: [b'0'; 27] }
+    }
+
+    /// Sets the timestamp used by every line until the next call: once per loop turn.
+    pub fn set_time(&mut self, now: Timestamp) {
+        format_rfc3339_micros(now, &mut self.stamp);
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn start(&mut self, what: &str) -> &mut Vec<u8> {
+        self.buf.extend_from_slice(&self.stamp);
+        self.buf.push(b' ');
+        self.buf.extend_from_slice(what.as_bytes());
+        &mut self.buf
+    }
+
+    fn end(&mut self) {
+        self.buf.push(b'\n');
+        if self.buf.len() >= FLUSH_AT {
+            self.flush();
+        }
+    }
+
+    /// A free-form event: `text` is already printable.
+    pub fn event(&mut self, text: std::fmt::Arguments<'_>) {
+        if self.file.is_none() {
+            return;
+        }
+        let buf = self.start("");
+        let _ = buf.write_fmt(text);
+        self.end();
+    }
+
+    /// A command received from a client (bytes escaped).
+    pub fn command(&mut self, addr: SocketAddr, line: &[u8]) {
+        self.bytes("recv", addr, line, line.len());
+    }
+
+    /// A reply sent to a client. Long replies (WHATSAT's JSON) are cut after a preview and counted.
+    pub fn reply(&mut self, addr: SocketAddr, reply: &[u8]) {
+        let reply = reply.strip_suffix(b"\n").unwrap_or(reply);
+        self.bytes("send", addr, reply, BODY_PREVIEW);
+    }
+
+    /// A record received from or sent to a peer.
+    pub fn peer(&mut self, what: &str, peer: &str, line: &[u8]) {
+        if self.file.is_none() {
+            return;
+        }
+        let buf = self.start(what);
+        buf.push(b' ');
+        buf.extend_from_slice(peer.as_bytes());
+        buf.push(b' ');
+        escape_into(buf, line.strip_suffix(b"\n").unwrap_or(line));
+        self.end();
+    }
+
+    fn bytes(&mut self, what: &str, addr: SocketAddr, bytes: &[u8], limit: usize) {
+        if self.file.is_none() {
+            return;
+        }
+        let buf = self.start(what);
+        let _ = write!(buf, " {addr} ");
+        let shown = &bytes[..bytes.len().min(limit)];
+        escape_into(buf, shown);
+        if shown.len() < bytes.len() {
+            let _ = write!(buf, " …(+{} bytes)", bytes.len() - shown.len());
+        }
+        self.end();
+    }
+
+    /// Writes the buffer to the file: one `write` call for everything logged since the last flush.
+    pub fn flush(&mut self) {
+        if let Some(file) = &mut self.file {
+            if !self.buf.is_empty() {
+                if let Err(e) = file.write_all(&self.buf) {
+                    log::warn!("log write failed: {e}");
+                }
+            }
+        }
+        self.buf.clear();
+    }
+}
+
+impl Drop for ServerLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Printable ASCII is copied as is; everything else as `\n`, `\t`, `\r`, `\\` or `\xNN`, so one log line
+/// is one line whatever the client sent, and bytes that are not UTF-8 stay visible.
+pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x20..=0x7e => out.push(b),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
+        }
+    }
+}
+
+/// `2026-11-22T04:16:11.123456Z`, 27 bytes, from days-since-epoch arithmetic (Howard Hinnant's
+/// civil_from_days), so the loop never calls into libc's time zone machinery.
+pub fn format_rfc3339_micros(t: Timestamp, out: &mut [u8; 27]) {
+    let days = (t.secs / 86_400) as i64;
+    let rem = t.secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut w = std::io::Cursor::new(&mut out[..]);
+    let _ = write!(
+        w,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        t.nanos / 1000
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_format_as_rfc3339() {
+        let mut out = [0u8; 27];
+        format_rfc3339_micros(Timestamp { secs: 1_520_023_934, nanos: 918_963_997 }, &mut out);
+        assert_eq!(&out, b"2018-03-02T20:52:14.918963Z");
+        format_rfc3339_micros(Timestamp { secs: 951_782_400, nanos: 0 }, &mut out);
+        assert_eq!(&out, b"2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn escaping_keeps_one_line() {
+        let mut out = Vec::new();
+        escape_into(&mut out, b"a\\b\n\xff ok");
+        assert_eq!(out, b"a\\\\b\\n\\xff ok");
+    }
+}

@@ -1,0 +1,246 @@
+//! `herd up`: runs every server of a config as its own child process, plus the local Places service when
+//! the config has `local_places`, and stops them all on Ctrl-C or SIGTERM.
+//!
+//! This is a supervisor, not a server: it may use a thread per child pipe, since it only relays their
+//! output (each line prefixed with the child's name) and watches them. Children run in their own process
+//! group, so a terminal's Ctrl-C reaches only `up`, which then sends each child exactly one SIGTERM (a
+//! second signal would make a server exit at once); and each child gets SIGTERM from the kernel if `up`
+//! itself dies (PR_SET_PDEATHSIG), so no server is orphaned.
+
+use crate::config::Config;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_millis(1800);
+
+enum Msg {
+    Ready(usize),
+    Signal(i32),
+}
+
+struct Member {
+    name: String,
+    child: Child,
+    ready: bool,
+    exited: bool,
+}
+
+/// Runs the herd; returns the exit status.
+pub fn run(config: &Config) -> i32 {
+    if let Err(e) = check_ports(config) {
+        eprintln!("herd: {e}");
+        return 2;
+    }
+    let (tx, rx) = mpsc::channel();
+    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herd: cannot install signal handlers: {e}");
+            return 2;
+        }
+    };
+    let signal_tx = tx.clone();
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if signal_tx.send(Msg::Signal(sig)).is_err() {
+                break;
+            }
+        }
+    });
+
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("herd: cannot find my own executable: {e}");
+            return 2;
+        }
+    };
+    let config_arg = config.path.to_string_lossy().to_string();
+    let mut extra_env: Vec<(String, String)> = Vec::new();
+    if config.local_places.is_some() {
+        // The local service accepts any non-empty key. When none is given, make one up for this run so that
+        // the servers ask it the way they would ask Google, without any real key involved.
+        if let Some(var) = config.places.as_ref().and_then(|p| p.key_env.clone()) {
+            if std::env::var_os(&var).is_none() {
+                extra_env.push((var, random_hex(16)));
+            }
+        }
+    }
+
+    // Start-up in order: the local Places service first (the servers point at it), then every server.
+    let mut members: Vec<Member> = Vec::new();
+    let mut commands: Vec<(String, Vec<String>)> = Vec::new();
+    if let Some(local) = &config.local_places {
+        let args = vec![
+            "places".to_string(),
+            "--listen".into(),
+            local.listen.to_string(),
+            "--ca-out".into(),
+            local.ca_out.to_string_lossy().into(),
+        ];
+        commands.push(("places".into(), args));
+    }
+    let first_server = commands.len();
+    for s in &config.servers {
+        commands.push((s.name.clone(), vec!["serve".into(), s.name.clone(), "--config".into(), config_arg.clone()]));
+    }
+
+    let mut status = 0;
+    'start: for (i, (name, args)) in commands.iter().enumerate() {
+        match spawn(&exe, name, args, &extra_env, i, tx.clone()) {
+            Ok(child) => members.push(Member { name: name.clone(), child, ready: false, exited: false }),
+            Err(e) => {
+                eprintln!("herd: cannot start {name}: {e}");
+                status = 2;
+                break;
+            }
+        }
+        // The service must be up before servers that trust its CA start; servers start together.
+        let wait_for: Vec<usize> = if i + 1 == first_server || i + 1 == commands.len() { (0..=i).collect() } else { vec![] };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while wait_for.iter().any(|&j| !members[j].ready) {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Msg::Ready(j)) => members[j].ready = true,
+                Ok(Msg::Signal(_)) => {
+                    status = 130;
+                    break 'start;
+                }
+                Err(_) => {}
+            }
+            if let Some(m) = members.iter_mut().find_map(|m| matches!(m.child.try_wait(), Ok(Some(_))).then_some(m)) {
+                eprintln!("herd: {} exited during start-up; stopping the herd", m.name);
+                m.exited = true;
+                status = 2;
+                break 'start;
+            }
+            if Instant::now() > deadline {
+                eprintln!("herd: the herd did not start within {}s; stopping it", START_TIMEOUT.as_secs());
+                status = 2;
+                break 'start;
+            }
+        }
+    }
+
+    if status == 0 {
+        println!("herd: {} servers up{}; Ctrl-C stops them", config.servers.len(), if first_server > 0 { " with the local Places service" } else { "" });
+        loop {
+            match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Msg::Signal(sig)) => {
+                    println!("herd: signal {sig}: stopping the herd");
+                    break;
+                }
+                Ok(Msg::Ready(_)) | Err(_) => {}
+            }
+            for m in members.iter_mut().filter(|m| !m.exited) {
+                if let Ok(Some(st)) = m.child.try_wait() {
+                    m.exited = true;
+                    eprintln!("herd: {} exited ({st}); the rest of the herd keeps running", m.name);
+                }
+            }
+            if members.iter().all(|m| m.exited) {
+                eprintln!("herd: every member has exited");
+                status = 1;
+                break;
+            }
+        }
+    }
+
+    // Stop servers first, so WHATSATs already received still reach the Places service, then the service.
+    let split = first_server.min(members.len());
+    let (services, servers) = members.split_at_mut(split);
+    stop(servers);
+    stop(services);
+    status
+}
+
+/// Nothing half-started: every port the herd needs must be free before any child starts.
+fn check_ports(config: &Config) -> Result<(), String> {
+    let mut wanted = Vec::new();
+    for s in &config.servers {
+        wanted.push((format!("{} client port", s.name), s.client_addr()?));
+        wanted.push((format!("{} peer port", s.name), s.peer_addr()?));
+    }
+    if let Some(local) = &config.local_places {
+        wanted.push(("local Places service".into(), local.listen));
+    }
+    for (what, addr) in wanted {
+        // mio's bind sets SO_REUSEADDR as the servers do, so TIME_WAIT leftovers do not count as "in use".
+        mio::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+    }
+    Ok(())
+}
+
+fn spawn(
+    exe: &std::path::Path,
+    name: &str,
+    args: &[String],
+    env: &[(String, String)],
+    index: usize,
+    tx: mpsc::Sender<Msg>,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let prefix = format!("[{name}] ");
+    let out_prefix = prefix.clone();
+    std::thread::spawn(move || {
+        let mut ready_sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !ready_sent && line.contains(" listening on ") {
+                ready_sent = true;
+                let _ = tx.send(Msg::Ready(index));
+            }
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{out_prefix}{line}");
+        }
+    });
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{prefix}{line}");
+        }
+    });
+    Ok(child)
+}
+
+/// One SIGTERM each, then SIGKILL for whoever is still there when the time is up.
+fn stop(members: &mut [Member]) {
+    for m in members.iter_mut().filter(|m| !m.exited) {
+        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+        unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while Instant::now() < deadline && members.iter_mut().any(|m| !m.exited && m.child.try_wait().ok().flatten().is_none()) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for m in members.iter_mut() {
+        if matches!(m.child.try_wait(), Ok(None)) {
+            eprintln!("herd: {} did not stop in time; killing it", m.name);
+            let _ = m.child.kill();
+        }
+        let _ = m.child.wait();
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use ring::rand::SecureRandom;
+    let mut buf = vec![0u8; bytes];
+    let _ = ring::rand::SystemRandom::new().fill(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
