@@ -10,6 +10,11 @@
 //!   ┌──────────┐  nothing owed, all written  ┌────────┐
 //!   │ Draining │ ──────────────────────────▶ │ Closed │ ◀── reset, write error, hard bound, idle
 //!   └──────────┘                             └────────┘
+//!      │ over-long line: all written,               ▲
+//!      ▼ write side shut                            │ client EOF, or deadline
+//!   ┌───────────┐                                   │
+//!   │ Lingering │ ──────────────────────────────────┘
+//!   └───────────┘
 //! ```
 //!
 //! * Input is read into the loop's shared scratch buffer; complete lines are answered straight from it and
@@ -40,8 +45,12 @@ pub enum State {
     Open,
     /// Too many unwritten reply bytes: not reading (and not answering held-back lines) until they drain.
     Throttled,
-    /// No more input will be read; answering what is owed, then closing with the reason.
+    /// No more input will be answered; answering what is owed, then closing with the reason.
     Draining(CloseReason),
+    /// Everything owed was written and our side is shut: discarding the client's unread input until its
+    /// EOF or a short deadline. Closing with unread input would send a reset that can destroy the replies
+    /// still in flight to the client (nginx calls this a lingering close).
+    Lingering(CloseReason),
     /// Done: the loop deregisters and frees it at the end of the turn.
     Closed(CloseReason),
 }
@@ -72,9 +81,15 @@ pub struct Client {
     /// The peer half-closed: read to EOF even after a short read.
     hup: bool,
     dirty: bool,
-    /// When the connection counts as idle, if nothing happens before.
+    /// When the connection counts as idle, if nothing happens before (while lingering: when to give up).
     pub idle_at: Instant,
+    /// Bytes discarded while lingering.
+    lingered: usize,
 }
+
+/// How long a lingering close waits for the client's EOF, and how much input it discards at most.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// What one `read` gave.
 enum ReadOutcome {
@@ -102,6 +117,7 @@ impl Client {
             hup: false,
             dirty: false,
             idle_at,
+            lingered: 0,
         }
     }
 
@@ -175,7 +191,29 @@ impl Client {
                     if self.owes() {
                         return;
                     }
-                    self.state = State::Closed(reason);
+                    if reason == CloseReason::LineTooLong && !self.hup {
+                        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                        self.idle_at = ctx.now + LINGER;
+                        ctx.timers.add(self.idle_at, super::timer::Timer::Conn(self.token));
+                        self.state = State::Lingering(reason);
+                    } else {
+                        self.state = State::Closed(reason);
+                    }
+                }
+                State::Lingering(reason) => {
+                    if !self.readable {
+                        return;
+                    }
+                    match self.read(scratch, ctx) {
+                        ReadOutcome::Data(n) => {
+                            self.lingered += n;
+                            if self.lingered > LINGER_BYTES {
+                                self.state = State::Closed(reason);
+                            }
+                        }
+                        ReadOutcome::WouldBlock => self.readable = false,
+                        ReadOutcome::Eof | ReadOutcome::Failed => self.state = State::Closed(reason),
+                    }
                 }
                 State::Closed(_) => return,
             }
@@ -447,6 +485,13 @@ impl Client {
     pub fn idle_check(&mut self, ctx: &mut Ctx) -> Option<Instant> {
         if self.is_closed() {
             return None;
+        }
+        if let State::Lingering(reason) = self.state {
+            if self.idle_at <= ctx.now {
+                self.state = State::Closed(reason);
+                return None;
+            }
+            return Some(self.idle_at);
         }
         if self.idle_at > ctx.now || self.owes() {
             return Some(self.idle_at.max(ctx.now + ctx.idle_timeout / 8));

@@ -17,6 +17,7 @@ use crate::config::Config;
 /// `herd serve NAME`: binds, prints one line to stdout once listening, and runs until SIGTERM or SIGINT.
 /// Returns a one-line error for the exit status 2 cases (unknown name, port in use, bad log directory).
 pub fn serve(config: &Config, name: &str) -> Result<(), String> {
+    raise_fd_limit();
     let mut server = Server::bind(config, name)?;
     let (client, peer) = server.local_addrs();
     {
@@ -28,4 +29,17 @@ pub fn serve(config: &Config, name: &str) -> Result<(), String> {
     }
     ::log::info!("{name}: listening for clients on {client}, peers on {peer}");
     server.run()
+}
+
+/// Raises the soft limit on open files to the hard limit: every client costs a descriptor, and the
+/// default soft limit of 1,024 would cap the server long before `limits.max_clients`.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
 }

@@ -1,0 +1,269 @@
+//! Test harness: real `herd` processes on free loopback ports, plain blocking clients.
+//!
+//! Every process is waited for by its readiness line on stdout (never a sleep) and killed when its guard
+//! drops, so a failing test leaves nothing running. Every socket read has a time-out, so nothing hangs.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn herd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_herd")
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "herd-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running child process, killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    /// Lines the child printed on stdout after its readiness line.
+    pub stdout: mpsc::Receiver<String>,
+    pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    /// Starts `herd ARGS` and waits until it prints a line containing `ready_marker` on stdout.
+    pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], ready_marker: &str) -> Proc {
+        let mut cmd = Command::new(herd_bin());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn herd");
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr_lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stderr_lines.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut proc = Proc { child, name: name.to_string(), stdout: rx, stderr_lines };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match proc.stdout.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) if line.contains(ready_marker) => break,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Ok(Some(status)) = proc.child.try_wait() {
+                        panic!("{name} exited before it was ready ({status}): {:?}", proc.stderr());
+                    }
+                    assert!(Instant::now() < deadline, "{name} not ready in time: {:?}", proc.stderr());
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let status = proc.child.wait().unwrap();
+                    panic!("{name} closed stdout before it was ready ({status}): {:?}", proc.stderr());
+                }
+            }
+        }
+        proc
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr_lines.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// Waits for the process to exit, at most `limit`; returns its status (None on time-out).
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// One server of a test herd.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub name: String,
+    pub port: u16,
+    pub peer_port: u16,
+}
+
+/// A herd config written to a scratch directory, with free ports.
+pub struct HerdConfig {
+    pub dir: TempDir,
+    pub path: PathBuf,
+    pub members: Vec<Member>,
+}
+
+impl HerdConfig {
+    /// `names` with `links` (pairs of names); `extra` is spliced into the top-level object (e.g.
+    /// `"places": {...}`), or empty.
+    pub fn new(names: &[&str], links: &[(&str, &str)], extra: &str) -> HerdConfig {
+        let dir = TempDir::new("herd");
+        let members: Vec<Member> = names
+            .iter()
+            .map(|n| Member { name: n.to_string(), port: free_port(), peer_port: free_port() })
+            .collect();
+        let servers: Vec<String> = members
+            .iter()
+            .map(|m| format!(r#"{{"name": "{}", "host": "127.0.0.1", "port": {}, "peer_port": {}}}"#, m.name, m.port, m.peer_port))
+            .collect();
+        let links: Vec<String> = links.iter().map(|(a, b)| format!(r#"["{a}", "{b}"]"#)).collect();
+        let extra = if extra.is_empty() { String::new() } else { format!(",\n{extra}") };
+        let text = format!(
+            "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?}{extra}}}",
+            servers.join(",\n"),
+            links.join(", "),
+            dir.path().join("logs").to_string_lossy()
+        );
+        let path = dir.path().join("herd.json");
+        std::fs::write(&path, text).unwrap();
+        HerdConfig { dir, path, members }
+    }
+
+    pub fn member(&self, name: &str) -> &Member {
+        self.members.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.member(name).port
+    }
+
+    /// Starts `herd serve NAME` on this config.
+    pub fn serve(&self, name: &str) -> Proc {
+        self.serve_env(name, &[])
+    }
+
+    pub fn serve_env(&self, name: &str, envs: &[(&str, &str)]) -> Proc {
+        Proc::start(name, &["serve", name, "--config", self.path.to_str().unwrap()], envs, " listening on ")
+    }
+
+    pub fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+pub fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+/// The grader's client: connect, send, half-close, read ONCE. Returns what that single read gave.
+pub fn grader(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = connect(port);
+    s.write_all(bytes).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let n = s.read(&mut buf).expect("read");
+    buf.truncate(n);
+    buf
+}
+
+/// Connect, send, half-close, read until the server closes.
+pub fn ask(port: u16, bytes: &[u8]) -> Vec<u8> {
+    let mut s = connect(port);
+    s.write_all(bytes).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    read_to_end(&mut s)
+}
+
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read to end");
+    out
+}
+
+/// Reads until `out` ends with `suffix` (or fails on time-out / EOF).
+pub fn read_until(s: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !out.ends_with(suffix) {
+        let n = s.read(&mut buf).expect("read");
+        assert!(n > 0, "EOF before {:?}; got {:?}", String::from_utf8_lossy(suffix), String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    out
+}
+
+/// Current Unix time with nanoseconds, as text.
+pub fn now_text() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// Checks an `AT` reply line against the IAMAT it answers; returns the time difference in seconds.
+pub fn check_at(reply: &str, server: &str, id: &str, loc: &str, time: &str) -> f64 {
+    let fields: Vec<&str> = reply.strip_suffix('\n').expect("ends in LF").split(' ').collect();
+    assert_eq!(fields.len(), 6, "{reply:?}");
+    assert_eq!((fields[0], fields[1], fields[3], fields[4], fields[5]), ("AT", server, id, loc, time), "{reply:?}");
+    let diff = fields[2];
+    assert!(diff.starts_with('+') || diff.starts_with('-'), "{reply:?}");
+    let (_, frac) = diff.split_once('.').expect("a point");
+    assert_eq!(frac.len(), 9, "{reply:?}");
+    diff.parse::<f64>().unwrap()
+}
