@@ -19,7 +19,10 @@ pub struct Record {
 impl Record {
     /// Validates an `AT` line ending in LF and makes a record of it.
     pub fn parse(line: &[u8]) -> Option<Record> {
-        let mut record = Record { line: Vec::new(), fields: protocol::parse_at(line)? };
+        let mut record = Record {
+            line: Vec::new(),
+            fields: protocol::parse_at(line)?,
+        };
         record.line.extend_from_slice(line);
         if record.line.last() != Some(&b'\n') {
             record.line.push(b'\n');
@@ -54,7 +57,7 @@ impl Record {
 
     /// The herd's total order on records of one client: greater is more recent.
     pub fn cmp_recency(&self, other: &Record) -> Ordering {
-        RecencyKey::of(self).cmp(&RecencyKey::of(other))
+        RecencyKey::of(self).cmp_recency(&RecencyKey::of(other))
     }
 }
 
@@ -68,10 +71,14 @@ pub struct RecencyKey<'a> {
 
 impl<'a> RecencyKey<'a> {
     pub fn of(record: &'a Record) -> Self {
-        RecencyKey { client_time: record.client_time(), server: record.server(), location: record.location() }
+        RecencyKey {
+            client_time: record.client_time(),
+            server: record.server(),
+            location: record.location(),
+        }
     }
 
-    pub fn cmp(&self, other: &RecencyKey<'_>) -> Ordering {
+    pub fn cmp_recency(&self, other: &RecencyKey<'_>) -> Ordering {
         protocol::cmp_time(self.client_time, other.client_time)
             .then_with(|| self.server.cmp(other.server))
             .then_with(|| self.location.cmp(other.location))
@@ -100,7 +107,9 @@ impl RecordStore {
     }
 
     pub fn get(&self, client_id: &[u8]) -> Option<&Record> {
-        self.index.get(client_id).map(|&i| &self.records[i as usize])
+        self.index
+            .get(client_id)
+            .map(|&i| &self.records[i as usize])
     }
 
     /// The record at position `i` of insertion order (for anti-entropy cursors).
@@ -122,7 +131,7 @@ impl RecordStore {
         match self.index.get(id) {
             Some(&i) => {
                 let held = &mut self.records[i as usize];
-                if key.cmp(&RecencyKey::of(held)) != Ordering::Greater {
+                if key.cmp_recency(&RecencyKey::of(held)) != Ordering::Greater {
                     return false;
                 }
                 held.line.clear();
@@ -132,7 +141,10 @@ impl RecordStore {
             }
             None => {
                 self.index.insert(id.into(), self.records.len() as u32);
-                self.records.push(Record { line: line.to_vec(), fields });
+                self.records.push(Record {
+                    line: line.to_vec(),
+                    fields,
+                });
                 true
             }
         }
@@ -181,13 +193,21 @@ mod tests {
         assert_eq!(store.offer_line(&a), Some(false));
         assert_eq!(store.offer_line(&b), Some(false));
         assert_eq!(store.get(b"c").unwrap().line(), &c[..]);
-        assert_eq!(store.offer_line(&c), Some(false), "the same record again is not more recent");
+        assert_eq!(
+            store.offer_line(&c),
+            Some(false),
+            "the same record again is not more recent"
+        );
     }
 
     #[test]
     fn invalid_lines_are_refused() {
         let mut store = RecordStore::new();
-        assert_eq!(store.offer_line(b"AT Bona +0.000000001 c +1+1 1"), None, "no final LF");
+        assert_eq!(
+            store.offer_line(b"AT Bona +0.000000001 c +1+1 1"),
+            None,
+            "no final LF"
+        );
         assert_eq!(store.offer_line(b"AT Bona 1 c +1+1 1\n"), None);
         assert!(store.is_empty());
     }
@@ -196,7 +216,10 @@ mod tests {
     fn record_accessors() {
         let l = line("Bona", "kiwi", "+1-2", "3.25");
         let r = Record::parse(&l).unwrap();
-        assert_eq!((r.server(), r.client_id(), r.location(), r.client_time()), (&b"Bona"[..], &b"kiwi"[..], &b"+1-2"[..], &b"3.25"[..]));
+        assert_eq!(
+            (r.server(), r.client_id(), r.location(), r.client_time()),
+            (&b"Bona"[..], &b"kiwi"[..], &b"+1-2"[..], &b"3.25"[..])
+        );
         assert_eq!(r.line(), &l[..]);
     }
 }

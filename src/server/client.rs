@@ -58,7 +58,11 @@ pub enum State {
 /// A reply slot behind a WHATSAT that still waits on Places.
 enum Pending {
     /// The WHATSAT itself: its AT line, known when it arrived, and the bound to cut the answer to.
-    Places { ticket: u64, at_line: Vec<u8>, bound: u8 },
+    Places {
+        ticket: u64,
+        at_line: Vec<u8>,
+        bound: u8,
+    },
     /// Replies already made for later commands, coalesced into one buffer.
     Ready(Vec<u8>),
 }
@@ -194,7 +198,8 @@ impl Client {
                     if reason == CloseReason::LineTooLong && !self.hup {
                         let _ = self.stream.shutdown(std::net::Shutdown::Write);
                         self.idle_at = ctx.now + LINGER;
-                        ctx.timers.add(self.idle_at, super::timer::Timer::Conn(self.token));
+                        ctx.timers
+                            .add(self.idle_at, super::timer::Timer::Conn(self.token));
                         self.state = State::Lingering(reason);
                     } else {
                         self.state = State::Closed(reason);
@@ -212,7 +217,9 @@ impl Client {
                             }
                         }
                         ReadOutcome::WouldBlock => self.readable = false,
-                        ReadOutcome::Eof | ReadOutcome::Failed => self.state = State::Closed(reason),
+                        ReadOutcome::Eof | ReadOutcome::Failed => {
+                            self.state = State::Closed(reason)
+                        }
                     }
                 }
                 State::Closed(_) => return,
@@ -235,7 +242,8 @@ impl Client {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    ctx.log.event(format_args!("client {} read error: {e}", self.addr));
+                    ctx.log
+                        .event(format_args!("client {} read error: {e}", self.addr));
                     ReadOutcome::Failed
                 }
             };
@@ -285,7 +293,9 @@ impl Client {
     fn lines(&mut self, buf: &[u8], ctx: &mut Ctx) -> usize {
         let mut pos = 0;
         while self.state == State::Open {
-            let Some(len) = memchr::memchr(b'\n', &buf[pos..]) else { break };
+            let Some(len) = memchr::memchr(b'\n', &buf[pos..]) else {
+                break;
+            };
             if len > ctx.limits.max_line {
                 self.violation(len, ctx);
                 return buf.len();
@@ -308,7 +318,11 @@ impl Client {
             "client {} sent a line of more than {} bytes ({len} seen): closing after replies owed",
             self.addr, ctx.limits.max_line
         ));
-        log::warn!("client {}: line longer than {} bytes, closing", self.addr, ctx.limits.max_line);
+        log::warn!(
+            "client {}: line longer than {} bytes, closing",
+            self.addr,
+            ctx.limits.max_line
+        );
         self.input = Vec::new();
         self.readable = false;
         self.state = State::Draining(CloseReason::LineTooLong);
@@ -358,7 +372,11 @@ impl Client {
                         protocol::write_invalid(buf, line);
                     }
                     Whatsat::Pending { ticket, at_line } => {
-                        self.waiting.push_back(Pending::Places { ticket, at_line, bound: cmd.bound });
+                        self.waiting.push_back(Pending::Places {
+                            ticket,
+                            at_line,
+                            bound: cmd.bound,
+                        });
                         return;
                     }
                 }
@@ -392,11 +410,16 @@ impl Client {
 
     /// Places answered the WHATSAT with this ticket: fill its slot and release every reply now in order.
     pub fn places_answered(&mut self, ticket: u64, json: &[u8], ctx: &mut Ctx) {
-        let Some(slot) = self.waiting.iter_mut().find(|p| matches!(p, Pending::Places { ticket: t, .. } if *t == ticket))
+        let Some(slot) = self
+            .waiting
+            .iter_mut()
+            .find(|p| matches!(p, Pending::Places { ticket: t, .. } if *t == ticket))
         else {
             return;
         };
-        let Pending::Places { at_line, .. } = slot else { unreachable!() };
+        let Pending::Places { at_line, .. } = slot else {
+            unreachable!()
+        };
         let mut reply = std::mem::take(at_line);
         reply.extend_from_slice(json);
         reply.extend_from_slice(b"\n\n");
@@ -405,7 +428,9 @@ impl Client {
         self.waiting_bytes += reply.len();
         *slot = Pending::Ready(reply);
         while let Some(Pending::Ready(_)) = self.waiting.front() {
-            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else { unreachable!() };
+            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else {
+                unreachable!()
+            };
             self.waiting_bytes -= buf.len();
             self.out.extend_from_slice(&buf);
         }
@@ -418,7 +443,9 @@ impl Client {
     /// The bound of the WHATSAT waiting on `ticket`, if it is still waiting.
     pub fn bound_for(&self, ticket: u64) -> Option<u8> {
         self.waiting.iter().find_map(|p| match p {
-            Pending::Places { ticket: t, bound, .. } if *t == ticket => Some(*bound),
+            Pending::Places {
+                ticket: t, bound, ..
+            } if *t == ticket => Some(*bound),
             _ => None,
         })
     }

@@ -172,7 +172,12 @@ pub struct Ctx {
 
 impl Ctx {
     /// Stores an `AT` line if it is the newest record of its client, and floods it if so.
-    pub fn store_and_flood(&mut self, line: &[u8], fields: AtFields, _from_peer: Option<usize>) -> bool {
+    pub fn store_and_flood(
+        &mut self,
+        line: &[u8],
+        fields: AtFields,
+        _from_peer: Option<usize>,
+    ) -> bool {
         let stored = self.records.offer(line, fields);
         if stored {
             self.counters.records_stored += 1;
@@ -241,7 +246,10 @@ impl Server {
     pub fn bind(config: &Config, name: &str) -> Result<Server, String> {
         let index = config.server_index(name).ok_or_else(|| {
             let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-            format!("unknown server {name:?} (the config has {})", names.join(", "))
+            format!(
+                "unknown server {name:?} (the config has {})",
+                names.join(", ")
+            )
         })?;
         let me = &config.servers[index];
         let client_addr = me.client_addr()?;
@@ -261,13 +269,25 @@ impl Server {
     ) -> Result<Server, String> {
         let me = &config.servers[index];
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let registry = poll.registry().try_clone().map_err(|e| format!("cannot clone registry: {e}"))?;
+        let registry = poll
+            .registry()
+            .try_clone()
+            .map_err(|e| format!("cannot clone registry: {e}"))?;
         let io = |e: std::io::Error| format!("{}: cannot register: {e}", me.name);
-        registry.register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE).map_err(io)?;
-        registry.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE).map_err(io)?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(io)?;
+        registry
+            .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
+            .map_err(io)?;
+        registry
+            .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
+            .map_err(io)?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        registry
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(io)?;
 
         let now = Instant::now();
         let timers = Timers::default();
@@ -315,8 +335,12 @@ impl Server {
 
     /// The addresses the server listens on: (clients, peers).
     pub fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok()).expect("bound");
-        (addr(&self.core.client_listener), addr(&self.core.peer_listener))
+        let addr =
+            |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok()).expect("bound");
+        (
+            addr(&self.core.client_listener),
+            addr(&self.core.peer_listener),
+        )
     }
 
     pub fn counters(&self) -> &Counters {
@@ -334,7 +358,10 @@ impl Server {
         while !self.core.finished {
             self.turn()?;
         }
-        self.core.ctx.log.event(format_args!("stop: {}", self.core.ctx.counters.summary()));
+        self.core
+            .ctx
+            .log
+            .event(format_args!("stop: {}", self.core.ctx.counters.summary()));
         self.core.ctx.log.flush();
         log::info!("stopped: {}", self.core.ctx.counters.summary());
         Ok(())
@@ -343,7 +370,11 @@ impl Server {
     /// One loop turn (see the module documentation for the order of its steps).
     pub fn turn(&mut self) -> Result<(), String> {
         let core = &mut self.core;
-        let timeout = if core.ctx.again.is_empty() { core.ctx.timers.timeout(core.ctx.now) } else { Some(Duration::ZERO) };
+        let timeout = if core.ctx.again.is_empty() {
+            core.ctx.timers.timeout(core.ctx.now)
+        } else {
+            Some(Duration::ZERO)
+        };
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != ErrorKind::Interrupted {
                 return Err(format!("poll failed: {e}"));
@@ -366,7 +397,9 @@ impl Server {
         core.close_finished();
         if core.ctx.log.has_pending() && !core.log_flush_armed {
             core.log_flush_armed = true;
-            core.ctx.timers.add(core.ctx.now + server_log::FLUSH_EVERY, Timer::LogFlush);
+            core.ctx
+                .timers
+                .add(core.ctx.now + server_log::FLUSH_EVERY, Timer::LogFlush);
         }
         if core.stopping && core.clients == 0 {
             core.finished = true;
@@ -405,7 +438,9 @@ impl Core {
     /// Drives a connection without an event (its read budget ran out last turn).
     fn drive(&mut self, token: Token) {
         let (key, gen) = split(token);
-        let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else { return };
+        let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+            return;
+        };
         match &mut entry.conn {
             Conn::Client(c) => {
                 c.drive(&mut self.ctx, &mut self.scratch);
@@ -422,7 +457,10 @@ impl Core {
         self.next_gen = if gen >= u32::MAX - 16 { 1 } else { gen + 1 };
         let entry = self.conns.vacant_entry();
         let token = token(entry.key(), gen);
-        entry.insert(Entry { gen, conn: make(token) });
+        entry.insert(Entry {
+            gen,
+            conn: make(token),
+        });
         token
     }
 
@@ -434,17 +472,26 @@ impl Core {
                 self.ctx.counters.accept_paused += 1;
                 return;
             }
-            let Some(listener) = &self.client_listener else { return };
+            let Some(listener) = &self.client_listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((stream, addr)) => self.add_client(stream, addr),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.accept_pending = false,
-                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS: try again shortly instead of spinning on a ready listener.
                     log::warn!("accept failed: {e}; retrying in 100 ms");
                     self.ctx.log.event(format_args!("accept failed: {e}"));
                     self.ctx.counters.accept_paused += 1;
-                    self.ctx.timers.add(self.ctx.now + Duration::from_millis(100), Timer::AcceptRetry);
+                    self.ctx.timers.add(
+                        self.ctx.now + Duration::from_millis(100),
+                        Timer::AcceptRetry,
+                    );
                     return;
                 }
             }
@@ -458,7 +505,11 @@ impl Core {
         let registry = &self.ctx.registry;
         let gen = self.next_gen;
         let key = self.conns.vacant_key();
-        if let Err(e) = registry.register(&mut stream, token(key, gen), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = registry.register(
+            &mut stream,
+            token(key, gen),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::warn!("cannot register client {addr}: {e}");
             return;
         }
@@ -471,9 +522,13 @@ impl Core {
 
     fn accept_peers(&mut self) {
         // Peer links arrive with the herd (issue 3); until then the port is held and connections refused.
-        let Some(listener) = &self.peer_listener else { return };
+        let Some(listener) = &self.peer_listener else {
+            return;
+        };
         while let Ok((stream, addr)) = listener.accept() {
-            self.ctx.log.event(format_args!("peer connection from {addr} refused: peering not enabled"));
+            self.ctx.log.event(format_args!(
+                "peer connection from {addr} refused: peering not enabled"
+            ));
             drop(stream);
         }
     }
@@ -485,12 +540,17 @@ impl Core {
         }
         if self.stopping {
             log::warn!("second signal: exiting at once");
-            self.ctx.log.event(format_args!("second signal: exiting at once"));
+            self.ctx
+                .log
+                .event(format_args!("second signal: exiting at once"));
             self.ctx.log.flush();
             std::process::exit(1);
         }
         log::info!("signal {}: shutting down", signals[0]);
-        self.ctx.log.event(format_args!("signal {}: shutting down, answering what was received", signals[0]));
+        self.ctx.log.event(format_args!(
+            "signal {}: shutting down, answering what was received",
+            signals[0]
+        ));
         self.begin_shutdown();
     }
 
@@ -498,11 +558,17 @@ impl Core {
     /// buffers), then lets the loop finish once every client is closed, or at the grace deadline.
     pub fn begin_shutdown(&mut self) {
         self.stopping = true;
-        for mut listener in [self.client_listener.take(), self.peer_listener.take()].into_iter().flatten() {
+        for mut listener in [self.client_listener.take(), self.peer_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = self.ctx.registry.deregister(&mut listener);
         }
-        let tokens: Vec<Token> =
-            self.conns.iter().map(|(key, entry)| token(key, entry.gen)).collect();
+        let tokens: Vec<Token> = self
+            .conns
+            .iter()
+            .map(|(key, entry)| token(key, entry.gen))
+            .collect();
         for t in tokens {
             let (key, _) = split(t);
             match &mut self.conns[key].conn {
@@ -514,7 +580,9 @@ impl Core {
                 }
             }
         }
-        self.ctx.timers.add(self.ctx.now + SHUTDOWN_GRACE, Timer::ShutdownDeadline);
+        self.ctx
+            .timers
+            .add(self.ctx.now + SHUTDOWN_GRACE, Timer::ShutdownDeadline);
     }
 
     fn fire_timers(&mut self) {
@@ -526,12 +594,17 @@ impl Core {
                 }
                 Timer::AcceptRetry => self.accept_clients(),
                 Timer::ShutdownDeadline => {
-                    log::warn!("shut-down grace period over: closing {} connections", self.conns.len());
+                    log::warn!(
+                        "shut-down grace period over: closing {} connections",
+                        self.conns.len()
+                    );
                     self.finished = true;
                 }
                 Timer::Conn(token) => {
                     let (key, gen) = split(token);
-                    let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else { continue };
+                    let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+                        continue;
+                    };
                     match &mut entry.conn {
                         Conn::Client(c) => match c.idle_check(&mut self.ctx) {
                             Some(next) => self.ctx.timers.add(next, Timer::Conn(token)),
@@ -555,7 +628,9 @@ impl Core {
             let dirty = std::mem::take(&mut self.ctx.dirty);
             for &token in &dirty {
                 let (key, gen) = split(token);
-                let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else { continue };
+                let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+                    continue;
+                };
                 match &mut entry.conn {
                     Conn::Client(c) => {
                         c.flush(&mut self.ctx, &mut self.scratch);
@@ -593,8 +668,13 @@ impl Core {
                         _ => CloseReason::Shutdown,
                     };
                     let _ = self.ctx.registry.deregister(&mut c.stream);
-                    self.ctx.counters.closes[CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)] += 1;
-                    self.ctx.log.event(format_args!("client {} closed: {}", c.addr, reason.name()));
+                    self.ctx.counters.closes[CloseReason::ALL
+                        .iter()
+                        .position(|r| *r == reason)
+                        .unwrap_or(0)] += 1;
+                    self.ctx
+                        .log
+                        .event(format_args!("client {} closed: {}", c.addr, reason.name()));
                     self.clients -= 1;
                 }
             }

@@ -21,7 +21,11 @@ pub fn herd_bin() -> &'static str {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A scratch directory removed on drop.
@@ -63,7 +67,10 @@ impl Proc {
     /// Starts `herd ARGS` and waits until it prints a line containing `ready_marker` on stdout.
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], ready_marker: &str) -> Proc {
         let mut cmd = Command::new(herd_bin());
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -86,7 +93,12 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut proc = Proc { child, name: name.to_string(), stdout: rx, stderr_lines };
+        let mut proc = Proc {
+            child,
+            name: name.to_string(),
+            stdout: rx,
+            stderr_lines,
+        };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match proc.stdout.recv_timeout(Duration::from_millis(50)) {
@@ -94,13 +106,23 @@ impl Proc {
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = proc.child.try_wait() {
-                        panic!("{name} exited before it was ready ({status}): {:?}", proc.stderr());
+                        panic!(
+                            "{name} exited before it was ready ({status}): {:?}",
+                            proc.stderr()
+                        );
                     }
-                    assert!(Instant::now() < deadline, "{name} not ready in time: {:?}", proc.stderr());
+                    assert!(
+                        Instant::now() < deadline,
+                        "{name} not ready in time: {:?}",
+                        proc.stderr()
+                    );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = proc.child.wait().unwrap();
-                    panic!("{name} closed stdout before it was ready ({status}): {:?}", proc.stderr());
+                    panic!(
+                        "{name} closed stdout before it was ready ({status}): {:?}",
+                        proc.stderr()
+                    );
                 }
             }
         }
@@ -164,14 +186,30 @@ impl HerdConfig {
         let dir = TempDir::new("herd");
         let members: Vec<Member> = names
             .iter()
-            .map(|n| Member { name: n.to_string(), port: free_port(), peer_port: free_port() })
+            .map(|n| Member {
+                name: n.to_string(),
+                port: free_port(),
+                peer_port: free_port(),
+            })
             .collect();
         let servers: Vec<String> = members
             .iter()
-            .map(|m| format!(r#"{{"name": "{}", "host": "127.0.0.1", "port": {}, "peer_port": {}}}"#, m.name, m.port, m.peer_port))
+            .map(|m| {
+                format!(
+                    r#"{{"name": "{}", "host": "127.0.0.1", "port": {}, "peer_port": {}}}"#,
+                    m.name, m.port, m.peer_port
+                )
+            })
             .collect();
-        let links: Vec<String> = links.iter().map(|(a, b)| format!(r#"["{a}", "{b}"]"#)).collect();
-        let extra = if extra.is_empty() { String::new() } else { format!(",\n{extra}") };
+        let links: Vec<String> = links
+            .iter()
+            .map(|(a, b)| format!(r#"["{a}", "{b}"]"#))
+            .collect();
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(",\n{extra}")
+        };
         let text = format!(
             "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?}{extra}}}",
             servers.join(",\n"),
@@ -184,7 +222,10 @@ impl HerdConfig {
     }
 
     pub fn member(&self, name: &str) -> &Member {
-        self.members.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no member {name}"))
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
     }
 
     pub fn port(&self, name: &str) -> u16 {
@@ -197,11 +238,17 @@ impl HerdConfig {
     }
 
     pub fn serve_env(&self, name: &str, envs: &[(&str, &str)]) -> Proc {
-        Proc::start(name, &["serve", name, "--config", self.path.to_str().unwrap()], envs, " listening on ")
+        Proc::start(
+            name,
+            &["serve", name, "--config", self.path.to_str().unwrap()],
+            envs,
+            " listening on ",
+        )
     }
 
     pub fn log_text(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
     }
 }
 
@@ -244,7 +291,12 @@ pub fn read_until(s: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
     let mut buf = [0u8; 65536];
     while !out.ends_with(suffix) {
         let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "EOF before {:?}; got {:?}", String::from_utf8_lossy(suffix), String::from_utf8_lossy(&out));
+        assert!(
+            n > 0,
+            "EOF before {:?}; got {:?}",
+            String::from_utf8_lossy(suffix),
+            String::from_utf8_lossy(&out)
+        );
         out.extend_from_slice(&buf[..n]);
     }
     out
@@ -252,15 +304,25 @@ pub fn read_until(s: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
 
 /// Current Unix time with nanoseconds, as text.
 pub fn now_text() -> String {
-    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
 /// Checks an `AT` reply line against the IAMAT it answers; returns the time difference in seconds.
 pub fn check_at(reply: &str, server: &str, id: &str, loc: &str, time: &str) -> f64 {
-    let fields: Vec<&str> = reply.strip_suffix('\n').expect("ends in LF").split(' ').collect();
+    let fields: Vec<&str> = reply
+        .strip_suffix('\n')
+        .expect("ends in LF")
+        .split(' ')
+        .collect();
     assert_eq!(fields.len(), 6, "{reply:?}");
-    assert_eq!((fields[0], fields[1], fields[3], fields[4], fields[5]), ("AT", server, id, loc, time), "{reply:?}");
+    assert_eq!(
+        (fields[0], fields[1], fields[3], fields[4], fields[5]),
+        ("AT", server, id, loc, time),
+        "{reply:?}"
+    );
     let diff = fields[2];
     assert!(diff.starts_with('+') || diff.starts_with('-'), "{reply:?}");
     let (_, frac) = diff.split_once('.').expect("a point");
