@@ -40,12 +40,7 @@ impl ServerConfig {
         }
         (self.host.as_str(), port)
             .to_socket_addrs()
-            .map_err(|e| {
-                format!(
-                    "server {}: cannot resolve host {:?}: {e}",
-                    self.name, self.host
-                )
-            })?
+            .map_err(|e| format!("server {}: cannot resolve host {:?}: {e}", self.name, self.host))?
             .next()
             .ok_or_else(|| format!("server {}: host {:?} has no address", self.name, self.host))
     }
@@ -99,6 +94,9 @@ pub struct Limits {
     pub peer_output_max: usize,
     /// A client that sends nothing and is owed nothing for this long is closed.
     pub idle_timeout_ms: u64,
+    /// How long a WHATSAT for a client this server does not know waits for the herd to deliver its
+    /// record before it is answered with `?` (only while a neighbour is linked; 0 answers at once).
+    pub unknown_client_grace_ms: u64,
 }
 
 impl Default for Limits {
@@ -110,21 +108,20 @@ impl Default for Limits {
             client_output_hard: 4 * 1024 * 1024,
             peer_output_max: 16 * 1024 * 1024,
             idle_timeout_ms: 300_000,
+            unknown_client_grace_ms: 100,
         }
     }
 }
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         Self::parse(path, &text)
     }
 
     pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
         let at = |e: String| format!("{}: {e}", path.display());
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| at(format!("not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| at(format!("not valid JSON: {e}")))?;
         let mut config = from_value(&value).map_err(at)?;
         config.path = path.to_path_buf();
         Ok(config)
@@ -168,15 +165,8 @@ struct Obj<'a> {
 impl<'a> Obj<'a> {
     fn new(v: &'a Value, at: &str) -> Result<Self, String> {
         match v {
-            Value::Object(map) => Ok(Obj {
-                map,
-                at: at.to_string(),
-            }),
-            other => Err(format!(
-                "{}: expected an object, found {}",
-                where_(at),
-                describe(other)
-            )),
+            Value::Object(map) => Ok(Obj { map, at: at.to_string() }),
+            other => Err(format!("{}: expected an object, found {}", where_(at), describe(other))),
         }
     }
 
@@ -193,19 +183,14 @@ impl<'a> Obj<'a> {
     }
 
     fn require(&self, key: &str) -> Result<&'a Value, String> {
-        self.get(key)
-            .ok_or_else(|| format!("{}: missing", self.path(key)))
+        self.get(key).ok_or_else(|| format!("{}: missing", self.path(key)))
     }
 
     fn string(&self, key: &str) -> Result<Option<String>, String> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-            Some(other) => Err(format!(
-                "{}: expected a non-empty string, found {}",
-                self.path(key),
-                describe(other)
-            )),
+            Some(other) => Err(format!("{}: expected a non-empty string, found {}", self.path(key), describe(other))),
         }
     }
 
@@ -219,11 +204,7 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(format!(
-                    "{}: expected an integer from {min} to {max}, found {}",
-                    self.path(key),
-                    describe(v)
-                )),
+                _ => Err(format!("{}: expected an integer from {min} to {max}, found {}", self.path(key), describe(v))),
             },
         }
     }
@@ -236,11 +217,7 @@ impl<'a> Obj<'a> {
     /// Refuses keys this object does not know, so that a typo is an error rather than a silent default.
     fn only(&self, known: &[&str]) -> Result<(), String> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) => Err(format!(
-                "{}: unknown field (known: {})",
-                self.path(k),
-                known.join(", ")
-            )),
+            Some(k) => Err(format!("{}: unknown field (known: {})", self.path(k), known.join(", "))),
             None => Ok(()),
         }
     }
@@ -257,10 +234,7 @@ fn where_(at: &str) -> &str {
 fn describe(v: &Value) -> String {
     let text = v.to_string();
     if text.len() > 40 {
-        format!(
-            "{}…",
-            &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)]
-        )
+        format!("{}…", &text[..text.char_indices().nth(40).map_or(text.len(), |(i, _)| i)])
     } else {
         text
     }
@@ -268,22 +242,11 @@ fn describe(v: &Value) -> String {
 
 fn from_value(value: &Value) -> Result<Config, String> {
     let top = Obj::new(value, "")?;
-    top.only(&[
-        "servers",
-        "links",
-        "places",
-        "local_places",
-        "log_dir",
-        "herd_secret_env",
-        "limits",
-    ])?;
+    top.only(&["servers", "links", "places", "local_places", "log_dir", "herd_secret_env", "limits"])?;
 
     let servers_value = top.require("servers")?;
     let Value::Array(items) = servers_value else {
-        return Err(format!(
-            "servers: expected an array, found {}",
-            describe(servers_value)
-        ));
+        return Err(format!("servers: expected an array, found {}", describe(servers_value)));
     };
     if items.is_empty() {
         return Err("servers: the herd needs at least one server".into());
@@ -296,14 +259,8 @@ fn from_value(value: &Value) -> Result<Config, String> {
         let o = Obj::new(item, &at)?;
         o.only(&["name", "host", "port", "peer_port"])?;
         let name = o.required_string("name")?;
-        if name
-            .bytes()
-            .any(|b| crate::protocol::is_whitespace(b) || b.is_ascii_control())
-            || name.len() > 64
-        {
-            return Err(format!(
-                "{at}.name: {name:?} must be 1 to 64 bytes without whitespace"
-            ));
+        if name.bytes().any(|b| crate::protocol::is_whitespace(b) || b.is_ascii_control()) || name.len() > 64 {
+            return Err(format!("{at}.name: {name:?} must be 1 to 64 bytes without whitespace"));
         }
         if names.insert(name.clone(), i).is_some() {
             return Err(format!("{at}.name: duplicate server name {name:?}"));
@@ -313,49 +270,26 @@ fn from_value(value: &Value) -> Result<Config, String> {
         let peer_port = o.required_integer("peer_port", 1, 65535)? as u16;
         for (what, p) in [("port", port), ("peer_port", peer_port)] {
             if let Some(other) = ports.insert((host.clone(), p), format!("{name}.{what}")) {
-                return Err(format!(
-                    "{at}.{what}: port {p} on {host} is already used by {other}"
-                ));
+                return Err(format!("{at}.{what}: port {p} on {host} is already used by {other}"));
             }
         }
-        servers.push(ServerConfig {
-            name,
-            host,
-            port,
-            peer_port,
-        });
+        servers.push(ServerConfig { name, host, port, peer_port });
     }
 
     let mut links = Vec::new();
     if let Some(v) = top.get("links") {
         let Value::Array(items) = v else {
-            return Err(format!(
-                "links: expected an array of [name, name] pairs, found {}",
-                describe(v)
-            ));
+            return Err(format!("links: expected an array of [name, name] pairs, found {}", describe(v)));
         };
         for (i, item) in items.iter().enumerate() {
             let pair = match item {
                 Value::Array(p) if p.len() == 2 => (p[0].as_str(), p[1].as_str()),
-                other => {
-                    return Err(format!(
-                        "links[{i}]: expected a pair [name, name], found {}",
-                        describe(other)
-                    ))
-                }
+                other => return Err(format!("links[{i}]: expected a pair [name, name], found {}", describe(other))),
             };
             let (Some(a), Some(b)) = pair else {
-                return Err(format!(
-                    "links[{i}]: expected two server names, found {}",
-                    describe(item)
-                ));
+                return Err(format!("links[{i}]: expected two server names, found {}", describe(item)));
             };
-            let index = |n: &str| {
-                names
-                    .get(n)
-                    .copied()
-                    .ok_or_else(|| format!("links[{i}]: unknown server {n:?}"))
-            };
+            let index = |n: &str| names.get(n).copied().ok_or_else(|| format!("links[{i}]: unknown server {n:?}"));
             let (a, b) = (index(a)?, index(b)?);
             if a == b {
                 return Err(format!("links[{i}]: a server cannot link to itself"));
@@ -378,10 +312,7 @@ fn from_value(value: &Value) -> Result<Config, String> {
             let listen = listen
                 .parse::<SocketAddr>()
                 .map_err(|_| format!("local_places.listen: expected IP:PORT, found {listen:?}"))?;
-            Some(LocalPlacesConfig {
-                listen,
-                ca_out: o.required_string("ca_out")?.into(),
-            })
+            Some(LocalPlacesConfig { listen, ca_out: o.required_string("ca_out")?.into() })
         }
     };
 
@@ -396,10 +327,7 @@ fn from_value(value: &Value) -> Result<Config, String> {
         links,
         places,
         local_places,
-        log_dir: top
-            .string("log_dir")?
-            .unwrap_or_else(|| "logs".into())
-            .into(),
+        log_dir: top.string("log_dir")?.unwrap_or_else(|| "logs".into()).into(),
         herd_secret_env: top.string("herd_secret_env")?,
         limits,
     })
@@ -407,29 +335,15 @@ fn from_value(value: &Value) -> Result<Config, String> {
 
 fn parse_places(v: &Value) -> Result<PlacesConfig, String> {
     let o = Obj::new(v, "places")?;
-    o.only(&[
-        "api",
-        "url",
-        "key_env",
-        "ca_file",
-        "timeout_ms",
-        "pool_size",
-        "cache_ttl_s",
-    ])?;
+    o.only(&["api", "url", "key_env", "ca_file", "timeout_ms", "pool_size", "cache_ttl_s"])?;
     let api = match o.string("api")?.as_deref() {
         None | Some("legacy") => PlacesApi::Legacy,
         Some("new") => PlacesApi::New,
-        Some(other) => {
-            return Err(format!(
-                "places.api: expected \"legacy\" or \"new\", found {other:?}"
-            ))
-        }
+        Some(other) => return Err(format!("places.api: expected \"legacy\" or \"new\", found {other:?}")),
     };
     let url = o.required_string("url")?;
     if !url.starts_with("https://") {
-        return Err(format!(
-            "places.url: expected an https:// URL, found {url:?}"
-        ));
+        return Err(format!("places.url: expected an https:// URL, found {url:?}"));
     }
     Ok(PlacesConfig {
         api,
@@ -451,6 +365,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         "client_output_hard",
         "peer_output_max",
         "idle_timeout_ms",
+        "unknown_client_grace_ms",
     ];
     o.only(&names)?;
     let d = Limits::default();
@@ -464,6 +379,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         client_output_hard: get("client_output_hard", d.client_output_hard, 1024, 1 << 31)?,
         peer_output_max: get("peer_output_max", d.peer_output_max, 64 * 1024, 1 << 31)?,
         idle_timeout_ms: get("idle_timeout_ms", d.idle_timeout_ms as usize, 1, 1 << 40)? as u64,
+        unknown_client_grace_ms: get("unknown_client_grace_ms", d.unknown_client_grace_ms as usize, 0, 60_000)? as u64,
     };
     if limits.client_output_hard < limits.client_output_soft {
         return Err("limits.client_output_hard: must be at least limits.client_output_soft".into());
@@ -498,10 +414,7 @@ mod tests {
         assert_eq!(c.neighbours(1), vec![0, 2]);
         assert_eq!(c.neighbours(0), vec![1]);
         let p = c.places.unwrap();
-        assert_eq!(
-            (p.api, p.timeout_ms, p.cache_ttl_s),
-            (PlacesApi::New, 3000, 300)
-        );
+        assert_eq!((p.api, p.timeout_ms, p.cache_ttl_s), (PlacesApi::New, 3000, 300));
         assert_eq!(c.limits.max_line, 16_384);
     }
 
@@ -516,26 +429,11 @@ mod tests {
                 GOOD.replace(r#""port": 1001"#, r#""port": 1000"#),
                 "c.json: servers[1].port: port 1000 on 127.0.0.1 is already used by A.port",
             ),
-            (
-                GOOD.replace(r#""name": "C""#, r#""name": "A""#),
-                "c.json: servers[2].name: duplicate server name \"A\"",
-            ),
-            (
-                GOOD.replace(r#"["C", "B"]"#, r#"["C", "Z"]"#),
-                "c.json: links[1]: unknown server \"Z\"",
-            ),
-            (
-                GOOD.replace(r#", "peer_port": 2002"#, ""),
-                "c.json: servers[2].peer_port: missing",
-            ),
-            (
-                GOOD.replace(r#""log_dir""#, r#""log_dri""#),
-                "c.json: log_dri: unknown field",
-            ),
-            (
-                GOOD.replace(r#""new""#, r#""old""#),
-                "c.json: places.api: expected \"legacy\" or \"new\", found \"old\"",
-            ),
+            (GOOD.replace(r#""name": "C""#, r#""name": "A""#), "c.json: servers[2].name: duplicate server name \"A\""),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["C", "Z"]"#), "c.json: links[1]: unknown server \"Z\""),
+            (GOOD.replace(r#", "peer_port": 2002"#, ""), "c.json: servers[2].peer_port: missing"),
+            (GOOD.replace(r#""log_dir""#, r#""log_dri""#), "c.json: log_dri: unknown field"),
+            (GOOD.replace(r#""new""#, r#""old""#), "c.json: places.api: expected \"legacy\" or \"new\", found \"old\""),
             ("{".into(), "c.json: not valid JSON"),
         ];
         for (text, want) in cases {

@@ -31,10 +31,7 @@ impl<'a> Iterator for Fields<'a> {
     fn next(&mut self) -> Option<&'a [u8]> {
         let start = self.rest.iter().position(|&b| !is_whitespace(b))?;
         let rest = &self.rest[start..];
-        let len = rest
-            .iter()
-            .position(|&b| is_whitespace(b))
-            .unwrap_or(rest.len());
+        let len = rest.iter().position(|&b| is_whitespace(b)).unwrap_or(rest.len());
         self.rest = &rest[len..];
         Some(&rest[..len])
     }
@@ -77,25 +74,15 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
     let Some(verb) = fields.next() else {
         return Command::Blank;
     };
-    let (Some(a), Some(b), Some(c), None) =
-        (fields.next(), fields.next(), fields.next(), fields.next())
-    else {
+    let (Some(a), Some(b), Some(c), None) = (fields.next(), fields.next(), fields.next(), fields.next()) else {
         return Command::Invalid;
     };
     match verb {
         b"IAMAT" if valid_client_id(a) && parse_location(b).is_some() && valid_time(c) => {
-            Command::IAmAt(IAmAt {
-                client_id: a,
-                location: b,
-                client_time: c,
-            })
+            Command::IAmAt(IAmAt { client_id: a, location: b, client_time: c })
         }
         b"WHATSAT" if valid_client_id(a) && valid_radius(b) => match parse_bound(c) {
-            Some(bound) => Command::WhatsAt(WhatsAt {
-                client_id: a,
-                radius_km: b,
-                bound,
-            }),
+            Some(bound) => Command::WhatsAt(WhatsAt { client_id: a, radius_km: b, bound }),
             None => Command::Invalid,
         },
         _ => Command::Invalid,
@@ -128,8 +115,7 @@ pub fn parse_decimal(s: &[u8]) -> Option<Decimal<'_>> {
         }
         None => (s, &s[s.len()..]),
     };
-    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || !frac.iter().all(u8::is_ascii_digit)
-    {
+    if int.is_empty() || !int.iter().all(u8::is_ascii_digit) || !frac.iter().all(u8::is_ascii_digit) {
         return None;
     }
     Some(Decimal { int, frac })
@@ -181,10 +167,7 @@ pub fn valid_time(s: &[u8]) -> bool {
 
 /// Compares two client times exactly. Both must satisfy [`valid_time`]; invalid text compares as zero.
 pub fn cmp_time(a: &[u8], b: &[u8]) -> Ordering {
-    let zero = Decimal {
-        int: b"0",
-        frac: b"",
-    };
+    let zero = Decimal { int: b"0", frac: b"" };
     let a = parse_decimal(a).unwrap_or(zero);
     let b = parse_decimal(b).unwrap_or(zero);
     a.cmp_exact(&b)
@@ -220,11 +203,7 @@ fn parse_bound(s: &[u8]) -> Option<u8> {
     if !d.frac.is_empty() || !d.at_most(u32::from(MAX_BOUND)) {
         return None;
     }
-    Some(
-        d.int_trimmed()
-            .iter()
-            .fold(0u8, |v, &b| v * 10 + (b - b'0')),
-    )
+    Some(d.int_trimmed().iter().fold(0u8, |v, &b| v * 10 + (b - b'0')))
 }
 
 /// A point in time as the server's clock gives it: whole seconds and nanoseconds since the Unix epoch.
@@ -237,10 +216,7 @@ pub struct Timestamp {
 impl Timestamp {
     pub fn from_system_time(t: std::time::SystemTime) -> Self {
         let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        Timestamp {
-            secs: d.as_secs(),
-            nanos: d.subsec_nanos(),
-        }
+        Timestamp { secs: d.as_secs(), nanos: d.subsec_nanos() }
     }
 
     fn as_nanos(self) -> i128 {
@@ -251,10 +227,7 @@ impl Timestamp {
 /// Appends `now - client_time` as `±S.NNNNNNNNN`, exact: computed in integer nanoseconds from the decimal
 /// text and truncated toward zero past the ninth fraction digit. `client_time` must satisfy [`valid_time`].
 pub fn write_time_diff(out: &mut Vec<u8>, now: Timestamp, client_time: &[u8]) {
-    let t = parse_decimal(client_time).unwrap_or(Decimal {
-        int: b"0",
-        frac: b"",
-    });
+    let t = parse_decimal(client_time).unwrap_or(Decimal { int: b"0", frac: b"" });
     let int = t.int_trimmed();
     let frac9 = |i: usize| t.frac.get(i).map_or(0, |d| i128::from(d - b'0'));
     let frac_ns = (0..9).fold(0i128, |v, i| v * 10 + frac9(i));
@@ -263,20 +236,14 @@ pub fn write_time_diff(out: &mut Vec<u8>, now: Timestamp, client_time: &[u8]) {
 
     // Up to 20 integer digits, t_ns < 10^29 fits an i128 with room to spare.
     if int.len() <= 20 {
-        let secs = int
-            .iter()
-            .fold(0i128, |v, &d| v * 10 + i128::from(d - b'0'));
+        let secs = int.iter().fold(0i128, |v, &d| v * 10 + i128::from(d - b'0'));
         let mut diff = now.as_nanos() - (secs * 1_000_000_000 + frac_ns);
         // The exact difference is diff - ε with 0 < ε < 1 ns: truncating toward zero lowers a positive
         // difference by one and leaves a negative one where it is.
         if beyond_ns && diff > 0 {
             diff -= 1;
         }
-        let (sign, abs) = if diff < 0 {
-            (b'-', diff.unsigned_abs())
-        } else {
-            (b'+', diff.unsigned_abs())
-        };
+        let (sign, abs) = if diff < 0 { (b'-', diff.unsigned_abs()) } else { (b'+', diff.unsigned_abs()) };
         out.push(sign);
         write_u128(out, abs / 1_000_000_000);
         out.push(b'.');
@@ -313,11 +280,7 @@ fn sub_decimal(a: &[u8], b: u128) -> Vec<u8> {
             borrow = 1;
         }
     }
-    let zeros = digits
-        .iter()
-        .take_while(|&&d| d == b'0')
-        .count()
-        .min(digits.len() - 10);
+    let zeros = digits.iter().take_while(|&&d| d == b'0').count().min(digits.len() - 10);
     digits.drain(..zeros);
     digits
 }
@@ -365,12 +328,7 @@ pub fn write_at(out: &mut Vec<u8>, server: &[u8], now: Timestamp, cmd: &IAmAt<'_
     out.push(b' ');
     let client_time = field(out, cmd.client_time);
     out.push(b'\n');
-    AtFields {
-        server,
-        client_id,
-        location,
-        client_time,
-    }
+    AtFields { server, client_id, location, client_time }
 }
 
 /// Appends the reply to an invalid command: `? <line>\n`, the line exactly as received (without its LF
@@ -395,15 +353,9 @@ pub struct AtFields {
 pub fn parse_at(line: &[u8]) -> Option<AtFields> {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     let mut parts = body.split(|&b| b == b' ');
-    let (Some(b"AT"), Some(server), Some(diff), Some(id), Some(loc), Some(time), None) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
+    let (Some(b"AT"), Some(server), Some(diff), Some(id), Some(loc), Some(time), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return None;
     };
     let server_ok = !server.is_empty() && !server.iter().any(|&b| is_whitespace(b));
@@ -418,12 +370,7 @@ pub fn parse_at(line: &[u8]) -> Option<AtFields> {
         let start = s.as_ptr() as usize - body.as_ptr() as usize;
         (start as u32, (start + s.len()) as u32)
     };
-    Some(AtFields {
-        server: range(server),
-        client_id: range(id),
-        location: range(loc),
-        client_time: range(time),
-    })
+    Some(AtFields { server: range(server), client_id: range(id), location: range(loc), client_time: range(time) })
 }
 
 #[cfg(test)]
@@ -444,15 +391,7 @@ mod tests {
     fn fields_split_on_all_six_whitespace_bytes() {
         let line = b" \tIAMAT\x0bkiwi.cs.ucla.edu\x0c+34.068930-118.445127\r1520023934.918963997\r";
         let fields: Vec<&[u8]> = Fields::new(line).collect();
-        assert_eq!(
-            fields,
-            vec![
-                &b"IAMAT"[..],
-                b"kiwi.cs.ucla.edu",
-                b"+34.068930-118.445127",
-                b"1520023934.918963997"
-            ]
-        );
+        assert_eq!(fields, vec![&b"IAMAT"[..], b"kiwi.cs.ucla.edu", b"+34.068930-118.445127", b"1520023934.918963997"]);
         assert!(matches!(parse_command(line), Command::IAmAt(_)));
     }
 
@@ -471,10 +410,7 @@ mod tests {
             "+000090+0000180",
         ];
         for loc in valid {
-            assert!(
-                parse_location(loc.as_bytes()).is_some(),
-                "{loc} should be valid"
-            );
+            assert!(parse_location(loc.as_bytes()).is_some(), "{loc} should be valid");
         }
         let invalid = [
             "+34.-118.",
@@ -500,41 +436,18 @@ mod tests {
             "+100000000000+0",
         ];
         for loc in invalid {
-            assert!(
-                parse_location(loc.as_bytes()).is_none(),
-                "{loc} should be invalid"
-            );
+            assert!(parse_location(loc.as_bytes()).is_none(), "{loc} should be invalid");
         }
         let loc = parse_location(b"+34.068930-118.445127").unwrap();
-        assert_eq!(
-            (loc.lat, loc.lng),
-            (&b"+34.068930"[..], &b"-118.445127"[..])
-        );
+        assert_eq!((loc.lat, loc.lng), (&b"+34.068930"[..], &b"-118.445127"[..]));
     }
 
     #[test]
     fn protocol_times() {
-        for t in [
-            "1520023934.918963997",
-            "1646272345.1234567",
-            "1700000000",
-            "0",
-            "0.0",
-            "0001",
-        ] {
+        for t in ["1520023934.918963997", "1646272345.1234567", "1700000000", "0", "0.0", "0001"] {
             assert!(valid_time(t.as_bytes()), "{t} should be valid");
         }
-        for t in [
-            "1700000000.",
-            ".5",
-            "+5",
-            "-5",
-            "1e9",
-            "",
-            "1.2.3",
-            "12a",
-            "1,5",
-        ] {
+        for t in ["1700000000.", ".5", "+5", "-5", "1e9", "", "1.2.3", "12a", "1,5"] {
             assert!(!valid_time(t.as_bytes()), "{t} should be invalid");
         }
     }
@@ -554,11 +467,7 @@ mod tests {
         ];
         for (a, b, want) in cases {
             assert_eq!(cmp_time(a.as_bytes(), b.as_bytes()), want, "{a} vs {b}");
-            assert_eq!(
-                cmp_time(b.as_bytes(), a.as_bytes()),
-                want.reverse(),
-                "{b} vs {a}"
-            );
+            assert_eq!(cmp_time(b.as_bytes(), a.as_bytes()), want.reverse(), "{b} vs {a}");
         }
     }
 
@@ -566,69 +475,34 @@ mod tests {
     fn time_diff_is_exact() {
         let now = ts(1520023935, 182837383);
         assert_eq!(diff(now, "1520023934.918963997"), "+0.263873386");
-        assert_eq!(
-            diff(ts(1700000000, 0), "1700000002.000000001"),
-            "-2.000000001"
-        );
+        assert_eq!(diff(ts(1700000000, 0), "1700000002.000000001"), "-2.000000001");
         assert_eq!(diff(ts(1700000000, 0), "1700000000"), "+0.000000000");
-        assert_eq!(
-            diff(ts(1700000000, 0), "1700000000.000000000000"),
-            "+0.000000000"
-        );
+        assert_eq!(diff(ts(1700000000, 0), "1700000000.000000000000"), "+0.000000000");
         // Truncation toward zero past the ninth digit, both signs.
-        assert_eq!(
-            diff(ts(1700000001, 0), "1700000000.0000000001"),
-            "+0.999999999"
-        );
-        assert_eq!(
-            diff(ts(1700000000, 0), "1700000001.9999999999"),
-            "-1.999999999"
-        );
-        assert_eq!(
-            diff(ts(1700000000, 0), "1700000000.0000000001"),
-            "+0.000000000"
-        );
-        assert_eq!(
-            diff(ts(1700000000, 5), "1700000000.000000004999"),
-            "+0.000000000"
-        );
-        assert_eq!(
-            diff(ts(1700000000, 6), "1700000000.0000000049"),
-            "+0.000000001"
-        );
+        assert_eq!(diff(ts(1700000001, 0), "1700000000.0000000001"), "+0.999999999");
+        assert_eq!(diff(ts(1700000000, 0), "1700000001.9999999999"), "-1.999999999");
+        assert_eq!(diff(ts(1700000000, 0), "1700000000.0000000001"), "+0.000000000");
+        assert_eq!(diff(ts(1700000000, 5), "1700000000.000000004999"), "+0.000000000");
+        assert_eq!(diff(ts(1700000000, 6), "1700000000.0000000049"), "+0.000000001");
         // A 12-digit fraction, zero, and a 40-digit integer.
-        assert_eq!(
-            diff(ts(1700000000, 0), "1699999999.123456789999"),
-            "+0.876543210"
-        );
+        assert_eq!(diff(ts(1700000000, 0), "1699999999.123456789999"), "+0.876543210");
         assert_eq!(diff(ts(1700000000, 1), "0"), "+1700000000.000000001");
         let huge = "1234567890123456789012345678901234567890";
-        assert_eq!(
-            diff(ts(1700000000, 0), huge),
-            "-1234567890123456789012345678899534567890.000000000"
-        );
+        assert_eq!(diff(ts(1700000000, 0), huge), "-1234567890123456789012345678899534567890.000000000");
         assert_eq!(
             diff(ts(1700000000, 0), &format!("{huge}.5")),
             "-1234567890123456789012345678899534567890.500000000"
         );
-        assert_eq!(
-            diff(ts(0, 0), "100000000000000000000"),
-            "-100000000000000000000.000000000"
-        );
+        assert_eq!(diff(ts(0, 0), "100000000000000000000"), "-100000000000000000000.000000000");
     }
 
     #[test]
     fn iamat_reply_matches_the_spec_example() {
         let line = b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997";
-        let Command::IAmAt(cmd) = parse_command(line) else {
-            panic!("valid IAMAT")
-        };
+        let Command::IAmAt(cmd) = parse_command(line) else { panic!("valid IAMAT") };
         let mut out = Vec::new();
         let written = write_at(&mut out, b"Hill", ts(1520023935, 182837383), &cmd);
-        assert_eq!(
-            out,
-            b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\n"
-        );
+        assert_eq!(out, b"AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997\n");
         let fields = parse_at(&out).unwrap();
         assert_eq!(fields, written);
         let s = |r: (u32, u32)| &out[r.0 as usize..r.1 as usize];
@@ -653,10 +527,7 @@ mod tests {
             "IAMAT ключ +0+0 1".into(),
         ];
         for line in &valid_iamat {
-            assert!(
-                matches!(parse_command(line.as_bytes()), Command::IAmAt(_)),
-                "{line:?}"
-            );
+            assert!(matches!(parse_command(line.as_bytes()), Command::IAmAt(_)), "{line:?}");
         }
         let valid_whatsat = [
             ("WHATSAT kiwi.cs.ucla.edu 10 5", 5),
@@ -695,8 +566,7 @@ mod tests {
             "WHATSAT a 10 1.0".into(),
             "WHATSAT a 10".into(),
             format!("WHATSAT {id256} 10 5"),
-            "AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997"
-                .into(),
+            "AT Hill +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997".into(),
             "HELLO".into(),
             "\u{7f}\u{0}".into(),
         ];

@@ -19,10 +19,7 @@ pub struct Record {
 impl Record {
     /// Validates an `AT` line ending in LF and makes a record of it.
     pub fn parse(line: &[u8]) -> Option<Record> {
-        let mut record = Record {
-            line: Vec::new(),
-            fields: protocol::parse_at(line)?,
-        };
+        let mut record = Record { line: Vec::new(), fields: protocol::parse_at(line)? };
         record.line.extend_from_slice(line);
         if record.line.last() != Some(&b'\n') {
             record.line.push(b'\n');
@@ -71,11 +68,7 @@ pub struct RecencyKey<'a> {
 
 impl<'a> RecencyKey<'a> {
     pub fn of(record: &'a Record) -> Self {
-        RecencyKey {
-            client_time: record.client_time(),
-            server: record.server(),
-            location: record.location(),
-        }
+        RecencyKey { client_time: record.client_time(), server: record.server(), location: record.location() }
     }
 
     pub fn cmp_recency(&self, other: &RecencyKey<'_>) -> Ordering {
@@ -107,9 +100,7 @@ impl RecordStore {
     }
 
     pub fn get(&self, client_id: &[u8]) -> Option<&Record> {
-        self.index
-            .get(client_id)
-            .map(|&i| &self.records[i as usize])
+        self.index.get(client_id).map(|&i| &self.records[i as usize])
     }
 
     /// The record at position `i` of insertion order (for anti-entropy cursors).
@@ -141,10 +132,7 @@ impl RecordStore {
             }
             None => {
                 self.index.insert(id.into(), self.records.len() as u32);
-                self.records.push(Record {
-                    line: line.to_vec(),
-                    fields,
-                });
+                self.records.push(Record { line: line.to_vec(), fields });
                 true
             }
         }
@@ -193,21 +181,13 @@ mod tests {
         assert_eq!(store.offer_line(&a), Some(false));
         assert_eq!(store.offer_line(&b), Some(false));
         assert_eq!(store.get(b"c").unwrap().line(), &c[..]);
-        assert_eq!(
-            store.offer_line(&c),
-            Some(false),
-            "the same record again is not more recent"
-        );
+        assert_eq!(store.offer_line(&c), Some(false), "the same record again is not more recent");
     }
 
     #[test]
     fn invalid_lines_are_refused() {
         let mut store = RecordStore::new();
-        assert_eq!(
-            store.offer_line(b"AT Bona +0.000000001 c +1+1 1"),
-            None,
-            "no final LF"
-        );
+        assert_eq!(store.offer_line(b"AT Bona +0.000000001 c +1+1 1"), None, "no final LF");
         assert_eq!(store.offer_line(b"AT Bona 1 c +1+1 1\n"), None);
         assert!(store.is_empty());
     }

@@ -36,16 +36,14 @@ pub fn run(config: &Config) -> i32 {
         return 2;
     }
     let (tx, rx) = mpsc::channel();
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("herd: cannot install signal handlers: {e}");
-            return 2;
-        }
-    };
+    let mut signals =
+        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("herd: cannot install signal handlers: {e}");
+                return 2;
+            }
+        };
     let signal_tx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -89,26 +87,13 @@ pub fn run(config: &Config) -> i32 {
     }
     let first_server = commands.len();
     for s in &config.servers {
-        commands.push((
-            s.name.clone(),
-            vec![
-                "serve".into(),
-                s.name.clone(),
-                "--config".into(),
-                config_arg.clone(),
-            ],
-        ));
+        commands.push((s.name.clone(), vec!["serve".into(), s.name.clone(), "--config".into(), config_arg.clone()]));
     }
 
     let mut status = 0;
     'start: for (i, (name, args)) in commands.iter().enumerate() {
         match spawn(&exe, name, args, &extra_env, i, tx.clone()) {
-            Ok(child) => members.push(Member {
-                name: name.clone(),
-                child,
-                ready: false,
-                exited: false,
-            }),
+            Ok(child) => members.push(Member { name: name.clone(), child, ready: false, exited: false }),
             Err(e) => {
                 eprintln!("herd: cannot start {name}: {e}");
                 status = 2;
@@ -116,11 +101,8 @@ pub fn run(config: &Config) -> i32 {
             }
         }
         // The service must be up before servers that trust its CA start; servers start together.
-        let wait_for: Vec<usize> = if i + 1 == first_server || i + 1 == commands.len() {
-            (0..=i).collect()
-        } else {
-            vec![]
-        };
+        let wait_for: Vec<usize> =
+            if i + 1 == first_server || i + 1 == commands.len() { (0..=i).collect() } else { vec![] };
         let deadline = Instant::now() + START_TIMEOUT;
         while wait_for.iter().any(|&j| !members[j].ready) {
             match rx.recv_timeout(Duration::from_millis(50)) {
@@ -131,20 +113,14 @@ pub fn run(config: &Config) -> i32 {
                 }
                 Err(_) => {}
             }
-            if let Some(m) = members
-                .iter_mut()
-                .find_map(|m| matches!(m.child.try_wait(), Ok(Some(_))).then_some(m))
-            {
+            if let Some(m) = members.iter_mut().find_map(|m| matches!(m.child.try_wait(), Ok(Some(_))).then_some(m)) {
                 eprintln!("herd: {} exited during start-up; stopping the herd", m.name);
                 m.exited = true;
                 status = 2;
                 break 'start;
             }
             if Instant::now() > deadline {
-                eprintln!(
-                    "herd: the herd did not start within {}s; stopping it",
-                    START_TIMEOUT.as_secs()
-                );
+                eprintln!("herd: the herd did not start within {}s; stopping it", START_TIMEOUT.as_secs());
                 status = 2;
                 break 'start;
             }
@@ -155,11 +131,7 @@ pub fn run(config: &Config) -> i32 {
         println!(
             "herd: {} servers up{}; Ctrl-C stops them",
             config.servers.len(),
-            if first_server > 0 {
-                " with the local Places service"
-            } else {
-                ""
-            }
+            if first_server > 0 { " with the local Places service" } else { "" }
         );
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
@@ -172,10 +144,7 @@ pub fn run(config: &Config) -> i32 {
             for m in members.iter_mut().filter(|m| !m.exited) {
                 if let Ok(Some(st)) = m.child.try_wait() {
                     m.exited = true;
-                    eprintln!(
-                        "herd: {} exited ({st}); the rest of the herd keeps running",
-                        m.name
-                    );
+                    eprintln!("herd: {} exited ({st}); the rest of the herd keeps running", m.name);
                 }
             }
             if members.iter().all(|m| m.exited) {
@@ -206,8 +175,7 @@ fn check_ports(config: &Config) -> Result<(), String> {
     }
     for (what, addr) in wanted {
         // mio's bind sets SO_REUSEADDR as the servers do, so TIME_WAIT leftovers do not count as "in use".
-        mio::net::TcpListener::bind(addr)
-            .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+        mio::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
     }
     Ok(())
 }
@@ -221,11 +189,7 @@ fn spawn(
     tx: mpsc::Sender<Msg>,
 ) -> std::io::Result<Child> {
     let mut cmd = Command::new(exe);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -269,9 +233,7 @@ fn stop(members: &mut [Member]) {
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
     while Instant::now() < deadline
-        && members
-            .iter_mut()
-            .any(|m| !m.exited && m.child.try_wait().ok().flatten().is_none())
+        && members.iter_mut().any(|m| !m.exited && m.child.try_wait().ok().flatten().is_none())
     {
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -18,24 +18,13 @@ fn grader_style_iamat_without_newline_gets_the_whole_reply_in_one_read() {
     let (config, _server) = one_server();
     let port = config.port("Solo");
     let time = now_text();
-    let reply = grader(
-        port,
-        format!("IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 {time}").as_bytes(),
-    );
-    let diff = check_at(
-        std::str::from_utf8(&reply).unwrap(),
-        "Solo",
-        "kiwi.cs.ucla.edu",
-        "+34.068930-118.445127",
-        &time,
-    );
+    let reply = grader(port, format!("IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 {time}").as_bytes());
+    let diff =
+        check_at(std::str::from_utf8(&reply).unwrap(), "Solo", "kiwi.cs.ucla.edu", "+34.068930-118.445127", &time);
     assert!((0.0..5.0).contains(&diff), "time diff {diff}");
 
     // The spec's own example, whose client time is years in the past.
-    let reply = grader(
-        port,
-        b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997",
-    );
+    let reply = grader(port, b"IAMAT kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997");
     let diff = check_at(
         std::str::from_utf8(&reply).unwrap(),
         "Solo",
@@ -76,8 +65,7 @@ fn every_invalid_example_is_echoed_byte_for_byte() {
         b"WHATSAT a 51 5".to_vec(),
         b"WHATSAT a 10 21".to_vec(),
         b"WHATSAT never-seen 10 5".to_vec(),
-        b"AT Solo +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997"
-            .to_vec(),
+        b"AT Solo +0.263873386 kiwi.cs.ucla.edu +34.068930-118.445127 1520023934.918963997".to_vec(),
         b"hello world".to_vec(),
         b"\tIAMAT  a\x0b+0+0\x0c1 x ".to_vec(),
         b"IAMAT \xff\xfe +0+0 1 \x00".to_vec(),
@@ -87,21 +75,11 @@ fn every_invalid_example_is_echoed_byte_for_byte() {
         let mut want = b"? ".to_vec();
         want.extend_from_slice(case);
         want.push(b'\n');
-        assert_eq!(
-            grader(port, case),
-            want,
-            "case {:?}",
-            String::from_utf8_lossy(case)
-        );
+        assert_eq!(grader(port, case), want, "case {:?}", String::from_utf8_lossy(case));
         // With CRLF the CR is not echoed; with LF alone everything before it is.
         let mut crlf = case.clone();
         crlf.extend_from_slice(b"\r\n");
-        assert_eq!(
-            grader(port, &crlf),
-            want,
-            "CRLF case {:?}",
-            String::from_utf8_lossy(case)
-        );
+        assert_eq!(grader(port, &crlf), want, "CRLF case {:?}", String::from_utf8_lossy(case));
     }
 }
 
@@ -111,19 +89,10 @@ fn blank_lines_get_no_reply_and_whatsat_answers_the_stored_line() {
     let port = config.port("Solo");
     let time = now_text();
     let iamat = format!("IAMAT kiwi +34.068930-118.445127 {time}\n");
-    let out = ask(
-        port,
-        format!("\n \t\r\n\x0b\x0c\n{iamat}\n\nWHATSAT kiwi 10 5\n").as_bytes(),
-    );
+    let out = ask(port, format!("\n \t\r\n\x0b\x0c\n{iamat}\n\nWHATSAT kiwi 10 5\n").as_bytes());
     let text = String::from_utf8(out).unwrap();
     let (at, rest) = text.split_once('\n').unwrap();
-    check_at(
-        &format!("{at}\n"),
-        "Solo",
-        "kiwi",
-        "+34.068930-118.445127",
-        &time,
-    );
+    check_at(&format!("{at}\n"), "Solo", "kiwi", "+34.068930-118.445127", &time);
     // WHATSAT: the stored AT line again, a legacy JSON object, an empty line.
     let (at2, json) = rest.split_once('\n').unwrap();
     assert_eq!(at2, at);
@@ -143,9 +112,7 @@ fn two_hundred_pipelined_commands_are_answered_in_order() {
     for i in 0..200 {
         match i % 4 {
             0 | 1 => {
-                burst.extend_from_slice(
-                    format!("IAMAT c{i} +1.5-2.25 {}\n", 1_700_000_000 + i).as_bytes(),
-                );
+                burst.extend_from_slice(format!("IAMAT c{i} +1.5-2.25 {}\n", 1_700_000_000 + i).as_bytes());
                 want_kinds.push(format!("AT Solo c{i}"));
             }
             2 => {
@@ -203,15 +170,8 @@ fn an_over_long_line_closes_only_that_connection_after_the_replies_owed() {
         s.write_all(&bytes).unwrap();
         let got = read_to_end(&mut s);
         let text = String::from_utf8(got).unwrap();
-        assert!(
-            text.starts_with("AT Solo ") && text.ends_with(" a +1+1 1\n"),
-            "{text:?}"
-        );
-        assert_eq!(
-            text.matches('\n').count(),
-            1,
-            "no reply to the long line: {text:?}"
-        );
+        assert!(text.starts_with("AT Solo ") && text.ends_with(" a +1+1 1\n"), "{text:?}");
+        assert_eq!(text.matches('\n').count(), 1, "no reply to the long line: {text:?}");
     }
     // Exactly at the limit is fine.
     let mut line = b"IAMAT a +1+1 1 ".to_vec();
@@ -223,10 +183,7 @@ fn an_over_long_line_closes_only_that_connection_after_the_replies_owed() {
 
     bystander.write_all(b"IAMAT b +1+1 2\n").unwrap();
     let text = String::from_utf8(read_until(&mut bystander, b"\n")).unwrap();
-    assert!(
-        text.starts_with("AT Solo "),
-        "the bystander is unaffected: {text}"
-    );
+    assert!(text.starts_with("AT Solo "), "the bystander is unaffected: {text}");
 }
 
 #[test]
@@ -235,24 +192,16 @@ fn a_thousand_concurrent_connections_are_each_answered() {
     let port = config.port("Solo");
     let mut conns: Vec<_> = (0..1000).map(|_| connect(port)).collect();
     for (i, s) in conns.iter_mut().enumerate() {
-        s.write_all(format!("IAMAT conn{i} +1+1 {}\n", 1_700_000_000 + i).as_bytes())
-            .unwrap();
+        s.write_all(format!("IAMAT conn{i} +1+1 {}\n", 1_700_000_000 + i).as_bytes()).unwrap();
     }
     for (i, s) in conns.iter_mut().enumerate() {
         let text = String::from_utf8(read_until(s, b"\n")).unwrap();
-        assert!(
-            text.starts_with("AT Solo ") && text.contains(&format!(" conn{i} ")),
-            "{text}"
-        );
+        assert!(text.starts_with("AT Solo ") && text.contains(&format!(" conn{i} ")), "{text}");
     }
     for (i, s) in conns.iter_mut().enumerate().step_by(100) {
-        s.write_all(format!("WHATSAT conn{} 1 1\n", (i + 1) % 1000).as_bytes())
-            .unwrap();
+        s.write_all(format!("WHATSAT conn{} 1 1\n", (i + 1) % 1000).as_bytes()).unwrap();
         let text = String::from_utf8(read_until(s, b"\n\n")).unwrap();
-        assert!(
-            text.contains(&format!(" conn{} ", (i + 1) % 1000)),
-            "{text}"
-        );
+        assert!(text.contains(&format!(" conn{} ", (i + 1) % 1000)), "{text}");
     }
 }
 
@@ -262,17 +211,9 @@ fn newer_records_win_and_older_ones_are_answered_but_not_stored() {
     let port = config.port("Solo");
     ask(port, b"IAMAT k +1+1 1700000300.0000000001\n");
     let older = ask(port, b"IAMAT k +2+2 1700000300\n");
-    assert!(
-        String::from_utf8(older)
-            .unwrap()
-            .ends_with(" k +2+2 1700000300\n"),
-        "answered normally"
-    );
+    assert!(String::from_utf8(older).unwrap().ends_with(" k +2+2 1700000300\n"), "answered normally");
     let out = String::from_utf8(ask(port, b"WHATSAT k 1 0\n")).unwrap();
-    assert!(
-        out.starts_with("AT Solo ") && out.contains(" k +1+1 1700000300.0000000001\n"),
-        "{out}"
-    );
+    assert!(out.starts_with("AT Solo ") && out.contains(" k +1+1 1700000300.0000000001\n"), "{out}");
 }
 
 #[test]
@@ -280,20 +221,14 @@ fn sigterm_answers_what_was_received_then_exits() {
     let (config, mut server) = one_server();
     let port = config.port("Solo");
     let mut s = connect(port);
-    s.write_all(b"IAMAT late +1+1 1\nIAMAT late2 +1+1 1\n")
-        .unwrap();
+    s.write_all(b"IAMAT late +1+1 1\nIAMAT late2 +1+1 1\n").unwrap();
     server.signal(libc::SIGTERM);
     let text = String::from_utf8(read_to_end(&mut s)).unwrap();
     assert_eq!(text.lines().count(), 2, "{text:?}");
-    let status = server
-        .wait_exit(Duration::from_secs(2))
-        .expect("exits within 2 s");
+    let status = server.wait_exit(Duration::from_secs(2)).expect("exits within 2 s");
     assert!(status.success(), "{status}");
     let log = config.log_text("Solo");
-    assert!(
-        log.contains("recv 127.0.0.1:") && log.contains("IAMAT late2 +1+1 1"),
-        "{log}"
-    );
+    assert!(log.contains("recv 127.0.0.1:") && log.contains("IAMAT late2 +1+1 1"), "{log}");
     assert!(log.contains("stop: "), "{log}");
 }
 
@@ -327,14 +262,8 @@ fn config_and_start_up_errors_exit_2_with_one_line() {
         p
     };
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(herd_bin())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
+        let out = std::process::Command::new(herd_bin()).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let (a, b) = (free_port(), free_port());
     let good = format!(
@@ -343,14 +272,8 @@ fn config_and_start_up_errors_exit_2_with_one_line() {
     );
     let path = write("good.json", &good);
     let cases = [
-        (
-            vec!["serve", "Nobody", "--config", path.to_str().unwrap()],
-            "unknown server \"Nobody\"",
-        ),
-        (
-            vec!["serve", "A", "--config", "/nonexistent/herd.json"],
-            "cannot read",
-        ),
+        (vec!["serve", "Nobody", "--config", path.to_str().unwrap()], "unknown server \"Nobody\""),
+        (vec!["serve", "A", "--config", "/nonexistent/herd.json"], "cannot read"),
         (vec!["serve"], "exactly one server NAME"),
         (vec!["frobnicate"], "unknown command"),
     ];
@@ -360,22 +283,10 @@ fn config_and_start_up_errors_exit_2_with_one_line() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
     let bad = [
-        (
-            good.replace(&format!("\"port\": {a}"), "\"port\": \"x\""),
-            "servers[0].port: expected an integer",
-        ),
-        (
-            good.replace(&format!("{b}"), &format!("{a}")),
-            "already used by A.port",
-        ),
-        (
-            good.replace("\"log_dir\"", "\"links\": [[\"A\", \"Z\"]], \"log_dir\""),
-            "links[0]: unknown server \"Z\"",
-        ),
-        (
-            good.replace("\"name\": \"A\", ", ""),
-            "servers[0].name: missing",
-        ),
+        (good.replace(&format!("\"port\": {a}"), "\"port\": \"x\""), "servers[0].port: expected an integer"),
+        (good.replace(&format!("{b}"), &format!("{a}")), "already used by A.port"),
+        (good.replace("\"log_dir\"", "\"links\": [[\"A\", \"Z\"]], \"log_dir\""), "links[0]: unknown server \"Z\""),
+        (good.replace("\"name\": \"A\", ", ""), "servers[0].name: missing"),
     ];
     for (i, (text, want)) in bad.iter().enumerate() {
         let p = write(&format!("bad{i}.json"), text);
@@ -387,10 +298,7 @@ fn config_and_start_up_errors_exit_2_with_one_line() {
             args.extend(["--config", p.to_str().unwrap()]);
             let (code, err) = run(&args);
             assert_eq!(code, Some(2), "{cmd} {text}: {err}");
-            assert!(
-                err.contains(want) && err.trim_end().lines().count() == 1,
-                "{cmd}: want {want:?}, got {err:?}"
-            );
+            assert!(err.contains(want) && err.trim_end().lines().count() == 1, "{cmd}: want {want:?}, got {err:?}");
         }
     }
     // A port in use: the running server keeps it, the second exits 2 naming the address.
@@ -399,10 +307,7 @@ fn config_and_start_up_errors_exit_2_with_one_line() {
     let started = Instant::now();
     let (code, err) = run(&["serve", "A", "--config", config.path.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains(&format!("127.0.0.1:{}", config.port("A"))) && err.contains("in use"),
-        "{err}"
-    );
+    assert!(err.contains(&format!("127.0.0.1:{}", config.port("A"))) && err.contains("in use"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(5));
     let (code, err) = run(&["up", "--config", config.path.to_str().unwrap()]);
     assert_eq!(code, Some(2), "{err}");
@@ -413,28 +318,16 @@ fn config_and_start_up_errors_exit_2_with_one_line() {
 fn up_runs_every_server_and_stops_them_all_on_sigterm() {
     let names = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"];
     let config = HerdConfig::new(&names, &[], "");
-    let mut up = Proc::start(
-        "up",
-        &["up", "--config", config.path.to_str().unwrap()],
-        &[],
-        "servers up",
-    );
+    let mut up = Proc::start("up", &["up", "--config", config.path.to_str().unwrap()], &[], "servers up");
     for name in names {
         let reply = grader(config.port(name), b"IAMAT u +1+1 1");
-        assert!(
-            reply.starts_with(format!("AT {name} ").as_bytes()),
-            "{name}: {:?}",
-            String::from_utf8_lossy(&reply)
-        );
+        assert!(reply.starts_with(format!("AT {name} ").as_bytes()), "{name}: {:?}", String::from_utf8_lossy(&reply));
     }
     up.signal(libc::SIGTERM);
     let status = up.wait_exit(Duration::from_secs(3)).expect("up exits");
     assert!(status.success(), "{status}");
     for name in names {
-        assert!(
-            std::net::TcpStream::connect(("127.0.0.1", config.port(name))).is_err(),
-            "{name} still listening"
-        );
+        assert!(std::net::TcpStream::connect(("127.0.0.1", config.port(name))).is_err(), "{name} still listening");
     }
 }
 
@@ -444,8 +337,7 @@ fn a_client_that_vanishes_costs_only_itself() {
     let port = config.port("Solo");
     for _ in 0..20 {
         let mut s = connect(port);
-        s.write_all(b"IAMAT gone +1+1 1\nIAMAT gone +1+1 2\nWHATSAT gone 1 1\n")
-            .unwrap();
+        s.write_all(b"IAMAT gone +1+1 1\nIAMAT gone +1+1 2\nWHATSAT gone 1 1\n").unwrap();
         // Reset instead of a clean close.
         socket_linger_zero(&s);
         drop(s);
@@ -455,17 +347,13 @@ fn a_client_that_vanishes_costs_only_itself() {
     let mut s = connect(port);
     let mut buf = [0u8; 1];
     s.write_all(b"\n").unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     assert!(s.read(&mut buf).is_err(), "a blank line gets no reply");
 }
 
 fn socket_linger_zero(s: &std::net::TcpStream) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: setsockopt on a socket we own, with a properly sized struct.
     unsafe {
         libc::setsockopt(

@@ -7,31 +7,22 @@ use proptest::prelude::*;
 use std::cmp::Ordering;
 
 fn digits(min: usize, max: usize) -> impl Strategy<Value = String> {
-    proptest::collection::vec(0u8..10, min..=max)
-        .prop_map(|v| v.into_iter().map(|d| (b'0' + d) as char).collect())
+    proptest::collection::vec(0u8..10, min..=max).prop_map(|v| v.into_iter().map(|d| (b'0' + d) as char).collect())
 }
 
 /// A valid coordinate: sign, integer part within `limit` (with optional leading zeros), optional fraction.
 fn coordinate(limit: u32) -> impl Strategy<Value = String> {
-    (
-        any::<bool>(),
-        0..=limit,
-        0usize..3,
-        proptest::option::of(digits(1, 8)),
-    )
-        .prop_map(move |(neg, int, zeros, frac)| {
+    (any::<bool>(), 0..=limit, 0usize..3, proptest::option::of(digits(1, 8))).prop_map(
+        move |(neg, int, zeros, frac)| {
             let sign = if neg { '-' } else { '+' };
-            let frac = if int == limit {
-                frac.map(|f| "0".repeat(f.len()))
-            } else {
-                frac
-            };
+            let frac = if int == limit { frac.map(|f| "0".repeat(f.len())) } else { frac };
             let pad = "0".repeat(zeros);
             match frac {
                 Some(f) => format!("{sign}{pad}{int}.{f}"),
                 None => format!("{sign}{pad}{int}"),
             }
-        })
+        },
+    )
 }
 
 fn client_time() -> impl Strategy<Value = String> {

@@ -55,14 +55,13 @@ pub enum State {
     Closed(CloseReason),
 }
 
-/// A reply slot behind a WHATSAT that still waits on Places.
+/// A reply slot behind a WHATSAT that still waits (on Places, or on the herd).
 enum Pending {
     /// The WHATSAT itself: its AT line, known when it arrived, and the bound to cut the answer to.
-    Places {
-        ticket: u64,
-        at_line: Vec<u8>,
-        bound: u8,
-    },
+    Places { ticket: u64, at_line: Vec<u8>, bound: u8 },
+    /// A WHATSAT for a client unknown here, waiting until `deadline` for its record to arrive from a peer.
+    /// `line` is the command, answered again when the record arrives, or echoed with `?` at the deadline.
+    AwaitRecord { ticket: u64, line: Vec<u8>, deadline: Instant },
     /// Replies already made for later commands, coalesced into one buffer.
     Ready(Vec<u8>),
 }
@@ -198,8 +197,7 @@ impl Client {
                     if reason == CloseReason::LineTooLong && !self.hup {
                         let _ = self.stream.shutdown(std::net::Shutdown::Write);
                         self.idle_at = ctx.now + LINGER;
-                        ctx.timers
-                            .add(self.idle_at, super::timer::Timer::Conn(self.token));
+                        ctx.timers.add(self.idle_at, super::timer::Timer::Conn(self.token));
                         self.state = State::Lingering(reason);
                     } else {
                         self.state = State::Closed(reason);
@@ -217,9 +215,7 @@ impl Client {
                             }
                         }
                         ReadOutcome::WouldBlock => self.readable = false,
-                        ReadOutcome::Eof | ReadOutcome::Failed => {
-                            self.state = State::Closed(reason)
-                        }
+                        ReadOutcome::Eof | ReadOutcome::Failed => self.state = State::Closed(reason),
                     }
                 }
                 State::Closed(_) => return,
@@ -242,8 +238,7 @@ impl Client {
                 Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    ctx.log
-                        .event(format_args!("client {} read error: {e}", self.addr));
+                    ctx.log.event(format_args!("client {} read error: {e}", self.addr));
                     ReadOutcome::Failed
                 }
             };
@@ -318,11 +313,7 @@ impl Client {
             "client {} sent a line of more than {} bytes ({len} seen): closing after replies owed",
             self.addr, ctx.limits.max_line
         ));
-        log::warn!(
-            "client {}: line longer than {} bytes, closing",
-            self.addr,
-            ctx.limits.max_line
-        );
+        log::warn!("client {}: line longer than {} bytes, closing", self.addr, ctx.limits.max_line);
         self.input = Vec::new();
         self.readable = false;
         self.state = State::Draining(CloseReason::LineTooLong);
@@ -372,11 +363,11 @@ impl Client {
                         protocol::write_invalid(buf, line);
                     }
                     Whatsat::Pending { ticket, at_line } => {
-                        self.waiting.push_back(Pending::Places {
-                            ticket,
-                            at_line,
-                            bound: cmd.bound,
-                        });
+                        self.waiting.push_back(Pending::Places { ticket, at_line, bound: cmd.bound });
+                        return;
+                    }
+                    Whatsat::AwaitRecord { ticket, deadline } => {
+                        self.waiting.push_back(Pending::AwaitRecord { ticket, line: line.to_vec(), deadline });
                         return;
                     }
                 }
@@ -410,16 +401,12 @@ impl Client {
 
     /// Places answered the WHATSAT with this ticket: fill its slot and release every reply now in order.
     pub fn places_answered(&mut self, ticket: u64, json: &[u8], ctx: &mut Ctx) {
-        let Some(slot) = self
-            .waiting
-            .iter_mut()
-            .find(|p| matches!(p, Pending::Places { ticket: t, .. } if *t == ticket))
+        let Some(slot) =
+            self.waiting.iter_mut().find(|p| matches!(p, Pending::Places { ticket: t, .. } if *t == ticket))
         else {
             return;
         };
-        let Pending::Places { at_line, .. } = slot else {
-            unreachable!()
-        };
+        let Pending::Places { at_line, .. } = slot else { unreachable!() };
         let mut reply = std::mem::take(at_line);
         reply.extend_from_slice(json);
         reply.extend_from_slice(b"\n\n");
@@ -427,10 +414,13 @@ impl Client {
         ctx.log.reply(self.addr, &reply);
         self.waiting_bytes += reply.len();
         *slot = Pending::Ready(reply);
+        self.release_ready(ctx);
+    }
+
+    /// Moves the replies at the head of the queue that are ready to `out`, in order.
+    fn release_ready(&mut self, ctx: &mut Ctx) {
         while let Some(Pending::Ready(_)) = self.waiting.front() {
-            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else {
-                unreachable!()
-            };
+            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else { unreachable!() };
             self.waiting_bytes -= buf.len();
             self.out.extend_from_slice(&buf);
         }
@@ -440,12 +430,75 @@ impl Client {
         }
     }
 
+    /// The record a waiting WHATSAT needed has arrived from the herd: answer the command now.
+    pub fn record_arrived(&mut self, ticket: u64, ctx: &mut Ctx) {
+        let Some(i) =
+            self.waiting.iter().position(|p| matches!(p, Pending::AwaitRecord { ticket: t, .. } if *t == ticket))
+        else {
+            return;
+        };
+        let Pending::AwaitRecord { line, .. } = &self.waiting[i] else { unreachable!() };
+        let line = line.clone();
+        let Command::WhatsAt(cmd) = protocol::parse_command(&line) else { unreachable!("it parsed before") };
+        let mut reply = Vec::new();
+        self.waiting[i] = match ctx.whatsat(&cmd, self.token, &mut reply) {
+            Whatsat::Answered => {
+                ctx.counters.replies += 1;
+                ctx.log.reply(self.addr, &reply);
+                self.waiting_bytes += reply.len();
+                Pending::Ready(reply)
+            }
+            Whatsat::Pending { ticket, at_line } => Pending::Places { ticket, at_line, bound: cmd.bound },
+            // Cannot happen (the record was just stored), but answer rather than hang.
+            Whatsat::UnknownClient | Whatsat::AwaitRecord { .. } => {
+                protocol::write_invalid(&mut reply, &line);
+                self.waiting_bytes += reply.len();
+                Pending::Ready(reply)
+            }
+        };
+        self.release_ready(ctx);
+    }
+
+    /// Answers `?` to every WHATSAT whose wait for the herd is over.
+    fn expire_waits(&mut self, ctx: &mut Ctx) {
+        let mut expired = false;
+        for slot in self.waiting.iter_mut() {
+            if let Pending::AwaitRecord { ticket, line, deadline } = slot {
+                if *deadline <= ctx.now {
+                    if let Command::WhatsAt(cmd) = protocol::parse_command(line) {
+                        ctx.stop_awaiting(cmd.client_id, self.token, *ticket);
+                    }
+                    let mut reply = Vec::with_capacity(line.len() + 3);
+                    protocol::write_invalid(&mut reply, line);
+                    ctx.counters.invalid += 1;
+                    ctx.counters.replies += 1;
+                    ctx.log.reply(self.addr, &reply);
+                    self.waiting_bytes += reply.len();
+                    *slot = Pending::Ready(reply);
+                    expired = true;
+                }
+            }
+        }
+        if expired {
+            self.release_ready(ctx);
+        }
+    }
+
+    /// The connection is going away: forget the waits registered in the server's context.
+    pub fn forget_waits(&mut self, ctx: &mut Ctx) {
+        for slot in &self.waiting {
+            if let Pending::AwaitRecord { ticket, line, .. } = slot {
+                if let Command::WhatsAt(cmd) = protocol::parse_command(line) {
+                    ctx.stop_awaiting(cmd.client_id, self.token, *ticket);
+                }
+            }
+        }
+    }
+
     /// The bound of the WHATSAT waiting on `ticket`, if it is still waiting.
     pub fn bound_for(&self, ticket: u64) -> Option<u8> {
         self.waiting.iter().find_map(|p| match p {
-            Pending::Places {
-                ticket: t, bound, ..
-            } if *t == ticket => Some(*bound),
+            Pending::Places { ticket: t, bound, .. } if *t == ticket => Some(*bound),
             _ => None,
         })
     }
@@ -508,8 +561,13 @@ impl Client {
         self.drive(ctx, scratch);
     }
 
-    /// Idle check from the loop's timer: closes a client that sent nothing and is owed nothing.
-    pub fn idle_check(&mut self, ctx: &mut Ctx) -> Option<Instant> {
+    /// The connection's timer: ends waits that are over, closes a client that sent nothing and is owed
+    /// nothing for the idle time-out, ends a lingering close. Returns when to look again.
+    pub fn on_timer(&mut self, ctx: &mut Ctx) -> Option<Instant> {
+        if self.is_closed() {
+            return None;
+        }
+        self.expire_waits(ctx);
         if self.is_closed() {
             return None;
         }
@@ -521,6 +579,12 @@ impl Client {
             return Some(self.idle_at);
         }
         if self.idle_at > ctx.now || self.owes() {
+            // A draining connection may be done now that its waits are answered.
+            if let State::Draining(_) = self.state {
+                if !self.owes() {
+                    return None;
+                }
+            }
             return Some(self.idle_at.max(ctx.now + ctx.idle_timeout / 8));
         }
         self.state = State::Closed(CloseReason::Idle);

@@ -18,6 +18,7 @@
 
 use super::client::Client;
 use super::log::{self as server_log, ServerLog};
+use super::peer::{self, Peer, PeerClose, Role, Secret};
 use super::timer::{Timer, Timers};
 use crate::config::{Config, Limits};
 use crate::protocol::{AtFields, Timestamp, WhatsAt};
@@ -108,6 +109,16 @@ pub struct Counters {
     pub bytes_out: u64,
     pub writes: u64,
     pub records_stored: u64,
+    pub records_received: u64,
+    pub records_duplicate: u64,
+    pub records_forwarded: u64,
+    pub records_synced: u64,
+    pub sync_batches: u64,
+    pub links_up: u64,
+    pub links_down: u64,
+    pub peers_refused: u64,
+    pub peer_bytes_in: u64,
+    pub peer_bytes_out: u64,
 }
 
 impl Counters {
@@ -120,7 +131,8 @@ impl Counters {
             .collect();
         format!(
             "turns={} events={} stale={} accepts={} closes[{}] iamat={} whatsat={} invalid={} replies={} \
-             bytes_in={} bytes_out={} writes={} stored={}",
+             bytes_in={} bytes_out={} writes={} stored={} received={} duplicate={} forwarded={} synced={} \
+             sync_batches={} links_up={} links_down={} peers_refused={}",
             self.turns,
             self.events,
             self.stale_events,
@@ -133,7 +145,15 @@ impl Counters {
             self.bytes_in,
             self.bytes_out,
             self.writes,
-            self.records_stored
+            self.records_stored,
+            self.records_received,
+            self.records_duplicate,
+            self.records_forwarded,
+            self.records_synced,
+            self.sync_batches,
+            self.links_up,
+            self.links_down,
+            self.peers_refused
         )
     }
 }
@@ -142,6 +162,9 @@ impl Counters {
 pub enum Whatsat {
     /// The client has no record here: the command is invalid.
     UnknownClient,
+    /// The client has no record here yet, but a neighbour is linked: wait until `deadline` for the herd
+    /// to deliver one. `Client::record_arrived` or the deadline ends the wait.
+    AwaitRecord { ticket: u64, deadline: Instant },
     /// The whole reply (AT line, JSON, blank line) was appended to the buffer.
     Answered,
     /// Places is being asked; the answer comes back through `Client::places_answered` with this ticket.
@@ -168,27 +191,152 @@ pub struct Ctx {
     pub again: Vec<Token>,
     /// The legacy failure object served while Places is not configured.
     places_unconfigured: Vec<u8>,
+    /// This server's neighbours, in config order.
+    pub neighbours: Vec<Neighbour>,
+    /// Peer links with output to write at the end of this turn (written before the clients').
+    pub dirty_peers: Vec<Token>,
+    /// Records stored this turn and not yet handed to the peer links: the bytes, and for each record
+    /// the neighbour it came from and its range in the bytes.
+    floods: Vec<u8>,
+    flood_marks: Vec<(Option<usize>, u32, u32)>,
+    /// Neighbours to dial at once (they just dialed us while our link to them was down).
+    dial_now: Vec<usize>,
+    secret: Option<Secret>,
+    rng: u64,
+    next_ticket: u64,
+    /// How long a WHATSAT for an unknown client waits for the herd.
+    unknown_grace: Duration,
+    /// WHATSATs waiting for a record, by client id: (client connection, ticket).
+    awaiting_record: std::collections::HashMap<Box<[u8]>, Vec<(Token, u64)>>,
+    /// Waits ended by a record stored in this handler: delivered to their clients right after it.
+    records_arrived: Vec<(Token, u64)>,
 }
+
+/// A neighbour and the state of our sending link to it.
+pub struct Neighbour {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub link: OutLink,
+    /// The current redial delay (doubling, capped, jittered).
+    backoff: Duration,
+    /// Identified links from this neighbour (normally 0 or 1).
+    pub links_in: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutLink {
+    /// Waiting for the redial timer.
+    Backoff,
+    /// Connecting or handshaking on this token.
+    Dialing(Token),
+    /// Live: records go out on this token.
+    Live(Token),
+}
+
+/// Redial delays: from the first retry to the cap, doubling, each jittered down to half.
+const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
 impl Ctx {
     /// Stores an `AT` line if it is the newest record of its client, and floods it if so.
-    pub fn store_and_flood(
-        &mut self,
-        line: &[u8],
-        fields: AtFields,
-        _from_peer: Option<usize>,
-    ) -> bool {
-        let stored = self.records.offer(line, fields);
-        if stored {
-            self.counters.records_stored += 1;
+    /// `from` is the neighbour it came from (it is not sent back there), `None` for a client's IAMAT.
+    pub fn store_and_flood(&mut self, line: &[u8], fields: AtFields, from: Option<usize>) -> bool {
+        if !self.records.offer(line, fields) {
+            return false;
         }
-        stored
+        self.counters.records_stored += 1;
+        if !self.awaiting_record.is_empty() {
+            let id = &line[fields.client_id.0 as usize..fields.client_id.1 as usize];
+            if let Some(waiters) = self.awaiting_record.remove(id) {
+                self.records_arrived.extend(waiters);
+            }
+        }
+        let any_link =
+            self.neighbours.iter().enumerate().any(|(i, n)| Some(i) != from && matches!(n.link, OutLink::Live(_)));
+        if any_link {
+            let start = self.floods.len() as u32;
+            self.floods.extend_from_slice(line);
+            self.flood_marks.push((from, start, self.floods.len() as u32));
+        }
+        true
+    }
+
+    pub fn ticket(&mut self) -> u64 {
+        self.next_ticket += 1;
+        self.next_ticket
+    }
+
+    /// A wait for `client_id`'s record ended without it: forget the waiter.
+    pub fn stop_awaiting(&mut self, client_id: &[u8], client: Token, ticket: u64) {
+        if let Some(waiters) = self.awaiting_record.get_mut(client_id) {
+            waiters.retain(|&w| w != (client, ticket));
+            if waiters.is_empty() {
+                self.awaiting_record.remove(client_id);
+            }
+        }
+    }
+
+    /// A fresh random nonce for a handshake (hex).
+    pub fn nonce(&mut self) -> String {
+        use ring::rand::SecureRandom;
+        let mut buf = [0u8; 16];
+        ring::rand::SystemRandom::new().fill(&mut buf).expect("system randomness");
+        peer::hex(&buf)
+    }
+
+    pub fn mac(&self, role: &str, dialer: &str, acceptor: &str, nonce_d: &str, nonce_a: &str) -> String {
+        peer::mac(self.secret.as_ref(), role, dialer, acceptor, nonce_d, nonce_a)
+    }
+
+    pub fn verify_mac(
+        &self,
+        role: &str,
+        dialer: &str,
+        acceptor: &str,
+        nonce_d: &str,
+        nonce_a: &str,
+        given: &[u8],
+    ) -> bool {
+        peer::verify(self.secret.as_ref(), role, dialer, acceptor, nonce_d, nonce_a, given)
+    }
+
+    /// Our sending link to `n` is live.
+    pub fn on_link_out(&mut self, n: usize, token: Token) {
+        self.neighbours[n].link = OutLink::Live(token);
+        self.neighbours[n].backoff = BACKOFF_FIRST;
+        self.counters.links_up += 1;
+    }
+
+    /// Neighbour `n` linked to us. If our own link to it is waiting to redial, it is back: dial now.
+    pub fn on_link_in(&mut self, n: usize) {
+        self.neighbours[n].links_in += 1;
+        self.counters.links_up += 1;
+        if self.neighbours[n].link == OutLink::Backoff {
+            self.dial_now.push(n);
+        }
+    }
+
+    /// A jittered delay in [d/2, d] (xorshift; not for secrets).
+    fn jitter(&mut self, d: Duration) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let half = d / 2;
+        half + Duration::from_nanos(self.rng % (half.as_nanos() as u64 + 1))
     }
 
     /// Answers a WHATSAT into `out`, or starts the Places request it needs.
-    pub fn whatsat(&mut self, cmd: &WhatsAt<'_>, _client: Token, out: &mut Vec<u8>) -> Whatsat {
+    pub fn whatsat(&mut self, cmd: &WhatsAt<'_>, client: Token, out: &mut Vec<u8>) -> Whatsat {
         let Some(record) = self.records.get(cmd.client_id) else {
-            return Whatsat::UnknownClient;
+            // A record may be on its way: the IAMAT may have been answered elsewhere a moment ago.
+            if self.unknown_grace.is_zero() || !self.neighbours.iter().any(|n| n.links_in > 0) {
+                return Whatsat::UnknownClient;
+            }
+            let ticket = self.ticket();
+            let deadline = self.now + self.unknown_grace;
+            self.awaiting_record.entry(cmd.client_id.into()).or_default().push((client, ticket));
+            self.timers.add(deadline, Timer::Conn(client));
+            return Whatsat::AwaitRecord { ticket, deadline };
         };
         out.extend_from_slice(record.line());
         out.extend_from_slice(&self.places_unconfigured);
@@ -206,6 +354,7 @@ struct Entry {
 /// The kinds of connection one loop drives.
 enum Conn {
     Client(Client),
+    Peer(Peer),
 }
 
 /// One herd server: its poll, its listeners, its connections and its state.
@@ -226,6 +375,7 @@ struct Core {
     peer_listener: Option<TcpListener>,
     signals: signal_hook_mio::v1_0::Signals,
     clients: usize,
+    peers: usize,
     /// The client listener has connections we did not accept yet (at the client limit, or out of fds).
     accept_pending: bool,
     stopping: bool,
@@ -234,6 +384,8 @@ struct Core {
     log_flush_armed: bool,
     /// Connections to free at the end of the turn.
     closing: Vec<Token>,
+    /// Scratch list of live sending links, reused for every flood.
+    live_links: Vec<(usize, Token)>,
 }
 
 /// Binds a listener, with an error that names the server, the address and its role.
@@ -246,18 +398,33 @@ impl Server {
     pub fn bind(config: &Config, name: &str) -> Result<Server, String> {
         let index = config.server_index(name).ok_or_else(|| {
             let names: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-            format!(
-                "unknown server {name:?} (the config has {})",
-                names.join(", ")
-            )
+            format!("unknown server {name:?} (the config has {})", names.join(", "))
         })?;
+        let secret = match &config.herd_secret_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(v) if !v.is_empty() => Some(Secret::new(v.as_bytes())),
+                _ => return Err(format!("herd_secret_env names {var}, which is not set or empty")),
+            },
+        };
         let me = &config.servers[index];
         let client_addr = me.client_addr()?;
         let peer_addr = me.peer_addr()?;
+        let mut neighbours = Vec::new();
+        for n in config.neighbours(index) {
+            let s = &config.servers[n];
+            neighbours.push(Neighbour {
+                name: s.name.clone(),
+                addr: s.peer_addr()?,
+                link: OutLink::Backoff,
+                backoff: BACKOFF_FIRST,
+                links_in: 0,
+            });
+        }
         let client_listener = listen(name, client_addr, "client port")?;
         let peer_listener = listen(name, peer_addr, "peer port")?;
         let log = ServerLog::open(&config.log_file(name))?;
-        Self::with_listeners(config, index, client_listener, peer_listener, log)
+        Self::with_listeners(config, index, client_listener, peer_listener, log, neighbours, secret)
     }
 
     fn with_listeners(
@@ -266,51 +433,57 @@ impl Server {
         mut client_listener: TcpListener,
         mut peer_listener: TcpListener,
         log: ServerLog,
+        neighbours: Vec<Neighbour>,
+        secret: Option<Secret>,
     ) -> Result<Server, String> {
         let me = &config.servers[index];
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
-        let registry = poll
-            .registry()
-            .try_clone()
-            .map_err(|e| format!("cannot clone registry: {e}"))?;
+        let registry = poll.registry().try_clone().map_err(|e| format!("cannot clone registry: {e}"))?;
         let io = |e: std::io::Error| format!("{}: cannot register: {e}", me.name);
-        registry
-            .register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE)
-            .map_err(io)?;
-        registry
-            .register(&mut peer_listener, PEER_LISTENER, Interest::READABLE)
-            .map_err(io)?;
-        let mut signals = signal_hook_mio::v1_0::Signals::new([
-            signal_hook::consts::SIGTERM,
-            signal_hook::consts::SIGINT,
-        ])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-        registry
-            .register(&mut signals, SIGNALS, Interest::READABLE)
-            .map_err(io)?;
+        registry.register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE).map_err(io)?;
+        registry.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE).map_err(io)?;
+        let mut signals =
+            signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+                .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(io)?;
 
-        let now = Instant::now();
-        let timers = Timers::default();
         let failure = serde_json::json!({
             "error_message": "Places is not configured for this server",
             "html_attributions": [],
             "results": [],
             "status": "UNKNOWN_ERROR",
         });
+        let seed = {
+            use ring::rand::SecureRandom;
+            let mut b = [0u8; 8];
+            ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| "no system randomness".to_string())?;
+            u64::from_le_bytes(b) | 1
+        };
         let ctx = Ctx {
             name: me.name.as_bytes().into(),
             registry,
-            now,
+            now: Instant::now(),
             wall: Timestamp::from_system_time(SystemTime::now()),
             records: crate::record::RecordStore::new(),
             limits: config.limits.clone(),
             idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
             log,
             counters: Counters::default(),
-            timers,
+            timers: Timers::default(),
             dirty: Vec::new(),
             again: Vec::new(),
             places_unconfigured: crate::gjson::to_vec(&failure),
+            neighbours,
+            dirty_peers: Vec::new(),
+            floods: Vec::new(),
+            flood_marks: Vec::new(),
+            dial_now: Vec::new(),
+            secret,
+            rng: seed,
+            next_ticket: 0,
+            unknown_grace: Duration::from_millis(config.limits.unknown_client_grace_ms),
+            awaiting_record: Default::default(),
+            records_arrived: Vec::new(),
         };
         Ok(Server {
             poll,
@@ -324,23 +497,21 @@ impl Server {
                 peer_listener: Some(peer_listener),
                 signals,
                 clients: 0,
+                peers: 0,
                 accept_pending: false,
                 stopping: false,
                 finished: false,
                 log_flush_armed: false,
                 closing: Vec::new(),
+                live_links: Vec::new(),
             },
         })
     }
 
     /// The addresses the server listens on: (clients, peers).
     pub fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
-        let addr =
-            |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok()).expect("bound");
-        (
-            addr(&self.core.client_listener),
-            addr(&self.core.peer_listener),
-        )
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok()).expect("bound");
+        (addr(&self.core.client_listener), addr(&self.core.peer_listener))
     }
 
     pub fn counters(&self) -> &Counters {
@@ -355,13 +526,14 @@ impl Server {
             "start: {} listening for clients on {client} and peers on {peer}",
             String::from_utf8_lossy(&self.core.ctx.name)
         ));
+        // Dial every neighbour at once: those already up link within a round trip.
+        for n in 0..self.core.ctx.neighbours.len() {
+            self.core.dial(n);
+        }
         while !self.core.finished {
             self.turn()?;
         }
-        self.core
-            .ctx
-            .log
-            .event(format_args!("stop: {}", self.core.ctx.counters.summary()));
+        self.core.ctx.log.event(format_args!("stop: {}", self.core.ctx.counters.summary()));
         self.core.ctx.log.flush();
         log::info!("stopped: {}", self.core.ctx.counters.summary());
         Ok(())
@@ -370,11 +542,8 @@ impl Server {
     /// One loop turn (see the module documentation for the order of its steps).
     pub fn turn(&mut self) -> Result<(), String> {
         let core = &mut self.core;
-        let timeout = if core.ctx.again.is_empty() {
-            core.ctx.timers.timeout(core.ctx.now)
-        } else {
-            Some(Duration::ZERO)
-        };
+        let timeout =
+            if core.ctx.again.is_empty() { core.ctx.timers.timeout(core.ctx.now) } else { Some(Duration::ZERO) };
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != ErrorKind::Interrupted {
                 return Err(format!("poll failed: {e}"));
@@ -388,20 +557,28 @@ impl Server {
         for token in std::mem::take(&mut core.ctx.again) {
             core.drive(token);
         }
+        // Herd traffic first: a record that reached this host before a client's WHATSAT is stored
+        // before the WHATSAT is answered, whatever order the kernel listed the events in.
         for event in self.events.iter() {
-            core.ctx.counters.events += 1;
-            core.dispatch(event);
+            if core.is_peer_event(event.token()) {
+                core.ctx.counters.events += 1;
+                core.dispatch(event);
+            }
+        }
+        for event in self.events.iter() {
+            if !core.is_peer_event(event.token()) {
+                core.ctx.counters.events += 1;
+                core.dispatch(event);
+            }
         }
         core.fire_timers();
         core.flush_dirty();
         core.close_finished();
         if core.ctx.log.has_pending() && !core.log_flush_armed {
             core.log_flush_armed = true;
-            core.ctx
-                .timers
-                .add(core.ctx.now + server_log::FLUSH_EVERY, Timer::LogFlush);
+            core.ctx.timers.add(core.ctx.now + server_log::FLUSH_EVERY, Timer::LogFlush);
         }
-        if core.stopping && core.clients == 0 {
+        if core.stopping && core.clients == 0 && core.peers == 0 {
             core.finished = true;
         }
         Ok(())
@@ -409,6 +586,33 @@ impl Server {
 }
 
 impl Core {
+    fn is_peer_event(&self, token: Token) -> bool {
+        if token == PEER_LISTENER {
+            return true;
+        }
+        let (key, gen) = split(token);
+        matches!(self.conns.get(key), Some(Entry { gen: g, conn: Conn::Peer(_) }) if *g == gen)
+    }
+
+    /// Runs `f` on the connection `token` names, if it still exists; queues it for freeing if it closed;
+    /// then hands out what the handler produced for others (floods, dials).
+    fn with_conn(&mut self, token: Token, f: impl FnOnce(&mut Conn, &mut Ctx, &mut [u8])) {
+        let (key, gen) = split(token);
+        let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+            self.ctx.counters.stale_events += 1;
+            return;
+        };
+        f(&mut entry.conn, &mut self.ctx, &mut self.scratch);
+        let closed = match &entry.conn {
+            Conn::Client(c) => c.is_closed(),
+            Conn::Peer(p) => p.is_closed(),
+        };
+        if closed {
+            self.closing.push(token);
+        }
+        self.after_handler();
+    }
+
     fn dispatch(&mut self, event: &Event) {
         match event.token() {
             CLIENT_LISTENER => {
@@ -417,36 +621,77 @@ impl Core {
             }
             PEER_LISTENER => self.accept_peers(),
             SIGNALS => self.on_signal(),
-            token => {
-                let (key, gen) = split(token);
-                let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
-                    self.ctx.counters.stale_events += 1;
-                    return;
-                };
-                match &mut entry.conn {
-                    Conn::Client(c) => {
-                        c.on_event(event, &mut self.ctx, &mut self.scratch);
-                        if c.is_closed() {
-                            self.closing.push(token);
-                        }
-                    }
-                }
-            }
+            token => self.with_conn(token, |conn, ctx, scratch| match conn {
+                Conn::Client(c) => c.on_event(event, ctx, scratch),
+                Conn::Peer(p) => p.on_event(event, ctx, scratch),
+            }),
         }
     }
 
-    /// Drives a connection without an event (its read budget ran out last turn).
+    /// Drives a connection without an event (its read or sync budget ran out last turn).
     fn drive(&mut self, token: Token) {
         let (key, gen) = split(token);
-        let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
+        if self.conns.get(key).is_none_or(|e| e.gen != gen) {
             return;
-        };
-        match &mut entry.conn {
-            Conn::Client(c) => {
-                c.drive(&mut self.ctx, &mut self.scratch);
-                if c.is_closed() {
-                    self.closing.push(token);
+        }
+        self.with_conn(token, |conn, ctx, scratch| match conn {
+            Conn::Client(c) => c.drive(ctx, scratch),
+            Conn::Peer(p) => p.drive(ctx, scratch),
+        });
+    }
+
+    /// Hands the records stored by the last handler to every live sending link but the one each came
+    /// from, and dials the neighbours that asked for it. Runs after every handler, so floods go out in
+    /// the same loop turn as the store.
+    fn after_handler(&mut self) {
+        if !self.ctx.flood_marks.is_empty() {
+            self.live_links.clear();
+            for (i, n) in self.ctx.neighbours.iter().enumerate() {
+                if let OutLink::Live(t) = n.link {
+                    self.live_links.push((i, t));
                 }
+            }
+            let floods = std::mem::take(&mut self.ctx.floods);
+            let marks = std::mem::take(&mut self.ctx.flood_marks);
+            for &(from, start, end) in &marks {
+                let line = &floods[start as usize..end as usize];
+                let mut sent_to = 0;
+                for &(i, token) in &self.live_links {
+                    if Some(i) == from {
+                        continue;
+                    }
+                    let (key, gen) = split(token);
+                    if let Some(Entry { gen: g, conn: Conn::Peer(p) }) = self.conns.get_mut(key) {
+                        if *g == gen {
+                            p.send_record(line, &mut self.ctx);
+                            sent_to += 1;
+                            if p.is_closed() {
+                                self.closing.push(token);
+                            }
+                        }
+                    }
+                }
+                if sent_to > 0 {
+                    self.ctx.log.peer("flood", &format!("to {sent_to} neighbours"), line);
+                }
+            }
+            // Keep both allocations.
+            let (mut floods, mut marks) = (floods, marks);
+            floods.clear();
+            marks.clear();
+            self.ctx.floods = floods;
+            self.ctx.flood_marks = marks;
+        }
+        while let Some((token, ticket)) = self.ctx.records_arrived.pop() {
+            self.with_conn(token, |conn, ctx, _| {
+                if let Conn::Client(c) = conn {
+                    c.record_arrived(ticket, ctx);
+                }
+            });
+        }
+        while let Some(n) = self.ctx.dial_now.pop() {
+            if self.ctx.neighbours[n].link == OutLink::Backoff && !self.stopping {
+                self.dial(n);
             }
         }
     }
@@ -457,11 +702,13 @@ impl Core {
         self.next_gen = if gen >= u32::MAX - 16 { 1 } else { gen + 1 };
         let entry = self.conns.vacant_entry();
         let token = token(entry.key(), gen);
-        entry.insert(Entry {
-            gen,
-            conn: make(token),
-        });
+        entry.insert(Entry { gen, conn: make(token) });
         token
+    }
+
+    /// The token the next `insert` will hand out, so a socket can be registered before it is stored.
+    fn next_token(&self) -> Token {
+        token(self.conns.vacant_key(), self.next_gen)
     }
 
     /// Accepts until the kernel has no more, the client limit is reached, or file descriptors run out.
@@ -472,26 +719,17 @@ impl Core {
                 self.ctx.counters.accept_paused += 1;
                 return;
             }
-            let Some(listener) = &self.client_listener else {
-                return;
-            };
+            let Some(listener) = &self.client_listener else { return };
             match listener.accept() {
                 Ok((stream, addr)) => self.add_client(stream, addr),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.accept_pending = false,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
-                    ) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS: try again shortly instead of spinning on a ready listener.
                     log::warn!("accept failed: {e}; retrying in 100 ms");
                     self.ctx.log.event(format_args!("accept failed: {e}"));
                     self.ctx.counters.accept_paused += 1;
-                    self.ctx.timers.add(
-                        self.ctx.now + Duration::from_millis(100),
-                        Timer::AcceptRetry,
-                    );
+                    self.ctx.timers.add(self.ctx.now + Duration::from_millis(100), Timer::AcceptRetry);
                     return;
                 }
             }
@@ -502,14 +740,8 @@ impl Core {
         // Small replies must not wait 40 ms for Nagle.
         let _ = stream.set_nodelay(true);
         let idle_at = self.ctx.now + self.ctx.idle_timeout;
-        let registry = &self.ctx.registry;
-        let gen = self.next_gen;
-        let key = self.conns.vacant_key();
-        if let Err(e) = registry.register(
-            &mut stream,
-            token(key, gen),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.ctx.registry.register(&mut stream, self.next_token(), interest) {
             log::warn!("cannot register client {addr}: {e}");
             return;
         }
@@ -521,16 +753,66 @@ impl Core {
     }
 
     fn accept_peers(&mut self) {
-        // Peer links arrive with the herd (issue 3); until then the port is held and connections refused.
-        let Some(listener) = &self.peer_listener else {
-            return;
-        };
-        while let Ok((stream, addr)) = listener.accept() {
-            self.ctx.log.event(format_args!(
-                "peer connection from {addr} refused: peering not enabled"
-            ));
-            drop(stream);
+        loop {
+            let Some(listener) = &self.peer_listener else { return };
+            match listener.accept() {
+                Ok((mut stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self.ctx.registry.register(&mut stream, self.next_token(), interest).is_err() {
+                        continue;
+                    }
+                    let now = self.ctx.now;
+                    let token = self.insert(|t| Conn::Peer(Peer::acceptor(stream, addr, t, now)));
+                    self.peers += 1;
+                    self.ctx.timers.add(now + peer::HANDSHAKE_DEADLINE, Timer::Conn(token));
+                    self.ctx.log.event(format_args!("peer connection from {addr}"));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    log::warn!("peer accept failed: {e}");
+                    return;
+                }
+            }
         }
+    }
+
+    /// Starts a non-blocking connect to neighbour `n`. Nothing is read or written until its first event.
+    fn dial(&mut self, n: usize) {
+        if self.stopping {
+            return;
+        }
+        let addr = self.ctx.neighbours[n].addr;
+        let mut stream = match mio::net::TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.log.event(format_args!("dial {} ({addr}) failed: {e}", self.ctx.neighbours[n].name));
+                return self.schedule_redial(n);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if self.ctx.registry.register(&mut stream, self.next_token(), interest).is_err() {
+            return self.schedule_redial(n);
+        }
+        let now = self.ctx.now;
+        let token = self.insert(|t| Conn::Peer(Peer::dialer(stream, addr, t, n, now)));
+        self.peers += 1;
+        self.ctx.neighbours[n].link = OutLink::Dialing(token);
+        self.ctx.timers.add(now + peer::HANDSHAKE_DEADLINE, Timer::Conn(token));
+    }
+
+    /// Redial `n` after its backoff (jittered; doubling up to the cap).
+    fn schedule_redial(&mut self, n: usize) {
+        if self.stopping {
+            return;
+        }
+        let delay = self.ctx.jitter(self.ctx.neighbours[n].backoff);
+        let nb = &mut self.ctx.neighbours[n];
+        nb.link = OutLink::Backoff;
+        nb.backoff = (nb.backoff * 2).min(BACKOFF_CAP);
+        self.ctx.timers.add(self.ctx.now + delay, Timer::Redial(n));
     }
 
     fn on_signal(&mut self) {
@@ -540,49 +822,37 @@ impl Core {
         }
         if self.stopping {
             log::warn!("second signal: exiting at once");
-            self.ctx
-                .log
-                .event(format_args!("second signal: exiting at once"));
+            self.ctx.log.event(format_args!("second signal: exiting at once"));
             self.ctx.log.flush();
             std::process::exit(1);
         }
         log::info!("signal {}: shutting down", signals[0]);
-        self.ctx.log.event(format_args!(
-            "signal {}: shutting down, answering what was received",
-            signals[0]
-        ));
+        self.ctx.log.event(format_args!("signal {}: shutting down, answering what was received", signals[0]));
         self.begin_shutdown();
     }
 
     /// Stops accepting, answers everything already received (including bytes still in the kernel's
-    /// buffers), then lets the loop finish once every client is closed, or at the grace deadline.
+    /// buffers), sends the peers what is queued for them, then lets the loop finish once every
+    /// connection is closed, or at the grace deadline.
     pub fn begin_shutdown(&mut self) {
         self.stopping = true;
-        for mut listener in [self.client_listener.take(), self.peer_listener.take()]
-            .into_iter()
-            .flatten()
-        {
+        for mut listener in [self.client_listener.take(), self.peer_listener.take()].into_iter().flatten() {
             let _ = self.ctx.registry.deregister(&mut listener);
         }
-        let tokens: Vec<Token> = self
-            .conns
-            .iter()
-            .map(|(key, entry)| token(key, entry.gen))
-            .collect();
-        for t in tokens {
-            let (key, _) = split(t);
-            match &mut self.conns[key].conn {
-                Conn::Client(c) => {
-                    c.shut_down(&mut self.ctx, &mut self.scratch);
-                    if c.is_closed() {
-                        self.closing.push(t);
-                    }
+        let tokens: Vec<Token> = self.conns.iter().map(|(key, entry)| token(key, entry.gen)).collect();
+        // Clients first: what they sent may still flood to the peers before the links close.
+        for pass in [false, true] {
+            for &t in &tokens {
+                let is_peer = self.is_peer_event(t);
+                if is_peer == pass {
+                    self.with_conn(t, |conn, ctx, scratch| match conn {
+                        Conn::Client(c) => c.shut_down(ctx, scratch),
+                        Conn::Peer(p) => p.shut_down(ctx),
+                    });
                 }
             }
         }
-        self.ctx
-            .timers
-            .add(self.ctx.now + SHUTDOWN_GRACE, Timer::ShutdownDeadline);
+        self.ctx.timers.add(self.ctx.now + SHUTDOWN_GRACE, Timer::ShutdownDeadline);
     }
 
     fn fire_timers(&mut self) {
@@ -594,31 +864,47 @@ impl Core {
                 }
                 Timer::AcceptRetry => self.accept_clients(),
                 Timer::ShutdownDeadline => {
-                    log::warn!(
-                        "shut-down grace period over: closing {} connections",
-                        self.conns.len()
-                    );
+                    log::warn!("shut-down grace period over: closing {} connections", self.conns.len());
                     self.finished = true;
                 }
-                Timer::Conn(token) => {
-                    let (key, gen) = split(token);
-                    let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
-                        continue;
-                    };
-                    match &mut entry.conn {
-                        Conn::Client(c) => match c.idle_check(&mut self.ctx) {
-                            Some(next) => self.ctx.timers.add(next, Timer::Conn(token)),
-                            None => self.closing.push(token),
-                        },
+                Timer::Redial(n) => {
+                    if self.ctx.neighbours[n].link == OutLink::Backoff {
+                        self.dial(n);
                     }
                 }
-                Timer::Redial(_) | Timer::CacheSweep => {}
+                Timer::Conn(token) => {
+                    let mut next = None;
+                    self.with_conn(token, |conn, ctx, _| {
+                        next = match conn {
+                            Conn::Client(c) => c.on_timer(ctx),
+                            Conn::Peer(p) => p.check_deadline(ctx),
+                        }
+                    });
+                    if let Some(at) = next {
+                        self.ctx.timers.add(at, Timer::Conn(token));
+                    }
+                }
+                Timer::CacheSweep => {}
             }
         }
     }
 
-    /// Writes every dirty connection: one `write` each for everything it collected this turn.
+    /// Writes every dirty connection: one `write` each for everything it collected this turn. Peer links
+    /// go first, so a flood leaves before the reply to the IAMAT that caused it.
     fn flush_dirty(&mut self) {
+        let peers = std::mem::take(&mut self.ctx.dirty_peers);
+        for &token in &peers {
+            self.with_conn(token, |conn, ctx, _| {
+                if let Conn::Peer(p) = conn {
+                    p.flush(ctx);
+                }
+            });
+        }
+        let mut peers = peers;
+        peers.clear();
+        if self.ctx.dirty_peers.is_empty() {
+            self.ctx.dirty_peers = peers;
+        }
         // A flush can unthrottle a client, whose held-back lines make new replies: go round at most
         // twice, and leave the rest for the next turn.
         for _ in 0..2 {
@@ -627,18 +913,11 @@ impl Core {
             }
             let dirty = std::mem::take(&mut self.ctx.dirty);
             for &token in &dirty {
-                let (key, gen) = split(token);
-                let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
-                    continue;
-                };
-                match &mut entry.conn {
-                    Conn::Client(c) => {
-                        c.flush(&mut self.ctx, &mut self.scratch);
-                        if c.is_closed() {
-                            self.closing.push(token);
-                        }
+                self.with_conn(token, |conn, ctx, scratch| {
+                    if let Conn::Client(c) = conn {
+                        c.flush(ctx, scratch);
                     }
-                }
+                });
             }
             // Keep the allocation for the next turn.
             let mut dirty = dirty;
@@ -647,10 +926,10 @@ impl Core {
                 self.ctx.dirty = dirty;
             }
         }
-        if !self.ctx.dirty.is_empty() {
-            // Still dirty: make sure the next poll does not sleep.
-            self.ctx.again.extend(self.ctx.dirty.iter().copied());
-        }
+        // Output made while flushing (floods from unthrottled clients, replies) goes out next turn, which
+        // must not sleep.
+        let pending: Vec<Token> = self.ctx.dirty.iter().chain(&self.ctx.dirty_peers).copied().collect();
+        self.ctx.again.extend(pending);
     }
 
     /// Deregisters and frees every connection that reached `Closed` this turn.
@@ -660,22 +939,47 @@ impl Core {
             if self.conns.get(key).is_none_or(|e| e.gen != gen) {
                 continue; // already freed this turn
             }
-            let entry = self.conns.remove(key);
-            match entry.conn {
+            match self.conns.remove(key).conn {
                 Conn::Client(mut c) => {
+                    c.forget_waits(&mut self.ctx);
                     let reason = match c.state {
                         super::client::State::Closed(r) => r,
                         _ => CloseReason::Shutdown,
                     };
                     let _ = self.ctx.registry.deregister(&mut c.stream);
-                    self.ctx.counters.closes[CloseReason::ALL
-                        .iter()
-                        .position(|r| *r == reason)
-                        .unwrap_or(0)] += 1;
-                    self.ctx
-                        .log
-                        .event(format_args!("client {} closed: {}", c.addr, reason.name()));
+                    let slot = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+                    self.ctx.counters.closes[slot] += 1;
+                    self.ctx.log.event(format_args!("client {} closed: {}", c.addr, reason.name()));
                     self.clients -= 1;
+                }
+                Conn::Peer(mut p) => {
+                    let _ = self.ctx.registry.deregister(&mut p.stream);
+                    self.peers -= 1;
+                    let was_live = p.is_live()
+                        || matches!(
+                            p.state,
+                            super::peer::PeerState::Closed(
+                                PeerClose::OutputBound | PeerClose::Eof | PeerClose::Reset | PeerClose::Protocol
+                            )
+                        );
+                    match p.role {
+                        Role::Dialer(n) => {
+                            let nb = &mut self.ctx.neighbours[n];
+                            if matches!(nb.link, OutLink::Live(t) | OutLink::Dialing(t) if t == token) {
+                                if matches!(nb.link, OutLink::Live(_)) {
+                                    self.ctx.counters.links_down += 1;
+                                }
+                                nb.link = OutLink::Backoff;
+                                self.schedule_redial(n);
+                            }
+                        }
+                        Role::Acceptor => {
+                            if let (true, Some(n)) = (was_live, p.neighbour()) {
+                                let nb = &mut self.ctx.neighbours[n];
+                                nb.links_in = nb.links_in.saturating_sub(1);
+                            }
+                        }
+                    }
                 }
             }
         }

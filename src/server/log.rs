@@ -30,28 +30,19 @@ impl ServerLog {
     /// Opens (appending) `path`, creating its directory if missing.
     pub fn open(path: &Path) -> Result<ServerLog, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-        Ok(ServerLog {
-            file: Some(file),
-            buf: Vec::with_capacity(FLUSH_AT * 2),
-            stamp: [b'0'; 27],
-        })
+        Ok(ServerLog { file: Some(file), buf: Vec::with_capacity(FLUSH_AT * 2), stamp: [b'0'; 27] })
     }
 
     /// A log that keeps nothing (benchmarks of the loop without disk).
     pub fn disabled() -> ServerLog {
-        ServerLog {
-            file: None,
-            buf: Vec::new(),
-            stamp: [b'0'; 27],
-        }
+        ServerLog { file: None, buf: Vec::new(), stamp: [b'0'; 27] }
     }
 
     /// Sets the timestamp used by every line until the next call: once per loop turn.
@@ -155,12 +146,7 @@ pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\t' => out.extend_from_slice(b"\\t"),
             b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[(b >> 4) as usize],
-                HEX[(b & 15) as usize],
-            ]),
+            _ => out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
         }
     }
 }
@@ -197,21 +183,9 @@ mod tests {
     #[test]
     fn timestamps_format_as_rfc3339() {
         let mut out = [0u8; 27];
-        format_rfc3339_micros(
-            Timestamp {
-                secs: 1_520_023_934,
-                nanos: 918_963_997,
-            },
-            &mut out,
-        );
+        format_rfc3339_micros(Timestamp { secs: 1_520_023_934, nanos: 918_963_997 }, &mut out);
         assert_eq!(&out, b"2018-03-02T20:52:14.918963Z");
-        format_rfc3339_micros(
-            Timestamp {
-                secs: 951_782_400,
-                nanos: 0,
-            },
-            &mut out,
-        );
+        format_rfc3339_micros(Timestamp { secs: 951_782_400, nanos: 0 }, &mut out);
         assert_eq!(&out, b"2000-02-29T00:00:00.000000Z");
     }
 

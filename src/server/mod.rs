@@ -8,6 +8,7 @@
 pub mod client;
 pub mod event_loop;
 pub mod log;
+pub mod peer;
 pub mod timer;
 
 pub use event_loop::Server;
@@ -34,10 +35,7 @@ pub fn serve(config: &Config, name: &str) -> Result<(), String> {
 /// Raises the soft limit on open files to the hard limit: every client costs a descriptor, and the
 /// default soft limit of 1,024 would cap the server long before `limits.max_clients`.
 pub fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {

@@ -21,11 +21,7 @@ pub fn herd_bin() -> &'static str {
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A scratch directory removed on drop.
@@ -67,10 +63,7 @@ impl Proc {
     /// Starts `herd ARGS` and waits until it prints a line containing `ready_marker` on stdout.
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], ready_marker: &str) -> Proc {
         let mut cmd = Command::new(herd_bin());
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         cmd.env("RUST_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
@@ -93,12 +86,7 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut proc = Proc {
-            child,
-            name: name.to_string(),
-            stdout: rx,
-            stderr_lines,
-        };
+        let mut proc = Proc { child, name: name.to_string(), stdout: rx, stderr_lines };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match proc.stdout.recv_timeout(Duration::from_millis(50)) {
@@ -106,23 +94,13 @@ impl Proc {
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = proc.child.try_wait() {
-                        panic!(
-                            "{name} exited before it was ready ({status}): {:?}",
-                            proc.stderr()
-                        );
+                        panic!("{name} exited before it was ready ({status}): {:?}", proc.stderr());
                     }
-                    assert!(
-                        Instant::now() < deadline,
-                        "{name} not ready in time: {:?}",
-                        proc.stderr()
-                    );
+                    assert!(Instant::now() < deadline, "{name} not ready in time: {:?}", proc.stderr());
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = proc.child.wait().unwrap();
-                    panic!(
-                        "{name} closed stdout before it was ready ({status}): {:?}",
-                        proc.stderr()
-                    );
+                    panic!("{name} closed stdout before it was ready ({status}): {:?}", proc.stderr());
                 }
             }
         }
@@ -184,14 +162,8 @@ impl HerdConfig {
     /// `"places": {...}`), or empty.
     pub fn new(names: &[&str], links: &[(&str, &str)], extra: &str) -> HerdConfig {
         let dir = TempDir::new("herd");
-        let members: Vec<Member> = names
-            .iter()
-            .map(|n| Member {
-                name: n.to_string(),
-                port: free_port(),
-                peer_port: free_port(),
-            })
-            .collect();
+        let members: Vec<Member> =
+            names.iter().map(|n| Member { name: n.to_string(), port: free_port(), peer_port: free_port() }).collect();
         let servers: Vec<String> = members
             .iter()
             .map(|m| {
@@ -201,15 +173,8 @@ impl HerdConfig {
                 )
             })
             .collect();
-        let links: Vec<String> = links
-            .iter()
-            .map(|(a, b)| format!(r#"["{a}", "{b}"]"#))
-            .collect();
-        let extra = if extra.is_empty() {
-            String::new()
-        } else {
-            format!(",\n{extra}")
-        };
+        let links: Vec<String> = links.iter().map(|(a, b)| format!(r#"["{a}", "{b}"]"#)).collect();
+        let extra = if extra.is_empty() { String::new() } else { format!(",\n{extra}") };
         let text = format!(
             "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?}{extra}}}",
             servers.join(",\n"),
@@ -222,10 +187,7 @@ impl HerdConfig {
     }
 
     pub fn member(&self, name: &str) -> &Member {
-        self.members
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap_or_else(|| panic!("no member {name}"))
+        self.members.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no member {name}"))
     }
 
     pub fn port(&self, name: &str) -> u16 {
@@ -238,17 +200,11 @@ impl HerdConfig {
     }
 
     pub fn serve_env(&self, name: &str, envs: &[(&str, &str)]) -> Proc {
-        Proc::start(
-            name,
-            &["serve", name, "--config", self.path.to_str().unwrap()],
-            envs,
-            " listening on ",
-        )
+        Proc::start(name, &["serve", name, "--config", self.path.to_str().unwrap()], envs, " listening on ")
     }
 
     pub fn log_text(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
-            .unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log"))).unwrap_or_default()
     }
 }
 
@@ -291,12 +247,7 @@ pub fn read_until(s: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
     let mut buf = [0u8; 65536];
     while !out.ends_with(suffix) {
         let n = s.read(&mut buf).expect("read");
-        assert!(
-            n > 0,
-            "EOF before {:?}; got {:?}",
-            String::from_utf8_lossy(suffix),
-            String::from_utf8_lossy(&out)
-        );
+        assert!(n > 0, "EOF before {:?}; got {:?}", String::from_utf8_lossy(suffix), String::from_utf8_lossy(&out));
         out.extend_from_slice(&buf[..n]);
     }
     out
@@ -304,28 +255,171 @@ pub fn read_until(s: &mut TcpStream, suffix: &[u8]) -> Vec<u8> {
 
 /// Current Unix time with nanoseconds, as text.
 pub fn now_text() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
 
 /// Checks an `AT` reply line against the IAMAT it answers; returns the time difference in seconds.
 pub fn check_at(reply: &str, server: &str, id: &str, loc: &str, time: &str) -> f64 {
-    let fields: Vec<&str> = reply
-        .strip_suffix('\n')
-        .expect("ends in LF")
-        .split(' ')
-        .collect();
+    let fields: Vec<&str> = reply.strip_suffix('\n').expect("ends in LF").split(' ').collect();
     assert_eq!(fields.len(), 6, "{reply:?}");
-    assert_eq!(
-        (fields[0], fields[1], fields[3], fields[4], fields[5]),
-        ("AT", server, id, loc, time),
-        "{reply:?}"
-    );
+    assert_eq!((fields[0], fields[1], fields[3], fields[4], fields[5]), ("AT", server, id, loc, time), "{reply:?}");
     let diff = fields[2];
     assert!(diff.starts_with('+') || diff.starts_with('-'), "{reply:?}");
     let (_, frac) = diff.split_once('.').expect("a point");
     assert_eq!(frac.len(), 9, "{reply:?}");
     diff.parse::<f64>().unwrap()
+}
+
+impl Proc {
+    /// Waits until `count` stderr lines (in all) contain `needle`.
+    pub fn wait_stderr(&self, needle: &str, count: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = self.stderr().iter().filter(|l| l.contains(needle)).count();
+            if n >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {count}× {needle:?} not seen in time: {:#?}",
+                self.name,
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn stderr_count(&self, needle: &str) -> usize {
+        self.stderr().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl HerdConfig {
+    /// The topology of a shipped config (names and links), on fresh free ports.
+    pub fn from_shipped(path: &str, extra: &str) -> HerdConfig {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let names: Vec<String> =
+            v["servers"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap().to_string()).collect();
+        let links: Vec<(String, String)> = v["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| (l[0].as_str().unwrap().to_string(), l[1].as_str().unwrap().to_string()))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let links: Vec<(&str, &str)> = links.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        HerdConfig::new(&names, &links, extra)
+    }
+
+    /// The names of `name`'s neighbours.
+    pub fn neighbours(&self, name: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.path).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut out = Vec::new();
+        for l in v["links"].as_array().unwrap() {
+            let (a, b) = (l[0].as_str().unwrap(), l[1].as_str().unwrap());
+            if a == name {
+                out.push(b.to_string());
+            } else if b == name {
+                out.push(a.to_string());
+            }
+        }
+        out
+    }
+
+    /// Hop distances from `from` to every server (None when unreachable).
+    pub fn hops(&self, from: &str) -> std::collections::HashMap<String, Option<usize>> {
+        let mut dist: std::collections::HashMap<String, Option<usize>> =
+            self.members.iter().map(|m| (m.name.clone(), None)).collect();
+        dist.insert(from.to_string(), Some(0));
+        let mut queue = std::collections::VecDeque::from([from.to_string()]);
+        while let Some(x) = queue.pop_front() {
+            let d = dist[&x].unwrap();
+            for n in self.neighbours(&x) {
+                if dist[&n].is_none() {
+                    dist.insert(n.clone(), Some(d + 1));
+                    queue.push_back(n);
+                }
+            }
+        }
+        dist
+    }
+}
+
+/// A running herd: one `herd serve` per member.
+pub struct Herd {
+    pub config: HerdConfig,
+    pub procs: std::collections::HashMap<String, Proc>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Herd {
+    pub fn start(config: HerdConfig) -> Herd {
+        Self::start_env(config, &[])
+    }
+
+    pub fn start_env(config: HerdConfig, env: &[(&str, &str)]) -> Herd {
+        let mut herd = Herd {
+            config,
+            procs: Default::default(),
+            env: env.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        };
+        let names: Vec<String> = herd.config.members.iter().map(|m| m.name.clone()).collect();
+        for name in &names {
+            herd.restart(name);
+        }
+        herd.wait_linked();
+        herd
+    }
+
+    /// Starts (or restarts) one member.
+    pub fn restart(&mut self, name: &str) {
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let proc = self.config.serve_env(name, &env);
+        self.procs.insert(name.to_string(), proc);
+    }
+
+    /// Waits until every running member has linked to each of its running neighbours.
+    pub fn wait_linked(&self) {
+        for (name, proc) in &self.procs {
+            let live = self.config.neighbours(name).into_iter().filter(|n| self.procs.contains_key(n)).count();
+            proc.wait_stderr("linked to ", live, Duration::from_secs(10));
+        }
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut p) = self.procs.remove(name) {
+            p.kill();
+        }
+    }
+
+    pub fn port(&self, name: &str) -> u16 {
+        self.config.port(name)
+    }
+}
+
+/// The first line of a WHATSAT answer from `port` for `id`, or the `?` line.
+pub fn whatsat_first_line(port: u16, id: &str) -> String {
+    let out = ask(port, format!("WHATSAT {id} 1 0\n").as_bytes());
+    let text = String::from_utf8_lossy(&out).to_string();
+    text.split('\n').next().unwrap_or("").to_string()
+}
+
+/// Polls `port` until its record for `id` equals `want` (an AT line without LF), at most `limit`.
+pub fn wait_record(port: u16, id: &str, want: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = whatsat_first_line(port, id);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "port {port}: record for {id} is {got:?}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

@@ -1,0 +1,608 @@
+//! The peer link state machine: long-lived TCP links between neighbouring servers (PROTOCOL section 5).
+//!
+//! Links are directional. Every server dials each of its neighbours and *sends* over the link it dialed:
+//! first every record it holds (anti-entropy, in bounded batches), then every record it stores from then
+//! on (flooding). It *receives* on the links its neighbours dialed. Two sockets per pair, and no arbitration
+//! between duplicate links is ever needed.
+//!
+//! ```text
+//!  dialer:   Connecting ──connected──▶ AwaitWelcome ──WELCOME ok, PROOF sent──▶ Live (send records)
+//!  acceptor: AwaitHello ──HELLO from a neighbour, WELCOME sent──▶ AwaitProof ──PROOF ok──▶ Live (receive)
+//!  any state ──EOF, reset, bad message, failed proof, output bound, handshake deadline──▶ Closed
+//! ```
+//!
+//! The handshake, one line each way:
+//!
+//! ```text
+//!  dialer → acceptor   HELLO <dialer> <acceptor> <nonce_d>
+//!  acceptor → dialer   WELCOME <acceptor> <nonce_a> <mac_a>      (or REFUSED <reason>)
+//!  dialer → acceptor   PROOF <mac_d>
+//! ```
+//!
+//! With a herd secret, `mac_a = HMAC-SHA256(secret, "herd acceptor " + dialer + " " + acceptor + " " + nonce_d +
+//! " " + nonce_a)` and `mac_d` the same with `"herd dialer "`, hex-encoded; without one both are `-`. Each side
+//! proves it holds the secret against a nonce the other side chose, and the secret itself never travels.
+//! After the proof, the dialer sends `AT ...` lines only.
+
+use super::event_loop::Ctx;
+use crate::protocol;
+use mio::net::TcpStream;
+use mio::Token;
+use ring::hmac;
+use std::io::{ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How long a link may take from connect to Live.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
+/// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
+const SYNC_BATCH: usize = 64 * 1024;
+const SYNC_BATCHES_PER_TURN: usize = 4;
+/// Longest peer line: a record is a client line plus the server name and time difference.
+pub fn max_peer_line(max_line: usize) -> usize {
+    max_line + 512
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We dialed neighbour `.0`; we send records on this link.
+    Dialer(usize),
+    /// A server dialed us; we receive records on this link once it has identified itself.
+    Acceptor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    Connecting,
+    AwaitWelcome { nonce: String },
+    AwaitHello,
+    AwaitProof { neighbour: usize, nonce_d: String, nonce_a: String },
+    Live { neighbour: usize },
+    Closed(PeerClose),
+}
+
+/// Why a peer link ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerClose {
+    ConnectFailed,
+    Eof,
+    Reset,
+    /// A line that is not what the protocol expects at this point.
+    Protocol,
+    /// Not a configured neighbour, or a failed proof.
+    Refused,
+    /// The neighbour cannot keep up: dropped, resynced when it relinks.
+    OutputBound,
+    HandshakeTimeout,
+    Shutdown,
+}
+
+impl PeerClose {
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerClose::ConnectFailed => "connect_failed",
+            PeerClose::Eof => "eof",
+            PeerClose::Reset => "reset",
+            PeerClose::Protocol => "protocol_error",
+            PeerClose::Refused => "refused",
+            PeerClose::OutputBound => "output_bound",
+            PeerClose::HandshakeTimeout => "handshake_timeout",
+            PeerClose::Shutdown => "shutdown",
+        }
+    }
+}
+
+pub struct Peer {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub token: Token,
+    pub role: Role,
+    pub state: PeerState,
+    input: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+    readable: bool,
+    writable: bool,
+    dirty: bool,
+    /// Next record index of the anti-entropy sync, while it runs.
+    sync: Option<usize>,
+    /// Close once everything queued is written (graceful shut-down).
+    close_when_flushed: bool,
+    /// The handshake must be done by then.
+    pub deadline: Instant,
+}
+
+enum ReadOutcome {
+    Data(usize),
+    Eof,
+    WouldBlock,
+    Failed,
+}
+
+impl Peer {
+    pub fn dialer(stream: TcpStream, addr: SocketAddr, token: Token, neighbour: usize, now: Instant) -> Peer {
+        Self::new(stream, addr, token, Role::Dialer(neighbour), PeerState::Connecting, now)
+    }
+
+    pub fn acceptor(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant) -> Peer {
+        Self::new(stream, addr, token, Role::Acceptor, PeerState::AwaitHello, now)
+    }
+
+    fn new(stream: TcpStream, addr: SocketAddr, token: Token, role: Role, state: PeerState, now: Instant) -> Peer {
+        Peer {
+            stream,
+            addr,
+            token,
+            role,
+            state,
+            input: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+            readable: false,
+            writable: false,
+            dirty: false,
+            sync: None,
+            close_when_flushed: false,
+            deadline: now + HANDSHAKE_DEADLINE,
+        }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, PeerState::Closed(_))
+    }
+
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, PeerState::Live { .. })
+    }
+
+    /// The neighbour this link is identified with, if it is.
+    pub fn neighbour(&self) -> Option<usize> {
+        match (&self.state, self.role) {
+            (PeerState::Live { neighbour } | PeerState::AwaitProof { neighbour, .. }, _) => Some(*neighbour),
+            (_, Role::Dialer(n)) => Some(n),
+            _ => None,
+        }
+    }
+
+    fn close(&mut self, why: PeerClose, ctx: &mut Ctx, detail: std::fmt::Arguments<'_>) {
+        if self.is_closed() {
+            return;
+        }
+        let name = self.neighbour().map(|n| ctx.neighbours[n].name.clone()).unwrap_or_else(|| "?".into());
+        ctx.log.event(format_args!(
+            "peer link {} {name} ({}) dropped: {} {detail}",
+            if matches!(self.role, Role::Dialer(_)) { "to" } else { "from" },
+            self.addr,
+            why.name()
+        ));
+        if why != PeerClose::ConnectFailed && why != PeerClose::Shutdown {
+            log::info!("peer link with {name} ({}) dropped: {} {detail}", self.addr, why.name());
+        }
+        self.state = PeerState::Closed(why);
+    }
+
+    pub fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+            if self.sent < self.out.len() || self.sync.is_some() {
+                self.mark_dirty(ctx);
+            }
+        }
+        self.drive(ctx, scratch);
+    }
+
+    /// Runs the state machine until it must wait for the kernel.
+    pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if self.state == PeerState::Connecting {
+            if !self.writable && !self.readable {
+                return;
+            }
+            // The first event of a non-blocking connect: no I/O before it; then the socket's error,
+            // then whether it is connected at all (a spurious wake-up leaves it still connecting).
+            match self.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
+                Ok(None) => {}
+            }
+            match self.stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    self.writable = false;
+                    self.readable = false;
+                    return;
+                }
+                Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
+            }
+            let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
+            let nonce = ctx.nonce();
+            let hello = format!("HELLO {} {} {nonce}\n", String::from_utf8_lossy(&ctx.name), ctx.neighbours[n].name);
+            self.out.extend_from_slice(hello.as_bytes());
+            self.mark_dirty(ctx);
+            self.state = PeerState::AwaitWelcome { nonce };
+        }
+        let mut reads = 0;
+        while self.readable && !self.is_closed() {
+            if reads == super::event_loop::READS_PER_TURN {
+                ctx.again.push(self.token);
+                return;
+            }
+            reads += 1;
+            match self.read(scratch) {
+                ReadOutcome::Data(n) => {
+                    ctx.counters.peer_bytes_in += n as u64;
+                    self.take_input(&scratch[..n], ctx);
+                }
+                ReadOutcome::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
+                ReadOutcome::WouldBlock => self.readable = false,
+                ReadOutcome::Failed => self.close(PeerClose::Reset, ctx, format_args!("")),
+            }
+        }
+    }
+
+    fn read(&mut self, scratch: &mut [u8]) -> ReadOutcome {
+        loop {
+            return match self.stream.read(scratch) {
+                Ok(0) => ReadOutcome::Eof,
+                Ok(n) => ReadOutcome::Data(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => ReadOutcome::Failed,
+            };
+        }
+    }
+
+    fn take_input(&mut self, data: &[u8], ctx: &mut Ctx) {
+        if self.input.is_empty() {
+            let used = self.lines(data, ctx);
+            self.keep(&data[used..], ctx);
+        } else {
+            let mut input = std::mem::take(&mut self.input);
+            input.extend_from_slice(data);
+            let used = self.lines(&input, ctx);
+            self.keep(&input[used..], ctx);
+        }
+    }
+
+    fn keep(&mut self, rest: &[u8], ctx: &mut Ctx) {
+        if self.is_closed() {
+            return;
+        }
+        if rest.len() > max_peer_line(ctx.limits.max_line) {
+            return self.close(PeerClose::Protocol, ctx, format_args!("line too long"));
+        }
+        self.input.clear();
+        self.input.extend_from_slice(rest);
+    }
+
+    fn lines(&mut self, buf: &[u8], ctx: &mut Ctx) -> usize {
+        let mut pos = 0;
+        while !self.is_closed() {
+            let Some(len) = memchr::memchr(b'\n', &buf[pos..]) else { break };
+            let line = &buf[pos..pos + len + 1];
+            pos += len + 1;
+            self.line(line, ctx);
+        }
+        pos
+    }
+
+    /// One line from the other side, final LF included.
+    fn line(&mut self, line: &[u8], ctx: &mut Ctx) {
+        let text = line.strip_suffix(b"\n").unwrap_or(line);
+        match (&self.state, self.role) {
+            (&PeerState::Live { neighbour }, Role::Acceptor) => self.on_record(neighbour, line, ctx),
+            (PeerState::AwaitHello, _) => self.on_hello(text, ctx),
+            (PeerState::AwaitProof { .. }, _) => self.on_proof(text, ctx),
+            (PeerState::AwaitWelcome { .. }, _) => self.on_welcome(text, ctx),
+            // A sending link receives nothing after WELCOME.
+            (PeerState::Live { .. }, Role::Dialer(_)) => {
+                self.close(PeerClose::Protocol, ctx, format_args!("unexpected line on a sending link"))
+            }
+            (PeerState::Connecting | PeerState::Closed(_), _) => {}
+        }
+    }
+
+    /// A record from an identified neighbour: stored and flooded on if it is the newest.
+    fn on_record(&mut self, neighbour: usize, line: &[u8], ctx: &mut Ctx) {
+        ctx.counters.records_received += 1;
+        let Some(fields) = protocol::parse_at(line) else {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).to_string();
+            return self.close(PeerClose::Protocol, ctx, format_args!("not a record: {shown:?}"));
+        };
+        ctx.log.peer("peer-recv", &ctx.neighbours[neighbour].name, line);
+        if !ctx.store_and_flood(line, fields, Some(neighbour)) {
+            ctx.counters.records_duplicate += 1;
+        }
+    }
+
+    fn on_proof(&mut self, text: &[u8], ctx: &mut Ctx) {
+        let PeerState::AwaitProof { neighbour, nonce_d, nonce_a } = &self.state else { return };
+        let neighbour = *neighbour;
+        let mut f = protocol::Fields::new(text);
+        let ok = match (f.next(), f.next(), f.next()) {
+            (Some(b"PROOF"), Some(mac), None) => {
+                let me = String::from_utf8_lossy(&ctx.name).to_string();
+                ctx.verify_mac("dialer", &ctx.neighbours[neighbour].name, &me, nonce_d, nonce_a, mac)
+            }
+            _ => false,
+        };
+        if !ok {
+            ctx.counters.peers_refused += 1;
+            return self.close(PeerClose::Refused, ctx, format_args!("failed proof of the herd secret"));
+        }
+        self.state = PeerState::Live { neighbour };
+        ctx.on_link_in(neighbour);
+        let name = &ctx.neighbours[neighbour].name;
+        ctx.log.event(format_args!("peer link from {name} ({}) up: receiving", self.addr));
+    }
+
+    fn on_welcome(&mut self, text: &[u8], ctx: &mut Ctx) {
+        let (PeerState::AwaitWelcome { nonce }, Role::Dialer(neighbour)) = (&self.state, self.role) else { return };
+        let nonce = nonce.clone();
+        let name = ctx.neighbours[neighbour].name.clone();
+        let me = String::from_utf8_lossy(&ctx.name).to_string();
+        let mut f = protocol::Fields::new(text);
+        match (f.next(), f.next(), f.next(), f.next(), f.next()) {
+            (Some(b"WELCOME"), Some(who), Some(nonce_a), Some(mac), None) if who == name.as_bytes() => {
+                let nonce_a = String::from_utf8_lossy(nonce_a).to_string();
+                if !ctx.verify_mac("acceptor", &me, &name, &nonce, &nonce_a, mac) {
+                    ctx.counters.peers_refused += 1;
+                    return self.close(
+                        PeerClose::Refused,
+                        ctx,
+                        format_args!("{name} failed its proof of the herd secret"),
+                    );
+                }
+                let proof = ctx.mac("dialer", &me, &name, &nonce, &nonce_a);
+                self.out.extend_from_slice(format!("PROOF {proof}\n").as_bytes());
+                self.state = PeerState::Live { neighbour };
+                // Anti-entropy: everything we hold goes out first, in batches; floods follow.
+                self.sync = Some(0);
+                self.mark_dirty(ctx);
+                ctx.on_link_out(neighbour, self.token);
+                let held = ctx.records.len();
+                ctx.log.event(format_args!("peer link to {name} ({}) up: sending {held} records", self.addr));
+                log::info!("linked to {name} ({})", self.addr);
+            }
+            (Some(b"REFUSED"), ..) => {
+                let why = String::from_utf8_lossy(text).to_string();
+                self.close(PeerClose::Refused, ctx, format_args!("{why}"))
+            }
+            _ => self.close(PeerClose::Protocol, ctx, format_args!("expected WELCOME from {name}")),
+        }
+    }
+
+    fn on_hello(&mut self, text: &[u8], ctx: &mut Ctx) {
+        let mut f = protocol::Fields::new(text);
+        let me = String::from_utf8_lossy(&ctx.name).to_string();
+        let (Some(b"HELLO"), Some(who), Some(to), Some(nonce_d), None) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            return self.close(PeerClose::Protocol, ctx, format_args!("expected HELLO"));
+        };
+        let who = String::from_utf8_lossy(who).to_string();
+        let neighbour = ctx.neighbours.iter().position(|n| n.name == who);
+        let refuse = match neighbour {
+            _ if to != me.as_bytes() => Some(format!("this is {me}, not {}", String::from_utf8_lossy(to))),
+            None => Some(format!("{who} is not a neighbour of {me}")),
+            Some(_) if nonce_d.len() > 64 => Some("nonce too long".into()),
+            Some(_) => None,
+        };
+        if let Some(reason) = refuse {
+            ctx.counters.peers_refused += 1;
+            let _ = self.stream.write(format!("REFUSED {reason}\n").as_bytes());
+            return self.close(PeerClose::Refused, ctx, format_args!("{reason}"));
+        }
+        let neighbour = neighbour.expect("checked");
+        let nonce_d = String::from_utf8_lossy(nonce_d).to_string();
+        let nonce_a = ctx.nonce();
+        let mac = ctx.mac("acceptor", &who, &me, &nonce_d, &nonce_a);
+        self.out.extend_from_slice(format!("WELCOME {me} {nonce_a} {mac}\n").as_bytes());
+        self.mark_dirty(ctx);
+        self.state = PeerState::AwaitProof { neighbour, nonce_d, nonce_a };
+    }
+
+    /// Queues a record for this (sending, live) link. Past the bound the link is dropped rather than
+    /// allowed to grow: the neighbour resyncs by anti-entropy when it relinks.
+    pub fn send_record(&mut self, line: &[u8], ctx: &mut Ctx) {
+        if !self.is_live() {
+            return;
+        }
+        self.out.extend_from_slice(line);
+        ctx.counters.records_forwarded += 1;
+        if self.out.len() - self.sent > ctx.limits.peer_output_max {
+            return self.close(
+                PeerClose::OutputBound,
+                ctx,
+                format_args!("{} bytes unsent", self.out.len() - self.sent),
+            );
+        }
+        self.mark_dirty(ctx);
+    }
+
+    fn mark_dirty(&mut self, ctx: &mut Ctx) {
+        if !self.dirty {
+            self.dirty = true;
+            ctx.dirty_peers.push(self.token);
+        }
+    }
+
+    /// End of turn: write what is queued, then the next sync batches while the socket takes them.
+    pub fn flush(&mut self, ctx: &mut Ctx) {
+        self.dirty = false;
+        let mut batches = 0;
+        loop {
+            while self.sent < self.out.len() && self.writable && !self.is_closed() {
+                match self.stream.write(&self.out[self.sent..]) {
+                    Ok(n) => {
+                        self.sent += n;
+                        ctx.counters.peer_bytes_out += n as u64;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => self.close(PeerClose::Reset, ctx, format_args!("{e}")),
+                }
+            }
+            if self.sent == self.out.len() {
+                self.out.clear();
+                self.sent = 0;
+            }
+            if self.is_closed() || !self.writable || self.sent != 0 {
+                break;
+            }
+            if self.sync.is_some() && batches == SYNC_BATCHES_PER_TURN {
+                // More to sync, and the socket still takes bytes: continue next turn, after the others.
+                self.mark_dirty(ctx);
+                ctx.again.push(self.token);
+                break;
+            }
+            if !self.fill_sync_batch(ctx) {
+                break;
+            }
+            batches += 1;
+        }
+        if self.close_when_flushed && self.out.is_empty() && self.sync.is_none() {
+            self.close(PeerClose::Shutdown, ctx, format_args!(""));
+        }
+        if self.out.capacity() > 1 << 20 && self.out.is_empty() {
+            self.out = Vec::new();
+        }
+    }
+
+    /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
+    fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
+        let Some(mut cursor) = self.sync else { return false };
+        let start = cursor;
+        while self.out.len() < SYNC_BATCH {
+            let Some(record) = ctx.records.at(cursor) else { break };
+            self.out.extend_from_slice(record.line());
+            cursor += 1;
+        }
+        let done = ctx.records.at(cursor).is_none();
+        self.sync = if done { None } else { Some(cursor) };
+        if cursor > start {
+            ctx.counters.sync_batches += 1;
+            ctx.counters.records_synced += (cursor - start) as u64;
+            if let Some(n) = self.neighbour() {
+                let name = &ctx.neighbours[n].name;
+                ctx.log.event(format_args!(
+                    "sync to {name}: records {start}..{cursor}{}",
+                    if done { " (done)" } else { "" }
+                ));
+            }
+        }
+        cursor > start
+    }
+
+    /// The handshake deadline: a link that is not Live in time is dropped.
+    pub fn check_deadline(&mut self, ctx: &mut Ctx) -> Option<Instant> {
+        if self.is_closed() || self.is_live() {
+            return None;
+        }
+        if ctx.now >= self.deadline {
+            self.close(PeerClose::HandshakeTimeout, ctx, format_args!(""));
+            return None;
+        }
+        Some(self.deadline)
+    }
+
+    /// Graceful shut-down: a sending link finishes what it queued (not the sync), the others close now.
+    pub fn shut_down(&mut self, ctx: &mut Ctx) {
+        self.sync = None;
+        if matches!(self.role, Role::Dialer(_)) && self.is_live() && self.sent < self.out.len() {
+            self.close_when_flushed = true;
+            self.mark_dirty(ctx);
+        } else {
+            self.close(PeerClose::Shutdown, ctx, format_args!(""));
+        }
+    }
+}
+
+/// The herd secret as an HMAC key. Debug prints nothing of it.
+pub struct Secret(hmac::Key);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Secret {
+    pub fn new(secret: &[u8]) -> Secret {
+        Secret(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+}
+
+fn mac_input(role: &str, dialer: &str, acceptor: &str, nonce_d: &str, nonce_a: &str) -> String {
+    format!("herd {role} {dialer} {acceptor} {nonce_d} {nonce_a}")
+}
+
+/// The proof a side sends: the hex HMAC with a secret, `-` without.
+pub fn mac(secret: Option<&Secret>, role: &str, dialer: &str, acceptor: &str, nonce_d: &str, nonce_a: &str) -> String {
+    match secret {
+        None => "-".into(),
+        Some(Secret(key)) => {
+            hex(hmac::sign(key, mac_input(role, dialer, acceptor, nonce_d, nonce_a).as_bytes()).as_ref())
+        }
+    }
+}
+
+/// Checks a proof in constant time. Without a secret only `-` is accepted; with one, only the right MAC.
+pub fn verify(
+    secret: Option<&Secret>,
+    role: &str,
+    dialer: &str,
+    acceptor: &str,
+    nonce_d: &str,
+    nonce_a: &str,
+    given: &[u8],
+) -> bool {
+    match secret {
+        None => given == b"-",
+        Some(Secret(key)) => {
+            let Some(tag) = unhex(given) else { return false };
+            hmac::verify(key, mac_input(role, dialer, acceptor, nonce_d, nonce_a).as_bytes(), &tag).is_ok()
+        }
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+fn unhex(text: &[u8]) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 || text.len() > 128 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    text.chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proofs_verify_only_with_the_same_secret_and_nonces() {
+        let s = Secret::new(b"correct horse");
+        let other = Secret::new(b"battery staple");
+        let m = mac(Some(&s), "dialer", "A", "B", "n1", "n2");
+        assert_eq!(m.len(), 64);
+        assert!(verify(Some(&s), "dialer", "A", "B", "n1", "n2", m.as_bytes()));
+        assert!(!verify(Some(&other), "dialer", "A", "B", "n1", "n2", m.as_bytes()));
+        assert!(!verify(Some(&s), "acceptor", "A", "B", "n1", "n2", m.as_bytes()), "roles differ");
+        assert!(!verify(Some(&s), "dialer", "A", "B", "n1", "n3", m.as_bytes()), "a replayed proof fails");
+        assert!(!verify(Some(&s), "dialer", "A", "B", "n1", "n2", b"-"));
+        assert!(!verify(None, "dialer", "A", "B", "n1", "n2", m.as_bytes()));
+        assert!(verify(None, "dialer", "A", "B", "n1", "n2", b"-"));
+        assert!(!verify(Some(&s), "dialer", "A", "B", "n1", "n2", b"zz"));
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+    }
+}
