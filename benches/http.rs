@@ -21,9 +21,10 @@ fn content_length(body: &[u8]) -> Vec<u8> {
 }
 
 fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
-    let mut wire = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=UTF-8\r\nTransfer-Encoding: chunked\r\n\
+    let mut wire =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=UTF-8\r\nTransfer-Encoding: chunked\r\n\
         Server: scaffolding on HTTPServer2\r\nVary: Accept-Language\r\n\r\n"
-        .to_vec();
+            .to_vec();
     for piece in body.chunks(chunk) {
         wire.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
         wire.extend_from_slice(piece);

@@ -40,30 +40,15 @@ fn places(c: &mut Criterion) {
     });
     let mut answer = PlacesAnswer::from_response(Api::Legacy, 200, FIXTURE);
     answer.body(5);
-    c.bench_function("places/memoized_cut_5", |b| {
-        b.iter(|| answer.body(black_box(5)).len())
-    });
-    c.bench_function("places/uncut_20", |b| {
-        b.iter(|| answer.body(black_box(20)).len())
-    });
+    c.bench_function("places/memoized_cut_5", |b| b.iter(|| answer.body(black_box(5)).len()));
+    c.bench_function("places/uncut_20", |b| b.iter(|| answer.body(black_box(20)).len()));
 
-    let ep = Endpoint::parse(
-        Api::Legacy,
-        "https://maps.googleapis.com/maps/api/place/nearbysearch/json",
-    )
-    .unwrap();
+    let ep = Endpoint::parse(Api::Legacy, "https://maps.googleapis.com/maps/api/place/nearbysearch/json").unwrap();
     let mut out = Vec::with_capacity(512);
     c.bench_function("places/build_request_legacy", |b| {
         b.iter(|| {
             out.clear();
-            build_request(
-                &ep,
-                black_box("+34.068930"),
-                "-118.445127",
-                "2.5",
-                Some("not-a-real-key"),
-                &mut out,
-            );
+            build_request(&ep, black_box("+34.068930"), "-118.445127", "2.5", Some("not-a-real-key"), &mut out);
             out.len()
         })
     });

@@ -41,10 +41,7 @@ pub struct Response {
 impl Response {
     /// The first header field called `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -248,11 +245,7 @@ impl ResponseParser {
         match &self.state {
             State::Failed(e) => return Err(e.clone()),
             State::Complete => {
-                return Err(if data.is_empty() {
-                    HttpError::AlreadyComplete
-                } else {
-                    HttpError::TrailingBytes
-                })
+                return Err(if data.is_empty() { HttpError::AlreadyComplete } else { HttpError::TrailingBytes })
             }
             State::Body(_) => return self.feed_body(data),
             State::Head => {}
@@ -361,19 +354,14 @@ impl ResponseParser {
                     conn_keep_alive |= item.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
-            self.headers
-                .push((name.to_owned(), String::from_utf8_lossy(value).into_owned()));
+            self.headers.push((name.to_owned(), String::from_utf8_lossy(value).into_owned()));
         }
         if transfer_encoding && !chunked {
             return Err(HttpError::UnsupportedTransferEncoding);
         }
 
         self.status = status;
-        self.keep_alive = if http11 {
-            !conn_close
-        } else {
-            conn_keep_alive && !conn_close
-        };
+        self.keep_alive = if http11 { !conn_close } else { conn_keep_alive && !conn_close };
         self.body = Vec::new();
         self.overhead = 0;
         let framing = if status == 204 || status == 304 {
@@ -407,9 +395,7 @@ impl ResponseParser {
                     return Err(HttpError::TrailingBytes);
                 }
                 self.body.extend_from_slice(data);
-                Framing::Length {
-                    remaining: remaining - data.len() as u64,
-                }
+                Framing::Length { remaining: remaining - data.len() as u64 }
             }
             Framing::Close => {
                 if data.len() > self.max_body - self.body.len() {
@@ -443,9 +429,7 @@ impl ResponseParser {
                 chunk = if remaining == n as u64 {
                     Chunk::DataEnd
                 } else {
-                    Chunk::Data {
-                        remaining: remaining - n as u64,
-                    }
+                    Chunk::Data { remaining: remaining - n as u64 }
                 };
                 continue;
             }
@@ -459,10 +443,7 @@ impl ResponseParser {
                         if size > (self.max_body - self.body.len()) as u64 {
                             return Err(HttpError::BodyTooLarge);
                         }
-                        Chunk::Size {
-                            size,
-                            digits: digits + 1,
-                        }
+                        Chunk::Size { size, digits: digits + 1 }
                     }
                     None if digits == 0 => return Err(HttpError::BadChunkSize),
                     None => self.after_size(size, b)?,
@@ -605,11 +586,7 @@ mod tests {
     }
 
     /// Feeds `input` in pieces cut at `cuts` (offsets, ascending); checks that only the last feed completes.
-    fn feed_split(
-        p: &mut ResponseParser,
-        input: &[u8],
-        cuts: &[usize],
-    ) -> Result<Parsed, HttpError> {
+    fn feed_split(p: &mut ResponseParser, input: &[u8], cuts: &[usize]) -> Result<Parsed, HttpError> {
         let mut start = 0;
         for &cut in cuts.iter().chain(std::iter::once(&input.len())) {
             let cut = cut.clamp(start, input.len());
@@ -618,12 +595,7 @@ mod tests {
             if start == input.len() {
                 return Ok(parsed);
             }
-            assert_eq!(
-                parsed,
-                Parsed::Incomplete,
-                "completed before byte {start} of {}",
-                input.len()
-            );
+            assert_eq!(parsed, Parsed::Incomplete, "completed before byte {start} of {}", input.len());
         }
         unreachable!()
     }
@@ -660,10 +632,7 @@ mod tests {
         assert_eq!(r.body, b"{\"a\" : [1]}\n");
         assert!(r.keep_alive);
         assert_eq!(r.headers.len(), 3);
-        assert_eq!(
-            r.header("content-type"),
-            Some("application/json; charset=UTF-8")
-        );
+        assert_eq!(r.header("content-type"), Some("application/json; charset=UTF-8"));
         assert_eq!(r.header("SERVER"), Some("scaffolding on HTTPServer2"));
         assert_eq!(r.header("missing"), None);
     }
@@ -693,11 +662,9 @@ mod tests {
         assert_eq!(r.body, chunked_body());
         assert!(r.keep_alive);
         // Trailers are dropped, not merged into the header fields.
-        assert_eq!(
-            r.headers,
-            vec![("Transfer-Encoding".to_owned(), "chunked".to_owned())]
-        );
-        let lower = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
+        assert_eq!(r.headers, vec![("Transfer-Encoding".to_owned(), "chunked".to_owned())]);
+        let lower =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n";
         assert_eq!(complete(lower).body, b"abcdefghijklmnopqrstuvwxyz");
         let bare_lf = b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n3\nabc\n0\n\n";
         assert_eq!(complete(bare_lf).body, b"abc");
@@ -707,7 +674,9 @@ mod tests {
 
     #[test]
     fn chunked_wins_over_content_length_and_closes() {
-        let r = complete(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n");
+        let r = complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        );
         assert_eq!(r.body, b"ok");
         assert!(!r.keep_alive);
     }
@@ -739,33 +708,16 @@ mod tests {
     fn keep_alive_rules() {
         let cases: &[(&[u8], bool)] = &[
             (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
-            (
-                b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-                true,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
-                false,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nConnection: Upgrade, CLOSE\r\nContent-Length: 0\r\n\r\n",
-                false,
-            ),
+            (b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false),
+            (b"HTTP/1.1 200 OK\r\nConnection: Upgrade, CLOSE\r\nContent-Length: 0\r\n\r\n", false),
             (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
-            (
-                b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n",
-                true,
-            ),
+            (b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n", true),
             (b"HTTP/1.1 204 No Content\r\n\r\n", true),
             (b"HTTP/1.0 204 No Content\r\n\r\n", false),
         ];
         for (input, keep_alive) in cases {
-            assert_eq!(
-                complete(input).keep_alive,
-                *keep_alive,
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(complete(input).keep_alive, *keep_alive, "{:?}", String::from_utf8_lossy(input));
         }
     }
 
@@ -775,28 +727,16 @@ mod tests {
             HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let r = complete(input);
         assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]));
-        assert_eq!(
-            r.headers,
-            vec![("Content-Length".to_owned(), "2".to_owned())]
-        );
+        assert_eq!(r.headers, vec![("Content-Length".to_owned(), "2".to_owned())]);
         let cuts: Vec<usize> = (1..input.len()).collect();
-        assert_eq!(
-            feed_split(&mut parser(), input, &cuts),
-            Ok(Parsed::Complete(r))
-        );
+        assert_eq!(feed_split(&mut parser(), input, &cuts), Ok(Parsed::Complete(r)));
         // Interim alone is not a response.
         let mut p = parser();
-        assert_eq!(
-            p.feed(b"HTTP/1.1 100 Continue\r\n\r\n"),
-            Ok(Parsed::Incomplete)
-        );
+        assert_eq!(p.feed(b"HTTP/1.1 100 Continue\r\n\r\n"), Ok(Parsed::Incomplete));
         assert_eq!(p.finish(), Err(HttpError::ClosedInHead));
         let many = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(9);
         assert_eq!(error(&many), HttpError::TooManyInterim);
-        assert_eq!(
-            error(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"),
-            HttpError::UnexpectedUpgrade
-        );
+        assert_eq!(error(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"), HttpError::UnexpectedUpgrade);
     }
 
     #[test]
@@ -805,18 +745,12 @@ mod tests {
         assert_eq!((r.status, r.body.len(), r.keep_alive), (204, 0, true));
         let r = complete(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!((r.status, r.body.len()), (304, 0));
-        assert_eq!(
-            error(b"HTTP/1.1 204 No Content\r\n\r\nx"),
-            HttpError::TrailingBytes
-        );
+        assert_eq!(error(b"HTTP/1.1 204 No Content\r\n\r\nx"), HttpError::TrailingBytes);
     }
 
     #[test]
     fn bytes_after_the_response_are_an_error() {
-        assert_eq!(
-            error(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokX"),
-            HttpError::TrailingBytes
-        );
+        assert_eq!(error(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokX"), HttpError::TrailingBytes);
         assert_eq!(
             error(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nHTTP/1.1"),
             HttpError::TrailingBytes
@@ -835,10 +769,7 @@ mod tests {
     #[test]
     fn size_limits() {
         let mut small = ResponseParser::new(64, 10);
-        assert_eq!(
-            small.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"),
-            Err(HttpError::BodyTooLarge)
-        );
+        assert_eq!(small.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n"), Err(HttpError::BodyTooLarge));
         let mut small = ResponseParser::new(64, 10);
         assert!(matches!(
             small.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"),
@@ -855,155 +786,64 @@ mod tests {
             Err(HttpError::BodyTooLarge)
         );
         let mut small = ResponseParser::new(64, 10);
-        assert_eq!(
-            small.feed(b"HTTP/1.0 200 OK\r\n\r\n0123456789"),
-            Ok(Parsed::Incomplete)
-        );
+        assert_eq!(small.feed(b"HTTP/1.0 200 OK\r\n\r\n0123456789"), Ok(Parsed::Incomplete));
         assert_eq!(small.feed(b"a"), Err(HttpError::BodyTooLarge));
         // The head cap holds whether or not its end has arrived...
         let mut small = ResponseParser::new(64, 10);
         let long_head = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\n", "x".repeat(60));
-        assert_eq!(
-            small.feed(long_head.as_bytes()),
-            Err(HttpError::HeadTooLarge)
-        );
+        assert_eq!(small.feed(long_head.as_bytes()), Err(HttpError::HeadTooLarge));
         let mut small = ResponseParser::new(64, 10);
         let long_head = format!("HTTP/1.1 200 OK\r\nX-Long: {}\r\n\r\n", "x".repeat(60));
-        assert_eq!(
-            small.feed(long_head.as_bytes()),
-            Err(HttpError::HeadTooLarge)
-        );
+        assert_eq!(small.feed(long_head.as_bytes()), Err(HttpError::HeadTooLarge));
         // ...but a body arriving in the same feed as a small head does not count against it.
         let mut small = ResponseParser::new(64, 1000);
-        let input = format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{}",
-            "b".repeat(500)
-        );
-        assert!(
-            matches!(small.feed(input.as_bytes()), Ok(Parsed::Complete(r)) if r.body.len() == 500)
-        );
+        let input = format!("HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{}", "b".repeat(500));
+        assert!(matches!(small.feed(input.as_bytes()), Ok(Parsed::Complete(r)) if r.body.len() == 500));
         // Extensions and trailers are capped too.
         let mut small = ResponseParser::new(64, 10);
-        let ext = format!(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}",
-            "e".repeat(70)
-        );
+        let ext = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}", "e".repeat(70));
         assert_eq!(small.feed(ext.as_bytes()), Err(HttpError::TrailersTooLarge));
         let mut small = ResponseParser::new(64, 10);
-        let trailers = format!(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: {}",
-            "t".repeat(70)
-        );
-        assert_eq!(
-            small.feed(trailers.as_bytes()),
-            Err(HttpError::TrailersTooLarge)
-        );
+        let trailers = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nT: {}", "t".repeat(70));
+        assert_eq!(small.feed(trailers.as_bytes()), Err(HttpError::TrailersTooLarge));
     }
 
     #[test]
     fn bad_framing() {
         let cases: &[(&[u8], HttpError)] = &[
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
-                HttpError::BadContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
-                HttpError::BadContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n",
-                HttpError::BadContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n",
-                HttpError::BadContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
-                HttpError::BadContentLength,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                HttpError::UnsupportedTransferEncoding,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
-                HttpError::UnsupportedTransferEncoding,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n",
-                HttpError::UnsupportedTransferEncoding,
-            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", HttpError::BadContentLength),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", HttpError::BadContentLength),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n", HttpError::BadContentLength),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", HttpError::BadContentLength),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n", HttpError::BadContentLength),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HttpError::UnsupportedTransferEncoding),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", HttpError::UnsupportedTransferEncoding),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n", HttpError::UnsupportedTransferEncoding),
             (
                 b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 1\r\n\r\n",
                 HttpError::UnsupportedContentEncoding,
             ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                HttpError::BadChunkSize,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;ext\r\n",
-                HttpError::BadChunkSize,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1 x\r\n",
-                HttpError::BadChunkSize,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\rx",
-                HttpError::BadChunkSize,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n",
-                HttpError::BadChunkFraming,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\rb",
-                HttpError::BadChunkFraming,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\rx",
-                HttpError::BadChunkFraming,
-            ),
-            (
-                b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n",
-                HttpError::BadHead(httparse::Error::HeaderName),
-            ),
-            (
-                b"HTTQ/1.1 200 OK\r\n\r\n",
-                HttpError::BadHead(httparse::Error::Version),
-            ),
-            (
-                b"HTTP/1.1 2x0 OK\r\n\r\n",
-                HttpError::BadHead(httparse::Error::Status),
-            ),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", HttpError::BadChunkSize),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;ext\r\n", HttpError::BadChunkSize),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1 x\r\n", HttpError::BadChunkSize),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\rx", HttpError::BadChunkSize),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", HttpError::BadChunkFraming),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\rb", HttpError::BadChunkFraming),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\rx", HttpError::BadChunkFraming),
+            (b"HTTP/1.1 200 OK\r\nBad Header: x\r\n\r\n", HttpError::BadHead(httparse::Error::HeaderName)),
+            (b"HTTQ/1.1 200 OK\r\n\r\n", HttpError::BadHead(httparse::Error::Version)),
+            (b"HTTP/1.1 2x0 OK\r\n\r\n", HttpError::BadHead(httparse::Error::Status)),
         ];
         for (input, expected) in cases {
-            assert_eq!(
-                &error(input),
-                expected,
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+            assert_eq!(&error(input), expected, "{:?}", String::from_utf8_lossy(input));
         }
         // Repeated identical lengths are one length.
+        assert_eq!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok").body, b"ok");
         assert_eq!(
-            complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok")
-                .body,
+            complete(b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\nok").body,
             b"ok"
         );
-        assert_eq!(
-            complete(
-                b"HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Length: 2\r\n\r\nok"
-            )
-            .body,
-            b"ok"
-        );
-        let too_many: String = (0..MAX_HEADERS + 1)
-            .map(|i| format!("X-{i}: v\r\n"))
-            .collect();
+        let too_many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: v\r\n")).collect();
         let input = format!("HTTP/1.1 200 OK\r\n{too_many}\r\n");
         assert_eq!(
             ResponseParser::new(1 << 16, 10).feed(input.as_bytes()),
@@ -1025,10 +865,7 @@ mod tests {
         assert_eq!(p.feed(&SIMPLE[..SIMPLE.len() - 1]), Ok(Parsed::Incomplete));
         assert_eq!(p.finish(), Err(HttpError::ClosedInBody));
         let mut p = parser();
-        assert_eq!(
-            p.feed(&CHUNKED[..CHUNKED.len() - 2]),
-            Ok(Parsed::Incomplete)
-        );
+        assert_eq!(p.feed(&CHUNKED[..CHUNKED.len() - 2]), Ok(Parsed::Incomplete));
         assert_eq!(p.finish(), Err(HttpError::ClosedInBody));
         assert_eq!(p.feed(b"\r\n"), Err(HttpError::ClosedInBody));
     }
@@ -1063,10 +900,7 @@ mod tests {
             HttpError::BadHead(httparse::Error::HeaderName).to_string(),
             "bad response head: invalid header name"
         );
-        assert_eq!(
-            HttpError::ClosedInBody.to_string(),
-            "connection closed inside the response body"
-        );
+        assert_eq!(HttpError::ClosedInBody.to_string(), "connection closed inside the response body");
     }
 
     // ---- property tests ----
@@ -1100,14 +934,7 @@ mod tests {
                 any::<bool>(),
             )
                 .prop_map(|(sizes, ext, upper, zeros, bare_lf, trailers)| {
-                    Framing::Chunked {
-                        sizes,
-                        ext,
-                        upper,
-                        zeros,
-                        bare_lf,
-                        trailers,
-                    }
+                    Framing::Chunked { sizes, ext, upper, zeros, bare_lf, trailers }
                 }),
             Just(Framing::Http10Close),
             Just(Framing::ConnectionClose),
@@ -1122,32 +949,21 @@ mod tests {
         }
         let keep_alive = match framing {
             Framing::Length => {
-                out.extend_from_slice(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=UTF-8\r\n",
-                );
+                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=UTF-8\r\n");
                 out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
                 out.extend_from_slice(body);
                 true
             }
-            Framing::Chunked {
-                sizes,
-                ext,
-                upper,
-                zeros,
-                bare_lf,
-                trailers,
-            } => {
+            Framing::Chunked { sizes, ext, upper, zeros, bare_lf, trailers } => {
                 let eol: &[u8] = if *bare_lf { b"\n" } else { b"\r\n" };
-                out.extend_from_slice(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nVary: Accept-Language\r\n\r\n");
+                out.extend_from_slice(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nVary: Accept-Language\r\n\r\n",
+                );
                 let mut rest = body;
                 let mut i = 0;
                 while !rest.is_empty() {
                     let n = sizes[i % sizes.len()].min(rest.len());
-                    let size = if *upper {
-                        format!("{n:X}")
-                    } else {
-                        format!("{n:x}")
-                    };
+                    let size = if *upper { format!("{n:X}") } else { format!("{n:x}") };
                     out.extend_from_slice("0".repeat(*zeros).as_bytes());
                     out.extend_from_slice(size.as_bytes());
                     out.extend_from_slice(ext[i % ext.len()].unwrap_or("").as_bytes());

@@ -20,8 +20,7 @@ pub const MAX_RESULTS: usize = 20;
 
 /// The fields asked of Places (New): what maps onto the legacy result objects. `rating` and
 /// `userRatingCount` are billed at a higher SKU than the rest; drop them here to save money.
-pub const NEW_FIELD_MASK: &str =
-    "places.id,places.displayName,places.location,places.viewport,places.types,\
+pub const NEW_FIELD_MASK: &str = "places.id,places.displayName,places.location,places.viewport,places.types,\
 places.shortFormattedAddress,places.formattedAddress,places.businessStatus,places.plusCode,\
 places.iconBackgroundColor,places.iconMaskBaseUri,places.rating,places.userRatingCount";
 
@@ -72,11 +71,7 @@ impl Endpoint {
             }
             let port = match after {
                 "" => None,
-                _ => Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or("places url has junk after its IPv6 address")?,
-                ),
+                _ => Some(after.strip_prefix(':').ok_or("places url has junk after its IPv6 address")?),
             };
             (addr.to_ascii_lowercase(), port)
         } else {
@@ -96,31 +91,16 @@ impl Endpoint {
         };
 
         if path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-            return Err(
-                "places url path must be ASCII without spaces or control characters".into(),
-            );
+            return Err("places url path must be ASCII without spaces or control characters".into());
         }
-        let path = if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("/{path}")
-        };
-        Ok(Endpoint {
-            api,
-            host,
-            port,
-            path,
-        })
+        let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
+        Ok(Endpoint { api, host, port, path })
     }
 
     /// `host[:port]` as the `Host` header wants it: the port only when it is not 443, an IPv6 address in
     /// brackets.
     pub fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
         if self.port == 443 {
             host
         } else {
@@ -138,16 +118,12 @@ fn check_host_name(host: &str) -> Result<(), String> {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !labels_ok {
         return Err("places url has a bad host name".into());
     }
-    let numeric = host
-        .split('.')
-        .all(|label| label.bytes().all(|b| b.is_ascii_digit()));
+    let numeric = host.split('.').all(|label| label.bytes().all(|b| b.is_ascii_digit()));
     if numeric && host.parse::<Ipv4Addr>().is_err() {
         return Err("places url has a bad IPv4 address".into());
     }
@@ -218,14 +194,7 @@ fn json_decimal(text: &str) -> Option<String> {
 /// valid (the protocol parser checks them); text that is not still cannot break the request: it is
 /// percent-encoded in a query, or sent as a JSON string (which Places then refuses as INVALID_REQUEST).
 /// `key` is omitted when `None`; in the `X-Goog-Api-Key` header only its visible ASCII bytes are sent.
-pub fn build_request(
-    ep: &Endpoint,
-    lat: &str,
-    lng: &str,
-    radius_km: &str,
-    key: Option<&str>,
-    out: &mut Vec<u8>,
-) {
+pub fn build_request(ep: &Endpoint, lat: &str, lng: &str, radius_km: &str, key: Option<&str>, out: &mut Vec<u8>) {
     let lat_n = json_decimal(lat);
     let lng_n = json_decimal(lng);
     let metres = radius_metres(radius_km);
@@ -248,13 +217,10 @@ pub fn build_request(
             out.extend_from_slice(ep.authority().as_bytes());
             out.extend_from_slice(b"\r\nUser-Agent: ");
             out.extend_from_slice(USER_AGENT.as_bytes());
-            out.extend_from_slice(
-                b"\r\nAccept: application/json\r\nConnection: keep-alive\r\n\r\n",
-            );
+            out.extend_from_slice(b"\r\nAccept: application/json\r\nConnection: keep-alive\r\n\r\n");
         }
         Api::New => {
-            let number =
-                |n: Option<String>, text: &str| n.unwrap_or_else(|| Value::from(text).to_string());
+            let number = |n: Option<String>, text: &str| n.unwrap_or_else(|| Value::from(text).to_string());
             let body = format!(
                 "{{\"maxResultCount\":{MAX_RESULTS},\"locationRestriction\":{{\"circle\":{{\"center\":\
                  {{\"latitude\":{},\"longitude\":{}}},\"radius\":{}}}}}}}",
@@ -268,9 +234,7 @@ pub fn build_request(
             out.extend_from_slice(ep.authority().as_bytes());
             out.extend_from_slice(b"\r\nUser-Agent: ");
             out.extend_from_slice(USER_AGENT.as_bytes());
-            out.extend_from_slice(
-                b"\r\nAccept: application/json\r\nContent-Type: application/json\r\n",
-            );
+            out.extend_from_slice(b"\r\nAccept: application/json\r\nContent-Type: application/json\r\n");
             if let Some(key) = key {
                 out.extend_from_slice(b"X-Goog-Api-Key: ");
                 out.extend(key.bytes().filter(|b| b.is_ascii_graphic()));
@@ -337,12 +301,7 @@ impl PlacesAnswer {
             return parsed
                 .as_ref()
                 .and_then(|v| Self::from_error_body(http_status, v))
-                .unwrap_or_else(|| {
-                    Self::failure(
-                        "UNKNOWN_ERROR",
-                        &format!("Places answered HTTP {http_status}"),
-                    )
-                });
+                .unwrap_or_else(|| Self::failure("UNKNOWN_ERROR", &format!("Places answered HTTP {http_status}")));
         }
         let Some(value) = parsed else {
             return Self::failure("UNKNOWN_ERROR", NOT_JSON);
@@ -362,11 +321,12 @@ impl PlacesAnswer {
     /// The legacy failure object:
     /// `{"html_attributions" : [], "results" : [], "status" : STATUS, "error_message" : MSG}`.
     pub fn failure(status: &str, message: &str) -> PlacesAnswer {
+        // Google's own key order for its failures (alphabetical, as in a REQUEST_DENIED answer).
         let mut doc = Map::new();
+        doc.insert("error_message".into(), Value::from(message));
         doc.insert("html_attributions".into(), Value::Array(Vec::new()));
         doc.insert("results".into(), Value::Array(Vec::new()));
         doc.insert("status".into(), Value::from(status));
-        doc.insert("error_message".into(), Value::from(message));
         let mut full = Vec::with_capacity(128 + message.len());
         gjson::write(&mut full, &Value::Object(doc));
         PlacesAnswer {
@@ -406,10 +366,7 @@ impl PlacesAnswer {
         if bound >= self.results {
             return &self.full;
         }
-        let doc = self
-            .doc
-            .as_mut()
-            .expect("a document is kept whenever there are results to cut");
+        let doc = self.doc.as_mut().expect("a document is kept whenever there are results to cut");
         self.cuts[bound].get_or_insert_with(|| cut(doc, bound, self.full.len()))
     }
 
@@ -418,10 +375,7 @@ impl PlacesAnswer {
     fn from_legacy(raw: &[u8], value: Value) -> Option<PlacesAnswer> {
         let obj = value.as_object()?;
         let status = obj.get("status")?.as_str()?.to_owned();
-        let error_message = obj
-            .get("error_message")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let error_message = obj.get("error_message").and_then(Value::as_str).map(str::to_owned);
         let results = match obj.get("results") {
             Some(Value::Array(items)) => items.len(),
             None if !matches!(status.as_str(), "OK" | "ZERO_RESULTS") => {
@@ -441,17 +395,12 @@ impl PlacesAnswer {
         let obj = value.as_object()?;
         let results = match obj.get("places") {
             None => Vec::new(),
-            Some(Value::Array(places)) => places
-                .iter()
-                .map(|p| p.as_object().map(translate_place))
-                .collect::<Option<Vec<_>>>()?,
+            Some(Value::Array(places)) => {
+                places.iter().map(|p| p.as_object().map(translate_place)).collect::<Option<Vec<_>>>()?
+            }
             Some(_) => return None,
         };
-        let status = if results.is_empty() {
-            "ZERO_RESULTS"
-        } else {
-            "OK"
-        };
+        let status = if results.is_empty() { "ZERO_RESULTS" } else { "OK" };
         let count = results.len();
         let mut doc = Map::new();
         doc.insert("html_attributions".into(), Value::Array(Vec::new()));
@@ -472,10 +421,7 @@ impl PlacesAnswer {
             if status.is_empty() || matches!(status, "OK" | "ZERO_RESULTS") {
                 return None;
             }
-            let message = obj
-                .get("error_message")
-                .and_then(Value::as_str)
-                .map_or_else(fallback, str::to_owned);
+            let message = obj.get("error_message").and_then(Value::as_str).map_or_else(fallback, str::to_owned);
             return Some(Self::failure(status, &message));
         }
         let error = obj.get("error")?.as_object()?;
@@ -499,22 +445,9 @@ impl PlacesAnswer {
         Some(Self::failure(legacy_status, &message))
     }
 
-    fn with_doc(
-        status: String,
-        error_message: Option<String>,
-        results: usize,
-        full: Vec<u8>,
-        doc: Value,
-    ) -> Self {
+    fn with_doc(status: String, error_message: Option<String>, results: usize, full: Vec<u8>, doc: Value) -> Self {
         let cuts = results.min(MAX_RESULTS + 1);
-        PlacesAnswer {
-            status,
-            error_message,
-            results,
-            full,
-            doc: (results > 0).then_some(doc),
-            cuts: vec![None; cuts],
-        }
+        PlacesAnswer { status, error_message, results, full, doc: (results > 0).then_some(doc), cuts: vec![None; cuts] }
     }
 }
 
@@ -567,10 +500,7 @@ fn translate_place(place: &Map<String, Value>) -> Value {
         let mut geometry = Map::new();
         geometry.insert("location".into(), location);
         if let Some(vp) = get("viewport") {
-            if let (Some(ne), Some(sw)) = (
-                vp.get("high").and_then(lat_lng),
-                vp.get("low").and_then(lat_lng),
-            ) {
+            if let (Some(ne), Some(sw)) = (vp.get("high").and_then(lat_lng), vp.get("low").and_then(lat_lng)) {
                 let mut viewport = Map::new();
                 viewport.insert("northeast".into(), ne);
                 viewport.insert("southwest".into(), sw);
@@ -585,10 +515,7 @@ fn translate_place(place: &Map<String, Value>) -> Value {
     if let Some(s) = text("iconMaskBaseUri") {
         r.insert("icon_mask_base_uri".into(), s.into());
     }
-    if let Some(name) = get("displayName")
-        .and_then(|d| d.get("text"))
-        .and_then(Value::as_str)
-    {
+    if let Some(name) = get("displayName").and_then(|d| d.get("text")).and_then(Value::as_str) {
         r.insert("name".into(), name.into());
     }
     if let Some(id) = text("id") {
@@ -672,10 +599,7 @@ mod tests {
     /// of the first `k` result objects, which start at a line `      {` and end at `      }` or `      },`.
     fn textual_cut(fixture: &str, k: usize) -> String {
         let lines: Vec<&str> = fixture.trim_end_matches('\n').split('\n').collect();
-        let open = lines
-            .iter()
-            .position(|l| *l == "   \"results\" : [")
-            .unwrap();
+        let open = lines.iter().position(|l| *l == "   \"results\" : [").unwrap();
         let close = lines.iter().position(|l| *l == "   ],").unwrap();
         let mut out: Vec<String> = lines[..open].iter().map(|l| l.to_string()).collect();
         if k == 0 {
@@ -706,38 +630,20 @@ mod tests {
     #[test]
     fn fixture_is_in_google_style() {
         let value: Value = serde_json::from_str(FIXTURE).unwrap();
-        assert_eq!(
-            String::from_utf8(gjson::to_vec(&value)).unwrap(),
-            FIXTURE.trim_end_matches('\n')
-        );
+        assert_eq!(String::from_utf8(gjson::to_vec(&value)).unwrap(), FIXTURE.trim_end_matches('\n'));
         assert_eq!(value["results"].as_array().unwrap().len(), 20);
-        assert!(
-            FIXTURE.contains("\\u003ca href="),
-            "fixture should carry escaped HTML attributions"
-        );
+        assert!(FIXTURE.contains("\\u003ca href="), "fixture should carry escaped HTML attributions");
     }
 
     #[test]
     fn protocol_example() {
         let body = format!("{PROTOCOL_EXAMPLE}\n");
         let mut answer = legacy(&body);
-        assert_eq!(
-            (
-                answer.status(),
-                answer.result_count(),
-                answer.is_cacheable()
-            ),
-            ("OK", 1, true)
-        );
+        assert_eq!((answer.status(), answer.result_count(), answer.is_cacheable()), ("OK", 1, true));
         for bound in [1, 2, 20, 21, 1000] {
-            assert_eq!(
-                answer.body(bound),
-                PROTOCOL_EXAMPLE.as_bytes(),
-                "bound {bound}"
-            );
+            assert_eq!(answer.body(bound), PROTOCOL_EXAMPLE.as_bytes(), "bound {bound}");
         }
-        let expected =
-            "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"OK\"\n}";
+        let expected = "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"OK\"\n}";
         assert_eq!(text(&mut answer, 0), expected);
     }
 
@@ -747,11 +653,8 @@ mod tests {
         assert_eq!(answer.result_count(), 20);
         assert_eq!(answer.error_message(), None);
         for bound in 0..=20 {
-            let expected = if bound == 20 {
-                FIXTURE.trim_end_matches('\n').to_owned()
-            } else {
-                textual_cut(FIXTURE, bound)
-            };
+            let expected =
+                if bound == 20 { FIXTURE.trim_end_matches('\n').to_owned() } else { textual_cut(FIXTURE, bound) };
             assert_eq!(text(&mut answer, bound), expected, "bound {bound}");
             // Memoized: asking again gives the same bytes.
             assert_eq!(text(&mut answer, bound), expected, "bound {bound}, again");
@@ -825,13 +728,10 @@ mod tests {
         for (input, expected) in cases {
             let mut out = b"keep".to_vec();
             collapse_newlines(input.as_bytes(), &mut out);
-            assert_eq!(
-                std::str::from_utf8(&out).unwrap(),
-                format!("keep{expected}"),
-                "{input:?}"
-            );
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("keep{expected}"), "{input:?}");
         }
-        let body = "{\n\n\n   \"html_attributions\" : [],\n\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}\n\n\n";
+        let body =
+            "{\n\n\n   \"html_attributions\" : [],\n\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}\n\n\n";
         let mut answer = legacy(body);
         assert_eq!(answer.status(), "ZERO_RESULTS");
         assert!(answer.is_cacheable());
@@ -840,10 +740,7 @@ mod tests {
             assert_eq!(text(&mut answer, bound), expected);
         }
         // The same rules apply to Google's bytes when a cut leaves them be.
-        let spaced = format!(
-            "{}\n\n",
-            PROTOCOL_EXAMPLE.replace("\n   \"status\"", "\n\n\n   \"status\"")
-        );
+        let spaced = format!("{}\n\n", PROTOCOL_EXAMPLE.replace("\n   \"status\"", "\n\n\n   \"status\""));
         let mut answer = legacy(&spaced);
         assert_eq!(text(&mut answer, 1), PROTOCOL_EXAMPLE);
     }
@@ -880,14 +777,7 @@ mod tests {
     #[test]
     fn new_answers_are_translated_to_the_legacy_shape() {
         let mut answer = PlacesAnswer::from_response(Api::New, 200, NEW_BODY.as_bytes());
-        assert_eq!(
-            (
-                answer.status(),
-                answer.result_count(),
-                answer.is_cacheable()
-            ),
-            ("OK", 2, true)
-        );
+        assert_eq!((answer.status(), answer.result_count(), answer.is_cacheable()), ("OK", 2, true));
         let expected = r#"{
    "html_attributions" : [],
    "results" : [
@@ -938,12 +828,7 @@ mod tests {
         assert_eq!(text(&mut answer, 20), expected);
         assert_eq!(text(&mut answer, 2), expected);
         let one = text(&mut answer, 1);
-        assert!(
-            one.ends_with(
-                "\"vicinity\" : \"Los Angeles\"\n      }\n   ],\n   \"status\" : \"OK\"\n}"
-            ),
-            "{one}"
-        );
+        assert!(one.ends_with("\"vicinity\" : \"Los Angeles\"\n      }\n   ],\n   \"status\" : \"OK\"\n}"), "{one}");
         assert!(!one.contains("ChIJ-def"));
         assert_eq!(
             text(&mut answer, 0),
@@ -965,20 +850,19 @@ mod tests {
 
     fn failure_text(status: &str, message: &str) -> String {
         format!(
-            "{{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : {},\n   \"error_message\" : {}\n}}",
-            Value::from(status),
-            Value::from(message)
+            "{{\n   \"error_message\" : {},\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : {}\n}}",
+            Value::from(message),
+            Value::from(status)
         )
     }
 
     #[test]
     fn failure_object() {
-        let mut answer =
-            PlacesAnswer::failure("UNKNOWN_ERROR", "Places timed out after 3000 ms <sic>");
+        let mut answer = PlacesAnswer::failure("UNKNOWN_ERROR", "Places timed out after 3000 ms <sic>");
         assert_eq!(answer.status(), "UNKNOWN_ERROR");
         assert!(!answer.is_cacheable());
-        let expected = "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"UNKNOWN_ERROR\",\n   \
-                        \"error_message\" : \"Places timed out after 3000 ms \\u003csic\\u003e\"\n}";
+        let expected = "{\n   \"error_message\" : \"Places timed out after 3000 ms \\u003csic\\u003e\",\n   \
+                        \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"UNKNOWN_ERROR\"\n}";
         for bound in [0, 1, 20] {
             assert_eq!(text(&mut answer, bound), expected);
         }
@@ -989,90 +873,22 @@ mod tests {
         let denied_legacy = "{\n   \"error_message\" : \"The provided API key is invalid. \",\n   \
                              \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"REQUEST_DENIED\"\n}\n";
         let new_error = |code: u16, status: &str, message: &str| {
-            format!(
-                r#"{{"error": {{"code": {code}, "message": "{message}", "status": "{status}"}}}}"#
-            )
+            format!(r#"{{"error": {{"code": {code}, "message": "{message}", "status": "{status}"}}}}"#)
         };
         // (api, HTTP status, body, status, error message)
         let cases: Vec<(Api, u16, String, &str, &str)> = vec![
-            (
-                Api::Legacy,
-                500,
-                "<html>oops</html>".into(),
-                "UNKNOWN_ERROR",
-                "Places answered HTTP 500",
-            ),
-            (
-                Api::New,
-                502,
-                String::new(),
-                "UNKNOWN_ERROR",
-                "Places answered HTTP 502",
-            ),
-            (
-                Api::Legacy,
-                200,
-                "<html>not json</html>".into(),
-                "UNKNOWN_ERROR",
-                NOT_JSON,
-            ),
-            (
-                Api::New,
-                200,
-                "{\"places\": [".into(),
-                "UNKNOWN_ERROR",
-                NOT_JSON,
-            ),
+            (Api::Legacy, 500, "<html>oops</html>".into(), "UNKNOWN_ERROR", "Places answered HTTP 500"),
+            (Api::New, 502, String::new(), "UNKNOWN_ERROR", "Places answered HTTP 502"),
+            (Api::Legacy, 200, "<html>not json</html>".into(), "UNKNOWN_ERROR", NOT_JSON),
+            (Api::New, 200, "{\"places\": [".into(), "UNKNOWN_ERROR", NOT_JSON),
             (Api::Legacy, 200, String::new(), "UNKNOWN_ERROR", NOT_JSON),
-            (
-                Api::Legacy,
-                200,
-                "[1, 2]".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
-            (
-                Api::Legacy,
-                200,
-                "{\"status\": \"OK\"}".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
-            (
-                Api::Legacy,
-                200,
-                "{\"results\": []}".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
-            (
-                Api::Legacy,
-                200,
-                "{\"status\": \"OK\", \"results\": {}}".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
-            (
-                Api::New,
-                200,
-                "{\"places\": 5}".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
-            (
-                Api::New,
-                200,
-                "{\"places\": [1]}".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
-            (
-                Api::New,
-                200,
-                "\"places\"".into(),
-                "UNKNOWN_ERROR",
-                NOT_PLACES,
-            ),
+            (Api::Legacy, 200, "[1, 2]".into(), "UNKNOWN_ERROR", NOT_PLACES),
+            (Api::Legacy, 200, "{\"status\": \"OK\"}".into(), "UNKNOWN_ERROR", NOT_PLACES),
+            (Api::Legacy, 200, "{\"results\": []}".into(), "UNKNOWN_ERROR", NOT_PLACES),
+            (Api::Legacy, 200, "{\"status\": \"OK\", \"results\": {}}".into(), "UNKNOWN_ERROR", NOT_PLACES),
+            (Api::New, 200, "{\"places\": 5}".into(), "UNKNOWN_ERROR", NOT_PLACES),
+            (Api::New, 200, "{\"places\": [1]}".into(), "UNKNOWN_ERROR", NOT_PLACES),
+            (Api::New, 200, "\"places\"".into(), "UNKNOWN_ERROR", NOT_PLACES),
             // Legacy failure status without results.
             (
                 Api::Legacy,
@@ -1082,13 +898,7 @@ mod tests {
                 "Places answered OVER_QUERY_LIMIT",
             ),
             // Legacy error bodies on an HTTP error.
-            (
-                Api::Legacy,
-                403,
-                denied_legacy.into(),
-                "REQUEST_DENIED",
-                "The provided API key is invalid. ",
-            ),
+            (Api::Legacy, 403, denied_legacy.into(), "REQUEST_DENIED", "The provided API key is invalid. "),
             (
                 Api::Legacy,
                 400,
@@ -1107,67 +917,23 @@ mod tests {
             (
                 Api::New,
                 403,
-                new_error(
-                    403,
-                    "PERMISSION_DENIED",
-                    "Places API (New) has not been used in project 1 before",
-                ),
+                new_error(403, "PERMISSION_DENIED", "Places API (New) has not been used in project 1 before"),
                 "REQUEST_DENIED",
                 "Places API (New) has not been used in project 1 before",
             ),
             (
                 Api::New,
                 400,
-                new_error(
-                    400,
-                    "INVALID_ARGUMENT",
-                    "API key not valid. Please pass a valid API key.",
-                ),
+                new_error(400, "INVALID_ARGUMENT", "API key not valid. Please pass a valid API key."),
                 "INVALID_REQUEST",
                 "API key not valid. Please pass a valid API key.",
             ),
-            (
-                Api::New,
-                401,
-                new_error(401, "UNAUTHENTICATED", "no key"),
-                "REQUEST_DENIED",
-                "no key",
-            ),
-            (
-                Api::New,
-                429,
-                new_error(429, "RESOURCE_EXHAUSTED", "quota"),
-                "OVER_QUERY_LIMIT",
-                "quota",
-            ),
-            (
-                Api::New,
-                500,
-                new_error(500, "INTERNAL", "boom"),
-                "UNKNOWN_ERROR",
-                "boom",
-            ),
-            (
-                Api::New,
-                503,
-                new_error(503, "UNAVAILABLE", ""),
-                "UNKNOWN_ERROR",
-                "Places answered HTTP 503",
-            ),
-            (
-                Api::Legacy,
-                403,
-                "{\"error\": {\"code\": 403}}".into(),
-                "REQUEST_DENIED",
-                "Places answered HTTP 403",
-            ),
-            (
-                Api::New,
-                200,
-                new_error(429, "RESOURCE_EXHAUSTED", "quota"),
-                "OVER_QUERY_LIMIT",
-                "quota",
-            ),
+            (Api::New, 401, new_error(401, "UNAUTHENTICATED", "no key"), "REQUEST_DENIED", "no key"),
+            (Api::New, 429, new_error(429, "RESOURCE_EXHAUSTED", "quota"), "OVER_QUERY_LIMIT", "quota"),
+            (Api::New, 500, new_error(500, "INTERNAL", "boom"), "UNKNOWN_ERROR", "boom"),
+            (Api::New, 503, new_error(503, "UNAVAILABLE", ""), "UNKNOWN_ERROR", "Places answered HTTP 503"),
+            (Api::Legacy, 403, "{\"error\": {\"code\": 403}}".into(), "REQUEST_DENIED", "Places answered HTTP 403"),
+            (Api::New, 200, new_error(429, "RESOURCE_EXHAUSTED", "quota"), "OVER_QUERY_LIMIT", "quota"),
         ];
         for (api, http_status, body, status, message) in cases {
             let what = format!("{api:?} {http_status} {body:?}");
@@ -1176,11 +942,7 @@ mod tests {
             assert_eq!(answer.error_message(), Some(message), "{what}");
             assert!(!answer.is_cacheable(), "{what}");
             for bound in [0, 20] {
-                assert_eq!(
-                    text(&mut answer, bound),
-                    failure_text(status, message),
-                    "{what}"
-                );
+                assert_eq!(text(&mut answer, bound), failure_text(status, message), "{what}");
             }
         }
     }
@@ -1191,10 +953,7 @@ mod tests {
                     \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"OVER_QUERY_LIMIT\"\n}\n";
         let mut answer = legacy(body);
         assert_eq!(answer.status(), "OVER_QUERY_LIMIT");
-        assert_eq!(
-            answer.error_message(),
-            Some("You have exceeded your daily request quota for this API.")
-        );
+        assert_eq!(answer.error_message(), Some("You have exceeded your daily request quota for this API."));
         assert!(!answer.is_cacheable());
         assert_eq!(text(&mut answer, 0), body.trim_end());
         assert_eq!(text(&mut answer, 20), body.trim_end());
@@ -1219,10 +978,7 @@ mod tests {
     fn debug_output_is_short() {
         let answer = legacy(FIXTURE);
         let debug = format!("{answer:?}");
-        assert!(
-            debug.starts_with("PlacesAnswer { status: \"OK\""),
-            "{debug}"
-        );
+        assert!(debug.starts_with("PlacesAnswer { status: \"OK\""), "{debug}");
         assert!(debug.len() < 200, "{debug}");
     }
 
@@ -1232,25 +988,15 @@ mod tests {
         let mut out = b"previous bytes|".to_vec();
         build_request(ep, lat, lng, radius, key, &mut out);
         let text = String::from_utf8(out).unwrap();
-        text.strip_prefix("previous bytes|")
-            .expect("appends")
-            .to_owned()
+        text.strip_prefix("previous bytes|").expect("appends").to_owned()
     }
 
     fn legacy_google() -> Endpoint {
-        Endpoint::parse(
-            Api::Legacy,
-            "https://maps.googleapis.com/maps/api/place/nearbysearch/json",
-        )
-        .unwrap()
+        Endpoint::parse(Api::Legacy, "https://maps.googleapis.com/maps/api/place/nearbysearch/json").unwrap()
     }
 
     fn new_google() -> Endpoint {
-        Endpoint::parse(
-            Api::New,
-            "https://places.googleapis.com/v1/places:searchNearby",
-        )
-        .unwrap()
+        Endpoint::parse(Api::New, "https://places.googleapis.com/v1/places:searchNearby").unwrap()
     }
 
     #[test]
@@ -1299,13 +1045,7 @@ mod tests {
 
     #[test]
     fn legacy_request_bytes() {
-        let got = request(
-            &legacy_google(),
-            "+34.068930",
-            "-118.445127",
-            "10",
-            Some("AIzaFAKE-key_123"),
-        );
+        let got = request(&legacy_google(), "+34.068930", "-118.445127", "10", Some("AIzaFAKE-key_123"));
         assert_eq!(
             got,
             "GET /maps/api/place/nearbysearch/json?location=34.068930,-118.445127&radius=10000&key=AIzaFAKE-key_123 HTTP/1.1\r\n\
@@ -1313,17 +1053,17 @@ mod tests {
         );
         assert!(!got.to_ascii_lowercase().contains("accept-encoding"));
         let got = request(&legacy_google(), "+040.5", "+151.2100", "2.5", None);
-        assert!(got.starts_with("GET /maps/api/place/nearbysearch/json?location=40.5,151.2100&radius=2500 HTTP/1.1\r\n"), "{got}");
+        assert!(
+            got.starts_with("GET /maps/api/place/nearbysearch/json?location=40.5,151.2100&radius=2500 HTTP/1.1\r\n"),
+            "{got}"
+        );
         assert!(!got.contains("key="));
     }
 
     #[test]
     fn legacy_request_percent_encodes() {
-        let ep = Endpoint::parse(
-            Api::Legacy,
-            "https://127.0.0.1:18443/maps/api/place/nearbysearch/json?language=en",
-        )
-        .unwrap();
+        let ep = Endpoint::parse(Api::Legacy, "https://127.0.0.1:18443/maps/api/place/nearbysearch/json?language=en")
+            .unwrap();
         let got = request(&ep, "+1", "-2", "0.0001", Some("a+b/c=d&e f%é"));
         assert_eq!(
             got,
@@ -1341,13 +1081,7 @@ mod tests {
 
     #[test]
     fn new_request_bytes() {
-        let got = request(
-            &new_google(),
-            "+34.068930",
-            "-118.445127",
-            "2.5",
-            Some("AIzaFAKE"),
-        );
+        let got = request(&new_google(), "+34.068930", "-118.445127", "2.5", Some("AIzaFAKE"));
         let body = "{\"maxResultCount\":20,\"locationRestriction\":{\"circle\":{\"center\":\
                     {\"latitude\":34.068930,\"longitude\":-118.445127},\"radius\":2500}}}";
         assert_eq!(
@@ -1360,47 +1094,22 @@ mod tests {
             )
         );
         let parsed: Value = serde_json::from_str(body).unwrap();
-        assert_eq!(
-            parsed["locationRestriction"]["circle"]["radius"].to_string(),
-            "2500"
-        );
+        assert_eq!(parsed["locationRestriction"]["circle"]["radius"].to_string(), "2500");
         let got = request(&new_google(), "+040.5", "-0", "0.0001", None);
         assert!(!got.contains("X-Goog-Api-Key"), "{got}");
-        assert!(
-            got.ends_with("{\"latitude\":40.5,\"longitude\":-0},\"radius\":0.1}}}"),
-            "{got}"
-        );
+        assert!(got.ends_with("{\"latitude\":40.5,\"longitude\":-0},\"radius\":0.1}}}"), "{got}");
     }
 
     #[test]
     fn new_request_stays_well_formed_with_bad_input() {
-        let got = request(
-            &new_google(),
-            "+1\"}",
-            "-2",
-            "x",
-            Some("bad\r\nX-Injected: 1 key"),
-        );
+        let got = request(&new_google(), "+1\"}", "-2", "x", Some("bad\r\nX-Injected: 1 key"));
         let (head, body) = got.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.contains("\r\nX-Goog-Api-Key: badX-Injected:1key\r\n"),
-            "{head}"
-        );
+        assert!(head.contains("\r\nX-Goog-Api-Key: badX-Injected:1key\r\n"), "{head}");
         assert!(!head.contains("\r\nX-Injected"), "{head}");
         let value: Value = serde_json::from_str(body).expect("still JSON");
-        assert_eq!(
-            value["locationRestriction"]["circle"]["center"]["latitude"],
-            "+1\"}"
-        );
-        let length: usize = head
-            .split("Content-Length: ")
-            .nth(1)
-            .unwrap()
-            .split("\r\n")
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+        assert_eq!(value["locationRestriction"]["circle"]["center"]["latitude"], "+1\"}");
+        let length: usize =
+            head.split("Content-Length: ").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
         assert_eq!(length, body.len());
         // The field mask asks for what the translation reads.
         for field in NEW_FIELD_MASK.split(',') {
@@ -1429,29 +1138,15 @@ mod tests {
                 18443,
                 "/maps/api/place/nearbysearch/json",
             ),
-            (
-                "https://[::1]:8443/v1/places:searchNearby",
-                "::1",
-                8443,
-                "/v1/places:searchNearby",
-            ),
+            ("https://[::1]:8443/v1/places:searchNearby", "::1", 8443, "/v1/places:searchNearby"),
             ("https://[2001:DB8::1]/x", "2001:db8::1", 443, "/x"),
             ("https://localhost", "localhost", 443, "/"),
             ("https://localhost:443?a=b", "localhost", 443, "/?a=b"),
-            (
-                "https://my_host.internal:1/p?q=1#frag",
-                "my_host.internal",
-                1,
-                "/p?q=1",
-            ),
+            ("https://my_host.internal:1/p?q=1#frag", "my_host.internal", 1, "/p?q=1"),
         ];
         for (url, host, port, path) in ok {
             let ep = Endpoint::parse(Api::Legacy, url).unwrap_or_else(|e| panic!("{url}: {e}"));
-            assert_eq!(
-                (ep.host.as_str(), ep.port, ep.path.as_str()),
-                (*host, *port, *path),
-                "{url}"
-            );
+            assert_eq!((ep.host.as_str(), ep.port, ep.path.as_str()), (*host, *port, *path), "{url}");
             assert_eq!(ep.api, Api::Legacy);
         }
         let authority = |url| Endpoint::parse(Api::New, url).unwrap().authority();

@@ -19,7 +19,9 @@
 use super::client::Client;
 use super::log::{self as server_log, ServerLog};
 use super::peer::{self, Peer, PeerClose, Role, Secret};
+use super::places_client::{PlacesClient, Waiter};
 use super::timer::{Timer, Timers};
+use super::upstream::{Outcome, Upstream};
 use crate::config::{Config, Limits};
 use crate::protocol::{AtFields, Timestamp, WhatsAt};
 use mio::event::Event;
@@ -33,6 +35,8 @@ use std::time::{Duration, Instant, SystemTime};
 const CLIENT_LISTENER: Token = Token(usize::MAX);
 const PEER_LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The resolver thread wakes the loop with this token when it has an address.
+const WAKER: Token = Token(usize::MAX - 3);
 
 /// Reads one connection may do per event before it yields to the others (fairness under floods).
 pub const READS_PER_TURN: usize = 16;
@@ -191,6 +195,10 @@ pub struct Ctx {
     pub again: Vec<Token>,
     /// The legacy failure object served while Places is not configured.
     places_unconfigured: Vec<u8>,
+    /// The Places client, when the config has `places`.
+    pub places: Option<PlacesClient>,
+    /// Places answers to hand to clients after this handler: (client, ticket, JSON bytes).
+    places_replies: Vec<(Token, u64, Vec<u8>)>,
     /// This server's neighbours, in config order.
     pub neighbours: Vec<Neighbour>,
     /// Peer links with output to write at the end of this turn (written before the clients').
@@ -338,10 +346,55 @@ impl Ctx {
             self.timers.add(deadline, Timer::Conn(client));
             return Whatsat::AwaitRecord { ticket, deadline };
         };
-        out.extend_from_slice(record.line());
-        out.extend_from_slice(&self.places_unconfigured);
-        out.extend_from_slice(b"\n\n");
-        Whatsat::Answered
+        let Some(places) = self.places.as_mut() else {
+            out.extend_from_slice(record.line());
+            out.extend_from_slice(&self.places_unconfigured);
+            out.extend_from_slice(b"\n\n");
+            return Whatsat::Answered;
+        };
+        let key = PlacesClient::key_for(record.location(), cmd.radius_km);
+        if let Some(json) = places.cached(&key, cmd.bound, self.now) {
+            out.extend_from_slice(record.line());
+            out.extend_from_slice(json);
+            out.extend_from_slice(b"\n\n");
+            return Whatsat::Answered;
+        }
+        self.next_ticket += 1;
+        let ticket = self.next_ticket;
+        let waiter = Waiter { client, ticket, bound: cmd.bound };
+        if let Some(id) = places.join_or_create(key, record.location(), cmd.radius_km, waiter, self.now) {
+            self.timers.add(self.now + places.timeout, Timer::Places(id));
+        }
+        Whatsat::Pending { ticket, at_line: record.line().to_vec() }
+    }
+
+    /// A Places request ended (answered, failed, or to be retried).
+    pub fn places_outcome(&mut self, id: u64, outcome: Outcome) {
+        let Some(places) = self.places.as_mut() else { return };
+        if let Some((replies, line)) = places.finish(id, outcome, self.now) {
+            self.log.event(format_args!("{line}"));
+            self.places_replies.extend(replies.into_iter().map(|(w, body)| (w.client, w.ticket, body)));
+        }
+    }
+
+    /// An upstream connection finished a request and can be kept: returns false if the pool is full.
+    pub fn places_idle(&mut self, token: Token) -> bool {
+        let Some(places) = self.places.as_mut() else { return false };
+        let kept = !places.queue.is_empty() || places.idle_conn(token);
+        if kept && !places.idle.contains(&token) {
+            places.idle.push(token);
+        }
+        if kept {
+            self.timers.add(self.now + super::places_client::IDLE_KEEP, Timer::Conn(token));
+        }
+        kept
+    }
+
+    /// An upstream connection closed.
+    pub fn places_closed(&mut self, token: Token) {
+        if let Some(places) = self.places.as_mut() {
+            places.conn_closed(token);
+        }
     }
 }
 
@@ -355,6 +408,8 @@ struct Entry {
 enum Conn {
     Client(Client),
     Peer(Peer),
+    /// Boxed: rustls's connection state is large, and there are only a few of these.
+    Upstream(Box<Upstream>),
 }
 
 /// One herd server: its poll, its listeners, its connections and its state.
@@ -447,12 +502,15 @@ impl Server {
                 .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(io)?;
 
-        let failure = serde_json::json!({
-            "error_message": "Places is not configured for this server",
-            "html_attributions": [],
-            "results": [],
-            "status": "UNKNOWN_ERROR",
-        });
+        let places = match &config.places {
+            Some(pc) => {
+                let waker = mio::Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create waker: {e}"))?;
+                Some(PlacesClient::new(pc, std::sync::Arc::new(waker))?)
+            }
+            None => None,
+        };
+        let mut unconfigured =
+            crate::places::PlacesAnswer::failure("UNKNOWN_ERROR", "Places is not configured for this server");
         let seed = {
             use ring::rand::SecureRandom;
             let mut b = [0u8; 8];
@@ -472,7 +530,7 @@ impl Server {
             timers: Timers::default(),
             dirty: Vec::new(),
             again: Vec::new(),
-            places_unconfigured: crate::gjson::to_vec(&failure),
+            places_unconfigured: unconfigured.body(0).to_vec(),
             neighbours,
             dirty_peers: Vec::new(),
             floods: Vec::new(),
@@ -484,6 +542,8 @@ impl Server {
             unknown_grace: Duration::from_millis(config.limits.unknown_client_grace_ms),
             awaiting_record: Default::default(),
             records_arrived: Vec::new(),
+            places,
+            places_replies: Vec::new(),
         };
         Ok(Server {
             poll,
@@ -594,8 +654,7 @@ impl Core {
         matches!(self.conns.get(key), Some(Entry { gen: g, conn: Conn::Peer(_) }) if *g == gen)
     }
 
-    /// Runs `f` on the connection `token` names, if it still exists; queues it for freeing if it closed;
-    /// then hands out what the handler produced for others (floods, dials).
+    /// Runs `f` on the connection `token` names, if it still exists, and queues it for freeing if it closed.
     fn with_conn(&mut self, token: Token, f: impl FnOnce(&mut Conn, &mut Ctx, &mut [u8])) {
         let (key, gen) = split(token);
         let Some(entry) = self.conns.get_mut(key).filter(|e| e.gen == gen) else {
@@ -606,10 +665,16 @@ impl Core {
         let closed = match &entry.conn {
             Conn::Client(c) => c.is_closed(),
             Conn::Peer(p) => p.is_closed(),
+            Conn::Upstream(u) => u.is_closed(),
         };
         if closed {
             self.closing.push(token);
         }
+    }
+
+    /// [`with_conn`](Self::with_conn), then hands out what the handler produced for the others.
+    fn handle(&mut self, token: Token, f: impl FnOnce(&mut Conn, &mut Ctx, &mut [u8])) {
+        self.with_conn(token, f);
         self.after_handler();
     }
 
@@ -621,9 +686,16 @@ impl Core {
             }
             PEER_LISTENER => self.accept_peers(),
             SIGNALS => self.on_signal(),
-            token => self.with_conn(token, |conn, ctx, scratch| match conn {
+            WAKER => {
+                if let Some(places) = self.ctx.places.as_mut() {
+                    places.take_resolved();
+                }
+                self.after_handler();
+            }
+            token => self.handle(token, |conn, ctx, scratch| match conn {
                 Conn::Client(c) => c.on_event(event, ctx, scratch),
                 Conn::Peer(p) => p.on_event(event, ctx, scratch),
+                Conn::Upstream(u) => u.on_event(event, ctx, scratch),
             }),
         }
     }
@@ -634,66 +706,165 @@ impl Core {
         if self.conns.get(key).is_none_or(|e| e.gen != gen) {
             return;
         }
-        self.with_conn(token, |conn, ctx, scratch| match conn {
+        self.handle(token, |conn, ctx, scratch| match conn {
             Conn::Client(c) => c.drive(ctx, scratch),
             Conn::Peer(p) => p.drive(ctx, scratch),
+            Conn::Upstream(u) => u.drive(ctx, scratch),
         });
     }
 
-    /// Hands the records stored by the last handler to every live sending link but the one each came
-    /// from, and dials the neighbours that asked for it. Runs after every handler, so floods go out in
-    /// the same loop turn as the store.
+    /// Hands out what the last handler produced for others, until nothing is left: records to flood,
+    /// WHATSATs whose record arrived, Places answers for clients, Places requests to start, neighbours
+    /// to dial. Runs after every handler, so all of it happens in the same loop turn.
     fn after_handler(&mut self) {
-        if !self.ctx.flood_marks.is_empty() {
-            self.live_links.clear();
-            for (i, n) in self.ctx.neighbours.iter().enumerate() {
-                if let OutLink::Live(t) = n.link {
-                    self.live_links.push((i, t));
+        loop {
+            let mut worked = self.deliver_floods();
+            while let Some((token, ticket)) = self.ctx.records_arrived.pop() {
+                worked = true;
+                self.with_conn(token, |conn, ctx, _| {
+                    if let Conn::Client(c) = conn {
+                        c.record_arrived(ticket, ctx);
+                    }
+                });
+            }
+            while let Some((token, ticket, body)) = self.ctx.places_replies.pop() {
+                worked = true;
+                self.with_conn(token, |conn, ctx, _| {
+                    if let Conn::Client(c) = conn {
+                        c.places_answered(ticket, &body, ctx);
+                    }
+                });
+            }
+            worked |= self.pump_places();
+            while let Some(n) = self.ctx.dial_now.pop() {
+                if self.ctx.neighbours[n].link == OutLink::Backoff && !self.stopping {
+                    self.dial(n);
                 }
             }
-            let floods = std::mem::take(&mut self.ctx.floods);
-            let marks = std::mem::take(&mut self.ctx.flood_marks);
-            for &(from, start, end) in &marks {
-                let line = &floods[start as usize..end as usize];
-                let mut sent_to = 0;
-                for &(i, token) in &self.live_links {
-                    if Some(i) == from {
-                        continue;
-                    }
-                    let (key, gen) = split(token);
-                    if let Some(Entry { gen: g, conn: Conn::Peer(p) }) = self.conns.get_mut(key) {
-                        if *g == gen {
-                            p.send_record(line, &mut self.ctx);
-                            sent_to += 1;
-                            if p.is_closed() {
-                                self.closing.push(token);
-                            }
+            if !worked {
+                return;
+            }
+        }
+    }
+
+    /// Hands the records stored by the last handler to every live sending link but the one each came
+    /// from. Returns whether there was anything.
+    fn deliver_floods(&mut self) -> bool {
+        if self.ctx.flood_marks.is_empty() {
+            return false;
+        }
+        self.live_links.clear();
+        for (i, n) in self.ctx.neighbours.iter().enumerate() {
+            if let OutLink::Live(t) = n.link {
+                self.live_links.push((i, t));
+            }
+        }
+        let floods = std::mem::take(&mut self.ctx.floods);
+        let marks = std::mem::take(&mut self.ctx.flood_marks);
+        for &(from, start, end) in &marks {
+            let line = &floods[start as usize..end as usize];
+            let mut sent_to = 0;
+            for &(i, token) in &self.live_links {
+                if Some(i) == from {
+                    continue;
+                }
+                let (key, gen) = split(token);
+                if let Some(Entry { gen: g, conn: Conn::Peer(p) }) = self.conns.get_mut(key) {
+                    if *g == gen {
+                        p.send_record(line, &mut self.ctx);
+                        sent_to += 1;
+                        if p.is_closed() {
+                            self.closing.push(token);
                         }
                     }
                 }
-                if sent_to > 0 {
-                    self.ctx.log.peer("flood", &format!("to {sent_to} neighbours"), line);
-                }
             }
-            // Keep both allocations.
-            let (mut floods, mut marks) = (floods, marks);
-            floods.clear();
-            marks.clear();
-            self.ctx.floods = floods;
-            self.ctx.flood_marks = marks;
+            if sent_to > 0 {
+                self.ctx.log.peer("flood", &format!("to {sent_to} neighbours"), line);
+            }
         }
-        while let Some((token, ticket)) = self.ctx.records_arrived.pop() {
-            self.with_conn(token, |conn, ctx, _| {
-                if let Conn::Client(c) = conn {
-                    c.record_arrived(ticket, ctx);
+        // Keep both allocations.
+        let (mut floods, mut marks) = (floods, marks);
+        floods.clear();
+        marks.clear();
+        self.ctx.floods = floods;
+        self.ctx.flood_marks = marks;
+        true
+    }
+
+    /// Starts queued Places requests on idle pooled connections, or on new ones while fewer than the
+    /// limit are open. Returns whether anything happened.
+    fn pump_places(&mut self) -> bool {
+        let mut worked = false;
+        loop {
+            let Some(places) = self.ctx.places.as_mut() else { return worked };
+            let Some(&id) = places.queue.front() else { return worked };
+            let addr = match &places.address {
+                super::places_client::Address::Ready(a) => *a,
+                super::places_client::Address::Resolving => return worked,
+                super::places_client::Address::Failed(_) => {
+                    let now = self.ctx.now;
+                    for (replies, line) in places.fail_unresolvable(now) {
+                        self.ctx.log.event(format_args!("{line}"));
+                        self.ctx.places_replies.extend(replies.into_iter().map(|(w, b)| (w.client, w.ticket, b)));
+                    }
+                    return true;
+                }
+            };
+            let token = if let Some(t) = places.idle.pop() {
+                t
+            } else if places.conns < places.max_conns {
+                match self.open_upstream(addr) {
+                    Some(t) => t,
+                    None => return worked,
+                }
+            } else {
+                return worked;
+            };
+            let places = self.ctx.places.as_mut().expect("checked");
+            places.queue.pop_front();
+            let Some(bytes) = places.assign(id, token).map(<[u8]>::to_vec) else { continue };
+            worked = true;
+            self.with_conn(token, |conn, ctx, scratch| {
+                if let Conn::Upstream(u) = conn {
+                    u.start(id, &bytes, ctx, scratch);
                 }
             });
         }
-        while let Some(n) = self.ctx.dial_now.pop() {
-            if self.ctx.neighbours[n].link == OutLink::Backoff && !self.stopping {
-                self.dial(n);
+    }
+
+    /// Opens a connection to Places (non-blocking; TLS starts once it is connected).
+    fn open_upstream(&mut self, addr: SocketAddr) -> Option<Token> {
+        let places = self.ctx.places.as_ref()?;
+        let tls = match rustls::ClientConnection::new(places.tls.clone(), places.server_name.clone()) {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("cannot start TLS: {e}");
+                return None;
             }
-        }
+        };
+        let mut stream = match mio::net::TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                self.ctx.log.event(format_args!("places connect to {addr} failed: {e}"));
+                // Fail the request at the head of the queue rather than spin on it.
+                let places = self.ctx.places.as_mut()?;
+                let id = places.queue.pop_front()?;
+                let kind = super::upstream::FailKind::Connect;
+                self.ctx.places_outcome(
+                    id,
+                    Outcome::Failed { kind, message: format!("connect failed: {e}"), retry: false },
+                );
+                return None;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.ctx.registry.register(&mut stream, self.next_token(), interest).ok()?;
+        let now = self.ctx.now;
+        let token = self.insert(|t| Conn::Upstream(Box::new(Upstream::new(stream, t, tls, now))));
+        self.ctx.places.as_mut()?.conns += 1;
+        Some(token)
     }
 
     fn insert(&mut self, make: impl FnOnce(Token) -> Conn) -> Token {
@@ -845,11 +1016,20 @@ impl Core {
             for &t in &tokens {
                 let is_peer = self.is_peer_event(t);
                 if is_peer == pass {
-                    self.with_conn(t, |conn, ctx, scratch| match conn {
+                    self.handle(t, |conn, ctx, scratch| match conn {
                         Conn::Client(c) => c.shut_down(ctx, scratch),
                         Conn::Peer(p) => p.shut_down(ctx),
+                        // Requests in flight still answer the clients waiting on them.
+                        Conn::Upstream(_) => {}
                     });
                 }
+            }
+        }
+        // Places requests in flight must answer (or fail) before the grace period ends.
+        if let Some(places) = &self.ctx.places {
+            let cut = self.ctx.now + SHUTDOWN_GRACE - Duration::from_millis(300);
+            for &id in places.requests.keys() {
+                self.ctx.timers.add(cut, Timer::Places(id));
             }
         }
         self.ctx.timers.add(self.ctx.now + SHUTDOWN_GRACE, Timer::ShutdownDeadline);
@@ -874,17 +1054,32 @@ impl Core {
                 }
                 Timer::Conn(token) => {
                     let mut next = None;
-                    self.with_conn(token, |conn, ctx, _| {
+                    self.handle(token, |conn, ctx, _| {
                         next = match conn {
                             Conn::Client(c) => c.on_timer(ctx),
                             Conn::Peer(p) => p.check_deadline(ctx),
+                            Conn::Upstream(u) => u.check_idle(ctx),
                         }
                     });
                     if let Some(at) = next {
                         self.ctx.timers.add(at, Timer::Conn(token));
                     }
                 }
-                Timer::CacheSweep => {}
+                Timer::Places(id) => {
+                    let now = self.ctx.now;
+                    let Some(places) = self.ctx.places.as_mut() else { continue };
+                    let Some((replies, conn, line)) = places.expire(id, now) else { continue };
+                    self.ctx.log.event(format_args!("{line}"));
+                    self.ctx.places_replies.extend(replies.into_iter().map(|(w, b)| (w.client, w.ticket, b)));
+                    if let Some(conn) = conn {
+                        self.with_conn(conn, |c, ctx, _| {
+                            if let Conn::Upstream(u) = c {
+                                u.abort(ctx);
+                            }
+                        });
+                    }
+                    self.after_handler();
+                }
             }
         }
     }
@@ -951,6 +1146,13 @@ impl Core {
                     self.ctx.counters.closes[slot] += 1;
                     self.ctx.log.event(format_args!("client {} closed: {}", c.addr, reason.name()));
                     self.clients -= 1;
+                }
+                Conn::Upstream(mut u) => {
+                    let _ = self.ctx.registry.deregister(&mut u.stream);
+                    if let Some(places) = self.ctx.places.as_mut() {
+                        places.conns -= 1;
+                        places.conn_closed(token);
+                    }
                 }
                 Conn::Peer(mut p) => {
                     let _ = self.ctx.registry.deregister(&mut p.stream);

@@ -2,6 +2,9 @@
 //!
 //! - `event_loop`: the `Poll` loop, tokens, dispatch, deferred writes and closes, timers, shut-down.
 //! - `client`: the client connection state machine.
+//! - `peer`: the peer link state machine (handshake, sync, flooding).
+//! - `upstream`: the Places connection state machine (TCP, TLS, HTTP/1.1, keep-alive).
+//! - `places_client`: the Places cache, coalescing, pool, deadlines and off-loop resolution.
 //! - `timer`: deadlines.
 //! - `log`: the server's buffered log file.
 
@@ -9,7 +12,9 @@ pub mod client;
 pub mod event_loop;
 pub mod log;
 pub mod peer;
+pub mod places_client;
 pub mod timer;
+pub mod upstream;
 
 pub use event_loop::Server;
 

@@ -23,8 +23,8 @@ pub enum Timer {
     AcceptRetry,
     /// Give up on a graceful shutdown.
     ShutdownDeadline,
-    /// Expire Places cache entries.
-    CacheSweep,
+    /// The deadline of a Places request.
+    Places(u64),
 }
 
 #[derive(Default)]

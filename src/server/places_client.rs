@@ -1,0 +1,448 @@
+//! Asking Places from inside the loop: the response cache, coalescing, the keep-alive pool, deadlines,
+//! and host resolution off the loop thread.
+//!
+//! A WHATSAT that misses the cache becomes a *request* keyed by (location, radius in metres). Every
+//! WHATSAT for the same key while it is in flight joins it as a *waiter* (coalescing), so concurrent
+//! questions about one place cost one upstream request. A request runs on an idle pooled connection,
+//! or a new one while fewer than `max_conns` are open, or waits in a FIFO queue. Its deadline is a
+//! loop timer: when it fires, every waiter gets the failure object and the connection is dropped. A
+//! request that fails because a reused connection turned out closed is retried once.
+//!
+//! The host name is resolved on a helper thread (DNS blocks), which hands the address back through a
+//! `mio::Waker`; an IP address in the URL needs no resolution at all.
+
+use super::upstream::{FailKind, Outcome};
+use crate::config::{PlacesApi, PlacesConfig};
+use crate::places::{self, Api, Endpoint, PlacesAnswer};
+use mio::Token;
+use rustls::pki_types::ServerName;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// How long an idle keep-alive connection is kept.
+pub const IDLE_KEEP: Duration = Duration::from_secs(30);
+/// Bytes of cached answers kept at most (a 20-result answer with its parsed tree is about 200 KB).
+const CACHE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// A cache key: the client's location text and the radius in metres.
+pub type Key = (Box<[u8]>, String);
+
+/// Every waiter of a finished request with the JSON bytes to answer it with.
+pub type Replies = Vec<(Waiter, Vec<u8>)>;
+
+/// A WHATSAT waiting for a request: which client, which of its reply slots, and the bound to cut to.
+#[derive(Debug, Clone, Copy)]
+pub struct Waiter {
+    pub client: Token,
+    pub ticket: u64,
+    pub bound: u8,
+}
+
+pub struct Request {
+    key: Key,
+    bytes: Vec<u8>,
+    waiters: Vec<Waiter>,
+    started: Instant,
+    pub conn: Option<Token>,
+    retried: bool,
+    /// What the log shows of it (never the key).
+    what: String,
+}
+
+struct CacheEntry {
+    answer: PlacesAnswer,
+    expires: Instant,
+    size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Address {
+    Resolving,
+    Ready(SocketAddr),
+    Failed(String),
+}
+
+/// Places counters.
+#[derive(Debug, Default, Clone)]
+pub struct PlacesCounters {
+    pub hits: u64,
+    pub misses: u64,
+    pub coalesced: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub errors_timeout: u64,
+    pub errors_connect: u64,
+    pub errors_tls: u64,
+    pub errors_http: u64,
+    pub errors_closed: u64,
+    pub errors_resolve: u64,
+    /// Upstream latency of answered requests, in microseconds: sum and count.
+    pub latency_us_sum: u64,
+    pub latency_count: u64,
+}
+
+pub struct PlacesClient {
+    pub endpoint: Endpoint,
+    api: Api,
+    key: Option<String>,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub server_name: ServerName<'static>,
+    pub timeout: Duration,
+    ttl: Duration,
+    pool_size: usize,
+    pub max_conns: usize,
+    pub address: Address,
+    resolver: Option<mpsc::Sender<(String, u16)>>,
+    resolved: Option<mpsc::Receiver<Result<SocketAddr, String>>>,
+    cache: HashMap<Key, CacheEntry>,
+    cache_bytes: usize,
+    pub requests: HashMap<u64, Request>,
+    by_key: HashMap<Key, u64>,
+    pub queue: VecDeque<u64>,
+    pub idle: Vec<Token>,
+    pub conns: usize,
+    next_id: u64,
+    pub counters: PlacesCounters,
+}
+
+impl std::fmt::Debug for PlacesClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key is never printed.
+        f.debug_struct("PlacesClient").field("endpoint", &self.endpoint).field("address", &self.address).finish()
+    }
+}
+
+impl PlacesClient {
+    /// Builds the client from the config: TLS roots (webpki plus `ca_file`), the endpoint, the key from
+    /// the environment. `waker` wakes the loop when a name is resolved.
+    pub fn new(config: &PlacesConfig, waker: Arc<mio::Waker>) -> Result<PlacesClient, String> {
+        let api = match config.api {
+            PlacesApi::Legacy => Api::Legacy,
+            PlacesApi::New => Api::New,
+        };
+        let endpoint = Endpoint::parse(api, &config.url).map_err(|e| format!("places.url: {e}"))?;
+        let key = match &config.key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(k) if !k.is_empty() => Some(k),
+                _ => {
+                    log::warn!("places.key_env names {var}, which is not set: Places requests go without a key");
+                    None
+                }
+            },
+            None => None,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &config.ca_file {
+            use rustls::pki_types::pem::PemObject;
+            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("places.ca_file {}: {e}", path.display()))?;
+            let mut added = 0;
+            for cert in certs {
+                let cert = cert.map_err(|e| format!("places.ca_file {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("places.ca_file {}: {e}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(format!("places.ca_file {}: no certificate in it", path.display()));
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let server_name = ServerName::try_from(endpoint.host.clone())
+            .map_err(|e| format!("places.url: host {:?}: {e}", endpoint.host))?;
+
+        let mut client = PlacesClient {
+            api,
+            key,
+            tls: Arc::new(tls),
+            server_name,
+            timeout: Duration::from_millis(config.timeout_ms),
+            ttl: Duration::from_secs(config.cache_ttl_s),
+            pool_size: config.pool_size,
+            max_conns: config.pool_size.max(1) * 4,
+            address: Address::Resolving,
+            resolver: None,
+            resolved: None,
+            cache: HashMap::new(),
+            cache_bytes: 0,
+            requests: HashMap::new(),
+            by_key: HashMap::new(),
+            queue: VecDeque::new(),
+            idle: Vec::new(),
+            conns: 0,
+            next_id: 0,
+            counters: PlacesCounters::default(),
+            endpoint,
+        };
+        match client.endpoint.host.parse::<IpAddr>() {
+            Ok(ip) => client.address = Address::Ready(SocketAddr::new(ip, client.endpoint.port)),
+            Err(_) => {
+                let (tx, rx) = mpsc::channel::<(String, u16)>();
+                let (res_tx, res_rx) = mpsc::channel();
+                std::thread::Builder::new()
+                    .name("herd-resolver".into())
+                    .spawn(move || {
+                        for (host, port) in rx {
+                            let result = (host.as_str(), port)
+                                .to_socket_addrs()
+                                .map_err(|e| format!("cannot resolve {host}: {e}"))
+                                .and_then(|mut a| a.next().ok_or_else(|| format!("{host} has no address")));
+                            if res_tx.send(result).is_err() {
+                                break;
+                            }
+                            let _ = waker.wake();
+                        }
+                    })
+                    .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
+                client.resolver = Some(tx);
+                client.resolved = Some(res_rx);
+                client.resolve();
+            }
+        }
+        Ok(client)
+    }
+
+    /// Asks the resolver thread for the host's address (again).
+    pub fn resolve(&mut self) {
+        if let Some(tx) = &self.resolver {
+            let _ = tx.send((self.endpoint.host.clone(), self.endpoint.port));
+        }
+    }
+
+    /// Takes the resolver's answers (after the waker woke the loop).
+    pub fn take_resolved(&mut self) -> bool {
+        let mut any = false;
+        while let Some(result) = self.resolved.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            any = true;
+            self.address = match result {
+                Ok(addr) => Address::Ready(addr),
+                Err(e) => {
+                    self.counters.errors_resolve += 1;
+                    // Keep a previous good address if there is one.
+                    match &self.address {
+                        Address::Ready(a) => Address::Ready(*a),
+                        _ => Address::Failed(e),
+                    }
+                }
+            };
+        }
+        any
+    }
+
+    pub fn key_for(location: &[u8], radius_km: &[u8]) -> Key {
+        let radius = std::str::from_utf8(radius_km).unwrap_or("0");
+        let metres = places::radius_metres(radius).unwrap_or_else(|| radius.to_string());
+        (location.into(), metres)
+    }
+
+    /// A cached answer's bytes for `bound`, if one is fresh.
+    pub fn cached(&mut self, key: &Key, bound: u8, now: Instant) -> Option<&[u8]> {
+        let fresh = self.cache.get(key).is_some_and(|e| e.expires > now);
+        if !fresh {
+            if let Some(old) = self.cache.remove(key) {
+                self.cache_bytes -= old.size;
+            }
+            return None;
+        }
+        self.counters.hits += 1;
+        let entry = self.cache.get_mut(key).expect("fresh");
+        Some(entry.answer.body(usize::from(bound)))
+    }
+
+    /// Joins the request for `key` in flight, or makes a new one. Returns the new request's id (the
+    /// caller schedules its deadline and starts it) or None when the waiter joined an existing one.
+    pub fn join_or_create(
+        &mut self,
+        key: Key,
+        location: &[u8],
+        radius_km: &[u8],
+        waiter: Waiter,
+        now: Instant,
+    ) -> Option<u64> {
+        if let Some(id) = self.by_key.get(&key) {
+            self.counters.coalesced += 1;
+            self.requests.get_mut(id).expect("indexed").waiters.push(waiter);
+            return None;
+        }
+        self.counters.misses += 1;
+        self.next_id += 1;
+        let id = self.next_id;
+        let loc = crate::protocol::parse_location(location).expect("stored locations are valid");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        let mut bytes = Vec::with_capacity(512);
+        places::build_request(
+            &self.endpoint,
+            &text(loc.lat),
+            &text(loc.lng),
+            &text(radius_km),
+            self.key.as_deref(),
+            &mut bytes,
+        );
+        let what = format!("location={} radius={}m", text(location), key.1);
+        self.by_key.insert(key.clone(), id);
+        self.requests
+            .insert(id, Request { key, bytes, waiters: vec![waiter], started: now, conn: None, retried: false, what });
+        self.queue.push_back(id);
+        Some(id)
+    }
+
+    /// The bytes of request `id`, to start it on connection `conn`.
+    pub fn assign(&mut self, id: u64, conn: Token) -> Option<&[u8]> {
+        let r = self.requests.get_mut(&id)?;
+        r.conn = Some(conn);
+        self.counters.requests += 1;
+        Some(&r.bytes)
+    }
+
+    /// Ends request `id` with an outcome; returns every waiter with the bytes to answer it with, and a
+    /// line for the log. A stale reused connection instead puts the request back in the queue, once.
+    pub fn finish(&mut self, id: u64, outcome: Outcome, now: Instant) -> Option<(Replies, String)> {
+        let request = self.requests.get_mut(&id)?;
+        request.conn = None;
+        if let Outcome::Failed { retry: true, .. } = &outcome {
+            if !request.retried {
+                request.retried = true;
+                self.counters.retries += 1;
+                self.queue.push_front(id);
+                return None;
+            }
+        }
+        let request = self.requests.remove(&id).expect("present");
+        self.by_key.remove(&request.key);
+        let elapsed = now.saturating_duration_since(request.started);
+        let mut answer = match outcome {
+            Outcome::Response(response) => {
+                self.counters.latency_us_sum += elapsed.as_micros() as u64;
+                self.counters.latency_count += 1;
+                if !(200..300).contains(&response.status) {
+                    self.counters.errors_http += 1;
+                }
+                PlacesAnswer::from_response(self.api, response.status, &response.body)
+            }
+            Outcome::Failed { kind, message, .. } => {
+                match kind {
+                    FailKind::Connect => self.counters.errors_connect += 1,
+                    FailKind::Tls => self.counters.errors_tls += 1,
+                    FailKind::Http => self.counters.errors_http += 1,
+                    FailKind::Closed => self.counters.errors_closed += 1,
+                }
+                if kind == FailKind::Connect {
+                    // The address may have moved.
+                    self.resolve();
+                }
+                PlacesAnswer::failure("UNKNOWN_ERROR", &format!("Places request failed: {message}"))
+            }
+        };
+        let log = format!(
+            "places {}: {} ({} results{}) in {:.1} ms for {} waiters",
+            request.what,
+            answer.status(),
+            answer.result_count(),
+            answer.error_message().map(|m| format!(", {m}")).unwrap_or_default(),
+            elapsed.as_secs_f64() * 1000.0,
+            request.waiters.len()
+        );
+        let replies = request.waiters.iter().map(|w| (*w, answer.body(usize::from(w.bound)).to_vec())).collect();
+        self.store(request.key, answer, now);
+        Some((replies, log))
+    }
+
+    /// The deadline of request `id` passed: answer its waiters with the failure object.
+    pub fn expire(&mut self, id: u64, now: Instant) -> Option<(Replies, Option<Token>, String)> {
+        let request = self.requests.remove(&id)?;
+        self.by_key.remove(&request.key);
+        self.queue.retain(|&q| q != id);
+        self.counters.errors_timeout += 1;
+        let mut answer = PlacesAnswer::failure(
+            "UNKNOWN_ERROR",
+            &format!("Places did not answer within {} ms", self.timeout.as_millis()),
+        );
+        let log = format!(
+            "places {}: timed out after {:.1} ms for {} waiters",
+            request.what,
+            now.saturating_duration_since(request.started).as_secs_f64() * 1000.0,
+            request.waiters.len()
+        );
+        let replies = request.waiters.iter().map(|w| (*w, answer.body(usize::from(w.bound)).to_vec())).collect();
+        Some((replies, request.conn, log))
+    }
+
+    /// Requests that cannot start because the address is unknown: fail them all.
+    pub fn fail_unresolvable(&mut self, now: Instant) -> Vec<(Replies, String)> {
+        let Address::Failed(why) = self.address.clone() else { return Vec::new() };
+        let ids: Vec<u64> = self.queue.drain(..).collect();
+        let mut out = Vec::new();
+        for id in ids {
+            let outcome = Outcome::Failed { kind: FailKind::Connect, message: why.clone(), retry: false };
+            if let Some(done) = self.finish(id, outcome, now) {
+                out.push(done);
+            }
+        }
+        // Try again for the next request.
+        self.address = Address::Resolving;
+        self.resolve();
+        out
+    }
+
+    fn store(&mut self, key: Key, mut answer: PlacesAnswer, now: Instant) {
+        if self.ttl.is_zero() || !answer.is_cacheable() {
+            return;
+        }
+        // The answer's bytes plus its parsed tree, roughly: bound the cache by bytes, not entries.
+        let size = answer.body(places::MAX_RESULTS).len() * 6 + key.0.len() + 64;
+        if self.cache_bytes + size > CACHE_MAX_BYTES {
+            self.evict(now);
+        }
+        if self.cache_bytes + size > CACHE_MAX_BYTES {
+            return;
+        }
+        self.cache_bytes += size;
+        if let Some(old) = self.cache.insert(key, CacheEntry { answer, expires: now + self.ttl, size }) {
+            self.cache_bytes -= old.size;
+        }
+    }
+
+    /// Drops expired entries, then (if still over half the budget) arbitrary ones.
+    pub fn evict(&mut self, now: Instant) {
+        let mut freed = 0;
+        self.cache.retain(|_, e| {
+            let keep = e.expires > now;
+            if !keep {
+                freed += e.size;
+            }
+            keep
+        });
+        self.cache_bytes -= freed;
+        while self.cache_bytes > CACHE_MAX_BYTES / 2 {
+            let Some(k) = self.cache.keys().next().cloned() else { break };
+            let e = self.cache.remove(&k).expect("present");
+            self.cache_bytes -= e.size;
+        }
+    }
+
+    /// A connection finished its request and may take another: the next queued one, or the pool.
+    pub fn idle_conn(&mut self, token: Token) -> bool {
+        if self.idle.len() < self.pool_size {
+            self.idle.push(token);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn conn_closed(&mut self, token: Token) {
+        self.idle.retain(|&t| t != token);
+    }
+
+    pub fn cache_len(&self) -> usize {
+        self.cache.len()
+    }
+}
