@@ -57,6 +57,8 @@ pub struct Proc {
     /// Lines the child printed on stdout after its readiness line.
     pub stdout: mpsc::Receiver<String>,
     pub stderr_lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// The line that said the process was ready.
+    pub ready_line: String,
 }
 
 impl Proc {
@@ -86,11 +88,14 @@ impl Proc {
                 sink.lock().unwrap().push(line);
             }
         });
-        let mut proc = Proc { child, name: name.to_string(), stdout: rx, stderr_lines };
+        let mut proc = Proc { child, name: name.to_string(), stdout: rx, stderr_lines, ready_line: String::new() };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             match proc.stdout.recv_timeout(Duration::from_millis(50)) {
-                Ok(line) if line.contains(ready_marker) => break,
+                Ok(line) if line.contains(ready_marker) => {
+                    proc.ready_line = line;
+                    break;
+                }
                 Ok(_) => {}
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = proc.child.try_wait() {
@@ -422,4 +427,106 @@ pub fn wait_record(port: u16, id: &str, want: &str, limit: Duration) {
         assert!(Instant::now() < deadline, "port {port}: record for {id} is {got:?}, want {want:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The local Places service, started on a free port with its CA in a scratch directory.
+pub struct PlacesService {
+    pub proc: Proc,
+    pub port: u16,
+    pub ca: PathBuf,
+    pub dir: TempDir,
+}
+
+impl PlacesService {
+    pub fn start(extra_args: &[&str]) -> PlacesService {
+        let dir = TempDir::new("places");
+        Self::start_in(dir, extra_args)
+    }
+
+    /// Starts it writing its CA into `dir` (reusing a CA already there).
+    pub fn start_in(dir: TempDir, extra_args: &[&str]) -> PlacesService {
+        let ca = dir.path().join("ca.pem");
+        let mut args = vec!["places", "--listen", "127.0.0.1:0", "--ca-out", ca.to_str().unwrap()];
+        args.extend_from_slice(extra_args);
+        let proc = Proc::start("places", &args, &[], "listening on");
+        let port = proc.ready_line.rsplit(':').next().unwrap().trim().parse().expect("port in the ready line");
+        PlacesService { proc, port, ca, dir }
+    }
+
+    /// The `places` config object for a herd using this service.
+    pub fn config(&self, api: &str, key_env: &str, timeout_ms: u64) -> String {
+        let path = if api == "new" { "/v1/places:searchNearby" } else { "/maps/api/place/nearbysearch/json" };
+        format!(
+            r#""places": {{"api": "{api}", "url": "https://127.0.0.1:{}{path}", "key_env": "{key_env}", "ca_file": {:?}, "timeout_ms": {timeout_ms}}}"#,
+            self.port,
+            self.ca.to_string_lossy()
+        )
+    }
+
+    /// Places requests the service has answered so far (from its /__stats endpoint, over TLS).
+    pub fn requests(&self) -> u64 {
+        let body = https_get(self.port, &self.ca, "/__stats");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("stats JSON");
+        v["requests"].as_u64().expect("requests count")
+    }
+}
+
+/// A blocking HTTPS GET to the local service, trusting `ca`; returns the body.
+pub fn https_get(port: u16, ca: &Path, path: &str) -> Vec<u8> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = connect(port);
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw);
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+            rest = &rest[eol + 2..];
+            if size == 0 {
+                return out;
+            }
+            out.extend_from_slice(&rest[..size]);
+            rest = &rest[size + 2..];
+        }
+    }
+    body
+}
+
+/// Great-circle distance in kilometres.
+pub fn haversine_km(lat1: f64, lng1: f64, lat2: f64, lng2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = (lat2 - lat1).to_radians();
+    let dl = (lng2 - lng1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * 6371.0088 * a.sqrt().asin()
+}
+
+/// Splits a WHATSAT reply into its AT line and its JSON, checking the framing (`AT…\n{…}\n\n`).
+pub fn split_whatsat(reply: &[u8]) -> (String, serde_json::Value, String) {
+    let text = String::from_utf8(reply.to_vec()).expect("UTF-8 reply");
+    assert!(text.ends_with("}\n\n"), "a WHATSAT reply ends with the JSON and an empty line: {text:?}");
+    let (at, json) = text.split_once('\n').unwrap();
+    let json = json.strip_suffix("\n\n").unwrap().to_string();
+    assert!(!json.contains("\n\n"), "no empty line inside the JSON");
+    let value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("JSON: {e}: {json}"));
+    (at.to_string(), value, json)
 }

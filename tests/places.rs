@@ -1,0 +1,254 @@
+//! WHATSAT end to end (PROTOCOL section 3): real servers asking the local Places service over real TLS
+//! and HTTP/1.1, with a CA made at run time; the cache, coalescing, and every failure mode.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+const UCLA: &str = "+34.068930-118.445127";
+const KEY_ENV: &str = "TEST_PLACES_KEY";
+
+fn herd_with_places(service: &PlacesService, api: &str, timeout_ms: u64) -> Herd {
+    let config = HerdConfig::from_shipped("config/herd.json", &service.config(api, KEY_ENV, timeout_ms));
+    Herd::start_env(config, &[(KEY_ENV, "test-key-not-secret")])
+}
+
+fn single_server(service: &PlacesService, api: &str, timeout_ms: u64, env: &[(&str, &str)]) -> (HerdConfig, Proc) {
+    let config = HerdConfig::new(&["Solo"], &[], &service.config(api, KEY_ENV, timeout_ms));
+    let proc = config.serve_env("Solo", env);
+    (config, proc)
+}
+
+fn check_places(value: &serde_json::Value, bound: usize, radius_km: f64) -> usize {
+    assert!(value["html_attributions"].is_array(), "{value}");
+    assert_eq!(value["status"], "OK", "{value}");
+    let results = value["results"].as_array().expect("results");
+    assert!(results.len() <= bound, "{} results for bound {bound}", results.len());
+    for r in results {
+        let loc = &r["geometry"]["location"];
+        let (lat, lng) = (loc["lat"].as_f64().unwrap(), loc["lng"].as_f64().unwrap());
+        let d = haversine_km(34.068930, -118.445127, lat, lng);
+        assert!(d <= radius_km + 0.01, "{} is {d:.2} km away", r["name"]);
+        assert!(r["name"].is_string() && r["place_id"].is_string(), "{r}");
+    }
+    results.len()
+}
+
+#[test]
+fn whatsat_over_tls_at_every_server_answers_the_origin_line_and_places_cut_to_the_bound() {
+    let service = PlacesService::start(&[]);
+    let herd = herd_with_places(&service, "legacy", 3000);
+    let time = now_text();
+    let at = String::from_utf8(grader(herd.port("Bailey"), format!("IAMAT kiwi {UCLA} {time}").as_bytes())).unwrap();
+    check_at(&at, "Bailey", "kiwi", UCLA, &time);
+    for m in &herd.config.members {
+        for bound in [0usize, 1, 5, 20] {
+            // Grader style: one command, half-close, ONE read.
+            let reply = grader(m.port, format!("WHATSAT kiwi 10 {bound}").as_bytes());
+            let (line, value, _) = split_whatsat(&reply);
+            assert_eq!(format!("{line}\n"), at, "{}: the stored line from the origin", m.name);
+            let n = check_places(&value, bound, 10.0);
+            if bound > 0 {
+                assert!(n > 0, "Los Angeles has places within 10 km");
+            }
+        }
+    }
+    // A smaller radius: everything within 2.5 km.
+    let reply = grader(herd.port("Jaquez"), b"WHATSAT kiwi 2.5 20");
+    let (_, value, json) = split_whatsat(&reply);
+    check_places(&value, 20, 2.5);
+    assert!(json.contains("\n   \"results\" : ["), "Google's style: {json}");
+}
+
+#[test]
+fn the_cache_and_coalescing_cost_one_upstream_request() {
+    let service = PlacesService::start(&["--fault", "delay=300"]);
+    let (config, _server) = single_server(&service, "legacy", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT a {UCLA} 1\nIAMAT b {UCLA} 1\n").as_bytes());
+    let before = service.requests();
+    // Twenty concurrent WHATSATs for one place while the first is in flight (the service waits 300 ms).
+    let mut conns: Vec<_> = (0..20)
+        .map(|i| {
+            let mut s = connect(port);
+            s.write_all(format!("WHATSAT {} 10 {}\n", if i % 2 == 0 { "a" } else { "b" }, i % 21).as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        let reply = read_until(s, b"}\n\n");
+        let (_, value, _) = split_whatsat(&reply);
+        check_places(&value, i % 21, 10.0);
+    }
+    assert_eq!(service.requests() - before, 1, "twenty WHATSATs, one upstream request");
+    // Repeated later, with other bounds: the cache answers.
+    for bound in [3, 20, 0] {
+        let reply = ask(port, format!("WHATSAT a 10 {bound}\n").as_bytes());
+        check_places(&split_whatsat(&reply).1, bound, 10.0);
+    }
+    assert_eq!(service.requests() - before, 1, "cache hits cost nothing upstream");
+    // Another radius is another question.
+    ask(port, b"WHATSAT a 9 1\n");
+    assert_eq!(service.requests() - before, 2);
+}
+
+#[test]
+fn the_new_api_is_translated_to_the_legacy_shape() {
+    let service = PlacesService::start(&[]);
+    let (config, _server) = single_server(&service, "new", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT n {UCLA} 1\n").as_bytes());
+    for bound in [0, 1, 5, 20] {
+        let reply = grader(port, format!("WHATSAT n 10 {bound}").as_bytes());
+        let (_, value, json) = split_whatsat(&reply);
+        check_places(&value, bound, 10.0);
+        assert!(json.starts_with("{\n   \""), "{json}");
+    }
+}
+
+#[test]
+fn without_a_key_google_s_own_status_comes_through() {
+    let service = PlacesService::start(&[]);
+    let (config, _server) = single_server(&service, "legacy", 3000, &[]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT nk {UCLA} 1\n").as_bytes());
+    let (_, value, _) = split_whatsat(&grader(port, b"WHATSAT nk 10 5"));
+    assert_eq!(value["status"], "REQUEST_DENIED");
+    assert_eq!(value["results"], serde_json::json!([]));
+    assert!(value["error_message"].is_string());
+}
+
+#[test]
+fn chunked_bodies_are_read_as_well_as_content_length() {
+    let service = PlacesService::start(&["--chunked"]);
+    let (config, _server) = single_server(&service, "legacy", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT ch {UCLA} 1\n").as_bytes());
+    let (_, value, _) = split_whatsat(&grader(port, b"WHATSAT ch 10 20"));
+    assert!(check_places(&value, 20, 10.0) > 0);
+}
+
+/// Each fault gives the failure object within the deadline, while IAMATs on the same server keep
+/// answering at once.
+#[test]
+fn every_places_failure_answers_within_the_deadline_and_iamat_is_not_held_up() {
+    let timeout_ms = 1000;
+    let faults: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--fault", "delay=5000"], "did not answer within 1000 ms"),
+        (vec!["--fault", "trickle=500"], "did not answer within 1000 ms"),
+        (vec!["--fault", "reset"], "Places request failed"),
+        (vec!["--fault", "http500"], "HTTP 500"),
+        (vec!["--fault", "badjson"], "not JSON"),
+        (vec!["--fault", "wrongname"], "TLS error"),
+    ];
+    for (args, want) in faults {
+        let service = PlacesService::start(&args);
+        let (config, _server) = single_server(&service, "legacy", timeout_ms, &[(KEY_ENV, "k")]);
+        let port = config.port("Solo");
+        ask(port, format!("IAMAT f {UCLA} 1\n").as_bytes());
+        let started = Instant::now();
+        let mut waiting = connect(port);
+        waiting.write_all(b"WHATSAT f 10 5\n").unwrap();
+        // While that waits on Places, IAMATs are answered at once.
+        for i in 0..5 {
+            let t = Instant::now();
+            let reply = ask(port, format!("IAMAT other{i} +1+1 1\n").as_bytes());
+            assert!(reply.starts_with(b"AT Solo "));
+            assert!(t.elapsed() < Duration::from_millis(300), "{args:?}: IAMAT took {:?}", t.elapsed());
+        }
+        let reply = read_until(&mut waiting, b"}\n\n");
+        let elapsed = started.elapsed();
+        let (_, value, _) = split_whatsat(&reply);
+        assert_eq!(value["results"], serde_json::json!([]), "{args:?}");
+        assert_eq!(value["status"], "UNKNOWN_ERROR", "{args:?}: {value}");
+        let message = value["error_message"].as_str().unwrap();
+        assert!(message.contains(want), "{args:?}: {message}");
+        assert!(elapsed < Duration::from_millis(timeout_ms + 500), "{args:?}: answered after {elapsed:?}");
+        assert!(!message.contains("test-key") && !message.contains("key=k"), "no key in errors: {message}");
+    }
+}
+
+#[test]
+fn an_unknown_ca_and_a_refused_port_fail_cleanly() {
+    let service = PlacesService::start(&[]);
+    let other = PlacesService::start(&[]);
+    // Trust the other service's CA: the certificate is refused.
+    let extra = format!(
+        r#""places": {{"api": "legacy", "url": "https://127.0.0.1:{}/maps/api/place/nearbysearch/json", "key_env": "{KEY_ENV}", "ca_file": {:?}, "timeout_ms": 2000}}"#,
+        service.port,
+        other.ca.to_string_lossy()
+    );
+    let config = HerdConfig::new(&["Solo"], &[], &extra);
+    let _server = config.serve_env("Solo", &[(KEY_ENV, "k")]);
+    ask(config.port("Solo"), format!("IAMAT u {UCLA} 1\n").as_bytes());
+    let (_, value, _) = split_whatsat(&ask(config.port("Solo"), b"WHATSAT u 10 5\n"));
+    assert_eq!(value["status"], "UNKNOWN_ERROR");
+    assert!(value["error_message"].as_str().unwrap().contains("TLS error"), "{value}");
+
+    // Nothing listening: refused, at once.
+    let dead = free_port();
+    let extra = format!(
+        r#""places": {{"api": "legacy", "url": "https://127.0.0.1:{dead}/x", "ca_file": {:?}, "timeout_ms": 2000}}"#,
+        service.ca.to_string_lossy()
+    );
+    let config = HerdConfig::new(&["Solo"], &[], &extra);
+    let _server = config.serve("Solo");
+    ask(config.port("Solo"), format!("IAMAT r {UCLA} 1\n").as_bytes());
+    let started = Instant::now();
+    let (_, value, _) = split_whatsat(&ask(config.port("Solo"), b"WHATSAT r 10 5\n"));
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(value["error_message"].as_str().unwrap().contains("refused"), "{value}");
+}
+
+#[test]
+fn keep_alive_connections_are_reused_and_a_restarted_service_keeps_its_ca() {
+    let service = PlacesService::start(&[]);
+    let (config, server) = single_server(&service, "legacy", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT ka {UCLA} 1\n").as_bytes());
+    for radius in 1..=5 {
+        let (_, value, _) = split_whatsat(&ask(port, format!("WHATSAT ka {radius} 1\n").as_bytes()));
+        assert_eq!(value["status"], "OK");
+    }
+    // The service restarts with the same CA files: the server still trusts it, and its pooled
+    // connection, now dead, is retried once on a fresh one.
+    let PlacesService { mut proc, port: service_port, dir, .. } = service;
+    proc.kill();
+    let pem_before = std::fs::read(dir.path().join("ca.pem")).unwrap();
+    let restarted = restart_on(dir, service_port);
+    assert_eq!(std::fs::read(&restarted.ca).unwrap(), pem_before, "the CA is reused");
+    let (_, value, _) = split_whatsat(&ask(port, b"WHATSAT ka 7 1\n"));
+    assert_eq!(value["status"], "OK", "{value}");
+    drop(server);
+}
+
+/// Restarts the service on the same port with the CA files already in `dir`.
+fn restart_on(dir: TempDir, port: u16) -> PlacesService {
+    let ca = dir.path().join("ca.pem");
+    let listen = format!("127.0.0.1:{port}");
+    let proc = Proc::start("places", &["places", "--listen", &listen, "--ca-out", ca.to_str().unwrap()], &[], "listening on");
+    PlacesService { proc, port, ca, dir }
+}
+
+#[test]
+fn up_on_a_config_with_local_places_starts_the_service_first() {
+    let dir = TempDir::new("upplaces");
+    let places_port = free_port();
+    let ca = dir.path().join("run").join("ca.pem");
+    let extra = format!(
+        r#""places": {{"api": "legacy", "url": "https://127.0.0.1:{places_port}/maps/api/place/nearbysearch/json", "key_env": "HERD_TEST_UP_KEY", "ca_file": {ca:?}}},
+        "local_places": {{"listen": "127.0.0.1:{places_port}", "ca_out": {ca:?}}}"#
+    );
+    let config = HerdConfig::from_shipped("config/herd.json", &extra);
+    let mut up = Proc::start("up", &["up", "--config", config.path.to_str().unwrap()], &[], "servers up");
+    let at = ask(config.port("Clark"), format!("IAMAT upc {UCLA} 1\n").as_bytes());
+    assert!(at.starts_with(b"AT Clark "));
+    // The key variable was unset: `up` made one up for the local service, so the answer is real.
+    let (_, value, _) = split_whatsat(&grader(config.port("Clark"), b"WHATSAT upc 10 3"));
+    check_places(&value, 3, 10.0);
+    up.signal(libc::SIGTERM);
+    assert!(up.wait_exit(Duration::from_secs(4)).expect("up exits").success());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", places_port)).is_err(), "the service stopped too");
+}
