@@ -1,1 +1,4 @@
-//! (in progress)
+//! `herd load`: a load generator for line-protocol TCP servers (in progress).
+
+pub mod timetable;
+pub mod workload;
