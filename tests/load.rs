@@ -274,6 +274,29 @@ fn nothing_listening_gives_connect_errors() {
     let j = json_of(&out);
     assert!(j["errors"]["connect"].as_u64().unwrap() > 0, "{j}");
     assert_eq!(j["connects"], 0, "{j}");
+    assert_eq!(j["stopped_by"], "duration", "{j}");
+
+    // Waiting for a number of replies gives up after a time-out instead of the 600 s cap.
+    let start = Instant::now();
+    let out = herd_load(
+        &[
+            "--target",
+            &target,
+            "--requests",
+            "100",
+            "--timeout-ms",
+            "300",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+    let j = json_of(&out);
+    assert_eq!(j["stopped_by"], "unreachable", "{j}");
+    assert_eq!(j["replies"], 0, "{j}");
+    assert!(start.elapsed() < Duration::from_secs(10));
 }
 
 #[test]

@@ -30,7 +30,8 @@ Pacing and length:
                          connection keeps D requests in flight
   --duration SECS        measured period (default 10; at most 600). With --requests and no
                          --duration, the run lasts until the requests are answered (600 s at most)
-  --requests N           stop after N measured requests have been answered (or failed)
+  --requests N           stop after N measured requests have been answered (or failed), or when
+                         no connection could be opened for a whole --timeout-ms
   --warmup SECS          unrecorded warm-up before measuring (default 1; at most 60)
   --timeout-ms MS        a request not answered this long after its (scheduled) send is an error
                          and its connection is reopened (default 5000)

@@ -135,6 +135,8 @@ struct Ctx {
     /// Measured requests finished: replied to or failed.
     measured_done: u64,
     last_done_at: u64,
+    /// Last housekeeping tick that found a connection open.
+    last_open_at: u64,
     replies: u64,
     errors: ErrorCounts,
     hist: Histogram<u64>,
@@ -633,6 +635,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         measured_sent: 0,
         measured_done: 0,
         last_done_at: 0,
+        last_open_at: 0,
         replies: 0,
         errors: ErrorCounts::default(),
         hist: new_histogram(),
@@ -727,6 +730,12 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             for key in 0..n {
                 conns[key].housekeeping(key, &mut ctx, poll.registry(), now);
             }
+            if conns
+                .iter()
+                .any(|(_, c)| matches!(c.state, State::Open { .. }))
+            {
+                ctx.last_open_at = now;
+            }
             next_tick = now + TICK_NS;
         }
         if opts.progress && now >= next_progress {
@@ -752,6 +761,15 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 stopped_by = "requests";
                 ctx.phase = Phase::Done;
             }
+            // Waiting for N replies from a target that cannot be reached would last the whole cap.
+            Phase::Measure
+                if ctx.limit.is_some()
+                    && now.saturating_sub(ctx.last_open_at.max(ctx.measure_start))
+                        >= ctx.timeout_ns =>
+            {
+                stopped_by = "unreachable";
+                ctx.phase = Phase::Done;
+            }
             _ => {}
         }
         if ctx.phase == Phase::Done {
@@ -764,6 +782,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
 
     let end = match stopped_by {
         "requests" => ctx.last_done_at,
+        "unreachable" => ctx.now(),
         _ => ctx.measure_end,
     };
     let measured_ns = end.saturating_sub(ctx.measure_start);

@@ -139,7 +139,8 @@ pub struct Report {
     pub warmup_s: f64,
     /// The measured period, from its start to the last counted reply or the end of the duration.
     pub duration_s: f64,
-    /// `"duration"` or `"requests"`.
+    /// `"duration"`, `"requests"`, or `"unreachable"` (with a request count, no connection could be
+    /// opened for a whole time-out).
     pub stopped_by: String,
     /// Measured requests sent.
     pub requests: u64,
