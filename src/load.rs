@@ -22,7 +22,7 @@ use std::io::{IsTerminal, Write};
 
 pub use args::{Options, Parsed, USAGE};
 pub use engine::run;
-pub use report::{LatencySummary, Report};
+pub use report::{LatencySummary, Report, TargetReport};
 pub use workload::{ErrorKind, Workload};
 
 /// `herd load ARGS...`: 0 on success, 2 on bad arguments, 1 when the run failed (or had errors and

@@ -131,6 +131,43 @@ fn raw_against_an_echo_server_counts_every_reply() {
 }
 
 #[test]
+fn connections_spread_over_several_targets() {
+    let (a, seen_a) = echo_server();
+    let (b, seen_b) = echo_server();
+    let (ta, tb) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    let out = herd_load(
+        &[
+            "--target",
+            &ta,
+            "--target",
+            &tb,
+            "--workload",
+            "raw",
+            "--template",
+            "x{i}",
+            "--connections",
+            "4",
+            "--requests",
+            "1000",
+            "--warmup",
+            "0",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+    let j = json_of(&out);
+    assert_eq!(j["replies"], 1000, "{j}");
+    assert_eq!(j["per_target"][0]["target"], ta.as_str(), "{j}");
+    assert_eq!(j["per_target"][1]["target"], tb.as_str(), "{j}");
+    let ra = j["per_target"][0]["replies"].as_u64().unwrap();
+    let rb = j["per_target"][1]["replies"].as_u64().unwrap();
+    assert_eq!(ra + rb, 1000, "{j}");
+    assert!(ra > 0 && rb > 0, "{j}");
+    assert!(seen_a.load(Ordering::Relaxed) >= ra && seen_b.load(Ordering::Relaxed) >= rb);
+}
+
+#[test]
 fn open_loop_sends_on_the_timetable() {
     let (port, _) = echo_server();
     let target = format!("127.0.0.1:{port}");

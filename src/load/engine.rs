@@ -19,7 +19,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use slab::Slab;
 
 use super::args::{Options, MAX_DURATION, MAX_WARMUP};
-use super::report::{fmt_us, new_histogram, ErrorCounts, LatencySummary, Report};
+use super::report::{fmt_us, new_histogram, ErrorCounts, LatencySummary, Report, TargetReport};
 use super::timer::Timer;
 use super::timetable::Timetable;
 use super::workload::{classify, ErrorKind, Expect, Framer, Generator};
@@ -88,6 +88,8 @@ enum State {
 
 struct Conn {
     target: SocketAddr,
+    /// Index of `target` in the options (for per-target counts).
+    tix: usize,
     gen: u32,
     state: State,
     readable: bool,
@@ -107,6 +109,13 @@ struct Conn {
     /// Consecutive sockets that ended without a reply: the reconnect back-off grows with it.
     failures: u32,
     dirty: bool,
+}
+
+/// Measured counts of one target.
+struct TargetStats {
+    replies: u64,
+    errors: ErrorCounts,
+    hist: Histogram<u64>,
 }
 
 /// Run-wide state the connections share.
@@ -141,6 +150,7 @@ struct Ctx {
     errors: ErrorCounts,
     hist: Histogram<u64>,
     lag: Histogram<u64>,
+    per_target: Vec<TargetStats>,
     connects: u64,
     iv_hist: Histogram<u64>,
     iv_replies: u64,
@@ -188,7 +198,7 @@ impl Ctx {
     }
 
     /// A request is finished: replied to (`Ok`, or an error reply) or abandoned.
-    fn complete(&mut self, f: InFlight, now: u64, res: Result<(), ErrorKind>) {
+    fn complete(&mut self, tix: usize, f: InFlight, now: u64, res: Result<(), ErrorKind>) {
         match f.tag {
             Tag::Seed => {
                 self.seed_done += 1;
@@ -202,6 +212,7 @@ impl Ctx {
                 }
                 self.measured_done += 1;
                 self.last_done_at = now;
+                let t = &mut self.per_target[tix];
                 match res {
                     Ok(()) => {
                         let l = now.saturating_sub(f.start).max(1);
@@ -209,25 +220,32 @@ impl Ctx {
                         self.hist.saturating_record(l);
                         self.iv_hist.saturating_record(l);
                         self.iv_replies += 1;
+                        t.replies += 1;
+                        t.hist.saturating_record(l);
                     }
-                    Err(k) => self.errors.add(k),
+                    Err(k) => {
+                        self.errors.add(k);
+                        t.errors.add(k);
+                    }
                 }
             }
         }
     }
 
     /// An error that belongs to no request (a failed connect, bytes nobody asked for).
-    fn error_outside_request(&mut self, kind: ErrorKind, now: u64) {
+    fn error_outside_request(&mut self, tix: usize, kind: ErrorKind, now: u64) {
         if self.phase == Phase::Measure && now < self.measure_end {
             self.errors.add(kind);
+            self.per_target[tix].errors.add(kind);
         }
     }
 }
 
 impl Conn {
-    fn new(target: SocketAddr, depth: usize) -> Conn {
+    fn new(target: SocketAddr, tix: usize, depth: usize) -> Conn {
         Conn {
             target,
+            tix,
             gen: 0,
             state: State::Down { at: 0 },
             readable: false,
@@ -325,7 +343,7 @@ impl Conn {
     }
 
     fn connect_failed(&mut self, ctx: &mut Ctx, now: u64) {
-        ctx.error_outside_request(ErrorKind::Connect, now);
+        ctx.error_outside_request(self.tix, ErrorKind::Connect, now);
         self.failures += 1;
         self.state = State::Down {
             at: now + self.backoff_ns(),
@@ -450,7 +468,7 @@ impl Conn {
         while self.in_start < self.in_end {
             let Some(&f) = self.inflight.front() else {
                 // Bytes nobody asked for: the stream cannot be trusted any more.
-                ctx.error_outside_request(ErrorKind::Unexpected, now);
+                ctx.error_outside_request(self.tix, ErrorKind::Unexpected, now);
                 return Err(ErrorKind::Unexpected);
             };
             let Some(n) = self
@@ -467,7 +485,7 @@ impl Conn {
             self.in_start += n;
             self.inflight.pop_front();
             self.replied = true;
-            ctx.complete(f, now, res);
+            ctx.complete(self.tix, f, now, res);
         }
         if self.in_start == self.in_end {
             self.in_start = 0;
@@ -488,7 +506,7 @@ impl Conn {
         let _ = reg.deregister(&mut sock);
         drop(sock);
         while let Some(f) = self.inflight.pop_front() {
-            ctx.complete(f, now, Err(kind));
+            ctx.complete(self.tix, f, now, Err(kind));
         }
         self.out.clear();
         self.out_pos = 0;
@@ -519,7 +537,7 @@ impl Conn {
                 expect: Expect::Line,
                 tag: ctx.tag_at(t),
             };
-            ctx.complete(f, now, Err(ErrorKind::Timeout));
+            ctx.complete(self.tix, f, now, Err(ErrorKind::Timeout));
         }
         match std::mem::replace(&mut self.state, State::Down { at: u64::MAX }) {
             State::Connecting { mut sock, since }
@@ -610,7 +628,8 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     };
     let mut conns: Slab<Conn> = Slab::with_capacity(n);
     for i in 0..n {
-        conns.insert(Conn::new(opts.targets[i % opts.targets.len()], depth));
+        let tix = i % opts.targets.len();
+        conns.insert(Conn::new(opts.targets[tix], tix, depth));
     }
     let gen = Generator::new(&opts.workload, opts.clients, &opts.radius, opts.bound);
     let mut ctx = Ctx {
@@ -640,6 +659,13 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         errors: ErrorCounts::default(),
         hist: new_histogram(),
         lag: new_histogram(),
+        per_target: (0..opts.targets.len())
+            .map(|_| TargetStats {
+                replies: 0,
+                errors: ErrorCounts::default(),
+                hist: new_histogram(),
+            })
+            .collect(),
         connects: 0,
         iv_hist: new_histogram(),
         iv_replies: 0,
@@ -806,6 +832,17 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         latency: LatencySummary::from_histogram(&ctx.hist),
         send_lag: opts.rate.map(|_| LatencySummary::from_histogram(&ctx.lag)),
         errors: ctx.errors.clone(),
+        per_target: opts
+            .targets
+            .iter()
+            .zip(&ctx.per_target)
+            .map(|(addr, t)| TargetReport {
+                target: addr.to_string(),
+                replies: t.replies,
+                errors: t.errors.clone(),
+                latency: LatencySummary::from_histogram(&t.hist),
+            })
+            .collect(),
         unfinished: ctx.measured_issued.saturating_sub(ctx.measured_done),
         connects: ctx.connects,
         seeded: seeding.then_some(ctx.seeded_ok),

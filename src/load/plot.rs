@@ -162,8 +162,8 @@ pub fn percentile_svg(h: &Histogram<u64>, title: &str) -> String {
     }
     let _ = writeln!(
         s,
-        r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555">{} samples</text>"##,
-        LEFT + pw - 6.0,
+        r##"<text x="{:.1}" y="{:.1}" fill="#555">{} samples</text>"##,
+        LEFT + 8.0,
         TOP + 16.0,
         h.len()
     );

@@ -126,6 +126,15 @@ impl ErrorCounts {
     }
 }
 
+/// What one target of the run saw (measured period only).
+#[derive(Clone, Debug)]
+pub struct TargetReport {
+    pub target: String,
+    pub replies: u64,
+    pub errors: ErrorCounts,
+    pub latency: LatencySummary,
+}
+
 /// The outcome of a run. Counts and latencies cover the measured period only (after warm-up and, for
 /// WHATSAT workloads, seeding).
 #[derive(Clone, Debug)]
@@ -153,6 +162,8 @@ pub struct Report {
     /// Open loop: how late the tool actually wrote each request after its scheduled time.
     pub send_lag: Option<LatencySummary>,
     pub errors: ErrorCounts,
+    /// The same counts per target, in `--target` order (connections go round-robin over them).
+    pub per_target: Vec<TargetReport>,
     /// Measured requests still outstanding when the duration ran out (neither replies nor errors).
     pub unfinished: u64,
     /// TCP connections established during the whole run.
@@ -190,6 +201,12 @@ impl Report {
             "unfinished": self.unfinished,
             "connects": self.connects,
             "seeded": self.seeded,
+            "per_target": self.per_target.iter().map(|t| json!({
+                "target": t.target,
+                "replies": t.replies,
+                "errors": t.errors.to_json(),
+                "latency_us": t.latency.to_json(),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -227,6 +244,20 @@ impl Report {
         }
         let _ = writeln!(s, "  errors     {}", self.errors.line());
         let _ = writeln!(s, "  connects   {}", self.connects);
+        if self.per_target.len() > 1 {
+            for t in &self.per_target {
+                let _ = writeln!(
+                    s,
+                    "  {:<21} {} replies, p50 {}  p99 {}  max {}, errors {}",
+                    t.target,
+                    t.replies,
+                    fmt_us(t.latency.p50),
+                    fmt_us(t.latency.p99),
+                    fmt_us(t.latency.max),
+                    t.errors.line()
+                );
+            }
+        }
         s
     }
 }
@@ -298,7 +329,13 @@ mod tests {
             throughput: 2.0,
             latency: LatencySummary::from_histogram(&h),
             send_lag: None,
-            errors,
+            errors: errors.clone(),
+            per_target: vec![TargetReport {
+                target: "127.0.0.1:6379".into(),
+                replies: 4,
+                errors,
+                latency: LatencySummary::from_histogram(&h),
+            }],
             unfinished: 0,
             connects: 3,
             seeded: None,
@@ -315,6 +352,9 @@ mod tests {
         assert_eq!(j["latency_us"]["p50"].as_f64(), Some(45.0));
         assert_eq!(j["latency_us"]["max"].as_f64(), Some(1000.4));
         assert!(j["send_lag_us"].is_null() && j["seeded"].is_null());
+        assert_eq!(j["per_target"][0]["target"], "127.0.0.1:6379");
+        assert_eq!(j["per_target"][0]["errors"]["closed"], 2);
+        assert_eq!(j["per_target"][0]["latency_us"]["count"], 4);
         // One line, parseable back.
         let text = j.to_string();
         assert!(!text.contains('\n'));
