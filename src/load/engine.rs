@@ -199,6 +199,12 @@ impl Ctx {
 
     /// A request is finished: replied to (`Ok`, or an error reply) or abandoned.
     fn complete(&mut self, tix: usize, f: InFlight, now: u64, res: Result<(), ErrorKind>) {
+        let latency = now.saturating_sub(f.start).max(1);
+        if res.is_ok() {
+            // The progress line shows seeding and warm-up too.
+            self.iv_hist.saturating_record(latency);
+            self.iv_replies += 1;
+        }
         match f.tag {
             Tag::Seed => {
                 self.seed_done += 1;
@@ -215,13 +221,10 @@ impl Ctx {
                 let t = &mut self.per_target[tix];
                 match res {
                     Ok(()) => {
-                        let l = now.saturating_sub(f.start).max(1);
                         self.replies += 1;
-                        self.hist.saturating_record(l);
-                        self.iv_hist.saturating_record(l);
-                        self.iv_replies += 1;
+                        self.hist.saturating_record(latency);
                         t.replies += 1;
-                        t.hist.saturating_record(l);
+                        t.hist.saturating_record(latency);
                     }
                     Err(k) => {
                         self.errors.add(k);
@@ -577,7 +580,7 @@ fn established(sock: &TcpStream) -> io::Result<bool> {
     }
 }
 
-fn progress_line(ctx: &mut Ctx, now: u64, in_flight: usize, queued: usize) -> String {
+fn progress_line(ctx: &mut Ctx, now: u64, since: u64, in_flight: usize, queued: usize) -> String {
     let l = LatencySummary::from_histogram(&ctx.iv_hist);
     let (label, t) = match ctx.phase {
         Phase::Seed => ("seeding", now),
@@ -587,7 +590,7 @@ fn progress_line(ctx: &mut Ctx, now: u64, in_flight: usize, queued: usize) -> St
     let mut s = format!(
         "\r{label:>7} {:6.1}s  {:>8} replies/s  p50 {}  p99 {}  max {}  errors {}  in flight {in_flight}",
         t as f64 / 1e9,
-        ctx.iv_replies,
+        (ctx.iv_replies as f64 * 1e9 / now.saturating_sub(since).max(1) as f64).round(),
         fmt_us(l.p50),
         fmt_us(l.p99),
         fmt_us(l.max),
@@ -767,7 +770,8 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         if opts.progress && now >= next_progress {
             let in_flight = conns.iter().map(|(_, c)| c.inflight.len()).sum();
             let queued = conns.iter().map(|(_, c)| c.queue.len()).sum();
-            eprint!("{}", progress_line(&mut ctx, now, in_flight, queued));
+            let since = next_progress - PROGRESS_NS;
+            eprint!("{}", progress_line(&mut ctx, now, since, in_flight, queued));
             progress_shown = true;
             next_progress = now + PROGRESS_NS;
         }
