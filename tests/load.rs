@@ -41,6 +41,39 @@ fn echo_server() -> (u16, Arc<AtomicU64>) {
     (port, lines)
 }
 
+/// A server answering every request line with `reply(line number)`, from one thread per connection.
+fn line_server(reply: impl Fn(u64, &[u8]) -> Vec<u8> + Send + Sync + 'static) -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let reply = Arc::new(reply);
+    let count = Arc::new(AtomicU64::new(0));
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let (reply, count) = (reply.clone(), count.clone());
+            thread::spawn(move || {
+                let _ = s.set_nodelay(true);
+                let mut w = s.try_clone().unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match r.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let n = count.fetch_add(1, Ordering::Relaxed);
+                            if w.write_all(&reply(n, &line)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// Runs `herd load ARGS`, killing it (and failing) if it has not finished within `limit`.
 fn herd_load(args: &[&str], limit: Duration) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
@@ -354,4 +387,118 @@ fn bad_arguments_exit_2_with_one_line() {
     let out = herd_load(&["--help"], Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("--rate R"));
+}
+
+#[test]
+fn open_loop_latency_includes_a_stall_closed_loop_hides_it() {
+    // Answers at once, except that the 200th request waits 300 ms.
+    let stall = |n: u64, line: &[u8]| {
+        if n == 200 {
+            thread::sleep(Duration::from_millis(300));
+        }
+        line.to_vec()
+    };
+    let common = [
+        "--workload",
+        "raw",
+        "--template",
+        "x{i}",
+        "--connections",
+        "1",
+        "--requests",
+        "1000",
+        "--warmup",
+        "0",
+        "--json",
+    ];
+    let run = |extra: &[&str]| {
+        let target = format!("127.0.0.1:{}", line_server(stall));
+        let mut args = vec!["--target", &target];
+        args.extend_from_slice(&common);
+        args.extend_from_slice(extra);
+        let out = herd_load(&args, Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+        json_of(&out)
+    };
+    // Open loop at 1000/s: the ~300 requests due during the stall wait for it, and their latency says so.
+    let open = run(&["--rate", "1000"]);
+    assert_eq!(open["replies"], 1000, "{open}");
+    let lat = &open["latency_us"];
+    assert!(lat["max"].as_f64().unwrap() >= 280_000.0, "{open}");
+    assert!(lat["p90"].as_f64().unwrap() >= 100_000.0, "{open}");
+    // Closed loop: the generator waits with the server, so only one request sees the stall.
+    let closed = run(&[]);
+    assert_eq!(closed["replies"], 1000, "{closed}");
+    let lat = &closed["latency_us"];
+    assert!(lat["max"].as_f64().unwrap() >= 280_000.0, "{closed}");
+    assert!(lat["p99"].as_f64().unwrap() < 100_000.0, "{closed}");
+}
+
+#[test]
+fn replies_larger_than_the_read_buffer() {
+    // 100 KiB reply lines: the input buffer grows, partial replies are kept across reads.
+    let port = line_server(|_, _| {
+        let mut v = vec![b'y'; 100 * 1024];
+        v.push(b'\n');
+        v
+    });
+    let target = format!("127.0.0.1:{port}");
+    let out = herd_load(
+        &[
+            "--target",
+            &target,
+            "--workload",
+            "raw",
+            "--template",
+            "big {i}",
+            "--connections",
+            "2",
+            "--depth",
+            "3",
+            "--requests",
+            "300",
+            "--warmup",
+            "0",
+            "--expect",
+            "yyy",
+            "--json",
+        ],
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+    let j = json_of(&out);
+    assert_eq!(j["replies"], 300, "{j}");
+    assert_eq!(j["errors_total"], 0, "{j}");
+}
+
+#[test]
+fn invalid_and_unexpected_replies_are_counted() {
+    let (port, _) = echo_server();
+    let target = format!("127.0.0.1:{port}");
+    let raw = |template: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--target",
+            &target,
+            "--workload",
+            "raw",
+            "--template",
+            template,
+            "--requests",
+            "100",
+            "--warmup",
+            "0",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = herd_load(&args, Duration::from_secs(60));
+        assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
+        json_of(&out)
+    };
+    // The echo of '? x' reads like a herd server rejecting a command.
+    let j = raw("? x{i}", &[]);
+    assert_eq!(j["replies"], 0, "{j}");
+    assert_eq!(j["errors"]["invalid"], 100, "{j}");
+    let j = raw("PING", &["--expect", "+PONG"]);
+    assert_eq!(j["replies"], 0, "{j}");
+    assert_eq!(j["errors"]["unexpected"], 100, "{j}");
 }
