@@ -6,6 +6,21 @@
 //!   *scheduled* send time, so a stalled server shows up in the percentiles instead of slowing the
 //!   generator down (no coordinated omission).
 //!
+//! Semantics worth knowing:
+//! - Phases: seeding (WHATSAT workloads: one unrecorded IAMAT per client id, closed loop, at most 30 s),
+//!   warm-up (`--warmup`, unrecorded), then the measured period, which ends at `--duration` or once
+//!   `--requests` measured requests have finished, whichever comes first. `--requests` without
+//!   `--duration` runs up to the 600 s cap, and gives up (`stopped_by: "unreachable"`) when no
+//!   connection could be opened for a whole `--timeout-ms`.
+//! - A request is measured when it was issued (closed loop) or scheduled (open loop) in the measured
+//!   period; replies after the period are not counted, the requests are reported as `unfinished`.
+//! - Only good replies enter the latency histogram and the throughput; errors are counted by kind.
+//!   When a connection fails (closed, reset, a reply time-out, an oversized reply, bytes nobody asked
+//!   for), every request outstanding on it fails with that kind and the connection is reopened, at once
+//!   when it had produced a reply, else after a back-off doubling from 1 ms to 200 ms. A failed connect
+//!   counts one `connect` error. Open-loop requests still queued when their time-out passes count as
+//!   `timeout` without being sent.
+//!
 //! Layout: [`args`] (options, parser, usage), [`workload`] (request formatting and reply framing, pure),
 //! [`timetable`] (open-loop schedule, pure), [`engine`] (the Poll loop and connection state machines),
 //! [`report`] (percentiles, JSON, text), [`plot`] (SVG percentile curve), [`timer`] (precise wake-ups).
@@ -55,6 +70,9 @@ pub fn cli(args: &[String]) -> i32 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("herd load: {e}");
+            if let Some(p) = &opts.plot {
+                let _ = std::fs::remove_file(p);
+            }
             return 1;
         }
     };
