@@ -156,10 +156,7 @@ fn raw_against_an_echo_server_counts_every_reply() {
     // The default one-second warm-up came on top of the 2000 measured requests.
     assert!(lines.load(Ordering::Relaxed) >= 2000);
     let plot = std::fs::read_to_string(&svg).unwrap();
-    assert!(
-        plot.starts_with("<svg") && plot.contains("<polyline"),
-        "{plot}"
-    );
+    assert!(plot.starts_with("<svg") && plot.contains("<polyline"), "{plot}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -320,24 +317,10 @@ fn a_silent_server_gives_timeouts_and_no_hang() {
 #[test]
 fn nothing_listening_gives_connect_errors() {
     // Bind then drop: a loopback port with (almost certainly) nobody on it.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let target = format!("127.0.0.1:{port}");
     let out = herd_load(
-        &[
-            "--target",
-            &target,
-            "--connections",
-            "2",
-            "--duration",
-            "0.5",
-            "--warmup",
-            "0",
-            "--json",
-        ],
+        &["--target", &target, "--connections", "2", "--duration", "0.5", "--warmup", "0", "--json"],
         Duration::from_secs(30),
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
@@ -349,17 +332,7 @@ fn nothing_listening_gives_connect_errors() {
     // Waiting for a number of replies gives up after a time-out instead of the 600 s cap.
     let start = Instant::now();
     let out = herd_load(
-        &[
-            "--target",
-            &target,
-            "--requests",
-            "100",
-            "--timeout-ms",
-            "300",
-            "--warmup",
-            "0",
-            "--json",
-        ],
+        &["--target", &target, "--requests", "100", "--timeout-ms", "300", "--warmup", "0", "--json"],
         Duration::from_secs(30),
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr_of(&out));
@@ -371,12 +344,9 @@ fn nothing_listening_gives_connect_errors() {
 
 #[test]
 fn bad_arguments_exit_2_with_one_line() {
-    for args in [
-        vec!["--connections", "0"],
-        vec!["--bogus"],
-        vec!["--target", "10.0.0.1:80"],
-        vec!["--workload", "raw"],
-    ] {
+    for args in
+        [vec!["--connections", "0"], vec!["--bogus"], vec!["--target", "10.0.0.1:80"], vec!["--workload", "raw"]]
+    {
         let out = herd_load(&args, Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = stderr_of(&out);

@@ -228,7 +228,8 @@ fn keep_alive_connections_are_reused_and_a_restarted_service_keeps_its_ca() {
 fn restart_on(dir: TempDir, port: u16) -> PlacesService {
     let ca = dir.path().join("ca.pem");
     let listen = format!("127.0.0.1:{port}");
-    let proc = Proc::start("places", &["places", "--listen", &listen, "--ca-out", ca.to_str().unwrap()], &[], "listening on");
+    let proc =
+        Proc::start("places", &["places", "--listen", &listen, "--ca-out", ca.to_str().unwrap()], &[], "listening on");
     PlacesService { proc, port, ca, dir }
 }
 

@@ -120,8 +120,7 @@ pub enum Parsed {
 }
 
 fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse()
-        .map_err(|_| format!("{flag}: not a valid number: {v:?}"))
+    v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
 }
 
 fn int_in(flag: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
@@ -135,9 +134,7 @@ fn int_in(flag: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
 fn secs(flag: &str, v: &str, max: Duration, zero_ok: bool) -> Result<Duration, String> {
     let s: f64 = num(flag, v)?;
     if !s.is_finite() || s < 0.0 || (s == 0.0 && !zero_ok) {
-        return Err(format!(
-            "{flag} must be a positive number of seconds, not {v:?}"
-        ));
+        return Err(format!("{flag} must be a positive number of seconds, not {v:?}"));
     }
     if s > max.as_secs_f64() {
         return Err(format!("{flag} is at most {} s, not {v}", max.as_secs()));
@@ -154,23 +151,15 @@ fn radius_ok(r: &str) -> bool {
 
 /// Resolves `HOST:PORT` once, before the run (name resolution blocks; the loop never does it).
 pub fn resolve_target(s: &str, allow_remote: bool) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = s
-        .to_socket_addrs()
-        .map_err(|e| format!("--target {s}: {e}"))?
-        .collect();
+    let addrs: Vec<SocketAddr> = s.to_socket_addrs().map_err(|e| format!("--target {s}: {e}"))?.collect();
     if allow_remote {
-        return addrs
-            .first()
-            .copied()
-            .ok_or_else(|| format!("--target {s}: no address"));
+        return addrs.first().copied().ok_or_else(|| format!("--target {s}: no address"));
     }
     addrs
         .iter()
         .find(|a| a.ip().is_loopback())
         .copied()
-        .ok_or_else(|| {
-            format!("--target {s} is not a loopback address (pass --allow-remote to drive it)")
-        })
+        .ok_or_else(|| format!("--target {s} is not a loopback address (pass --allow-remote to drive it)"))
 }
 
 /// Parses the arguments after `herd load`.
@@ -244,9 +233,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                     "--rate" => {
                         let r: f64 = num(flag, &v)?;
                         if !(0.001..=10_000_000.0).contains(&r) {
-                            return Err(format!(
-                                "--rate must be from 0.001 to 10000000 requests/s, not {v}"
-                            ));
+                            return Err(format!("--rate must be from 0.001 to 10000000 requests/s, not {v}"));
                         }
                         o.rate = Some(r);
                     }
@@ -294,19 +281,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
     o.workload = match workload.as_str() {
         "iamat" => Workload::Iamat,
         "whatsat" => Workload::Whatsat,
-        "mixed" => Workload::Mixed {
-            whatsat_ratio: ratio.unwrap_or(0.1),
-        },
-        "raw" => Workload::Raw {
-            template: template
-                .take()
-                .ok_or("--workload raw needs --template 'LINE'")?,
-        },
-        w => {
-            return Err(format!(
-                "unknown --workload {w:?} (iamat, whatsat, mixed, raw)"
-            ))
-        }
+        "mixed" => Workload::Mixed { whatsat_ratio: ratio.unwrap_or(0.1) },
+        "raw" => Workload::Raw { template: template.take().ok_or("--workload raw needs --template 'LINE'")? },
+        w => return Err(format!("unknown --workload {w:?} (iamat, whatsat, mixed, raw)")),
     };
     if template.is_some() {
         return Err("--template only applies to --workload raw".into());
@@ -321,10 +298,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         o.duration = MAX_DURATION;
     }
     if !targets.is_empty() {
-        o.targets = targets
-            .iter()
-            .map(|t| resolve_target(t, o.allow_remote))
-            .collect::<Result<_, _>>()?;
+        o.targets = targets.iter().map(|t| resolve_target(t, o.allow_remote)).collect::<Result<_, _>>()?;
     }
     Ok(Parsed::Run(Box::new(o)))
 }
@@ -345,14 +319,8 @@ mod tests {
     fn defaults() {
         let o = p("").unwrap();
         assert_eq!(o.targets, vec!["127.0.0.1:10000".parse().unwrap()]);
-        assert_eq!(
-            (o.connections, o.depth, o.rate, o.requests),
-            (50, 1, None, None)
-        );
-        assert_eq!(
-            (o.duration, o.warmup),
-            (Duration::from_secs(10), Duration::from_secs(1))
-        );
+        assert_eq!((o.connections, o.depth, o.rate, o.requests), (50, 1, None, None));
+        assert_eq!((o.duration, o.warmup), (Duration::from_secs(10), Duration::from_secs(1)));
         assert_eq!(o.workload, Workload::Iamat);
         assert_eq!((o.clients, o.radius.as_str(), o.bound), (1000, "10", 5));
         assert_eq!(o.timeout, Duration::from_millis(5000));
@@ -367,36 +335,21 @@ mod tests {
         assert_eq!(o.targets.len(), 2);
         assert!(o.targets[1].ip().is_loopback() && o.targets[1].port() == 7000);
         assert_eq!((o.connections, o.depth, o.rate), (8, 16, Some(2500.5)));
-        assert_eq!(
-            (o.duration, o.warmup),
-            (Duration::from_millis(2500), Duration::ZERO)
-        );
-        assert_eq!(
-            o.workload,
-            Workload::Raw {
-                template: "SET_k{i}_v".into()
-            }
-        );
+        assert_eq!((o.duration, o.warmup), (Duration::from_millis(2500), Duration::ZERO));
+        assert_eq!(o.workload, Workload::Raw { template: "SET_k{i}_v".into() });
         assert_eq!(o.expect.as_deref(), Some("+OK"));
         assert!(o.json && o.fail_on_error);
         assert_eq!(o.timeout, Duration::from_millis(250));
-        let o =
-            p("--workload mixed --whatsat-ratio 0.3 --radius 2.5 --bound 0 --clients 7").unwrap();
+        let o = p("--workload mixed --whatsat-ratio 0.3 --radius 2.5 --bound 0 --clients 7").unwrap();
         assert_eq!(o.workload, Workload::Mixed { whatsat_ratio: 0.3 });
         assert_eq!((o.radius.as_str(), o.bound, o.clients), ("2.5", 0, 7));
-        assert!(matches!(
-            parse(&["x".into(), "--help".into()]),
-            Ok(Parsed::Help)
-        ));
+        assert!(matches!(parse(&["x".into(), "--help".into()]), Ok(Parsed::Help)));
     }
 
     #[test]
     fn requests_alone_lifts_the_default_duration() {
         assert_eq!(p("--requests 5").unwrap().duration, MAX_DURATION);
-        assert_eq!(
-            p("--requests 5 --duration 3").unwrap().duration,
-            Duration::from_secs(3)
-        );
+        assert_eq!(p("--requests 5 --duration 3").unwrap().duration, Duration::from_secs(3));
     }
 
     #[test]

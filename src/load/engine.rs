@@ -168,11 +168,7 @@ impl Ctx {
         if let Some(rate) = self.rate {
             self.timetable = Some(Timetable::new(now, rate));
         }
-        self.phase = if self.warmup_ns == 0 {
-            Phase::Measure
-        } else {
-            Phase::Warmup
-        };
+        self.phase = if self.warmup_ns == 0 { Phase::Measure } else { Phase::Warmup };
     }
 
     fn may_schedule(&self) -> bool {
@@ -288,11 +284,7 @@ impl Conn {
                     self.readable = false;
                     self.writable = false;
                     let opened = TcpStream::connect(self.target).and_then(|mut sock| {
-                        reg.register(
-                            &mut sock,
-                            token(key, self.gen),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )?;
+                        reg.register(&mut sock, token(key, self.gen), Interest::READABLE | Interest::WRITABLE)?;
                         Ok(sock)
                     });
                     match opened {
@@ -348,9 +340,7 @@ impl Conn {
     fn connect_failed(&mut self, ctx: &mut Ctx, now: u64) {
         ctx.error_outside_request(self.tix, ErrorKind::Connect, now);
         self.failures += 1;
-        self.state = State::Down {
-            at: now + self.backoff_ns(),
-        };
+        self.state = State::Down { at: now + self.backoff_ns() };
     }
 
     /// Reads what has arrived, tops the pipeline up, writes what is pending.
@@ -375,11 +365,7 @@ impl Conn {
                 }
                 let k = ctx.seed_next;
                 ctx.seed_next += 1;
-                InFlight {
-                    start: now,
-                    expect: ctx.gen.seed(k, &mut self.out),
-                    tag: Tag::Seed,
-                }
+                InFlight { start: now, expect: ctx.gen.seed(k, &mut self.out), tag: Tag::Seed }
             } else if ctx.rate.is_some() {
                 let Some(sched) = self.queue.pop_front() else {
                     break;
@@ -388,11 +374,7 @@ impl Conn {
                 if tag == Tag::Measured {
                     ctx.lag.saturating_record(now.saturating_sub(sched).max(1));
                 }
-                InFlight {
-                    start: sched,
-                    expect: ctx.gen.next(&mut self.out),
-                    tag,
-                }
+                InFlight { start: sched, expect: ctx.gen.next(&mut self.out), tag }
             } else {
                 let tag = match ctx.phase {
                     Phase::Warmup => Tag::Warmup,
@@ -402,11 +384,7 @@ impl Conn {
                     }
                     _ => break,
                 };
-                InFlight {
-                    start: now,
-                    expect: ctx.gen.next(&mut self.out),
-                    tag,
-                }
+                InFlight { start: now, expect: ctx.gen.next(&mut self.out), tag }
             };
             if f.tag == Tag::Measured {
                 ctx.measured_sent += 1;
@@ -474,17 +452,10 @@ impl Conn {
                 ctx.error_outside_request(self.tix, ErrorKind::Unexpected, now);
                 return Err(ErrorKind::Unexpected);
             };
-            let Some(n) = self
-                .framer
-                .next(&self.inb[self.in_start..self.in_end], f.expect)
-            else {
+            let Some(n) = self.framer.next(&self.inb[self.in_start..self.in_end], f.expect) else {
                 break;
             };
-            let res = classify(
-                &self.inb[self.in_start..self.in_start + n],
-                f.expect,
-                &ctx.raw_prefix,
-            );
+            let res = classify(&self.inb[self.in_start..self.in_start + n], f.expect, &ctx.raw_prefix);
             self.in_start += n;
             self.inflight.pop_front();
             self.replied = true;
@@ -498,14 +469,7 @@ impl Conn {
     }
 
     /// Drops the socket; every request on it fails with `kind`; reconnect after the back-off.
-    fn abandon(
-        &mut self,
-        mut sock: TcpStream,
-        kind: ErrorKind,
-        ctx: &mut Ctx,
-        reg: &Registry,
-        now: u64,
-    ) {
+    fn abandon(&mut self, mut sock: TcpStream, kind: ErrorKind, ctx: &mut Ctx, reg: &Registry, now: u64) {
         let _ = reg.deregister(&mut sock);
         drop(sock);
         while let Some(f) = self.inflight.pop_front() {
@@ -523,9 +487,7 @@ impl Conn {
         } else {
             self.failures += 1;
         }
-        self.state = State::Down {
-            at: now + self.backoff_ns(),
-        };
+        self.state = State::Down { at: now + self.backoff_ns() };
     }
 
     /// Time-outs of the connect, of the oldest request, and of open-loop requests still queued.
@@ -535,25 +497,16 @@ impl Conn {
                 break;
             }
             self.queue.pop_front();
-            let f = InFlight {
-                start: t,
-                expect: Expect::Line,
-                tag: ctx.tag_at(t),
-            };
+            let f = InFlight { start: t, expect: Expect::Line, tag: ctx.tag_at(t) };
             ctx.complete(self.tix, f, now, Err(ErrorKind::Timeout));
         }
         match std::mem::replace(&mut self.state, State::Down { at: u64::MAX }) {
-            State::Connecting { mut sock, since }
-                if now >= since.saturating_add(ctx.timeout_ns) =>
-            {
+            State::Connecting { mut sock, since } if now >= since.saturating_add(ctx.timeout_ns) => {
                 let _ = reg.deregister(&mut sock);
                 self.connect_failed(ctx, now);
             }
             State::Open { sock } => {
-                let late = self
-                    .inflight
-                    .front()
-                    .is_some_and(|f| now >= f.start.saturating_add(ctx.timeout_ns));
+                let late = self.inflight.front().is_some_and(|f| now >= f.start.saturating_add(ctx.timeout_ns));
                 if late {
                     self.abandon(sock, ErrorKind::Timeout, ctx, reg, now);
                 } else {
@@ -612,9 +565,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
     if !opts.allow_remote {
         if let Some(t) = opts.targets.iter().find(|t| !t.ip().is_loopback()) {
-            return Err(format!(
-                "target {t} is not a loopback address (allow_remote is off)"
-            ));
+            return Err(format!("target {t} is not a loopback address (allow_remote is off)"));
         }
     }
     if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -663,11 +614,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         hist: new_histogram(),
         lag: new_histogram(),
         per_target: (0..opts.targets.len())
-            .map(|_| TargetStats {
-                replies: 0,
-                errors: ErrorCounts::default(),
-                hist: new_histogram(),
-            })
+            .map(|_| TargetStats { replies: 0, errors: ErrorCounts::default(), hist: new_histogram() })
             .collect(),
         connects: 0,
         iv_hist: new_histogram(),
@@ -759,10 +706,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             for key in 0..n {
                 conns[key].housekeeping(key, &mut ctx, poll.registry(), now);
             }
-            if conns
-                .iter()
-                .any(|(_, c)| matches!(c.state, State::Open { .. }))
-            {
+            if conns.iter().any(|(_, c)| matches!(c.state, State::Open { .. })) {
                 ctx.last_open_at = now;
             }
             next_tick = now + TICK_NS;
@@ -794,8 +738,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             // Waiting for N replies from a target that cannot be reached would last the whole cap.
             Phase::Measure
                 if ctx.limit.is_some()
-                    && now.saturating_sub(ctx.last_open_at.max(ctx.measure_start))
-                        >= ctx.timeout_ns =>
+                    && now.saturating_sub(ctx.last_open_at.max(ctx.measure_start)) >= ctx.timeout_ns =>
             {
                 stopped_by = "unreachable";
                 ctx.phase = Phase::Done;
@@ -828,11 +771,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         stopped_by: stopped_by.into(),
         requests: ctx.measured_sent,
         replies: ctx.replies,
-        throughput: if duration_s > 0.0 {
-            ctx.replies as f64 / duration_s
-        } else {
-            0.0
-        },
+        throughput: if duration_s > 0.0 { ctx.replies as f64 / duration_s } else { 0.0 },
         latency: LatencySummary::from_histogram(&ctx.hist),
         send_lag: opts.rate.map(|_| LatencySummary::from_histogram(&ctx.lag)),
         errors: ctx.errors.clone(),

@@ -13,10 +13,7 @@ const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// The percentile label of the decade `k`: 0 → "0%", 1 → "90%", 3 → "99.9%".
@@ -53,15 +50,8 @@ pub fn curve(h: &Histogram<u64>, x_max: f64) -> Vec<(f64, f64)> {
     }
     for v in h.iter_quantiles(5) {
         let q = v.quantile_iterated_to();
-        let x = if q >= 1.0 {
-            x_max
-        } else {
-            (1.0 / (1.0 - q)).min(x_max)
-        };
-        pts.push((
-            x,
-            h.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0,
-        ));
+        let x = if q >= 1.0 { x_max } else { (1.0 / (1.0 - q)).min(x_max) };
+        pts.push((x, h.highest_equivalent(v.value_iterated_to()) as f64 / 1000.0));
         if x >= x_max {
             break;
         }
@@ -82,11 +72,7 @@ pub fn percentile_svg(h: &Histogram<u64>, title: &str) -> String {
     let ph = H - TOP - BOTTOM;
     let px = |x: f64| LEFT + x.max(1.0).log10() / x_max.log10() * pw;
     let py = |y: f64| TOP + ph - y / y_max * ph;
-    let (unit, div) = if y_max >= 10_000.0 {
-        ("ms", 1000.0)
-    } else {
-        ("µs", 1.0)
-    };
+    let (unit, div) = if y_max >= 10_000.0 { ("ms", 1000.0) } else { ("µs", 1.0) };
 
     let mut s = String::new();
     let _ = writeln!(
@@ -94,12 +80,7 @@ pub fn percentile_svg(h: &Histogram<u64>, title: &str) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(
-        s,
-        r#"<text x="{}" y="28" text-anchor="middle" font-size="15">{}</text>"#,
-        W / 2.0,
-        esc(title)
-    );
+    let _ = writeln!(s, r#"<text x="{}" y="28" text-anchor="middle" font-size="15">{}</text>"#, W / 2.0, esc(title));
     // Grid and ticks.
     for k in 0..=decades {
         let x = px(10f64.powi(k as i32));
@@ -124,16 +105,9 @@ pub fn percentile_svg(h: &Histogram<u64>, title: &str) -> String {
         );
         y += step;
     }
-    let _ = writeln!(
-        s,
-        r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#,
-        LEFT + pw / 2.0,
-        H - 15.0
-    );
+    let _ = writeln!(s, r##"<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>"##);
+    let _ =
+        writeln!(s, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">percentile</text>"#, LEFT + pw / 2.0, H - 15.0);
     let _ = writeln!(
         s,
         r#"<text transform="translate(22 {:.1}) rotate(-90)" text-anchor="middle">latency ({unit})</text>"#,
@@ -155,18 +129,10 @@ pub fn percentile_svg(h: &Histogram<u64>, title: &str) -> String {
         prev_y = Some(cy);
     }
     if !path.is_empty() {
-        let _ = writeln!(
-            s,
-            r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{path}"/>"##
-        );
+        let _ = writeln!(s, r##"<polyline fill="none" stroke="#1f77b4" stroke-width="2" points="{path}"/>"##);
     }
-    let _ = writeln!(
-        s,
-        r##"<text x="{:.1}" y="{:.1}" fill="#555">{} samples</text>"##,
-        LEFT + 8.0,
-        TOP + 16.0,
-        h.len()
-    );
+    let _ =
+        writeln!(s, r##"<text x="{:.1}" y="{:.1}" fill="#555">{} samples</text>"##, LEFT + 8.0, TOP + 16.0, h.len());
     s.push_str("</svg>\n");
     s
 }

@@ -290,15 +290,9 @@ mod tests {
         h.record_n(2_000_000_000, 20).unwrap();
         let l = LatencySummary::from_histogram(&h);
         assert!(close(l.p50, 50.0) && close(l.p99, 50.0), "{l:?}");
-        assert!(
-            close(l.p999, 2_000_000.0) && close(l.max, 2_000_000.0),
-            "{l:?}"
-        );
+        assert!(close(l.p999, 2_000_000.0) && close(l.max, 2_000_000.0), "{l:?}");
 
-        assert_eq!(
-            LatencySummary::from_histogram(&new_histogram()),
-            LatencySummary::default()
-        );
+        assert_eq!(LatencySummary::from_histogram(&new_histogram()), LatencySummary::default());
         // Clamped, never an error.
         let mut h = new_histogram();
         h.saturating_record(u64::MAX);

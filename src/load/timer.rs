@@ -30,12 +30,7 @@ mod imp {
 
     extern "C" {
         fn timerfd_create(clockid: c_int, flags: c_int) -> c_int;
-        fn timerfd_settime(
-            fd: c_int,
-            flags: c_int,
-            new: *const Itimerspec,
-            old: *mut Itimerspec,
-        ) -> c_int;
+        fn timerfd_settime(fd: c_int, flags: c_int, new: *const Itimerspec, old: *mut Itimerspec) -> c_int;
     }
 
     const CLOCK_MONOTONIC: c_int = 1;
@@ -52,11 +47,7 @@ mod imp {
 
     impl Timer {
         pub fn new(registry: &Registry, token: Token) -> Option<Timer> {
-            if cfg!(any(
-                target_arch = "sparc64",
-                target_arch = "mips64",
-                target_arch = "mips64r6"
-            )) {
+            if cfg!(any(target_arch = "sparc64", target_arch = "mips64", target_arch = "mips64r6")) {
                 return None;
             }
             // SAFETY: plain syscall with constant arguments; the result is checked before use.
@@ -66,13 +57,8 @@ mod imp {
             }
             // SAFETY: `fd` is a fresh descriptor that nothing else owns.
             let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            registry
-                .register(&mut SourceFd(&file.as_raw_fd()), token, Interest::READABLE)
-                .ok()?;
-            Some(Timer {
-                file,
-                armed_at: None,
-            })
+            registry.register(&mut SourceFd(&file.as_raw_fd()), token, Interest::READABLE).ok()?;
+            Some(Timer { file, armed_at: None })
         }
 
         /// Arms the timer to fire `delay_ns` from now (at least 1 ns; zero would disarm it). `deadline`
@@ -83,18 +69,11 @@ mod imp {
             }
             let d = delay_ns.max(1);
             let spec = Itimerspec {
-                it_interval: Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                },
-                it_value: Timespec {
-                    tv_sec: (d / 1_000_000_000) as c_long,
-                    tv_nsec: (d % 1_000_000_000) as c_long,
-                },
+                it_interval: Timespec { tv_sec: 0, tv_nsec: 0 },
+                it_value: Timespec { tv_sec: (d / 1_000_000_000) as c_long, tv_nsec: (d % 1_000_000_000) as c_long },
             };
             // SAFETY: `spec` is a valid itimerspec for the duration of the call; old value not wanted.
-            let r =
-                unsafe { timerfd_settime(self.file.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+            let r = unsafe { timerfd_settime(self.file.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
             if r < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -154,8 +133,7 @@ mod tests {
         t.arm(1, 300_000).unwrap();
         let mut fired = false;
         while start.elapsed() < Duration::from_secs(2) && !fired {
-            poll.poll(&mut events, Some(Duration::from_secs(1)))
-                .unwrap();
+            poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
             fired = events.iter().any(|e| e.token() == Token(7));
         }
         let took = start.elapsed();
@@ -164,8 +142,7 @@ mod tests {
         t.clear();
         // Re-arming works after a clear.
         t.arm(2, 100_000).unwrap();
-        poll.poll(&mut events, Some(Duration::from_secs(1)))
-            .unwrap();
+        poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
         assert!(events.iter().any(|e| e.token() == Token(7)));
     }
 }

@@ -13,11 +13,7 @@ impl Timetable {
     /// `rate` is in requests per second and must be positive and finite.
     pub fn new(start_ns: u64, rate: f64) -> Timetable {
         assert!(rate > 0.0 && rate.is_finite());
-        Timetable {
-            start_ns,
-            rate,
-            next: 0,
-        }
+        Timetable { start_ns, rate, next: 0 }
     }
 
     /// When request `i` is due.

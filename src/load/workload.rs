@@ -59,13 +59,8 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 5] = [
-        ErrorKind::Invalid,
-        ErrorKind::Closed,
-        ErrorKind::Unexpected,
-        ErrorKind::Timeout,
-        ErrorKind::Connect,
-    ];
+    pub const ALL: [ErrorKind; 5] =
+        [ErrorKind::Invalid, ErrorKind::Closed, ErrorKind::Unexpected, ErrorKind::Timeout, ErrorKind::Connect];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -195,8 +190,7 @@ impl Rng {
 
 /// A client's home point, in millionths of a degree, spread over the globe by a hash of its id.
 fn home(client: u32) -> (i64, i64) {
-    let mut r =
-        Rng::new(0x9E37_79B9_7F4A_7C15 ^ (client as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+    let mut r = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (client as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93));
     let lat = r.below(160_000_001) as i64 - 80_000_000;
     let lon = r.below(350_000_001) as i64 - 175_000_000;
     (lat, lon)
@@ -251,10 +245,7 @@ impl Generator {
     /// A client time that is now (wall clock, nanoseconds) and strictly later than any given before, so
     /// every IAMAT is newer than the record it replaces.
     fn client_time(&mut self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
         self.last_time_ns = now.max(self.last_time_ns + 1);
         self.last_time_ns
     }
@@ -289,11 +280,7 @@ impl Generator {
             return Expect::Line;
         }
         let client = self.next_client;
-        self.next_client = if client + 1 >= self.clients {
-            0
-        } else {
-            client + 1
-        };
+        self.next_client = if client + 1 >= self.clients { 0 } else { client + 1 };
         let whatsat = match self.whatsat_threshold {
             0 => false,
             t if t >= 1u64 << 32 => true,
@@ -336,15 +323,9 @@ impl Framer {
         };
         let found = if two {
             let from = self.scanned.saturating_sub(1);
-            buf[from..]
-                .windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|p| from + p + 2)
+            buf[from..].windows(2).position(|w| w == b"\n\n").map(|p| from + p + 2)
         } else {
-            buf[self.scanned..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map(|p| self.scanned + p + 1)
+            buf[self.scanned..].iter().position(|&b| b == b'\n').map(|p| self.scanned + p + 1)
         };
         match found {
             Some(n) => {
@@ -397,10 +378,7 @@ pub fn classify(frame: &[u8], expect: Expect, raw_prefix: &[u8]) -> Result<(), E
     if frame.starts_with(b"? ") {
         return Err(ErrorKind::Invalid);
     }
-    let first_end = frame
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(frame.len());
+    let first_end = frame.iter().position(|&b| b == b'\n').unwrap_or(frame.len());
     let mut line = &frame[..first_end];
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
@@ -409,9 +387,7 @@ pub fn classify(frame: &[u8], expect: Expect, raw_prefix: &[u8]) -> Result<(), E
         Expect::Line => line.starts_with(raw_prefix),
         Expect::At { client } => first_end + 1 == frame.len() && is_at_line(line, client),
         Expect::AtJson { client } => {
-            is_at_line(line, client)
-                && frame.get(first_end + 1) == Some(&b'{')
-                && frame.ends_with(b"\n\n")
+            is_at_line(line, client) && frame.get(first_end + 1) == Some(&b'{') && frame.ends_with(b"\n\n")
         }
     };
     if ok {
@@ -454,13 +430,7 @@ mod tests {
     #[test]
     fn iamat_and_whatsat_format() {
         let mut o = Vec::new();
-        write_iamat(
-            &mut o,
-            42,
-            34_068_930,
-            -118_445_127,
-            1_520_023_934_918_963_997,
-        );
+        write_iamat(&mut o, 42, 34_068_930, -118_445_127, 1_520_023_934_918_963_997);
         write_whatsat(&mut o, 7, b"10", b"5");
         assert_eq!(
             std::str::from_utf8(&o).unwrap(),
@@ -486,17 +456,10 @@ mod tests {
             assert_eq!(f[1], format!("client{}", i % 3));
             // +DD.DDDDDD±DDD.DDDDDD
             let loc = f[2].as_bytes();
-            let split = loc[1..]
-                .iter()
-                .position(|&b| b == b'+' || b == b'-')
-                .unwrap()
-                + 1;
+            let split = loc[1..].iter().position(|&b| b == b'+' || b == b'-').unwrap() + 1;
             let lat: f64 = f[2][..split].parse().unwrap();
             let lon: f64 = f[2][split..].parse().unwrap();
-            assert!(
-                (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon),
-                "{s}"
-            );
+            assert!((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon), "{s}");
             for part in [&f[2][1..split], &f[2][split + 1..]] {
                 let (a, b) = part.split_once('.').unwrap();
                 assert!(!a.is_empty() && b.len() == 6);
@@ -512,14 +475,7 @@ mod tests {
 
     #[test]
     fn mixed_ratio_and_raw_template() {
-        let mut g = Generator::new(
-            &Workload::Mixed {
-                whatsat_ratio: 0.25,
-            },
-            100,
-            "2.5",
-            3,
-        );
+        let mut g = Generator::new(&Workload::Mixed { whatsat_ratio: 0.25 }, 100, "2.5", 3);
         let mut o = Vec::new();
         let mut w = 0;
         for _ in 0..10_000 {
@@ -530,27 +486,13 @@ mod tests {
         assert!((2200..2800).contains(&w), "{w}");
         assert!(std::str::from_utf8(&o).unwrap().contains("WHATSAT client"));
 
-        let mut g = Generator::new(
-            &Workload::Raw {
-                template: "SET k{i} v{i}!".into(),
-            },
-            1,
-            "",
-            0,
-        );
+        let mut g = Generator::new(&Workload::Raw { template: "SET k{i} v{i}!".into() }, 1, "", 0);
         let mut o = Vec::new();
         for _ in 0..3 {
             assert_eq!(g.next(&mut o), Expect::Line);
         }
         assert_eq!(o, b"SET k0 v0!\nSET k1 v1!\nSET k2 v2!\n");
-        let mut g = Generator::new(
-            &Workload::Raw {
-                template: "PING".into(),
-            },
-            1,
-            "",
-            0,
-        );
+        let mut g = Generator::new(&Workload::Raw { template: "PING".into() }, 1, "", 0);
         let mut o = Vec::new();
         g.next(&mut o);
         assert_eq!(o, b"PING\n");
@@ -575,21 +517,17 @@ mod tests {
                 }
             }
         }
-        assert!(
-            buf.is_empty(),
-            "left over: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
+        assert!(buf.is_empty(), "left over: {:?}", String::from_utf8_lossy(&buf));
         frames
     }
 
     #[test]
     fn framing_split_anywhere() {
-        let at =
-            b"AT Bailey +0.263873386 client1 +34.068930-118.445127 1520023934.918963997\n".to_vec();
-        let mut whatsat =
-            b"AT Bona -0.000000001 client2 +1.000000+2.000000 1700000000.5\n".to_vec();
-        whatsat.extend_from_slice(b"{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"OK\"\n}\n\n");
+        let at = b"AT Bailey +0.263873386 client1 +34.068930-118.445127 1520023934.918963997\n".to_vec();
+        let mut whatsat = b"AT Bona -0.000000001 client2 +1.000000+2.000000 1700000000.5\n".to_vec();
+        whatsat.extend_from_slice(
+            b"{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"OK\"\n}\n\n",
+        );
         let invalid = b"? WHATSAT client9 10 5\n".to_vec();
         let stream: Vec<u8> = [at.clone(), whatsat.clone(), invalid.clone(), at.clone()].concat();
         let expects = [
@@ -605,11 +543,7 @@ mod tests {
         }
         for i in (0..=stream.len()).step_by(3) {
             for j in (i..=stream.len()).step_by(5) {
-                assert_eq!(
-                    frame_in_pieces(&stream, &[i, j], &expects),
-                    want,
-                    "cuts {i} {j}"
-                );
+                assert_eq!(frame_in_pieces(&stream, &[i, j], &expects), want, "cuts {i} {j}");
             }
         }
         let all: Vec<usize> = (1..stream.len()).collect();
@@ -629,10 +563,7 @@ mod tests {
             assert_eq!(frames.len(), 3);
             assert_eq!(classify(&frames[0], Expect::Line, b""), Ok(()));
             assert_eq!(classify(&frames[0], Expect::Line, b"+OK"), Ok(()));
-            assert_eq!(
-                classify(&frames[2], Expect::Line, b"+OK"),
-                Err(ErrorKind::Unexpected)
-            );
+            assert_eq!(classify(&frames[2], Expect::Line, b"+OK"), Err(ErrorKind::Unexpected));
             assert_eq!(classify(&frames[2], Expect::Line, b""), Ok(()));
         }
     }
@@ -642,28 +573,13 @@ mod tests {
         let e = Expect::At { client: 12 };
         assert_eq!(classify(b"AT S +0.1 client12 +1-2 3\n", e, b""), Ok(()));
         assert_eq!(classify(b"AT S\t+0.1  client12 +1-2 3\r\n", e, b""), Ok(()));
-        assert_eq!(
-            classify(b"AT S +0.1 client1 +1-2 3\n", e, b""),
-            Err(ErrorKind::Unexpected)
-        );
-        assert_eq!(
-            classify(b"AT S +0.1 client12 +1-2\n", e, b""),
-            Err(ErrorKind::Unexpected)
-        );
-        assert_eq!(
-            classify(b"AT S +0.1 client12 +1-2 3 x\n", e, b""),
-            Err(ErrorKind::Unexpected)
-        );
+        assert_eq!(classify(b"AT S +0.1 client1 +1-2 3\n", e, b""), Err(ErrorKind::Unexpected));
+        assert_eq!(classify(b"AT S +0.1 client12 +1-2\n", e, b""), Err(ErrorKind::Unexpected));
+        assert_eq!(classify(b"AT S +0.1 client12 +1-2 3 x\n", e, b""), Err(ErrorKind::Unexpected));
         assert_eq!(classify(b"OK\n", e, b""), Err(ErrorKind::Unexpected));
         assert_eq!(classify(b"? IAMAT x\n", e, b""), Err(ErrorKind::Invalid));
         let j = Expect::AtJson { client: 12 };
-        assert_eq!(
-            classify(b"AT S +0.1 client12 +1-2 3\n{}\n\n", j, b""),
-            Ok(())
-        );
-        assert_eq!(
-            classify(b"AT S +0.1 client12 +1-2 3\nnot json\n\n", j, b""),
-            Err(ErrorKind::Unexpected)
-        );
+        assert_eq!(classify(b"AT S +0.1 client12 +1-2 3\n{}\n\n", j, b""), Ok(()));
+        assert_eq!(classify(b"AT S +0.1 client12 +1-2 3\nnot json\n\n", j, b""), Err(ErrorKind::Unexpected));
     }
 }

@@ -499,7 +499,9 @@ pub fn https_get(port: u16, ca: &Path, path: &str) -> Vec<u8> {
         let mut rest = &body[..];
         loop {
             let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let size = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().split(';').next().unwrap().trim(), 16).unwrap();
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().split(';').next().unwrap().trim(), 16)
+                    .unwrap();
             rest = &rest[eol + 2..];
             if size == 0 {
                 return out;
