@@ -46,7 +46,7 @@ fn loop_turn(c: &mut Criterion) {
                 time += 1;
                 batch.clear();
                 for i in 0..n {
-                    write!(batch, "IAMAT bench{i} +34.068930-118.445127 {time}.5\n").unwrap();
+                    writeln!(batch, "IAMAT bench{i} +34.068930-118.445127 {time}.5").unwrap();
                 }
                 client.write_all(&batch).unwrap();
                 let mut lines = 0;
