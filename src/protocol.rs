@@ -243,11 +243,21 @@ pub fn write_time_diff(out: &mut Vec<u8>, now: Timestamp, client_time: &[u8]) {
         if beyond_ns && diff > 0 {
             diff -= 1;
         }
-        let (sign, abs) = if diff < 0 { (b'-', diff.unsigned_abs()) } else { (b'+', diff.unsigned_abs()) };
-        out.push(sign);
-        write_u128(out, abs / 1_000_000_000);
-        out.push(b'.');
-        write_padded9(out, (abs % 1_000_000_000) as u32);
+        out.push(if diff < 0 { b'-' } else { b'+' });
+        let abs = diff.unsigned_abs();
+        // 128-bit division is a library call; any real clock difference fits 64 bits.
+        match u64::try_from(abs) {
+            Ok(abs) => {
+                write_u128(out, u128::from(abs / 1_000_000_000));
+                out.push(b'.');
+                write_padded9(out, (abs % 1_000_000_000) as u32);
+            }
+            Err(_) => {
+                write_u128(out, abs / 1_000_000_000);
+                out.push(b'.');
+                write_padded9(out, (abs % 1_000_000_000) as u32);
+            }
+        }
         return;
     }
 
@@ -285,8 +295,26 @@ fn sub_decimal(a: &[u8], b: u128) -> Vec<u8> {
     digits
 }
 
-fn write_u128(out: &mut Vec<u8>, mut v: u128) {
+fn write_u128(out: &mut Vec<u8>, v: u128) {
+    if let Ok(v) = u64::try_from(v) {
+        return write_u64(out, v);
+    }
+    let mut v = v;
     let mut buf = [0u8; 40];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+fn write_u64(out: &mut Vec<u8>, mut v: u64) {
+    let mut buf = [0u8; 20];
     let mut i = buf.len();
     loop {
         i -= 1;

@@ -31,6 +31,7 @@
 //! read that returns less than asked has drained the socket, and new data raises a new edge).
 
 use super::event_loop::{CloseReason, Ctx, Whatsat, READS_PER_TURN};
+use super::log::AddrText;
 use crate::protocol::{self, Command};
 use mio::net::TcpStream;
 use mio::Token;
@@ -69,6 +70,8 @@ enum Pending {
 pub struct Client {
     pub stream: TcpStream,
     pub addr: SocketAddr,
+    /// The address as text, for the log.
+    addr_text: AddrText,
     pub token: Token,
     pub state: State,
     /// Unanswered input: a partial line, or whole lines held back while throttled.
@@ -107,6 +110,7 @@ impl Client {
         Client {
             stream,
             addr,
+            addr_text: AddrText::new(addr),
             token,
             state: State::Open,
             input: Vec::new(),
@@ -335,7 +339,7 @@ impl Client {
 
     /// Answers one command.
     fn command(&mut self, line: &[u8], ctx: &mut Ctx) {
-        ctx.log.command(self.addr, line);
+        ctx.log.command(&self.addr_text, line);
         let queued = !self.waiting.is_empty();
         let token = self.token;
         let buf = self.reply_buf();
@@ -388,7 +392,7 @@ impl Client {
         };
         let reply = &buf[start..];
         ctx.counters.replies += 1;
-        ctx.log.reply(self.addr, reply);
+        ctx.log.reply(&self.addr_text, reply);
         if queued {
             self.waiting_bytes += reply.len();
         } else {
@@ -411,7 +415,7 @@ impl Client {
         reply.extend_from_slice(json);
         reply.extend_from_slice(b"\n\n");
         ctx.counters.replies += 1;
-        ctx.log.reply(self.addr, &reply);
+        ctx.log.reply(&self.addr_text, &reply);
         self.waiting_bytes += reply.len();
         *slot = Pending::Ready(reply);
         self.release_ready(ctx);
@@ -444,7 +448,7 @@ impl Client {
         self.waiting[i] = match ctx.whatsat(&cmd, self.token, &mut reply) {
             Whatsat::Answered => {
                 ctx.counters.replies += 1;
-                ctx.log.reply(self.addr, &reply);
+                ctx.log.reply(&self.addr_text, &reply);
                 self.waiting_bytes += reply.len();
                 Pending::Ready(reply)
             }
@@ -472,7 +476,7 @@ impl Client {
                     protocol::write_invalid(&mut reply, line);
                     ctx.counters.invalid += 1;
                     ctx.counters.replies += 1;
-                    ctx.log.reply(self.addr, &reply);
+                    ctx.log.reply(&self.addr_text, &reply);
                     self.waiting_bytes += reply.len();
                     *slot = Pending::Ready(reply);
                     expired = true;

@@ -79,12 +79,12 @@ impl ServerLog {
     }
 
     /// A command received from a client (bytes escaped).
-    pub fn command(&mut self, addr: SocketAddr, line: &[u8]) {
+    pub fn command(&mut self, addr: &AddrText, line: &[u8]) {
         self.bytes("recv", addr, line, line.len());
     }
 
     /// A reply sent to a client. Long replies (WHATSAT's JSON) are cut after a preview and counted.
-    pub fn reply(&mut self, addr: SocketAddr, reply: &[u8]) {
+    pub fn reply(&mut self, addr: &AddrText, reply: &[u8]) {
         let reply = reply.strip_suffix(b"\n").unwrap_or(reply);
         self.bytes("send", addr, reply, BODY_PREVIEW);
     }
@@ -102,12 +102,14 @@ impl ServerLog {
         self.end();
     }
 
-    fn bytes(&mut self, what: &str, addr: SocketAddr, bytes: &[u8], limit: usize) {
+    fn bytes(&mut self, what: &str, addr: &AddrText, bytes: &[u8], limit: usize) {
         if self.file.is_none() {
             return;
         }
         let buf = self.start(what);
-        let _ = write!(buf, " {addr} ");
+        buf.push(b' ');
+        buf.extend_from_slice(addr.as_bytes());
+        buf.push(b' ');
         let shown = &bytes[..bytes.len().min(limit)];
         escape_into(buf, shown);
         if shown.len() < bytes.len() {
@@ -135,20 +137,73 @@ impl Drop for ServerLog {
     }
 }
 
+/// A client's address as text, formatted once when it connects (at most 47 bytes for IPv6 with a port),
+/// so logging a command costs a copy rather than a trip through `fmt`.
+#[derive(Clone, Copy)]
+pub struct AddrText {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl AddrText {
+    pub fn new(addr: SocketAddr) -> AddrText {
+        let mut text = AddrText { buf: [0; 48], len: 0 };
+        let mut w = std::io::Cursor::new(&mut text.buf[..]);
+        let _ = write!(w, "{addr}");
+        text.len = w.position() as u8;
+        text
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Display for AddrText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or("?"))
+    }
+}
+
 /// Printable ASCII is copied as is; everything else as `\n`, `\t`, `\r`, `\\` or `\xNN`, so one log line
-/// is one line whatever the client sent, and bytes that are not UTF-8 stay visible.
-pub fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+/// is one line whatever the client sent, and bytes that are not UTF-8 stay visible. Runs of plain bytes
+/// (nearly every command) are copied whole.
+pub fn escape_into(out: &mut Vec<u8>, mut bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    for &b in bytes {
+    while !bytes.is_empty() {
+        let run = plain_prefix(bytes);
+        out.extend_from_slice(&bytes[..run]);
+        let Some((&b, rest)) = bytes[run..].split_first() else { return };
+        bytes = rest;
         match b {
             b'\\' => out.extend_from_slice(b"\\\\"),
-            0x20..=0x7e => out.push(b),
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\t' => out.extend_from_slice(b"\\t"),
             b'\r' => out.extend_from_slice(b"\\r"),
             _ => out.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]),
         }
     }
+}
+
+/// How many leading bytes need no escaping: printable ASCII other than `\\`. Eight bytes are checked
+/// at once with the classic "has a byte less than / more than / equal to" bit tricks.
+fn plain_prefix(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::MAX / 255;
+    const HIGH: u64 = ONES * 0x80;
+    let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'\\';
+    let mut i = 0;
+    while i + 8 <= bytes.len() {
+        let x = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
+        let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+        let above_tilde = (x.wrapping_add(ONES * (127 - 0x7e)) | x) & HIGH;
+        let y = x ^ (ONES * u64::from(b'\\'));
+        let backslash = y.wrapping_sub(ONES) & !y & HIGH;
+        if below_space | above_tilde | backslash != 0 {
+            break;
+        }
+        i += 8;
+    }
+    i + bytes[i..].iter().position(|b| !plain(b)).unwrap_or(bytes.len() - i)
 }
 
 /// `2026-11-22T04:16:11.123456Z`, 27 bytes, from days-since-epoch arithmetic (Howard Hinnant's
@@ -187,6 +242,25 @@ mod tests {
         assert_eq!(&out, b"2018-03-02T20:52:14.918963Z");
         format_rfc3339_micros(Timestamp { secs: 951_782_400, nanos: 0 }, &mut out);
         assert_eq!(&out, b"2000-02-29T00:00:00.000000Z");
+    }
+
+    #[test]
+    fn the_plain_prefix_agrees_with_a_byte_by_byte_scan() {
+        let plain = |b: &u8| (0x20..=0x7e).contains(b) && *b != b'\\';
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for len in 0..200 {
+            let mut bytes: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if len > 0 {
+                    bytes[(x as usize) % len] = (x >> 32) as u8;
+                }
+                let want = bytes.iter().position(|b| !plain(b)).unwrap_or(len);
+                assert_eq!(plain_prefix(&bytes), want, "{bytes:?}");
+            }
+        }
     }
 
     #[test]
