@@ -195,7 +195,8 @@ fn plain_prefix(bytes: &[u8]) -> usize {
     while i + 8 <= bytes.len() {
         let x = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
         let below_space = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
-        let above_tilde = (x.wrapping_add(ONES * (127 - 0x7e)) | x) & HIGH;
+        // 0x7f - 0x7e = 1: adding one per byte carries into the high bit exactly for 0x7f and up.
+        let above_tilde = (x.wrapping_add(ONES) | x) & HIGH;
         let y = x ^ (ONES * u64::from(b'\\'));
         let backslash = y.wrapping_sub(ONES) & !y & HIGH;
         if below_space | above_tilde | backslash != 0 {
