@@ -27,14 +27,24 @@ fn server(log_dir: &Path) -> (Server, u16) {
 }
 
 fn loop_turn(c: &mut Criterion) {
+    for log in [true, false] {
+        run(c, log);
+    }
+}
+
+/// `log`: with the log file (as deployed) or without it (what logging costs is the difference).
+fn run(c: &mut Criterion, log: bool) {
     let dir = std::env::temp_dir().join(format!("herd-bench-{}", std::process::id()));
     let (mut server, port) = server(&dir);
+    if !log {
+        server.disable_log();
+    }
     let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
     client.set_nodelay(true).unwrap();
     client.set_nonblocking(true).unwrap();
     server.turn().unwrap(); // accept
 
-    let mut g = c.benchmark_group("loop_turn");
+    let mut g = c.benchmark_group(if log { "loop_turn" } else { "loop_turn_nolog" });
     for n in [1usize, 16, 64] {
         g.throughput(Throughput::Elements(n as u64));
         let mut time = 1_700_000_000u64;

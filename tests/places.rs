@@ -95,6 +95,18 @@ fn the_cache_and_coalescing_cost_one_upstream_request() {
 }
 
 #[test]
+fn a_host_name_is_resolved_off_the_loop() {
+    let service = PlacesService::start(&[]);
+    let extra = service.config("legacy", KEY_ENV, 3000).replace("https://127.0.0.1:", "https://localhost:");
+    let config = HerdConfig::new(&["Solo"], &[], &extra);
+    let _server = config.serve_env("Solo", &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT dns {UCLA} 1\n").as_bytes());
+    let (_, value, _) = split_whatsat(&grader(port, b"WHATSAT dns 10 3"));
+    check_places(&value, 3, 10.0);
+}
+
+#[test]
 fn the_new_api_is_translated_to_the_legacy_shape() {
     let service = PlacesService::start(&[]);
     let (config, _server) = single_server(&service, "new", 3000, &[(KEY_ENV, "k")]);

@@ -578,6 +578,11 @@ impl Server {
         &self.core.ctx.counters
     }
 
+    /// Turns the log file off (benchmarks measure what logging costs by comparing with and without).
+    pub fn disable_log(&mut self) {
+        self.core.ctx.log = ServerLog::disabled();
+    }
+
     /// Runs the loop until a signal asks it to stop and everything owed has been answered.
     pub fn run(&mut self) -> Result<(), String> {
         let (client, peer) = self.local_addrs();
