@@ -47,6 +47,8 @@ pub struct Request {
     started: Instant,
     pub conn: Option<Token>,
     retried: bool,
+    /// Connects that failed for it (each moves on to the name's next address).
+    connect_failures: usize,
     /// What the log shows of it (never the key).
     what: String,
 }
@@ -95,7 +97,9 @@ pub struct PlacesClient {
     pub max_conns: usize,
     pub address: Address,
     resolver: Option<mpsc::Sender<(String, u16)>>,
-    resolved: Option<mpsc::Receiver<Result<SocketAddr, String>>>,
+    resolved: Option<mpsc::Receiver<Result<Vec<SocketAddr>, String>>>,
+    /// Every address the name resolved to; a failed connect moves on to the next.
+    addresses: Vec<SocketAddr>,
     cache: HashMap<Key, CacheEntry>,
     cache_bytes: usize,
     pub requests: HashMap<u64, Request>,
@@ -171,6 +175,7 @@ impl PlacesClient {
             address: Address::Resolving,
             resolver: None,
             resolved: None,
+            addresses: Vec::new(),
             cache: HashMap::new(),
             cache_bytes: 0,
             requests: HashMap::new(),
@@ -194,7 +199,8 @@ impl PlacesClient {
                             let result = (host.as_str(), port)
                                 .to_socket_addrs()
                                 .map_err(|e| format!("cannot resolve {host}: {e}"))
-                                .and_then(|mut a| a.next().ok_or_else(|| format!("{host} has no address")));
+                                .map(|a| a.collect::<Vec<_>>())
+                                .and_then(|a| if a.is_empty() { Err(format!("{host} has no address")) } else { Ok(a) });
                             if res_tx.send(result).is_err() {
                                 break;
                             }
@@ -223,7 +229,15 @@ impl PlacesClient {
         while let Some(result) = self.resolved.as_ref().and_then(|rx| rx.try_recv().ok()) {
             any = true;
             self.address = match result {
-                Ok(addr) => Address::Ready(addr),
+                Ok(addrs) => {
+                    // Stay on the address in use if the name still has it.
+                    let keep = match &self.address {
+                        Address::Ready(a) if addrs.contains(a) => *a,
+                        _ => addrs[0],
+                    };
+                    self.addresses = addrs;
+                    Address::Ready(keep)
+                }
                 Err(e) => {
                     self.counters.errors_resolve += 1;
                     // Keep a previous good address if there is one.
@@ -288,8 +302,19 @@ impl PlacesClient {
         );
         let what = format!("location={} radius={}m", text(location), key.1);
         self.by_key.insert(key.clone(), id);
-        self.requests
-            .insert(id, Request { key, bytes, waiters: vec![waiter], started: now, conn: None, retried: false, what });
+        self.requests.insert(
+            id,
+            Request {
+                key,
+                bytes,
+                waiters: vec![waiter],
+                started: now,
+                conn: None,
+                retried: false,
+                connect_failures: 0,
+                what,
+            },
+        );
         self.queue.push_back(id);
         Some(id)
     }
@@ -315,6 +340,19 @@ impl PlacesClient {
                 return None;
             }
         }
+        if let Outcome::Failed { kind: FailKind::Connect, .. } = &outcome {
+            request.connect_failures += 1;
+            if request.connect_failures < self.addresses.len() {
+                // The name has another address: rotate to it and try again (within the same deadline).
+                if let Address::Ready(current) = self.address {
+                    let i = self.addresses.iter().position(|a| *a == current).unwrap_or(0);
+                    self.address = Address::Ready(self.addresses[(i + 1) % self.addresses.len()]);
+                }
+                self.counters.errors_connect += 1;
+                self.queue.push_front(id);
+                return None;
+            }
+        }
         let request = self.requests.remove(&id).expect("present");
         self.by_key.remove(&request.key);
         let elapsed = now.saturating_duration_since(request.started);
@@ -335,7 +373,11 @@ impl PlacesClient {
                     FailKind::Closed => self.counters.errors_closed += 1,
                 }
                 if kind == FailKind::Connect {
-                    // The address may have moved.
+                    // Try the name's next address next time, and ask the resolver again: it may have moved.
+                    if let (Address::Ready(current), true) = (&self.address, self.addresses.len() > 1) {
+                        let i = self.addresses.iter().position(|a| a == current).unwrap_or(0);
+                        self.address = Address::Ready(self.addresses[(i + 1) % self.addresses.len()]);
+                    }
                     self.resolve();
                 }
                 PlacesAnswer::failure("UNKNOWN_ERROR", &format!("Places request failed: {message}"))
