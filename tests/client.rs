@@ -365,3 +365,56 @@ fn socket_linger_zero(s: &std::net::TcpStream) {
         );
     }
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_is_throttled_and_the_others_are_not() {
+    let limits = r#""limits": {"client_output_soft": 65536, "client_output_hard": 1048576}"#;
+    let config = HerdConfig::new(&["Solo"], &[], limits);
+    let server = config.serve("Solo");
+    let port = config.port("Solo");
+    const N: usize = 400_000;
+    let mut burst = Vec::with_capacity(N * 28);
+    for i in 0..N {
+        burst.extend_from_slice(format!("IAMAT t{} +1+1 {i}\n", i % 100).as_bytes());
+    }
+    let hog = connect(port);
+    hog.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut writer = hog.try_clone().unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let handle = std::thread::spawn(move || {
+        writer.write_all(&burst).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    // Another client is answered promptly while the hog does not read.
+    for i in 0..50 {
+        let started = Instant::now();
+        let reply = ask(port, format!("IAMAT polite +1+1 {i}\n").as_bytes());
+        assert!(reply.starts_with(b"AT Solo "));
+        assert!(started.elapsed() < Duration::from_millis(500), "{:?}", started.elapsed());
+    }
+    // 10 MB do not fit the kernel's buffers: the hog's writer is still blocked, because the server
+    // stopped reading it, and the server holds no more than its bounds.
+    assert!(!done.load(std::sync::atomic::Ordering::SeqCst), "the server should have stopped reading");
+    assert!(rss_kib(server.child.id()) < 64 * 1024, "RSS {} KiB", rss_kib(server.child.id()));
+    // Now the hog reads: every reply, in order.
+    let mut reader = hog;
+    reader.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut all = Vec::new();
+    reader.read_to_end(&mut all).unwrap();
+    handle.join().unwrap();
+    let text = String::from_utf8(all).unwrap();
+    let mut count = 0;
+    for (i, line) in text.lines().enumerate() {
+        assert!(line.ends_with(&format!(" t{} +1+1 {i}", i % 100)), "reply {i}: {line}");
+        count += 1;
+    }
+    assert_eq!(count, N);
+}

@@ -44,7 +44,8 @@ use std::time::Instant;
 pub enum State {
     /// Reading and answering commands.
     Open,
-    /// Too many unwritten reply bytes: not reading (and not answering held-back lines) until they drain.
+    /// Too many unwritten reply bytes, or too many replies waiting: not reading (and not answering
+    /// held-back lines) until they drain.
     Throttled,
     /// No more input will be answered; answering what is owed, then closing with the reason.
     Draining(CloseReason),
@@ -92,6 +93,10 @@ pub struct Client {
     /// Bytes discarded while lingering.
     lingered: usize,
 }
+
+/// Replies waiting (on Places or on the herd) per client before it is throttled: a waiting reply has no
+/// bytes yet, so the output bound alone would let one client queue any number of upstream requests.
+const MAX_WAITING: usize = 64;
 
 /// How long a lingering close waits for the client's EOF, and how much input it discards at most.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
@@ -186,7 +191,7 @@ impl Client {
                     }
                 }
                 State::Throttled => {
-                    if self.unsent() > ctx.limits.client_output_soft / 2 {
+                    if self.unsent() > ctx.limits.client_output_soft / 2 || self.waiting.len() > MAX_WAITING / 2 {
                         return;
                     }
                     // Drained enough: answer the lines held back, then read again.
@@ -302,7 +307,9 @@ impl Client {
             let line = &buf[pos..pos + len];
             pos += len + 1;
             self.command(line.strip_suffix(b"\r").unwrap_or(line), ctx);
-            if self.unsent() > ctx.limits.client_output_soft && self.state == State::Open {
+            if (self.unsent() > ctx.limits.client_output_soft || self.waiting.len() >= MAX_WAITING)
+                && self.state == State::Open
+            {
                 self.state = State::Throttled;
                 ctx.counters.throttled += 1;
             }
