@@ -143,10 +143,15 @@ mod tests {
 
     #[test]
     fn strings_escape_angle_brackets_and_keep_utf8() {
-        let value: Value =
-            serde_json::from_str(r#"{"a": "<a href=\"x\">Zürich</a>\n", "e": {}, "n": [1.50, -0, 7]}"#).unwrap();
+        let value: Value = serde_json::from_str(
+            r#"{"a": "<a href=\"x\">Zürich</a>\n", "e": {}, "n": [1.50, -0, 7]}"#,
+        )
+        .unwrap();
         let text = String::from_utf8(to_vec(&value)).unwrap();
-        assert!(text.contains(r#""\u003ca href=\"x\"\u003eZürich\u003c/a\u003e\n""#), "{text}");
+        assert!(
+            text.contains(r#""\u003ca href=\"x\"\u003eZürich\u003c/a\u003e\n""#),
+            "{text}"
+        );
         assert!(text.contains(r#""e" : {}"#), "{text}");
         assert!(text.contains(r#""n" : [ 1.50, -0, 7 ]"#), "{text}");
     }
@@ -154,6 +159,9 @@ mod tests {
     #[test]
     fn nested_arrays_go_one_per_line() {
         let value = serde_json::json!([[1], []]);
-        assert_eq!(String::from_utf8(to_vec(&value)).unwrap(), "[\n   [ 1 ],\n   []\n]");
+        assert_eq!(
+            String::from_utf8(to_vec(&value)).unwrap(),
+            "[\n   [ 1 ],\n   []\n]"
+        );
     }
 }
