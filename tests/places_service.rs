@@ -1,5 +1,8 @@
 //! End-to-end tests of `herd places`: the real binary on a loopback port, spoken to over real TLS by a
 //! blocking rustls client that trusts the CA the service wrote.
+//!
+//! The service logs at `info` into `stderr-N.log` in each test's temporary directory; set
+//! `HERD_TEST_RUST_LOG` (for example `debug,herd=trace`) to change that level.
 
 use herd::places_service::haversine_m;
 use rustls::pki_types::pem::PemObject;

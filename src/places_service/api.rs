@@ -793,3 +793,67 @@ mod tests {
         assert_eq!(redact_target("/p\n"), "/p\\n");
     }
 }
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Where the time of one legacy request goes (index, JSON values, gjson text). Run with
+    /// `cargo test --release --lib api_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn api_timing() {
+        let g = Gazetteer::embedded().unwrap();
+        let mut stats = Stats::default();
+        let req = Request {
+            method: "GET".into(),
+            target: format!("{LEGACY_PATH}?location=34.068930,-118.445127&radius=10000&key=k"),
+            minor_version: 1,
+            headers: vec![],
+            body: vec![],
+        };
+        let n = 5_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(handle(&g, &mut stats, &req));
+        }
+        println!("legacy handle: {:?} per request", t.elapsed() / n);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(g.nearby(34.068930, -118.445127, 10_000.0, 20));
+        }
+        println!("index only: {:?} per query", t.elapsed() / n);
+        let hits = g.nearby(34.068930, -118.445127, 10_000.0, 20);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let v: Vec<Value> = hits
+                .iter()
+                .map(|h| legacy_result(h.row, &g.place(h.row)))
+                .collect();
+            std::hint::black_box(v);
+        }
+        println!(
+            "build the result values (and drop them): {:?}",
+            t.elapsed() / n
+        );
+        let v: Vec<Value> = hits
+            .iter()
+            .map(|h| legacy_result(h.row, &g.place(h.row)))
+            .collect();
+        let value = json!({"html_attributions": [], "results": v, "status": "OK"});
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(crate::gjson::to_vec(&value));
+        }
+        println!(
+            "gjson: {:?} ({} bytes)",
+            t.elapsed() / n,
+            crate::gjson::to_vec(&value).len()
+        );
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(serde_json::to_vec_pretty(&value).unwrap());
+        }
+        println!("serde_json pretty: {:?}", t.elapsed() / n);
+    }
+}
