@@ -504,13 +504,11 @@ impl Conn {
         progress
     }
 
-    /// Transitions that wait for rustls to have flushed everything.
+    /// Transitions that wait for rustls to have flushed everything (or, for a reset, for a deadline).
     fn wind_down(&mut self, now: Instant) -> bool {
-        if self.tls.wants_write() {
-            return false;
-        }
+        let flushed = !self.tls.wants_write();
         match self.phase {
-            Phase::Closing => {
+            Phase::Closing if flushed => {
                 let _ = self.sock.shutdown(Shutdown::Write);
                 self.phase = if self.tls_eof {
                     Phase::Done
@@ -521,9 +519,10 @@ impl Conn {
                 };
                 true
             }
-            // Reset once the peer has acknowledged every byte sent (or after a while regardless).
+            // Reset once the peer has acknowledged every byte sent, or after a while regardless (a
+            // peer that does not read must not keep the connection forever).
             Phase::Resetting { give_up }
-                if unsent_bytes(&self.sock) == Some(0) || now >= give_up =>
+                if now >= give_up || (flushed && unsent_bytes(&self.sock) == Some(0)) =>
             {
                 log::info!("{}: resetting the connection mid-body (fault)", self.peer);
                 set_linger_zero(&self.sock);
@@ -569,9 +568,8 @@ impl Conn {
         let own = match &self.phase {
             Phase::Held { until, .. } => Some(*until),
             Phase::Sending { out, next } if out.trickle.is_some() && !out.done() => *next,
-            Phase::Resetting { give_up } if !self.tls.wants_write() => {
-                Some((now + RESET_POLL).min(*give_up))
-            }
+            Phase::Resetting { give_up } if self.tls.wants_write() => Some(*give_up),
+            Phase::Resetting { give_up } => Some((now + RESET_POLL).min(*give_up)),
             Phase::Lingering { until } => Some(*until),
             _ => None,
         };
