@@ -1,7 +1,352 @@
-//! The local Places-compatible HTTPS service (being written).
+//! The local Places-compatible HTTPS service (`herd places`, PROTOCOL section 8).
+//!
+//! It answers the legacy Nearby Search (`GET /maps/api/place/nearbysearch/json`) and Places (New)
+//! `POST /v1/places:searchNearby` from the vendored GeoNames gazetteer (GeoNames (geonames.org),
+//! CC BY 4.0), over TLS with a certificate signed by a root CA it writes to `--ca-out`, so herd servers
+//! can be tested end to end with no API key and no network. `--fault` makes it misbehave on purpose.
+//!
+//! - [`gazetteer`]: the embedded places and their grid index.
+//! - [`api`]: the endpoints as pure functions (request in, status and Google-style JSON out).
+//! - [`http1`]: request parsing and response framing.
+//! - [`certs`]: the CA (created once, then reused) and the leaf certificate.
+//! - `server`: the single-threaded mio loop and the connection state machine.
 
-/// `herd places`.
-pub fn cli(_args: &[String]) -> i32 {
-    eprintln!("herd places: not built yet");
-    2
+pub mod api;
+pub mod certs;
+pub mod gazetteer;
+pub mod http1;
+mod server;
+
+pub use gazetteer::{haversine_m, Gazetteer, EARTH_RADIUS_M};
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Misbehaviour on purpose, applied to every Places request (not to `/__stats` or 404s).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// `delay=MS`: answer after this long (a timer; the loop keeps serving others).
+    pub delay: Option<Duration>,
+    /// `reset`: send the head and about half the body, then reset the TCP connection.
+    pub reset: bool,
+    /// `http500`: answer 500 with Google's error shape.
+    pub http500: bool,
+    /// `badjson`: answer 200 with a body that is not JSON.
+    pub badjson: bool,
+    /// `wrongname`: serve a leaf certificate for `wrong.invalid` only.
+    pub wrongname: bool,
+    /// `trickle=MS`: send the response one byte every MS ms.
+    pub trickle: Option<Duration>,
+}
+
+impl Faults {
+    /// Adds one `--fault` KIND.
+    pub fn add(&mut self, kind: &str) -> Result<(), String> {
+        let ms = |value: &str| -> Result<Duration, String> {
+            value
+                .parse::<u64>()
+                .map(Duration::from_millis)
+                .map_err(|_| format!("fault {kind:?}: {value:?} is not a number of milliseconds"))
+        };
+        match kind.split_once('=') {
+            Some(("delay", v)) => self.delay = Some(ms(v)?),
+            Some(("trickle", v)) => {
+                let every = ms(v)?;
+                if every.is_zero() {
+                    return Err(format!("fault {kind:?}: the interval must be at least 1 ms"));
+                }
+                self.trickle = Some(every);
+            }
+            None if kind == "reset" => self.reset = true,
+            None if kind == "http500" => self.http500 = true,
+            None if kind == "badjson" => self.badjson = true,
+            None if kind == "wrongname" => self.wrongname = true,
+            _ => {
+                return Err(format!(
+                    "unknown fault {kind:?} (expected delay=MS, reset, http500, badjson, wrongname or trickle=MS)"
+                ))
+            }
+        }
+        if self.http500 && self.badjson {
+            return Err("faults http500 and badjson cannot be combined".into());
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Faults::default()
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(d) = self.delay {
+            parts.push(format!("delay={}", d.as_millis()));
+        }
+        if self.reset {
+            parts.push("reset".into());
+        }
+        if self.http500 {
+            parts.push("http500".into());
+        }
+        if self.badjson {
+            parts.push("badjson".into());
+        }
+        if self.wrongname {
+            parts.push("wrongname".into());
+        }
+        if let Some(d) = self.trickle {
+            parts.push(format!("trickle={}", d.as_millis()));
+        }
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(","))
+        }
+    }
+}
+
+/// How to run the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Address to listen on; port 0 picks a free port (printed on the listening line).
+    pub listen: SocketAddr,
+    /// Where the root CA's PEM goes; its key goes to the same path plus `.key`.
+    pub ca_out: PathBuf,
+    pub faults: Faults,
+    /// Answer with chunked bodies (several chunks) instead of `Content-Length`.
+    pub chunked: bool,
+    /// A connection with no traffic for this long is closed (30 s).
+    pub idle_timeout: Duration,
+    /// Connections beyond this many are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+impl Options {
+    pub fn new(listen: SocketAddr, ca_out: impl Into<PathBuf>) -> Options {
+        Options {
+            listen,
+            ca_out: ca_out.into(),
+            faults: Faults::default(),
+            chunked: false,
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+        }
+    }
+}
+
+pub const USAGE: &str = "\
+usage: herd places --listen ADDR --ca-out FILE [--chunked] [--fault KIND]... [--idle-timeout MS]
+
+  --listen ADDR      address to listen on, such as 127.0.0.1:18443 (port 0: any free port)
+  --ca-out FILE      write the root CA certificate (PEM) here and its key to FILE.key (mode 0600);
+                     both are reused when they already exist
+  --chunked          answer with chunked transfer encoding
+  --fault KIND       misbehave on Places requests; KIND is delay=MS, reset, http500, badjson,
+                     wrongname or trickle=MS; repeatable
+  --idle-timeout MS  close connections idle this long (default 30000)
+
+Prints `places listening on ADDR:PORT` on stdout once it accepts; logs go to stderr (RUST_LOG).";
+
+/// Parses the arguments after `places`. `Ok(None)` means help was asked for.
+pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+    let mut listen: Option<SocketAddr> = None;
+    let mut ca_out: Option<PathBuf> = None;
+    let mut faults = Faults::default();
+    let mut chunked = false;
+    let mut idle: Option<Duration> = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let mut value = |name: &str| -> Result<String, String> {
+            match &inline {
+                Some(v) => Ok(v.clone()),
+                None => it.next().cloned().ok_or_else(|| format!("{name} needs a value")),
+            }
+        };
+        match flag {
+            "-h" | "--help" => return Ok(None),
+            "--listen" => {
+                let v = value("--listen")?;
+                listen = Some(v.parse().map_err(|_| format!("--listen {v:?} is not an IP:PORT address"))?);
+            }
+            "--ca-out" => {
+                let v = value("--ca-out")?;
+                if v.is_empty() {
+                    return Err("--ca-out needs a file name".into());
+                }
+                ca_out = Some(PathBuf::from(v));
+            }
+            "--fault" => faults.add(&value("--fault")?)?,
+            "--chunked" if inline.is_none() => chunked = true,
+            "--idle-timeout" => {
+                let v = value("--idle-timeout")?;
+                let ms: u64 = v
+                    .parse()
+                    .ok()
+                    .filter(|&ms| ms > 0)
+                    .ok_or_else(|| format!("--idle-timeout {v:?} is not a positive number of ms"))?;
+                idle = Some(Duration::from_millis(ms));
+            }
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+    let listen = listen.ok_or("--listen ADDR is required")?;
+    let ca_out = ca_out.ok_or("--ca-out FILE is required")?;
+    let mut options = Options::new(listen, ca_out);
+    options.faults = faults;
+    options.chunked = chunked;
+    if let Some(idle) = idle {
+        options.idle_timeout = idle;
+    }
+    Ok(Some(options))
+}
+
+/// `herd places ...`: parses `args` (those after `places`), runs until SIGTERM or SIGINT, and returns
+/// the exit status: 0 after a clean shutdown, 2 on bad arguments, a port in use or an unwritable CA
+/// (with a one-line error on stderr), 1 if the loop fails later.
+pub fn cli(args: &[String]) -> i32 {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).try_init();
+    let options = match parse_args(args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!("{USAGE}");
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("herd places: {e} (see herd places --help)");
+            return 2;
+        }
+    };
+    match start(options) {
+        Err(e) => {
+            eprintln!("herd places: {e}");
+            2
+        }
+        Ok(ready) => match ready.serve() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("herd places: {e}");
+                1
+            }
+        },
+    }
+}
+
+/// Runs the service until SIGTERM or SIGINT. Prints `places listening on ADDR:PORT` on stdout when it
+/// accepts. Errors before that (address in use, CA not writable) and after it are both returned.
+pub fn run(options: Options) -> Result<(), String> {
+    start(options)?.serve()
+}
+
+/// Everything set up, not yet accepting.
+struct Ready {
+    listener: std::net::TcpListener,
+    signals: signal_hook_mio::v1_0::Signals,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    gazetteer: Gazetteer,
+    settings: server::Settings,
+    started: Instant,
+}
+
+impl Ready {
+    fn serve(self) -> Result<(), String> {
+        server::serve(self.listener, self.signals, self.tls, self.gazetteer, self.settings, self.started)
+    }
+}
+
+fn start(options: Options) -> Result<Ready, String> {
+    let started = Instant::now();
+    // Signals first: from here on SIGTERM is an event for the loop, never an abrupt death.
+    let signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
+    let listener =
+        std::net::TcpListener::bind(options.listen).map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let ca = certs::load_or_create_ca(&options.ca_out)?;
+    if ca.reused {
+        log::info!("reusing the CA in {}", options.ca_out.display());
+    }
+    let names = if options.faults.wrongname {
+        vec![certs::WRONG_NAME.to_string()]
+    } else {
+        certs::leaf_names(options.listen.ip())
+    };
+    let tls = certs::server_config(&ca, &names)?;
+    let t = Instant::now();
+    let gazetteer = Gazetteer::embedded()?;
+    log::info!(
+        "gazetteer: {} places indexed in {} ms (GeoNames (geonames.org), CC BY 4.0); leaf for {}; faults {}{}",
+        gazetteer.len(),
+        t.elapsed().as_millis(),
+        names.join(", "),
+        options.faults,
+        if options.chunked { "; chunked bodies" } else { "" }
+    );
+    Ok(Ready {
+        listener,
+        signals,
+        tls,
+        gazetteer,
+        settings: server::Settings {
+            faults: options.faults,
+            chunked: options.chunked,
+            idle_timeout: options.idle_timeout,
+            max_connections: options.max_connections,
+        },
+        started,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_the_command_line() {
+        let o = parse_args(&args(
+            "--listen 127.0.0.1:0 --ca-out run/ca.pem --chunked --fault delay=250 --fault=reset --fault trickle=3",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(o.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(o.ca_out, PathBuf::from("run/ca.pem"));
+        assert!(o.chunked);
+        assert_eq!(o.faults.delay, Some(Duration::from_millis(250)));
+        assert!(o.faults.reset);
+        assert_eq!(o.faults.trickle, Some(Duration::from_millis(3)));
+        assert_eq!(o.faults.to_string(), "delay=250,reset,trickle=3");
+        assert_eq!(o.idle_timeout, Duration::from_secs(30));
+        let o = parse_args(&args("--ca-out=x --listen=[::1]:9 --idle-timeout 50")).unwrap().unwrap();
+        assert_eq!(o.idle_timeout, Duration::from_millis(50));
+        assert_eq!(parse_args(&args("--help")), Ok(None));
+    }
+
+    #[test]
+    fn rejects_bad_command_lines() {
+        for bad in [
+            "",
+            "--listen 127.0.0.1:0",
+            "--ca-out x",
+            "--listen nowhere --ca-out x",
+            "--listen 127.0.0.1:0 --ca-out x --fault explode",
+            "--listen 127.0.0.1:0 --ca-out x --fault delay=soon",
+            "--listen 127.0.0.1:0 --ca-out x --fault trickle=0",
+            "--listen 127.0.0.1:0 --ca-out x --fault http500 --fault badjson",
+            "--listen 127.0.0.1:0 --ca-out x --extra",
+            "--listen 127.0.0.1:0 --ca-out",
+            "--listen 127.0.0.1:0 --ca-out x --chunked=yes",
+        ] {
+            assert!(parse_args(&args(bad)).is_err(), "{bad:?} should be refused");
+        }
+    }
 }
