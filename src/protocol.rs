@@ -9,8 +9,20 @@ use std::cmp::Ordering;
 /// The six whitespace bytes of the protocol: SP, HT, LF, VT, FF, CR.
 #[inline]
 pub fn is_whitespace(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+    WHITESPACE[usize::from(b)]
 }
+
+/// One load per byte instead of six comparisons: the field splitter's inner loop.
+static WHITESPACE: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\n' as usize] = true;
+    t[0x0b] = true;
+    t[0x0c] = true;
+    t[b'\r' as usize] = true;
+    t
+};
 
 /// Iterator over the fields of a command: the runs of non-whitespace bytes.
 #[derive(Clone)]
