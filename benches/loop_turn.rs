@@ -34,7 +34,8 @@ fn loop_turn(c: &mut Criterion) {
 
 /// `log`: with the log file (as deployed) or without it (what logging costs is the difference).
 fn run(c: &mut Criterion, log: bool) {
-    let dir = std::env::temp_dir().join(format!("herd-bench-{}", std::process::id()));
+    let base = std::env::var_os("HERD_BENCH_LOG_DIR").map(std::path::PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("herd-bench-{}", std::process::id()));
     let (mut server, port) = server(&dir);
     if !log {
         server.disable_log();

@@ -55,6 +55,10 @@ fn whatsat_over_tls_at_every_server_answers_the_origin_line_and_places_cut_to_th
             }
         }
     }
+    // The key never reaches a log.
+    for m in &herd.config.members {
+        assert!(!herd.config.log_text(&m.name).contains("test-key-not-secret"), "{} logged the key", m.name);
+    }
     // A smaller radius: everything within 2.5 km.
     let reply = grader(herd.port("Jaquez"), b"WHATSAT kiwi 2.5 20");
     let (_, value, json) = split_whatsat(&reply);
@@ -92,6 +96,13 @@ fn the_cache_and_coalescing_cost_one_upstream_request() {
     // Another radius is another question.
     ask(port, b"WHATSAT a 9 1\n");
     assert_eq!(service.requests() - before, 2);
+    // The counters say so too, in the stop line of the log.
+    let mut server = _server;
+    server.signal(libc::SIGTERM);
+    server.wait_exit(Duration::from_secs(3)).expect("exits");
+    let log = config.log_text("Solo");
+    let stop = log.lines().find(|l| l.contains("stop: ")).expect("a stop line");
+    assert!(stop.contains("hits=3 misses=2 coalesced=19"), "{stop}");
 }
 
 #[test]

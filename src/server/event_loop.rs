@@ -598,9 +598,31 @@ impl Server {
         while !self.core.finished {
             self.turn()?;
         }
-        self.core.ctx.log.event(format_args!("stop: {}", self.core.ctx.counters.summary()));
+        let mut summary = self.core.ctx.counters.summary();
+        if let Some(p) = &self.core.ctx.places {
+            let c = &p.counters;
+            let mean_ms =
+                if c.latency_count > 0 { c.latency_us_sum as f64 / c.latency_count as f64 / 1000.0 } else { 0.0 };
+            summary.push_str(&format!(
+                " places[hits={} misses={} coalesced={} requests={} retries={} cached={} mean_ms={mean_ms:.1} \
+                 errors: timeout={} connect={} tls={} http={} closed={} resolve={}]",
+                c.hits,
+                c.misses,
+                c.coalesced,
+                c.requests,
+                c.retries,
+                p.cache_len(),
+                c.errors_timeout,
+                c.errors_connect,
+                c.errors_tls,
+                c.errors_http,
+                c.errors_closed,
+                c.errors_resolve
+            ));
+        }
+        self.core.ctx.log.event(format_args!("stop: {summary}"));
         self.core.ctx.log.flush();
-        log::info!("stopped: {}", self.core.ctx.counters.summary());
+        log::info!("stopped: {summary}");
         Ok(())
     }
 
