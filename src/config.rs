@@ -94,6 +94,8 @@ pub struct Limits {
     pub peer_output_max: usize,
     /// A client that sends nothing and is owed nothing for this long is closed.
     pub idle_timeout_ms: u64,
+    /// A line started but not finished (no LF yet) for this long closes the connection (slow-loris).
+    pub line_timeout_ms: u64,
     /// How long a WHATSAT for a client this server does not know waits for the herd to deliver its
     /// record before it is answered with `?` (only while a neighbour is linked; 0 answers at once).
     pub unknown_client_grace_ms: u64,
@@ -109,6 +111,7 @@ impl Default for Limits {
             peer_output_max: 16 * 1024 * 1024,
             idle_timeout_ms: 300_000,
             unknown_client_grace_ms: 100,
+            line_timeout_ms: 60_000,
         }
     }
 }
@@ -366,6 +369,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         "peer_output_max",
         "idle_timeout_ms",
         "unknown_client_grace_ms",
+        "line_timeout_ms",
     ];
     o.only(&names)?;
     let d = Limits::default();
@@ -380,6 +384,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         peer_output_max: get("peer_output_max", d.peer_output_max, 64 * 1024, 1 << 31)?,
         idle_timeout_ms: get("idle_timeout_ms", d.idle_timeout_ms as usize, 1, 1 << 40)? as u64,
         unknown_client_grace_ms: get("unknown_client_grace_ms", d.unknown_client_grace_ms as usize, 0, 60_000)? as u64,
+        line_timeout_ms: get("line_timeout_ms", d.line_timeout_ms as usize, 1, 1 << 40)? as u64,
     };
     if limits.client_output_hard < limits.client_output_soft {
         return Err("limits.client_output_hard: must be at least limits.client_output_soft".into());

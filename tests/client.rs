@@ -418,3 +418,56 @@ fn a_client_that_does_not_read_is_throttled_and_the_others_are_not() {
     }
     assert_eq!(count, N);
 }
+
+#[test]
+fn a_line_left_unfinished_is_closed_after_the_line_time_out() {
+    let config = HerdConfig::new(&["Solo"], &[], r#""limits": {"line_timeout_ms": 300}"#);
+    let _server = config.serve("Solo");
+    let port = config.port("Solo");
+    let mut slow = connect(port);
+    let started = Instant::now();
+    slow.write_all(b"IAMAT done +1+1 1\nIAMAT never-fin").unwrap();
+    // The finished command is answered; the unfinished one ends the connection, without a reply.
+    let text = String::from_utf8(read_to_end(&mut slow)).unwrap();
+    assert!(text.starts_with("AT Solo ") && text.ends_with(" done +1+1 1\n"), "{text:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+    // A client that finishes its lines in time is unaffected.
+    let mut steady = connect(port);
+    for i in 0..3 {
+        steady.write_all(format!("IAMAT steady +1+1 {i}").as_bytes()).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        steady.write_all(b"\n").unwrap();
+        assert!(read_until(&mut steady, b"\n").starts_with(b"AT Solo "));
+    }
+    // Our EOF ends the server's lingering close; the log says why it closed.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !config.log_text("Solo").contains("closed: line_timeout") {
+        assert!(Instant::now() < deadline, "{}", config.log_text("Solo"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn at_the_client_limit_the_server_stops_accepting_and_resumes_when_a_slot_frees() {
+    let config = HerdConfig::new(&["Solo"], &[], r#""limits": {"max_clients": 3}"#);
+    let _server = config.serve("Solo");
+    let port = config.port("Solo");
+    let mut first: Vec<_> = (0..3).map(|_| connect(port)).collect();
+    for (i, s) in first.iter_mut().enumerate() {
+        s.write_all(format!("IAMAT c{i} +1+1 1\n").as_bytes()).unwrap();
+        read_until(s, b"\n");
+    }
+    // The fourth connects (the kernel's backlog) but is not served while three are open.
+    let mut fourth = connect(port);
+    fourth.write_all(b"IAMAT c3 +1+1 1\n").unwrap();
+    fourth.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(fourth.read(&mut buf).is_err(), "served beyond the limit");
+    // One closes: the fourth is accepted and answered at once.
+    drop(first.pop());
+    fourth.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let text = String::from_utf8(read_until(&mut fourth, b"\n")).unwrap();
+    assert!(text.starts_with("AT Solo ") && text.contains(" c3 "), "{text}");
+}

@@ -92,6 +92,8 @@ pub struct Client {
     pub idle_at: Instant,
     /// Bytes discarded while lingering.
     lingered: usize,
+    /// When the partial line in `input` started arriving.
+    line_started: Option<Instant>,
 }
 
 /// Replies waiting (on Places or on the herd) per client before it is throttled: a waiting reply has no
@@ -130,6 +132,7 @@ impl Client {
             dirty: false,
             idle_at,
             lingered: 0,
+            line_started: None,
         }
     }
 
@@ -203,7 +206,7 @@ impl Client {
                     if self.owes() {
                         return;
                     }
-                    if reason == CloseReason::LineTooLong && !self.hup {
+                    if matches!(reason, CloseReason::LineTooLong | CloseReason::LineTimeout) && !self.hup {
                         let _ = self.stream.shutdown(std::net::Shutdown::Write);
                         self.idle_at = ctx.now + LINGER;
                         ctx.timers.add(self.idle_at, super::timer::Timer::Conn(self.token));
@@ -291,6 +294,13 @@ impl Client {
         if matches!(self.state, State::Open | State::Throttled) {
             self.input.extend_from_slice(rest);
         }
+        // A partial line starts the slow-loris clock; a finished one stops it.
+        if self.input.is_empty() {
+            self.line_started = None;
+        } else if self.line_started.is_none() && self.state == State::Open {
+            self.line_started = Some(ctx.now);
+            ctx.timers.add(ctx.now + ctx.line_timeout, super::timer::Timer::Conn(self.token));
+        }
     }
 
     /// Answers every complete line of `buf` while the connection stays open; returns the bytes used.
@@ -319,6 +329,7 @@ impl Client {
 
     /// A line over the limit: no reply to it, nothing after it is read; flush what is owed, then close.
     fn violation(&mut self, len: usize, ctx: &mut Ctx) {
+        self.line_started = None;
         ctx.counters.line_too_long += 1;
         ctx.log.event(format_args!(
             "client {} sent a line of more than {} bytes ({len} seen): closing after replies owed",
@@ -581,6 +592,19 @@ impl Client {
         self.expire_waits(ctx);
         if self.is_closed() {
             return None;
+        }
+        if let (Some(started), State::Open) = (self.line_started, self.state) {
+            if started + ctx.line_timeout <= ctx.now {
+                // Slow-loris: a line that never ends. Answer what is owed, then a lingering close.
+                ctx.log.event(format_args!(
+                    "client {} left a line unfinished for {:?}: closing",
+                    self.addr, ctx.line_timeout
+                ));
+                self.line_started = None;
+                self.input = Vec::new();
+                self.readable = false;
+                self.state = State::Draining(CloseReason::LineTimeout);
+            }
         }
         if let State::Lingering(reason) = self.state {
             if self.idle_at <= ctx.now {

@@ -63,6 +63,8 @@ pub enum CloseReason {
     Reset,
     /// A line over the limit.
     LineTooLong,
+    /// A line started and not finished within the line time-out (slow-loris).
+    LineTimeout,
     /// Unwritten replies past the hard bound: the client does not read.
     OutputBound,
     /// Nothing sent and nothing owed for the idle time-out.
@@ -72,10 +74,11 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Eof,
         CloseReason::Reset,
         CloseReason::LineTooLong,
+        CloseReason::LineTimeout,
         CloseReason::OutputBound,
         CloseReason::Idle,
         CloseReason::Shutdown,
@@ -86,6 +89,7 @@ impl CloseReason {
             CloseReason::Eof => "eof",
             CloseReason::Reset => "reset",
             CloseReason::LineTooLong => "line_too_long",
+            CloseReason::LineTimeout => "line_timeout",
             CloseReason::OutputBound => "output_bound",
             CloseReason::Idle => "idle",
             CloseReason::Shutdown => "shutdown",
@@ -186,6 +190,8 @@ pub struct Ctx {
     pub records: crate::record::RecordStore,
     pub limits: Limits,
     pub idle_timeout: Duration,
+    /// How long a started line may take to finish.
+    pub line_timeout: Duration,
     pub log: ServerLog,
     pub counters: Counters,
     pub timers: Timers,
@@ -525,6 +531,7 @@ impl Server {
             records: crate::record::RecordStore::new(),
             limits: config.limits.clone(),
             idle_timeout: Duration::from_millis(config.limits.idle_timeout_ms),
+            line_timeout: Duration::from_millis(config.limits.line_timeout_ms),
             log,
             counters: Counters::default(),
             timers: Timers::default(),
@@ -1081,9 +1088,14 @@ impl Core {
                 }
                 Timer::Conn(token) => {
                     let mut next = None;
-                    self.handle(token, |conn, ctx, _| {
+                    self.handle(token, |conn, ctx, scratch| {
                         next = match conn {
-                            Conn::Client(c) => c.on_timer(ctx),
+                            Conn::Client(c) => {
+                                let next = c.on_timer(ctx);
+                                // The timer may have moved it on (a wait answered, a slow line ended).
+                                c.drive(ctx, scratch);
+                                next
+                            }
                             Conn::Peer(p) => p.check_deadline(ctx),
                             Conn::Upstream(u) => u.check_idle(ctx),
                         }
