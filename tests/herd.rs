@@ -328,3 +328,18 @@ fn a_large_table_syncs_in_batches_to_a_restarted_server() {
     let batches = log.lines().filter(|l| l.contains("sync to Small")).count();
     assert!(batches > 1, "a 20,000-record table goes out in several batches, not one ({batches})");
 }
+
+#[test]
+fn with_no_neighbour_linked_an_unknown_client_is_answered_at_once() {
+    let mut herd = Herd::start(HerdConfig::new(&["A", "B"], &[("A", "B")], ""));
+    // While B is linked, an unknown client waits the grace period for the herd.
+    let started = Instant::now();
+    assert!(whatsat_first_line(herd.port("A"), "nobody").starts_with("? "));
+    assert!(started.elapsed() >= Duration::from_millis(90), "{:?}", started.elapsed());
+    // B goes away: both links drop, and nothing can arrive any more, so `?` comes at once.
+    herd.kill("B");
+    herd.procs["A"].wait_stderr("dropped", 2, Duration::from_secs(3));
+    let started = Instant::now();
+    assert!(whatsat_first_line(herd.port("A"), "nobody").starts_with("? "));
+    assert!(started.elapsed() < Duration::from_millis(80), "{:?}", started.elapsed());
+}

@@ -5,12 +5,13 @@
 //!   ┌──────┐ ─────────────────────────▶ ┌───────────┐ ◀──────────────────────────────
 //!   │ Open │   output over soft bound   │ Throttled │
 //!   └──────┘ ─────────────────────────▶ └───────────┘
-//!      │ EOF, over-long line, shut-down        │
+//!      │ EOF, over-long or unfinished line,    │
+//!      │ shut-down                             │
 //!      ▼                                       ▼
 //!   ┌──────────┐  nothing owed, all written  ┌────────┐
 //!   │ Draining │ ──────────────────────────▶ │ Closed │ ◀── reset, write error, hard bound, idle
 //!   └──────────┘                             └────────┘
-//!      │ over-long line: all written,               ▲
+//!      │ over-long/unfinished line: all written,    ▲
 //!      ▼ write side shut                            │ client EOF, or deadline
 //!   ┌───────────┐                                   │
 //!   │ Lingering │ ──────────────────────────────────┘
@@ -19,7 +20,8 @@
 //!
 //! * Input is read into the loop's shared scratch buffer; complete lines are answered straight from it and
 //!   only a trailing partial line (or lines held back while throttled) is copied into the connection's own
-//!   `input`. An idle connection owns no buffer at all.
+//!   `input`. A connection that never sent anything owns no buffer at all; one that did keeps its reply
+//!   buffer (up to 64 KiB) for the next reply, which is what makes a steady-state IAMAT allocation-free.
 //! * Replies are appended to `out` and the connection is marked dirty; the loop writes every dirty
 //!   connection once at the end of the turn, so one unpipelined request costs one `read` and one `write`,
 //!   and a pipelined burst costs one of each for all of it.

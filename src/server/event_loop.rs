@@ -11,14 +11,15 @@
 //! 5. every dirty connection is written once (redis's `beforeSleep`): one `write` per connection per turn,
 //!    however many replies it collected;
 //! 6. connections that reached `Closed` are deregistered and freed (deferred close: an event for them
-//!    later in the same batch finds its generation stale and is dropped).
+//!    later in the same batch reaches a `Closed` connection, which does nothing; once it is freed, any
+//!    token still held for it (timers, waiters, the `again` list) finds its generation stale).
 //!
 //! Tokens carry a slab key and a generation. A slab reuses keys at once, so a token alone could name a
 //! newer connection than the one an event was for; the generation tells them apart.
 
 use super::client::Client;
 use super::log::{self as server_log, ServerLog};
-use super::peer::{self, Peer, PeerClose, Role, Secret};
+use super::peer::{self, Peer, Role, Secret};
 use super::places_client::{PlacesClient, Waiter};
 use super::timer::{Timer, Timers};
 use super::upstream::{Outcome, Upstream};
@@ -734,7 +735,8 @@ impl Core {
         }
     }
 
-    /// Drives a connection without an event (its read or sync budget ran out last turn).
+    /// Drives a connection without an event: its read or sync budget ran out last turn, or its output
+    /// was made too late in the turn to be flushed.
     fn drive(&mut self, token: Token) {
         let (key, gen) = split(token);
         if self.conns.get(key).is_none_or(|e| e.gen != gen) {
@@ -1196,13 +1198,6 @@ impl Core {
                 Conn::Peer(mut p) => {
                     let _ = self.ctx.registry.deregister(&mut p.stream);
                     self.peers -= 1;
-                    let was_live = p.is_live()
-                        || matches!(
-                            p.state,
-                            super::peer::PeerState::Closed(
-                                PeerClose::OutputBound | PeerClose::Eof | PeerClose::Reset | PeerClose::Protocol
-                            )
-                        );
                     match p.role {
                         Role::Dialer(n) => {
                             let nb = &mut self.ctx.neighbours[n];
@@ -1215,7 +1210,8 @@ impl Core {
                             }
                         }
                         Role::Acceptor => {
-                            if let (true, Some(n)) = (was_live, p.neighbour()) {
+                            // Only a link that passed the handshake was counted in.
+                            if let Some(n) = p.identified {
                                 let nb = &mut self.ctx.neighbours[n];
                                 nb.links_in = nb.links_in.saturating_sub(1);
                             }

@@ -110,6 +110,8 @@ pub struct Peer {
     close_when_flushed: bool,
     /// The handshake must be done by then.
     pub deadline: Instant,
+    /// The neighbour an accepted link proved to be (kept after it closes, for the bookkeeping).
+    pub identified: Option<usize>,
 }
 
 enum ReadOutcome {
@@ -144,6 +146,7 @@ impl Peer {
             sync: None,
             close_when_flushed: false,
             deadline: now + HANDSHAKE_DEADLINE,
+            identified: None,
         }
     }
 
@@ -160,7 +163,7 @@ impl Peer {
         match (&self.state, self.role) {
             (PeerState::Live { neighbour } | PeerState::AwaitProof { neighbour, .. }, _) => Some(*neighbour),
             (_, Role::Dialer(n)) => Some(n),
-            _ => None,
+            _ => self.identified,
         }
     }
 
@@ -332,6 +335,7 @@ impl Peer {
             return self.close(PeerClose::Refused, ctx, format_args!("failed proof of the herd secret"));
         }
         self.state = PeerState::Live { neighbour };
+        self.identified = Some(neighbour);
         ctx.on_link_in(neighbour);
         let name = &ctx.neighbours[neighbour].name;
         ctx.log.event(format_args!("peer link from {name} ({}) up: receiving", self.addr));

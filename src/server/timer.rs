@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 /// What a deadline is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Timer {
-    /// Check a connection (client idle time, upstream request deadline, peer handshake).
+    /// Check a connection (client idle, line and wait deadlines; peer handshake; upstream keep-alive).
     Conn(Token),
     /// Redial the neighbour with this index.
     Redial(usize),

@@ -11,7 +11,8 @@
 //!
 //! rustls is driven only through `read_tls` / `process_new_packets` / `reader` / `writer` / `write_tls` /
 //! `wants_write`, in the same edge-triggered style as every other socket: the socket is registered once
-//! for READABLE | WRITABLE, `readable` and `writable` are cleared only on `WouldBlock`, and a request is
+//! for READABLE | WRITABLE, `readable` and `writable` are cleared on `WouldBlock` (and on a spurious connect wake-up or the
+//! server's EOF, after which nothing more will come), and a request is
 //! written into rustls's plaintext buffer as soon as the connection exists (rustls holds it until the
 //! handshake is done).
 
