@@ -19,9 +19,25 @@ pub fn herd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_herd")
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a server a test starts.
+///
+/// Not port 0's choice: that comes from the kernel's ephemeral range (32768-60999 here), where any
+/// client socket of a parallel test may take it between this pick and the server's bind. Ports come
+/// instead from 25000-32767, each test process walking its own stretch of it (by pid), each one
+/// checked free. The shipped configs' ports (10000-14004, 18443-18447, 20000-24004) are never used.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    const LOW: u32 = 25_000;
+    const SPAN: u32 = 32_768 - LOW;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let base = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (base + n) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..32768");
 }
 
 /// A scratch directory removed on drop.
