@@ -471,3 +471,74 @@ fn at_the_client_limit_the_server_stops_accepting_and_resumes_when_a_slot_frees(
     let text = String::from_utf8(read_until(&mut fourth, b"\n")).unwrap();
     assert!(text.starts_with("AT Solo ") && text.contains(" c3 "), "{text}");
 }
+
+#[test]
+fn a_whatsat_does_not_see_an_iamat_that_arrived_after_it() {
+    // With a neighbour linked, an unknown client waits for the herd; a later local IAMAT must not end it.
+    let config = HerdConfig::new(&["A", "B"], &[("A", "B")], "");
+    let _b = config.serve("B");
+    let a = config.serve("A");
+    a.wait_stderr("linked to B", 1, Duration::from_secs(5));
+    let text = String::from_utf8(ask(config.port("A"), b"WHATSAT late 1 1\nIAMAT late +1+1 1700000000\n")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("? WHATSAT late 1 1"), "{text}");
+    assert!(lines.next().unwrap().starts_with("AT A "), "{text}");
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped_after_the_idle_time_out() {
+    let limits = r#""limits": {"idle_timeout_ms": 300, "client_output_soft": 65536}"#;
+    let config = HerdConfig::new(&["Solo"], &[], limits);
+    let _server = config.serve("Solo");
+    let port = config.port("Solo");
+    let mut hog = connect(port);
+    hog.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut burst = Vec::new();
+    // 25 MB: more than the kernel's buffers in both directions hold.
+    for i in 0..1_000_000 {
+        burst.extend_from_slice(format!("IAMAT n{} +1+1 {i}\n", i % 10).as_bytes());
+    }
+    // The server stops reading, then drops the connection: the writes end in an error, not a hang.
+    let started = Instant::now();
+    let result = hog.write_all(&burst);
+    assert!(result.is_err(), "the server kept a client that never reads");
+    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !config.log_text("Solo").contains("closed: output_bound") {
+        assert!(Instant::now() < deadline, "{}", config.log_text("Solo"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shutdown_drops_a_half_sent_line_and_is_not_held_up_by_a_streaming_client() {
+    let (config, mut server) = one_server();
+    let port = config.port("Solo");
+    // A client that streams blank lines without end, and one that has sent half a command.
+    let stream_port = port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let streamer = std::thread::spawn(move || {
+        let mut s = connect(stream_port);
+        let chunk = vec![b'\n'; 64 * 1024];
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            if s.write_all(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    let mut half = connect(port);
+    half.write_all(b"IAMAT half +1+1 1").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(2)).expect("exits within 2 s while a client streams");
+    assert!(status.success(), "{status}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = streamer.join();
+    // The half-sent line was not a command: no reply, nothing stored.
+    let got = read_to_end(&mut half);
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(config.log_text("Solo").contains("unfinished line dropped at shut-down"));
+}

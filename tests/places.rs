@@ -277,3 +277,25 @@ fn up_on_a_config_with_local_places_starts_the_service_first() {
     assert!(up.wait_exit(Duration::from_secs(4)).expect("up exits").success());
     assert!(std::net::TcpStream::connect(("127.0.0.1", places_port)).is_err(), "the service stopped too");
 }
+
+#[test]
+fn more_requests_than_connections_do_not_stall_when_connections_fail() {
+    // Nothing listens where Places should be: every connect fails at once. Twenty different questions
+    // on one connection (more than the 16 connections allowed) must all be answered at once, not at
+    // the deadline.
+    let service = PlacesService::start(&[]);
+    let dead = free_port();
+    let extra = format!(
+        r#""places": {{"api": "legacy", "url": "https://127.0.0.1:{dead}/x", "ca_file": {:?}, "timeout_ms": 3000}}"#,
+        service.ca.to_string_lossy()
+    );
+    let config = HerdConfig::new(&["Solo"], &[], &extra);
+    let _server = config.serve("Solo");
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT k {UCLA} 1\n").as_bytes());
+    let burst: String = (1..=20).map(|r| format!("WHATSAT k {r} 1\n")).collect();
+    let started = Instant::now();
+    let out = ask(port, burst.as_bytes());
+    assert_eq!(out.windows(2).filter(|w| w == b"\n\n").count(), 20);
+    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+}

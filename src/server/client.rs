@@ -96,6 +96,12 @@ pub struct Client {
     lingered: usize,
     /// When the partial line in `input` started arriving.
     line_started: Option<Instant>,
+    /// Since when the kernel has refused our output without taking a byte (the client does not read).
+    blocked_since: Option<Instant>,
+    /// The one deadline armed in the loop's timer heap for this connection. Other entries for it that
+    /// fire are stale and ignored, so the heap holds a bounded number per connection however many
+    /// deadlines come and go.
+    timer_at: Option<Instant>,
 }
 
 /// Replies waiting (on Places or on the herd) per client before it is throttled: a waiting reply has no
@@ -135,6 +141,8 @@ impl Client {
             idle_at,
             lingered: 0,
             line_started: None,
+            blocked_since: None,
+            timer_at: Some(idle_at),
         }
     }
 
@@ -211,7 +219,9 @@ impl Client {
                     if matches!(reason, CloseReason::LineTooLong | CloseReason::LineTimeout) && !self.hup {
                         let _ = self.stream.shutdown(std::net::Shutdown::Write);
                         self.idle_at = ctx.now + LINGER;
-                        ctx.timers.add(self.idle_at, super::timer::Timer::Conn(self.token));
+                        self.arm(self.idle_at, ctx);
+                        // Drain what the kernel already holds; later input raises new edges.
+                        self.readable = true;
                         self.state = State::Lingering(reason);
                     } else {
                         self.state = State::Closed(reason);
@@ -276,15 +286,22 @@ impl Client {
         if self.input.is_empty() {
             let used = self.lines(data, ctx);
             self.keep(&data[used..], ctx);
-        } else {
-            let mut input = std::mem::take(&mut self.input);
-            input.extend_from_slice(data);
-            let used = self.lines(&input, ctx);
-            input.drain(..used);
-            let rest = std::mem::take(&mut input);
-            self.input = input;
-            self.keep(&rest, ctx);
+            return;
         }
+        // While open, `input` holds only a partial line: append in place and look for its end in the new
+        // bytes alone, so a line arriving a byte at a time costs linear, not quadratic, work.
+        let old = self.input.len();
+        self.input.extend_from_slice(data);
+        if self.state == State::Open && memchr::memchr(b'\n', &self.input[old..]).is_none() {
+            if self.input.len() > ctx.limits.max_line {
+                let len = self.input.len();
+                self.violation(len, ctx);
+            }
+            return;
+        }
+        let input = std::mem::take(&mut self.input);
+        let used = self.lines(&input, ctx);
+        self.keep(&input[used..], ctx);
     }
 
     /// Keeps unanswered bytes for later; an incomplete line already over the limit is a violation.
@@ -301,7 +318,7 @@ impl Client {
             self.line_started = None;
         } else if self.line_started.is_none() && self.state == State::Open {
             self.line_started = Some(ctx.now);
-            ctx.timers.add(ctx.now + ctx.line_timeout, super::timer::Timer::Conn(self.token));
+            self.arm(ctx.now + ctx.line_timeout, ctx);
         }
     }
 
@@ -392,6 +409,7 @@ impl Client {
                     }
                     Whatsat::AwaitRecord { ticket, deadline } => {
                         self.waiting.push_back(Pending::AwaitRecord { ticket, line: line.to_vec(), deadline });
+                        self.arm(deadline, ctx);
                         return;
                     }
                 }
@@ -541,10 +559,18 @@ impl Client {
             match self.stream.write(&self.out[self.sent..]) {
                 Ok(n) => {
                     self.sent += n;
+                    self.blocked_since = None;
                     ctx.counters.bytes_out += n as u64;
                     ctx.counters.writes += 1;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    if self.blocked_since.is_none() {
+                        // A client that takes nothing for the idle time-out is dropped (see on_timer).
+                        self.blocked_since = Some(ctx.now);
+                        self.arm(ctx.now + ctx.idle_timeout, ctx);
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => self.state = State::Closed(CloseReason::Reset),
             }
@@ -564,10 +590,12 @@ impl Client {
     /// Starts a graceful shut-down: answer what was received (including bytes still in the kernel), then close.
     pub fn shut_down(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
         if self.state == State::Open {
-            // One last read of what the kernel already holds.
-            self.hup = true;
+            // One last read of what the kernel already holds, within the usual read budget: a client
+            // streaming without end must not keep the server from stopping.
             self.readable = true;
-            while self.state == State::Open && self.readable {
+            let mut reads = 0;
+            while self.state == State::Open && self.readable && reads < READS_PER_TURN {
+                reads += 1;
                 match self.read(scratch, ctx) {
                     ReadOutcome::Data(n) => self.take_input(&scratch[..n], ctx),
                     ReadOutcome::Eof | ReadOutcome::WouldBlock => self.readable = false,
@@ -576,25 +604,48 @@ impl Client {
             }
         }
         if let State::Open | State::Throttled = self.state {
+            // Only EOF makes a final line without LF a command; a half-sent line at shut-down is dropped.
             if !self.input.is_empty() && self.state == State::Open {
-                let last = std::mem::take(&mut self.input);
-                self.command(&last, ctx);
+                ctx.log.event(format_args!("client {}: unfinished line dropped at shut-down", self.addr));
+                self.input = Vec::new();
             }
             self.state = State::Draining(CloseReason::Shutdown);
         }
         self.drive(ctx, scratch);
     }
 
-    /// The connection's timer: ends waits that are over, closes a client that sent nothing and is owed
-    /// nothing for the idle time-out, ends a lingering close. Returns when to look again.
-    pub fn on_timer(&mut self, ctx: &mut Ctx) -> Option<Instant> {
-        if self.is_closed() {
-            return None;
+    /// Arms the connection's deadline at `at` unless an earlier one is armed already.
+    fn arm(&mut self, at: Instant, ctx: &mut Ctx) {
+        if self.timer_at.is_none_or(|t| at < t) {
+            self.timer_at = Some(at);
+            ctx.timers.add(at, super::timer::Timer::Conn(self.token));
         }
+    }
+
+    /// The earliest thing this connection must do without an event.
+    fn next_deadline(&self, ctx: &Ctx) -> Option<Instant> {
+        let waits = self.waiting.iter().filter_map(|p| match p {
+            Pending::AwaitRecord { deadline, .. } => Some(*deadline),
+            _ => None,
+        });
+        let line = self.line_started.filter(|_| self.state == State::Open).map(|t| t + ctx.line_timeout);
+        let blocked = self.blocked_since.map(|t| t + ctx.idle_timeout);
+        let idle = match self.state {
+            State::Closed(_) => None,
+            _ => Some(self.idle_at),
+        };
+        waits.chain(line).chain(blocked).chain(idle).min()
+    }
+
+    /// The connection's timer: ends waits that are over, ends a slow line, drops a client that has not
+    /// taken a byte of its replies for the idle time-out, closes one that sent nothing and is owed nothing
+    /// for the idle time-out, ends a lingering close. Then arms the next deadline.
+    pub fn on_timer(&mut self, ctx: &mut Ctx) {
+        if self.is_closed() || self.timer_at.is_some_and(|t| t > ctx.now) {
+            return; // closed, or a stale entry: the armed deadline is later
+        }
+        self.timer_at = None;
         self.expire_waits(ctx);
-        if self.is_closed() {
-            return None;
-        }
         if let (Some(started), State::Open) = (self.line_started, self.state) {
             if started + ctx.line_timeout <= ctx.now {
                 // Slow-loris: a line that never ends. Answer what is owed, then a lingering close.
@@ -608,23 +659,24 @@ impl Client {
                 self.state = State::Draining(CloseReason::LineTimeout);
             }
         }
-        if let State::Lingering(reason) = self.state {
-            if self.idle_at <= ctx.now {
-                self.state = State::Closed(reason);
-                return None;
-            }
-            return Some(self.idle_at);
+        if self.blocked_since.is_some_and(|t| t + ctx.idle_timeout <= ctx.now) {
+            ctx.log.event(format_args!("client {} took no reply bytes for {:?}: dropped", self.addr, ctx.idle_timeout));
+            self.state = State::Closed(CloseReason::OutputBound);
         }
-        if self.idle_at > ctx.now || self.owes() {
-            // A draining connection may be done now that its waits are answered.
-            if let State::Draining(_) = self.state {
-                if !self.owes() {
-                    return None;
-                }
+        match self.state {
+            State::Lingering(reason) if self.idle_at <= ctx.now => self.state = State::Closed(reason),
+            State::Open if self.idle_at <= ctx.now && !self.owes() && self.input.is_empty() => {
+                self.state = State::Closed(CloseReason::Idle)
             }
-            return Some(self.idle_at.max(ctx.now + ctx.idle_timeout / 8));
+            _ => {}
         }
-        self.state = State::Closed(CloseReason::Idle);
-        None
+        if !self.is_closed() {
+            if let Some(at) = self.next_deadline(ctx) {
+                // Never sooner than a fraction of the idle time for a deadline already past (the idle
+                // time moves on with activity; waits and lines have their own exact deadlines).
+                let at = if at <= ctx.now { ctx.now + ctx.idle_timeout / 8 } else { at };
+                self.arm(at, ctx);
+            }
+        }
     }
 }

@@ -260,7 +260,9 @@ impl Ctx {
             return false;
         }
         self.counters.records_stored += 1;
-        if !self.awaiting_record.is_empty() {
+        // Only a record from the herd ends a wait: a local IAMAT that arrived after the WHATSAT must not be
+        // seen by it (state effects in arrival order).
+        if from.is_some() && !self.awaiting_record.is_empty() {
             let id = &line[fields.client_id.0 as usize..fields.client_id.1 as usize];
             if let Some(waiters) = self.awaiting_record.remove(id) {
                 self.records_arrived.extend(waiters);
@@ -350,7 +352,6 @@ impl Ctx {
             let ticket = self.ticket();
             let deadline = self.now + self.unknown_grace;
             self.awaiting_record.entry(cmd.client_id.into()).or_default().push((client, ticket));
-            self.timers.add(deadline, Timer::Conn(client));
             return Whatsat::AwaitRecord { ticket, deadline };
         };
         let Some(places) = self.places.as_mut() else {
@@ -835,6 +836,10 @@ impl Core {
         loop {
             let Some(places) = self.ctx.places.as_mut() else { return worked };
             let Some(&id) = places.queue.front() else { return worked };
+            if !places.requests.contains_key(&id) {
+                places.queue.pop_front(); // already answered (its deadline passed)
+                continue;
+            }
             let addr = match &places.address {
                 super::places_client::Address::Ready(a) => *a,
                 super::places_client::Address::Resolving => return worked,
@@ -852,14 +857,19 @@ impl Core {
             } else if places.conns < places.max_conns {
                 match self.open_upstream(addr) {
                     Some(t) => t,
-                    None => return worked,
+                    // A connect that failed at once answered the request at the head of the queue:
+                    // that is work (its replies are waiting to be handed out).
+                    None => {
+                        let head = self.ctx.places.as_ref().and_then(|p| p.queue.front().copied());
+                        return worked || head != Some(id);
+                    }
                 }
             } else {
                 return worked;
             };
             let places = self.ctx.places.as_mut().expect("checked");
             places.queue.pop_front();
-            let Some(bytes) = places.assign(id, token).map(<[u8]>::to_vec) else { continue };
+            let bytes = places.assign(id, token).map(<[u8]>::to_vec).expect("checked above");
             worked = true;
             self.with_conn(token, |conn, ctx, scratch| {
                 if let Conn::Upstream(u) = conn {
@@ -1089,22 +1099,17 @@ impl Core {
                     }
                 }
                 Timer::Conn(token) => {
-                    let mut next = None;
-                    self.handle(token, |conn, ctx, scratch| {
-                        next = match conn {
-                            Conn::Client(c) => {
-                                let next = c.on_timer(ctx);
-                                // The timer may have moved it on (a wait answered, a slow line ended).
-                                c.drive(ctx, scratch);
-                                next
-                            }
-                            Conn::Peer(p) => p.check_deadline(ctx),
-                            Conn::Upstream(u) => u.check_idle(ctx),
+                    // Each connection keeps its own deadlines and re-arms itself; nothing is re-added here,
+                    // so stale entries cannot multiply.
+                    self.handle(token, |conn, ctx, scratch| match conn {
+                        Conn::Client(c) => {
+                            c.on_timer(ctx);
+                            // The timer may have moved it on (a wait answered, a slow line ended).
+                            c.drive(ctx, scratch);
                         }
+                        Conn::Peer(p) => p.check_deadline(ctx),
+                        Conn::Upstream(u) => u.check_idle(ctx),
                     });
-                    if let Some(at) = next {
-                        self.ctx.timers.add(at, Timer::Conn(token));
-                    }
                 }
                 Timer::Places(id) => {
                     let now = self.ctx.now;
@@ -1128,42 +1133,41 @@ impl Core {
     /// Writes every dirty connection: one `write` each for everything it collected this turn. Peer links
     /// go first, so a flood leaves before the reply to the IAMAT that caused it.
     fn flush_dirty(&mut self) {
-        let peers = std::mem::take(&mut self.ctx.dirty_peers);
-        for &token in &peers {
-            self.with_conn(token, |conn, ctx, _| {
-                if let Conn::Peer(p) = conn {
-                    p.flush(ctx);
-                }
-            });
-        }
-        let mut peers = peers;
-        peers.clear();
-        if self.ctx.dirty_peers.is_empty() {
-            self.ctx.dirty_peers = peers;
-        }
-        // A flush can unthrottle a client, whose held-back lines make new replies: go round at most
-        // twice, and leave the rest for the next turn.
-        for _ in 0..2 {
-            if self.ctx.dirty.is_empty() {
-                break;
+        // Writing can make more work: a client whose output drained is unthrottled and answers its
+        // held-back lines, which store records to flood and may start Places requests. So each round
+        // writes the peers, then the clients, handing out what every client produced right after it
+        // (`handle`), and the floods it made go out in the next round, before that client's next write.
+        // At most three rounds; what is left goes out next turn.
+        for _ in 0..3 {
+            if self.ctx.dirty_peers.is_empty() && self.ctx.dirty.is_empty() {
+                return;
             }
-            let dirty = std::mem::take(&mut self.ctx.dirty);
+            let mut peers = std::mem::take(&mut self.ctx.dirty_peers);
+            for &token in &peers {
+                self.with_conn(token, |conn, ctx, _| {
+                    if let Conn::Peer(p) = conn {
+                        p.flush(ctx);
+                    }
+                });
+            }
+            peers.clear();
+            if self.ctx.dirty_peers.is_empty() {
+                self.ctx.dirty_peers = peers; // keep the allocation
+            }
+            let mut dirty = std::mem::take(&mut self.ctx.dirty);
             for &token in &dirty {
-                self.with_conn(token, |conn, ctx, scratch| {
+                self.handle(token, |conn, ctx, scratch| {
                     if let Conn::Client(c) = conn {
                         c.flush(ctx, scratch);
                     }
                 });
             }
-            // Keep the allocation for the next turn.
-            let mut dirty = dirty;
             dirty.clear();
             if self.ctx.dirty.is_empty() {
                 self.ctx.dirty = dirty;
             }
         }
-        // Output made while flushing (floods from unthrottled clients, replies) goes out next turn, which
-        // must not sleep.
+        // Still dirty: the next turn must not sleep.
         let pending: Vec<Token> = self.ctx.dirty.iter().chain(&self.ctx.dirty_peers).copied().collect();
         self.ctx.again.extend(pending);
     }
@@ -1190,10 +1194,7 @@ impl Core {
                 }
                 Conn::Upstream(mut u) => {
                     let _ = self.ctx.registry.deregister(&mut u.stream);
-                    if let Some(places) = self.ctx.places.as_mut() {
-                        places.conns -= 1;
-                        places.conn_closed(token);
-                    }
+                    // The Places client counted it out when it closed (Upstream::close).
                 }
                 Conn::Peer(mut p) => {
                     let _ = self.ctx.registry.deregister(&mut p.stream);

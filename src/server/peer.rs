@@ -499,16 +499,11 @@ impl Peer {
         cursor > start
     }
 
-    /// The handshake deadline: a link that is not Live in time is dropped.
-    pub fn check_deadline(&mut self, ctx: &mut Ctx) -> Option<Instant> {
-        if self.is_closed() || self.is_live() {
-            return None;
-        }
-        if ctx.now >= self.deadline {
+    /// The handshake deadline: a link that is not Live in time is dropped. (Armed once, at the deadline.)
+    pub fn check_deadline(&mut self, ctx: &mut Ctx) {
+        if !self.is_closed() && !self.is_live() && ctx.now >= self.deadline {
             self.close(PeerClose::HandshakeTimeout, ctx, format_args!(""));
-            return None;
         }
-        Some(self.deadline)
     }
 
     /// Graceful shut-down: a sending link finishes what it queued (not the sync), the others close now.

@@ -100,6 +100,8 @@ pub struct PlacesClient {
     resolved: Option<mpsc::Receiver<Result<Vec<SocketAddr>, String>>>,
     /// Every address the name resolved to; a failed connect moves on to the next.
     addresses: Vec<SocketAddr>,
+    /// A resolution is under way (at most one at a time, however many requests fail meanwhile).
+    resolving: bool,
     cache: HashMap<Key, CacheEntry>,
     cache_bytes: usize,
     pub requests: HashMap<u64, Request>,
@@ -176,6 +178,7 @@ impl PlacesClient {
             resolver: None,
             resolved: None,
             addresses: Vec::new(),
+            resolving: false,
             cache: HashMap::new(),
             cache_bytes: 0,
             requests: HashMap::new(),
@@ -218,7 +221,11 @@ impl PlacesClient {
 
     /// Asks the resolver thread for the host's address (again).
     pub fn resolve(&mut self) {
+        if self.resolving {
+            return;
+        }
         if let Some(tx) = &self.resolver {
+            self.resolving = true;
             let _ = tx.send((self.endpoint.host.clone(), self.endpoint.port));
         }
     }
@@ -228,6 +235,7 @@ impl PlacesClient {
         let mut any = false;
         while let Some(result) = self.resolved.as_ref().and_then(|rx| rx.try_recv().ok()) {
             any = true;
+            self.resolving = false;
             self.address = match result {
                 Ok(addrs) => {
                     // Stay on the address in use if the name still has it.
@@ -480,8 +488,11 @@ impl PlacesClient {
         }
     }
 
+    /// An upstream connection closed: counted out at once, so queued requests can start on a new one in
+    /// the same turn.
     pub fn conn_closed(&mut self, token: Token) {
         self.idle.retain(|&t| t != token);
+        self.conns = self.conns.saturating_sub(1);
     }
 
     pub fn cache_len(&self) -> usize {

@@ -294,15 +294,11 @@ impl Upstream {
         self.close(ctx);
     }
 
-    /// Timer check: an idle connection past its keep-alive time is closed.
-    pub fn check_idle(&mut self, ctx: &mut Ctx) -> Option<Instant> {
-        if self.state != UpState::Idle {
-            return None;
-        }
-        if ctx.now >= self.idle_until {
+    /// Timer check: an idle connection past its keep-alive time is closed. Each return to the pool arms
+    /// its own entry at its own `idle_until`, so earlier entries find the time not yet come and do nothing.
+    pub fn check_idle(&mut self, ctx: &mut Ctx) {
+        if self.state == UpState::Idle && ctx.now >= self.idle_until {
             self.close(ctx);
-            return None;
         }
-        Some(self.idle_until)
     }
 }
