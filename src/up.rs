@@ -155,11 +155,16 @@ pub fn run(config: &Config) -> i32 {
         }
     }
 
-    // Stop servers first, so WHATSATs already received still reach the Places service, then the service.
+    // Stop servers first, so WHATSATs already received still reach the Places service, then the service;
+    // all under one deadline, so `up` is done within 2 s of the signal.
+    let deadline = Instant::now() + STOP_TIMEOUT;
     let split = first_server.min(members.len());
     let (services, servers) = members.split_at_mut(split);
-    stop(servers);
-    stop(services);
+    signal_all(servers);
+    wait_until(servers, deadline - Duration::from_millis(500));
+    signal_all(services);
+    wait_until(services, deadline);
+    reap(&mut members);
     status
 }
 
@@ -225,18 +230,25 @@ fn spawn(
     Ok(child)
 }
 
-/// One SIGTERM each, then SIGKILL for whoever is still there when the time is up.
-fn stop(members: &mut [Member]) {
+/// One SIGTERM each to the members still running.
+fn signal_all(members: &mut [Member]) {
     for m in members.iter_mut().filter(|m| !m.exited) {
         // SAFETY: kill(2) with a pid we spawned and have not reaped.
         unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGTERM) };
     }
-    let deadline = Instant::now() + STOP_TIMEOUT;
+}
+
+/// Waits until every member has exited or the deadline passes.
+fn wait_until(members: &mut [Member], deadline: Instant) {
     while Instant::now() < deadline
         && members.iter_mut().any(|m| !m.exited && m.child.try_wait().ok().flatten().is_none())
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// SIGKILL for whoever is still there, then reap everyone.
+fn reap(members: &mut [Member]) {
     for m in members.iter_mut() {
         if matches!(m.child.try_wait(), Ok(None)) {
             eprintln!("herd: {} did not stop in time; killing it", m.name);

@@ -491,13 +491,14 @@ fn a_client_that_never_reads_is_dropped_after_the_idle_time_out() {
     let config = HerdConfig::new(&["Solo"], &[], limits);
     let _server = config.serve("Solo");
     let port = config.port("Solo");
-    let mut hog = connect(port);
-    hog.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut burst = Vec::new();
     // 25 MB: more than the kernel's buffers in both directions hold.
     for i in 0..1_000_000 {
         burst.extend_from_slice(format!("IAMAT n{} +1+1 {i}\n", i % 10).as_bytes());
     }
+    // Connect only now: building the burst takes longer than the idle time-out.
+    let mut hog = connect(port);
+    hog.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     // The server stops reading, then drops the connection: the writes end in an error, not a hang.
     let started = Instant::now();
     let result = hog.write_all(&burst);

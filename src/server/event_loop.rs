@@ -39,6 +39,8 @@ const SIGNALS: Token = Token(usize::MAX - 2);
 /// The resolver thread wakes the loop with this token when it has an address.
 const WAKER: Token = Token(usize::MAX - 3);
 
+/// Peer-port connections allowed beyond two per neighbour (handshakes under way).
+const MAX_HANDSHAKING: usize = 64;
 /// Reads one connection may do per event before it yields to the others (fairness under floods).
 pub const READS_PER_TURN: usize = 16;
 /// Size of the shared read buffer.
@@ -974,7 +976,17 @@ impl Core {
             let Some(listener) = &self.peer_listener else { return };
             match listener.accept() {
                 Ok((mut stream, addr)) => {
+                    // Two links per neighbour at most, plus room for handshakes: past that, whoever is
+                    // dialing is not a well-behaved neighbour, and is turned away before costing anything.
+                    if self.peers >= 2 * self.ctx.neighbours.len() + MAX_HANDSHAKING {
+                        self.ctx.counters.peers_refused += 1;
+                        self.ctx
+                            .log
+                            .event(format_args!("peer connection from {addr} refused: too many peer connections"));
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
+                    peer::set_keepalive(&stream);
                     let interest = Interest::READABLE | Interest::WRITABLE;
                     if self.ctx.registry.register(&mut stream, self.next_token(), interest).is_err() {
                         continue;
@@ -1009,6 +1021,7 @@ impl Core {
             }
         };
         let _ = stream.set_nodelay(true);
+        peer::set_keepalive(&stream);
         let interest = Interest::READABLE | Interest::WRITABLE;
         if self.ctx.registry.register(&mut stream, self.next_token(), interest).is_err() {
             return self.schedule_redial(n);
