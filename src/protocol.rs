@@ -258,18 +258,13 @@ pub fn write_time_diff(out: &mut Vec<u8>, now: Timestamp, client_time: &[u8]) {
         out.push(if diff < 0 { b'-' } else { b'+' });
         let abs = diff.unsigned_abs();
         // 128-bit division is a library call; any real clock difference fits 64 bits.
-        match u64::try_from(abs) {
-            Ok(abs) => {
-                write_u128(out, u128::from(abs / 1_000_000_000));
-                out.push(b'.');
-                write_padded9(out, (abs % 1_000_000_000) as u32);
-            }
-            Err(_) => {
-                write_u128(out, abs / 1_000_000_000);
-                out.push(b'.');
-                write_padded9(out, (abs % 1_000_000_000) as u32);
-            }
-        }
+        let (secs, nanos) = match u64::try_from(abs) {
+            Ok(abs) => (u128::from(abs / 1_000_000_000), abs % 1_000_000_000),
+            Err(_) => (abs / 1_000_000_000, (abs % 1_000_000_000) as u64),
+        };
+        write_u128(out, secs);
+        out.push(b'.');
+        write_digits(out, nanos, 9);
         return;
     }
 
@@ -307,45 +302,29 @@ fn sub_decimal(a: &[u8], b: u128) -> Vec<u8> {
     digits
 }
 
+/// Appends `v` in decimal. Anything that fits 64 bits (every real clock difference) avoids 128-bit
+/// division, which is a library call; larger values go out as the high part, then 19 low digits.
 fn write_u128(out: &mut Vec<u8>, v: u128) {
-    if let Ok(v) = u64::try_from(v) {
-        return write_u64(out, v);
+    const TEN19: u128 = 10_000_000_000_000_000_000;
+    match u64::try_from(v) {
+        Ok(v) => write_digits(out, v, 1),
+        Err(_) => {
+            write_u128(out, v / TEN19);
+            write_digits(out, (v % TEN19) as u64, 19);
+        }
     }
-    let mut v = v;
-    let mut buf = [0u8; 40];
+}
+
+/// Appends `v` in decimal, zero-padded to at least `width` digits.
+fn write_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+    let mut buf = [b'0'; 20];
     let mut i = buf.len();
-    loop {
+    while v > 0 || buf.len() - i < width {
         i -= 1;
         buf[i] = b'0' + (v % 10) as u8;
         v /= 10;
-        if v == 0 {
-            break;
-        }
     }
     out.extend_from_slice(&buf[i..]);
-}
-
-fn write_u64(out: &mut Vec<u8>, mut v: u64) {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&buf[i..]);
-}
-
-fn write_padded9(out: &mut Vec<u8>, mut v: u32) {
-    let mut buf = [b'0'; 9];
-    for slot in buf.iter_mut().rev() {
-        *slot = b'0' + (v % 10) as u8;
-        v /= 10;
-    }
-    out.extend_from_slice(&buf);
 }
 
 /// Appends the IAMAT reply `AT <server> <time-diff> <client-id> <location> <client-time>\n` and returns
@@ -534,6 +513,9 @@ mod tests {
             "-1234567890123456789012345678899534567890.500000000"
         );
         assert_eq!(diff(ts(0, 0), "100000000000000000000"), "-100000000000000000000.000000000");
+        // 20 integer digits: the i128 path with a value past 64 bits.
+        assert_eq!(diff(ts(0, 0), "99999999999999999999.5"), "-99999999999999999999.500000000");
+        assert_eq!(diff(ts(5, 0), "18446744073709551616"), "-18446744073709551611.000000000");
     }
 
     #[test]
