@@ -21,6 +21,8 @@ pub struct Config {
     pub local_places: Option<LocalPlacesConfig>,
     pub log_dir: PathBuf,
     pub herd_secret_env: Option<String>,
+    /// The address admin listeners bind (loopback unless said otherwise: it is not for the public).
+    pub admin_host: IpAddr,
     pub limits: Limits,
 }
 
@@ -30,6 +32,8 @@ pub struct ServerConfig {
     pub host: String,
     pub port: u16,
     pub peer_port: u16,
+    /// The admin listener's port (`/metrics`, `/records`), if any; it binds `admin_host`.
+    pub admin_port: Option<u16>,
 }
 
 impl ServerConfig {
@@ -245,7 +249,7 @@ fn describe(v: &Value) -> String {
 
 fn from_value(value: &Value) -> Result<Config, String> {
     let top = Obj::new(value, "")?;
-    top.only(&["servers", "links", "places", "local_places", "log_dir", "herd_secret_env", "limits"])?;
+    top.only(&["servers", "links", "places", "local_places", "log_dir", "herd_secret_env", "admin_host", "limits"])?;
 
     let servers_value = top.require("servers")?;
     let Value::Array(items) = servers_value else {
@@ -260,7 +264,7 @@ fn from_value(value: &Value) -> Result<Config, String> {
     for (i, item) in items.iter().enumerate() {
         let at = format!("servers[{i}]");
         let o = Obj::new(item, &at)?;
-        o.only(&["name", "host", "port", "peer_port"])?;
+        o.only(&["name", "host", "port", "peer_port", "admin_port"])?;
         let name = o.required_string("name")?;
         if name.bytes().any(|b| crate::protocol::is_whitespace(b) || b.is_ascii_control()) || name.len() > 64 {
             return Err(format!("{at}.name: {name:?} must be 1 to 64 bytes without whitespace"));
@@ -271,12 +275,15 @@ fn from_value(value: &Value) -> Result<Config, String> {
         let host = o.string("host")?.unwrap_or_else(|| "127.0.0.1".into());
         let port = o.required_integer("port", 1, 65535)? as u16;
         let peer_port = o.required_integer("peer_port", 1, 65535)? as u16;
-        for (what, p) in [("port", port), ("peer_port", peer_port)] {
+        let admin_port = o.integer("admin_port", 1, 65535)?.map(|p| p as u16);
+        for (what, p) in
+            [("port", port), ("peer_port", peer_port)].into_iter().chain(admin_port.map(|p| ("admin_port", p)))
+        {
             if let Some(other) = ports.insert((host.clone(), p), format!("{name}.{what}")) {
                 return Err(format!("{at}.{what}: port {p} on {host} is already used by {other}"));
             }
         }
-        servers.push(ServerConfig { name, host, port, peer_port });
+        servers.push(ServerConfig { name, host, port, peer_port, admin_port });
     }
 
     let mut links = Vec::new();
@@ -332,6 +339,10 @@ fn from_value(value: &Value) -> Result<Config, String> {
         local_places,
         log_dir: top.string("log_dir")?.unwrap_or_else(|| "logs".into()).into(),
         herd_secret_env: top.string("herd_secret_env")?,
+        admin_host: match top.string("admin_host")? {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(h) => h.parse().map_err(|_| format!("admin_host: expected an IP address, found {h:?}"))?,
+        },
         limits,
     })
 }

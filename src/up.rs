@@ -174,6 +174,9 @@ fn check_ports(config: &Config) -> Result<(), String> {
     for s in &config.servers {
         wanted.push((format!("{} client port", s.name), s.client_addr()?));
         wanted.push((format!("{} peer port", s.name), s.peer_addr()?));
+        if let Some(port) = s.admin_port {
+            wanted.push((format!("{} admin port", s.name), std::net::SocketAddr::new(config.admin_host, port)));
+        }
     }
     if let Some(local) = &config.local_places {
         wanted.push(("local Places service".into(), local.listen));

@@ -17,6 +17,7 @@
 //! Tokens carry a slab key and a generation. A slab reuses keys at once, so a token alone could name a
 //! newer connection than the one an event was for; the generation tells them apart.
 
+use super::admin::{Admin, Gauges};
 use super::client::Client;
 use super::log::{self as server_log, ServerLog};
 use super::peer::{self, Peer, Role, Secret};
@@ -38,6 +39,9 @@ const PEER_LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The resolver thread wakes the loop with this token when it has an address.
 const WAKER: Token = Token(usize::MAX - 3);
+const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
+/// Admin connections open at once (it is an operator's tool, not a public service).
+const MAX_ADMIN: usize = 16;
 
 /// Peer-port connections allowed beyond two per neighbour (handshakes under way).
 const MAX_HANDSHAKING: usize = 64;
@@ -420,6 +424,8 @@ enum Conn {
     Peer(Peer),
     /// Boxed: rustls's connection state is large, and there are only a few of these.
     Upstream(Box<Upstream>),
+    /// A request to the admin listener.
+    Admin(Box<Admin>),
 }
 
 /// One herd server: its poll, its listeners, its connections and its state.
@@ -438,6 +444,8 @@ struct Core {
     scratch: Box<[u8]>,
     client_listener: Option<TcpListener>,
     peer_listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
+    admins: usize,
     signals: signal_hook_mio::v1_0::Signals,
     clients: usize,
     peers: usize,
@@ -488,8 +496,22 @@ impl Server {
         }
         let client_listener = listen(name, client_addr, "client port")?;
         let peer_listener = listen(name, peer_addr, "peer port")?;
+        let admin_listener = match me.admin_port {
+            Some(port) => Some(listen(name, SocketAddr::new(config.admin_host, port), "admin port")?),
+            None => None,
+        };
         let log = ServerLog::open(&config.log_file(name))?;
-        Self::with_listeners(config, index, client_listener, peer_listener, log, neighbours, secret)
+        let mut server = Self::with_listeners(config, index, client_listener, peer_listener, log, neighbours, secret)?;
+        if let Some(mut admin) = admin_listener {
+            server
+                .core
+                .ctx
+                .registry
+                .register(&mut admin, ADMIN_LISTENER, Interest::READABLE)
+                .map_err(|e| format!("{name}: cannot register the admin listener: {e}"))?;
+            server.core.admin_listener = Some(admin);
+        }
+        Ok(server)
     }
 
     fn with_listeners(
@@ -566,6 +588,8 @@ impl Server {
                 scratch: vec![0u8; SCRATCH].into_boxed_slice(),
                 client_listener: Some(client_listener),
                 peer_listener: Some(peer_listener),
+                admin_listener: None,
+                admins: 0,
                 signals,
                 clients: 0,
                 peers: 0,
@@ -704,6 +728,7 @@ impl Core {
             Conn::Client(c) => c.is_closed(),
             Conn::Peer(p) => p.is_closed(),
             Conn::Upstream(u) => u.is_closed(),
+            Conn::Admin(a) => a.is_closed(),
         };
         if closed {
             self.closing.push(token);
@@ -723,6 +748,7 @@ impl Core {
                 self.accept_clients();
             }
             PEER_LISTENER => self.accept_peers(),
+            ADMIN_LISTENER => self.accept_admin(),
             SIGNALS => self.on_signal(),
             WAKER => {
                 if let Some(places) = self.ctx.places.as_mut() {
@@ -730,11 +756,15 @@ impl Core {
                 }
                 self.after_handler();
             }
-            token => self.handle(token, |conn, ctx, scratch| match conn {
-                Conn::Client(c) => c.on_event(event, ctx, scratch),
-                Conn::Peer(p) => p.on_event(event, ctx, scratch),
-                Conn::Upstream(u) => u.on_event(event, ctx, scratch),
-            }),
+            token => {
+                let gauges = Gauges { clients: self.clients, peers: self.peers, connections: self.conns.len() };
+                self.handle(token, |conn, ctx, scratch| match conn {
+                    Conn::Client(c) => c.on_event(event, ctx, scratch),
+                    Conn::Peer(p) => p.on_event(event, ctx, scratch),
+                    Conn::Upstream(u) => u.on_event(event, ctx, scratch),
+                    Conn::Admin(a) => a.on_event(event, ctx, scratch, gauges),
+                })
+            }
         }
     }
 
@@ -749,6 +779,7 @@ impl Core {
             Conn::Client(c) => c.drive(ctx, scratch),
             Conn::Peer(p) => p.drive(ctx, scratch),
             Conn::Upstream(u) => u.drive(ctx, scratch),
+            Conn::Admin(_) => {}
         });
     }
 
@@ -971,6 +1002,31 @@ impl Core {
         self.ctx.log.event(format_args!("client {addr} connected"));
     }
 
+    /// Accepts admin requests (at most `MAX_ADMIN` open; the rest are turned away at once).
+    fn accept_admin(&mut self) {
+        loop {
+            let Some(listener) = &self.admin_listener else { return };
+            match listener.accept() {
+                Ok((mut stream, addr)) => {
+                    if self.admins >= MAX_ADMIN {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self.ctx.registry.register(&mut stream, self.next_token(), interest).is_err() {
+                        continue;
+                    }
+                    let token = self.insert(|t| Conn::Admin(Box::new(Admin::new(stream, addr, t))));
+                    self.admins += 1;
+                    self.ctx.timers.add(self.ctx.now + super::admin::ADMIN_DEADLINE, Timer::Conn(token));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     fn accept_peers(&mut self) {
         loop {
             let Some(listener) = &self.peer_listener else { return };
@@ -1066,7 +1122,8 @@ impl Core {
     /// connection is closed, or at the grace deadline.
     pub fn begin_shutdown(&mut self) {
         self.stopping = true;
-        for mut listener in [self.client_listener.take(), self.peer_listener.take()].into_iter().flatten() {
+        let listeners = [self.client_listener.take(), self.peer_listener.take(), self.admin_listener.take()];
+        for mut listener in listeners.into_iter().flatten() {
             let _ = self.ctx.registry.deregister(&mut listener);
         }
         let tokens: Vec<Token> = self.conns.iter().map(|(key, entry)| token(key, entry.gen)).collect();
@@ -1078,8 +1135,9 @@ impl Core {
                     self.handle(t, |conn, ctx, scratch| match conn {
                         Conn::Client(c) => c.shut_down(ctx, scratch),
                         Conn::Peer(p) => p.shut_down(ctx),
-                        // Requests in flight still answer the clients waiting on them.
-                        Conn::Upstream(_) => {}
+                        // Requests in flight still answer the clients waiting on them; an admin request
+                        // already read is answered too.
+                        Conn::Upstream(_) | Conn::Admin(_) => {}
                     });
                 }
             }
@@ -1122,6 +1180,7 @@ impl Core {
                         }
                         Conn::Peer(p) => p.check_deadline(ctx),
                         Conn::Upstream(u) => u.check_idle(ctx),
+                        Conn::Admin(a) => a.expire(),
                     });
                 }
                 Timer::Places(id) => {
@@ -1169,10 +1228,10 @@ impl Core {
             }
             let mut dirty = std::mem::take(&mut self.ctx.dirty);
             for &token in &dirty {
-                self.handle(token, |conn, ctx, scratch| {
-                    if let Conn::Client(c) = conn {
-                        c.flush(ctx, scratch);
-                    }
+                self.handle(token, |conn, ctx, scratch| match conn {
+                    Conn::Client(c) => c.flush(ctx, scratch),
+                    Conn::Admin(a) => a.flush(),
+                    _ => {}
                 });
             }
             dirty.clear();
@@ -1193,6 +1252,10 @@ impl Core {
                 continue; // already freed this turn
             }
             match self.conns.remove(key).conn {
+                Conn::Admin(mut a) => {
+                    let _ = self.ctx.registry.deregister(&mut a.stream);
+                    self.admins -= 1;
+                }
                 Conn::Client(mut c) => {
                     c.forget_waits(&mut self.ctx);
                     let reason = match c.state {

@@ -2,12 +2,14 @@
 //!
 //! - `event_loop`: the `Poll` loop, tokens, dispatch, deferred writes and closes, timers, shut-down.
 //! - `client`: the client connection state machine.
+//! - `admin`: the admin listener (`/metrics`, `/records`).
 //! - `peer`: the peer link state machine (handshake, sync, flooding).
 //! - `upstream`: the Places connection state machine (TCP, TLS, HTTP/1.1, keep-alive).
 //! - `places_client`: the Places cache, coalescing, pool, deadlines and off-loop resolution.
 //! - `timer`: deadlines.
 //! - `log`: the server's buffered log file.
 
+pub mod admin;
 pub mod client;
 pub mod event_loop;
 pub mod log;

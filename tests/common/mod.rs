@@ -169,6 +169,7 @@ pub struct Member {
     pub name: String,
     pub port: u16,
     pub peer_port: u16,
+    pub admin_port: u16,
 }
 
 /// A herd config written to a scratch directory, with free ports.
@@ -183,14 +184,16 @@ impl HerdConfig {
     /// `"places": {...}`), or empty.
     pub fn new(names: &[&str], links: &[(&str, &str)], extra: &str) -> HerdConfig {
         let dir = TempDir::new("herd");
-        let members: Vec<Member> =
-            names.iter().map(|n| Member { name: n.to_string(), port: free_port(), peer_port: free_port() }).collect();
+        let members: Vec<Member> = names
+            .iter()
+            .map(|n| Member { name: n.to_string(), port: free_port(), peer_port: free_port(), admin_port: free_port() })
+            .collect();
         let servers: Vec<String> = members
             .iter()
             .map(|m| {
                 format!(
-                    r#"{{"name": "{}", "host": "127.0.0.1", "port": {}, "peer_port": {}}}"#,
-                    m.name, m.port, m.peer_port
+                    r#"{{"name": "{}", "host": "127.0.0.1", "port": {}, "peer_port": {}, "admin_port": {}}}"#,
+                    m.name, m.port, m.peer_port, m.admin_port
                 )
             })
             .collect();
@@ -547,4 +550,14 @@ pub fn split_whatsat(reply: &[u8]) -> (String, serde_json::Value, String) {
     assert!(!json.contains("\n\n"), "no empty line inside the JSON");
     let value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("JSON: {e}: {json}"));
     (at.to_string(), value, json)
+}
+
+/// A GET to a server's admin port; returns (status, body).
+pub fn admin_get(port: u16, path: &str) -> (u16, String) {
+    let mut s = connect(port);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+    let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
 }
