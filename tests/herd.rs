@@ -151,6 +151,7 @@ fn killing_by_client_port_takes_down_only_that_server() {
         herd.procs[*n].wait_stderr("linked to Bona", b + 1, Duration::from_secs(2));
     }
     let relinked = listening.elapsed();
+    println!("relinked {relinked:?} after listening");
     assert!(relinked < Duration::from_millis(500), "relinked after {relinked:?}");
     wait_record(
         herd.port("Bona"),
