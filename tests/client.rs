@@ -543,3 +543,29 @@ fn shutdown_drops_a_half_sent_line_and_is_not_held_up_by_a_streaming_client() {
     assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
     assert!(config.log_text("Solo").contains("unfinished line dropped at shut-down"));
 }
+
+#[test]
+fn the_trace_shows_every_event_transition_write_and_turn_of_a_session() {
+    let config = HerdConfig::new(&["Solo"], &[], "");
+    let server = config.serve_env("Solo", &[("RUST_LOG", "herd::event_loop=trace")]);
+    let reply = ask(config.port("Solo"), b"IAMAT kiwi +1+1 1\nWHATSAT kiwi 10 1\n");
+    assert!(reply.starts_with(b"AT Solo "));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let want = [
+        "event client-listener: readable=true",
+        "event #",
+        "read_closed=true",
+        ": Open -> Draining(Eof) (event)",
+        ": wrote ",
+        ": Draining(Eof) -> Closed(Eof) (flush)",
+        " 2 commands, 1 writes, ",
+    ];
+    loop {
+        let err = server.stderr().join("\n");
+        if want.iter().all(|w| err.contains(w)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "trace lacks some of {want:?}:\n{err}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -558,6 +558,9 @@ impl Client {
         while self.sent < self.out.len() && self.writable && !self.is_closed() {
             match self.stream.write(&self.out[self.sent..]) {
                 Ok(n) => {
+                    if ctx.trace {
+                        log::trace!(target: super::event_loop::TRACE, "client{}: wrote {n} bytes", super::event_loop::TokenName(self.token));
+                    }
                     self.sent += n;
                     self.blocked_since = None;
                     ctx.counters.bytes_out += n as u64;

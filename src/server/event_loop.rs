@@ -52,6 +52,47 @@ const SCRATCH: usize = 64 * 1024;
 /// How long a graceful shut-down may take before the loop gives up on slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
+/// The log target of the trace for learners: `RUST_LOG=herd::event_loop=trace`.
+pub const TRACE: &str = "herd::event_loop";
+
+/// A connection's state, for the trace (only called while tracing).
+fn describe(conn: &Conn) -> String {
+    match conn {
+        Conn::Client(c) => format!("{:?}", c.state),
+        Conn::Peer(p) => p.state_name().to_string(),
+        Conn::Upstream(u) => format!("{:?}", u.state),
+        Conn::Admin(a) => (if a.is_closed() { "Closed" } else { "Open" }).to_string(),
+    }
+}
+
+/// A token as the trace shows it: a listener's name, or `#key.generation`.
+pub struct TokenName(pub Token);
+
+impl std::fmt::Display for TokenName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            CLIENT_LISTENER => f.write_str("client-listener"),
+            PEER_LISTENER => f.write_str("peer-listener"),
+            ADMIN_LISTENER => f.write_str("admin-listener"),
+            SIGNALS => f.write_str("signals"),
+            WAKER => f.write_str("resolver-waker"),
+            t => {
+                let (key, gen) = split(t);
+                write!(f, "#{key}.{gen}")
+            }
+        }
+    }
+}
+
+fn kind(conn: &Conn) -> &'static str {
+    match conn {
+        Conn::Client(_) => "client",
+        Conn::Peer(_) => "peer",
+        Conn::Upstream(_) => "upstream",
+        Conn::Admin(_) => "admin",
+    }
+}
+
 /// A token for slab key `key` at generation `gen`: generation in the high half, key in the low half.
 fn token(key: usize, gen: u32) -> Token {
     Token(((gen as usize) << 32) | key)
@@ -202,6 +243,9 @@ pub struct Ctx {
     pub log: ServerLog,
     pub counters: Counters,
     pub timers: Timers,
+    /// Tracing for learners is on (`RUST_LOG=herd::event_loop=trace`): read once per turn, so a trace
+    /// point costs one flag check when it is off.
+    pub trace: bool,
     /// Connections with output to write at the end of this turn.
     pub dirty: Vec<Token>,
     /// Connections that still had input when their read budget ran out: driven again next turn.
@@ -459,6 +503,8 @@ struct Core {
     closing: Vec<Token>,
     /// Scratch list of live sending links, reused for every flood.
     live_links: Vec<(usize, Token)>,
+    /// What the loop is doing (for the trace of state transitions).
+    cause: &'static str,
 }
 
 /// Binds a listener, with an error that names the server, the address and its role.
@@ -561,6 +607,7 @@ impl Server {
             log,
             counters: Counters::default(),
             timers: Timers::default(),
+            trace: false,
             dirty: Vec::new(),
             again: Vec::new(),
             places_unconfigured: unconfigured.body(0).to_vec(),
@@ -599,6 +646,7 @@ impl Server {
                 log_flush_armed: false,
                 closing: Vec::new(),
                 live_links: Vec::new(),
+                cause: "",
             },
         })
     }
@@ -675,10 +723,16 @@ impl Server {
         core.ctx.wall = Timestamp::from_system_time(SystemTime::now());
         core.ctx.log.set_time(core.ctx.wall);
         core.ctx.counters.turns += 1;
+        // The global level first (an atomic load); the per-target match only when it could be on.
+        core.ctx.trace =
+            log::max_level() >= log::LevelFilter::Trace && log::log_enabled!(target: TRACE, log::Level::Trace);
+        let before = core.ctx.trace.then(|| core.ctx.counters.clone());
 
+        core.cause = "again";
         for token in std::mem::take(&mut core.ctx.again) {
             core.drive(token);
         }
+        core.cause = "event";
         // Herd traffic first: a record that reached this host before a client's WHATSAT is stored
         // before the WHATSAT is answered, whatever order the kernel listed the events in.
         for event in self.events.iter() {
@@ -693,9 +747,24 @@ impl Server {
                 core.dispatch(event);
             }
         }
+        core.cause = "timer";
         core.fire_timers();
+        core.cause = "flush";
         core.flush_dirty();
+        core.cause = "close";
         core.close_finished();
+        if let Some(b) = before {
+            let c = &core.ctx.counters;
+            let commands = (c.iamat + c.whatsat + c.invalid + c.blank) - (b.iamat + b.whatsat + b.invalid + b.blank);
+            log::trace!(
+                target: TRACE,
+                "turn {}: {} events, {commands} commands, {} writes, {} µs",
+                c.turns,
+                c.events - b.events,
+                c.writes - b.writes,
+                core.ctx.now.elapsed().as_micros()
+            );
+        }
         if core.ctx.log.has_pending() && !core.log_flush_armed {
             core.log_flush_armed = true;
             core.ctx.timers.add(core.ctx.now + server_log::FLUSH_EVERY, Timer::LogFlush);
@@ -723,7 +792,14 @@ impl Core {
             self.ctx.counters.stale_events += 1;
             return;
         };
+        let was = self.ctx.trace.then(|| describe(&entry.conn));
         f(&mut entry.conn, &mut self.ctx, &mut self.scratch);
+        if let Some(was) = was {
+            let now = describe(&entry.conn);
+            if now != was {
+                log::trace!(target: TRACE, "{}{}: {was} -> {now} ({})", kind(&entry.conn), TokenName(token), self.cause);
+            }
+        }
         let closed = match &entry.conn {
             Conn::Client(c) => c.is_closed(),
             Conn::Peer(p) => p.is_closed(),
@@ -742,6 +818,17 @@ impl Core {
     }
 
     fn dispatch(&mut self, event: &Event) {
+        if self.ctx.trace {
+            log::trace!(
+                target: TRACE,
+                "event {}: readable={} writable={} read_closed={} error={}",
+                TokenName(event.token()),
+                event.is_readable(),
+                event.is_writable(),
+                event.is_read_closed(),
+                event.is_error()
+            );
+        }
         match event.token() {
             CLIENT_LISTENER => {
                 self.accept_pending = true;
@@ -787,6 +874,12 @@ impl Core {
     /// WHATSATs whose record arrived, Places answers for clients, Places requests to start, neighbours
     /// to dial. Runs after every handler, so all of it happens in the same loop turn.
     fn after_handler(&mut self) {
+        let cause = std::mem::replace(&mut self.cause, "hand-off");
+        self.hand_off();
+        self.cause = cause;
+    }
+
+    fn hand_off(&mut self) {
         loop {
             let mut worked = self.deliver_floods();
             while let Some((token, ticket)) = self.ctx.records_arrived.pop() {

@@ -154,6 +154,18 @@ impl Peer {
         matches!(self.state, PeerState::Closed(_))
     }
 
+    /// The state's name, without its nonces (for the trace).
+    pub fn state_name(&self) -> String {
+        match &self.state {
+            PeerState::Connecting => "Connecting".into(),
+            PeerState::AwaitWelcome { .. } => "AwaitWelcome".into(),
+            PeerState::AwaitHello => "AwaitHello".into(),
+            PeerState::AwaitProof { neighbour, .. } => format!("AwaitProof({neighbour})"),
+            PeerState::Live { neighbour } => format!("Live({neighbour})"),
+            PeerState::Closed(why) => format!("Closed({})", why.name()),
+        }
+    }
+
     pub fn is_live(&self) -> bool {
         matches!(self.state, PeerState::Live { .. })
     }
@@ -440,6 +452,9 @@ impl Peer {
             while self.sent < self.out.len() && self.writable && !self.is_closed() {
                 match self.stream.write(&self.out[self.sent..]) {
                     Ok(n) => {
+                        if ctx.trace {
+                            log::trace!(target: super::event_loop::TRACE, "peer{}: wrote {n} bytes", super::event_loop::TokenName(self.token));
+                        }
                         self.sent += n;
                         ctx.counters.peer_bytes_out += n as u64;
                     }
