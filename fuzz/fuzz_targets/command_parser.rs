@@ -90,11 +90,9 @@ fn check_at(out: &[u8], at: AtFields, c: &protocol::IAmAt<'_>) {
         // Less than a nanosecond either way truncates to `+0.000000000`.
         Ordering::Less => assert_eq!(*sign, b'+', "diff {:?}", String::from_utf8_lossy(diff)),
         Ordering::Equal => assert_eq!(diff, b"+0.000000000"),
-        Ordering::Greater => assert!(
-            (*sign == b'-' && !zero) || diff == b"+0.000000000",
-            "diff {:?}",
-            String::from_utf8_lossy(diff)
-        ),
+        Ordering::Greater => {
+            assert!((*sign == b'-' && !zero) || diff == b"+0.000000000", "diff {:?}", String::from_utf8_lossy(diff))
+        }
     }
 
     // The line is a record a server would store.

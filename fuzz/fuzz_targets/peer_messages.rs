@@ -107,11 +107,7 @@ fn check_record(store: &mut RecordStore, line: &[u8]) {
         assert!(store.len() == before || store.len() == before + 1);
     } else {
         assert_eq!(store.len(), before);
-        assert_ne!(
-            candidate.cmp_recency(held),
-            Ordering::Greater,
-            "a more recent record was not stored"
-        );
+        assert_ne!(candidate.cmp_recency(held), Ordering::Greater, "a more recent record was not stored");
     }
     // Newest wins: the same line again is never stored.
     let after = store.len();
