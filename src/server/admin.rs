@@ -216,6 +216,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("clients", "gauge", "Open client connections.", &one(g.clients as u64));
     metric("peer_connections", "gauge", "Open peer connections.", &one(g.peers as u64));
     metric("connections", "gauge", "Connections in the loop's slab.", &one(g.connections as u64));
+    metric(
+        "log_lines_dropped_total",
+        "counter",
+        "Log lines dropped because the log disk fell behind.",
+        &one(ctx.log.dropped_total()),
+    );
     if let Some(p) = &ctx.places {
         let pc = &p.counters;
         metric("places_cache_hits_total", "counter", "WHATSATs answered from the cache.", &one(pc.hits));

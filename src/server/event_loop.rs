@@ -704,7 +704,7 @@ impl Server {
             ));
         }
         self.core.ctx.log.event(format_args!("stop: {summary}"));
-        self.core.ctx.log.flush();
+        self.core.ctx.log.close();
         log::info!("stopped: {summary}");
         Ok(())
     }
@@ -1202,7 +1202,7 @@ impl Core {
         if self.stopping {
             log::warn!("second signal: exiting at once");
             self.ctx.log.event(format_args!("second signal: exiting at once"));
-            self.ctx.log.flush();
+            self.ctx.log.close();
             std::process::exit(1);
         }
         log::info!("signal {}: shutting down", signals[0]);

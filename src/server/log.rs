@@ -3,27 +3,92 @@
 //!
 //! Logging every command at full rate must not be what limits throughput, so nothing here writes per line.
 //! Lines are formatted into one in-memory buffer with a timestamp formatted once per loop turn, and the
-//! buffer goes to the file in one `write` when it passes 64 KiB, when the loop's log timer fires (every
-//! 50 ms while there is something to write), and at shut-down. A regular-file write of 64 KiB lands in the
-//! page cache in microseconds; it is the only place the loop touches the disk.
+//! buffer is handed off when it passes 64 KiB, when the loop's log timer fires (every 50 ms while there is
+//! something to write), and at shut-down.
+//!
+//! The loop thread never writes the file itself. A regular-file `write` is the one system call here that
+//! can block for as long as the disk likes (page-cache allocation, ext4's journal, writeback throttling),
+//! and even when it does not, copying 64 KiB into fresh page-cache pages was the largest single cost of a
+//! deep pipeline (BENCHMARKS.md, "The log writer"). So a full buffer goes through a bounded channel to one
+//! writer thread, which writes it and sends it back empty:
+//!
+//! ```text
+//!   loop thread                          writer thread ("herd-log")
+//!   format lines into `buf`
+//!   buf ≥ 64 KiB or timer:  ──full──▶    write_all(buf) to the file
+//!   take an empty buffer    ◀─empty──    buf.clear()
+//! ```
+//!
+//! Four buffers circulate, so in steady state nothing is allocated and the hand-off is two channel
+//! operations (a futex wake when the writer sleeps). If the disk falls so far behind that no empty buffer
+//! is back, the loop keeps appending to the buffer it has, up to `BACKLOG_MAX`; past that it drops lines
+//! rather than stall every client, counts them, and writes how many were dropped once the disk catches up.
 
 use crate::protocol::Timestamp;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often buffered lines reach the file at the latest.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FLUSH_AT: usize = 64 * 1024;
+/// Buffers circulating between the loop and the writer thread.
+const BUFFERS: usize = 4;
+/// How far one buffer may grow while the writer is behind, before lines are dropped.
+const BACKLOG_MAX: usize = 8 * 1024 * 1024;
 /// Bytes of a reply body logged before the rest is summarised as a count.
 const BODY_PREVIEW: usize = 120;
 
 pub struct ServerLog {
-    file: Option<File>,
+    writer: Option<Writer>,
     buf: Vec<u8>,
     stamp: [u8; 27],
+    /// Lines dropped since the last notice written to the file, and in all.
+    dropped: u64,
+    dropped_total: u64,
+}
+
+/// The loop's end of the writer thread.
+struct Writer {
+    full: SyncSender<Vec<u8>>,
+    empty: Receiver<Vec<u8>>,
+    thread: JoinHandle<()>,
+}
+
+impl Writer {
+    fn spawn(mut file: File, path: &Path) -> Result<Writer, String> {
+        let (full, to_write) = sync_channel::<Vec<u8>>(BUFFERS);
+        let (written, empty) = sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 1..BUFFERS {
+            written.send(Vec::with_capacity(FLUSH_AT * 2)).expect("the channel holds BUFFERS");
+        }
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("herd-log".into())
+            .spawn(move || {
+                let mut failed = false;
+                for mut buf in to_write {
+                    match file.write_all(&buf) {
+                        Ok(()) => failed = false,
+                        // Said once per failing stretch, not once per buffer.
+                        Err(e) if !failed => {
+                            failed = true;
+                            log::warn!("log write to {shown} failed: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                    buf.clear();
+                    // The loop may be gone (shutting down): then the buffer is simply freed.
+                    let _ = written.send(buf);
+                }
+            })
+            .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
+        Ok(Writer { full, empty, thread })
+    }
 }
 
 impl ServerLog {
@@ -37,12 +102,29 @@ impl ServerLog {
             .append(true)
             .open(path)
             .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-        Ok(ServerLog { file: Some(file), buf: Vec::with_capacity(FLUSH_AT * 2), stamp: [b'0'; 27] })
+        Self::to_file(file, path)
+    }
+
+    /// A log written to `file` (already open for appending) by a new writer thread.
+    fn to_file(file: File, path: &Path) -> Result<ServerLog, String> {
+        let writer = Writer::spawn(file, path)?;
+        Ok(ServerLog {
+            writer: Some(writer),
+            buf: Vec::with_capacity(FLUSH_AT * 2),
+            stamp: [b'0'; 27],
+            dropped: 0,
+            dropped_total: 0,
+        })
     }
 
     /// A log that keeps nothing (benchmarks of the loop without disk).
     pub fn disabled() -> ServerLog {
-        ServerLog { file: None, buf: Vec::new(), stamp: [b'0'; 27] }
+        ServerLog { writer: None, buf: Vec::new(), stamp: [b'0'; 27], dropped: 0, dropped_total: 0 }
+    }
+
+    /// Lines dropped because the disk fell behind, since start-up (a metric).
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
     }
 
     /// Sets the timestamp used by every line until the next call: once per loop turn.
@@ -54,11 +136,18 @@ impl ServerLog {
         !self.buf.is_empty()
     }
 
-    fn start(&mut self, what: &str) -> &mut Vec<u8> {
+    /// Starts a line, or says why not: no log file, or the disk is so far behind that lines are dropped.
+    fn start(&mut self, what: &str) -> Option<&mut Vec<u8>> {
+        self.writer.as_ref()?;
+        if self.buf.len() >= BACKLOG_MAX {
+            self.dropped += 1;
+            self.dropped_total += 1;
+            return None;
+        }
         self.buf.extend_from_slice(&self.stamp);
         self.buf.push(b' ');
         self.buf.extend_from_slice(what.as_bytes());
-        &mut self.buf
+        Some(&mut self.buf)
     }
 
     fn end(&mut self) {
@@ -70,10 +159,7 @@ impl ServerLog {
 
     /// A free-form event: `text` is already printable.
     pub fn event(&mut self, text: std::fmt::Arguments<'_>) {
-        if self.file.is_none() {
-            return;
-        }
-        let buf = self.start("");
+        let Some(buf) = self.start("") else { return };
         let _ = buf.write_fmt(text);
         self.end();
     }
@@ -91,10 +177,7 @@ impl ServerLog {
 
     /// A record received from or sent to a peer.
     pub fn peer(&mut self, what: &str, peer: &str, line: &[u8]) {
-        if self.file.is_none() {
-            return;
-        }
-        let buf = self.start(what);
+        let Some(buf) = self.start(what) else { return };
         buf.push(b' ');
         buf.extend_from_slice(peer.as_bytes());
         buf.push(b' ');
@@ -103,10 +186,7 @@ impl ServerLog {
     }
 
     fn bytes(&mut self, what: &str, addr: &AddrText, bytes: &[u8], limit: usize) {
-        if self.file.is_none() {
-            return;
-        }
-        let buf = self.start(what);
+        let Some(buf) = self.start(what) else { return };
         buf.push(b' ');
         buf.extend_from_slice(addr.as_bytes());
         buf.push(b' ');
@@ -118,22 +198,51 @@ impl ServerLog {
         self.end();
     }
 
-    /// Writes the buffer to the file: one `write` call for everything logged since the last flush.
+    /// Hands everything logged since the last flush to the writer thread, without waiting for the disk.
+    /// If no empty buffer is back yet, the lines stay here and go with the next flush.
     pub fn flush(&mut self) {
-        if let Some(file) = &mut self.file {
-            if !self.buf.is_empty() {
-                if let Err(e) = file.write_all(&self.buf) {
-                    log::warn!("log write failed: {e}");
-                }
-            }
+        let Some(writer) = &self.writer else { return };
+        if self.buf.is_empty() {
+            return;
         }
-        self.buf.clear();
+        let next = match writer.empty.try_recv() {
+            Ok(next) => next,
+            Err(TryRecvError::Empty) => return,
+            Err(TryRecvError::Disconnected) => Vec::with_capacity(FLUSH_AT * 2), // the writer died
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        // Cannot be full: at most BUFFERS buffers exist and one of them is `self.buf`.
+        let _ = writer.full.try_send(full);
+        self.note_dropped();
+    }
+
+    /// Writes everything to the file and waits until it is there: shut-down. The log keeps nothing after.
+    pub fn close(&mut self) {
+        if self.writer.is_none() {
+            return;
+        }
+        self.note_dropped();
+        let writer = self.writer.take().expect("checked above");
+        if !self.buf.is_empty() {
+            let _ = writer.full.send(std::mem::take(&mut self.buf));
+        }
+        drop(writer.full);
+        let _ = writer.thread.join();
+    }
+
+    /// Says in the file how many lines were dropped since the last such notice (past the backlog bound).
+    fn note_dropped(&mut self) {
+        let dropped = std::mem::take(&mut self.dropped);
+        if dropped > 0 {
+            self.buf.extend_from_slice(&self.stamp);
+            let _ = writeln!(self.buf, " log: {dropped} lines dropped while the disk was behind");
+        }
     }
 }
 
 impl Drop for ServerLog {
     fn drop(&mut self) {
-        self.flush();
+        self.close();
     }
 }
 
@@ -269,6 +378,44 @@ mod tests {
                 let want = bytes.iter().position(|b| !plain(b)).unwrap_or(len);
                 assert_eq!(plain_prefix(&bytes), want, "{bytes:?}");
             }
+        }
+    }
+
+    /// A writer blocked on a pipe nobody reads stands for a disk that has stopped: logging must never
+    /// block the loop, drops must be counted, and every line not dropped must arrive, in order, with a
+    /// notice of how many were dropped.
+    #[test]
+    fn a_stalled_disk_never_blocks_the_loop_and_drops_are_counted() {
+        use std::io::Read;
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(writer));
+        let mut log = ServerLog::to_file(file, Path::new("pipe")).unwrap();
+        log.set_time(Timestamp { secs: 1_520_023_934, nanos: 0 });
+        let addr = AddrText::new("127.0.0.1:4000".parse().unwrap());
+        let n = 200_000u64; // about 29 MB of lines: far more than the pipe, the buffers and BACKLOG_MAX
+        for i in 0..n {
+            log.command(&addr, format!("IAMAT {i:>90}").as_bytes());
+            if i % 1000 == 0 {
+                log.flush(); // as the loop's timer would
+            }
+        }
+        let dropped = log.dropped_total();
+        assert!(dropped > 0 && dropped < n, "dropped {dropped} of {n}");
+        let reading = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+            all
+        });
+        log.close();
+        let all = reading.join().unwrap();
+        let lines: Vec<&[u8]> = all.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines.len() as u64, n - dropped + 1);
+        let notice = String::from_utf8_lossy(lines.last().unwrap());
+        assert!(notice.ends_with(&format!("log: {dropped} lines dropped while the disk was behind")), "{notice}");
+        // The lines kept are the first ones, in order: dropping starts only when the backlog is full.
+        for (i, line) in lines[..lines.len() - 1].iter().enumerate() {
+            let want = format!("2018-03-02T20:52:14.000000Z recv 127.0.0.1:4000 IAMAT {i:>90}");
+            assert_eq!(String::from_utf8_lossy(line), want);
         }
     }
 
