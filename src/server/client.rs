@@ -231,6 +231,13 @@ impl Client {
                     if !self.readable {
                         return;
                     }
+                    // The same budget as an open connection: a client pouring garbage into a lingering
+                    // close must not hold the turn for the megabyte it may send (LINGER_BYTES).
+                    if reads == READS_PER_TURN {
+                        ctx.again.push(self.token);
+                        return;
+                    }
+                    reads += 1;
                     match self.read(scratch, ctx) {
                         ReadOutcome::Data(n) => {
                             self.lingered += n;
