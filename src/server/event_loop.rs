@@ -496,6 +496,8 @@ struct Core {
     peers: usize,
     /// The client listener has connections we did not accept yet (at the client limit, or out of fds).
     accept_pending: bool,
+    /// A `Timer::AcceptRetry` is armed (out of fds): one at a time, however often accept fails.
+    accept_retry_armed: bool,
     stopping: bool,
     finished: bool,
     /// A log flush is scheduled (it is only while lines are waiting, so an idle server sleeps).
@@ -509,6 +511,9 @@ struct Core {
 }
 
 /// Binds a listener, with an error that names the server, the address and its role.
+/// How long to wait before accepting again after running out of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
 /// The accept queue asked of the kernel (it caps it at `net.core.somaxconn`, 4096 by default).
 const LISTEN_BACKLOG: i32 = 4096;
 
@@ -655,6 +660,7 @@ impl Server {
                 clients: 0,
                 peers: 0,
                 accept_pending: false,
+                accept_retry_armed: false,
                 stopping: false,
                 finished: false,
                 log_flush_armed: false,
@@ -1083,10 +1089,8 @@ impl Core {
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS: try again shortly instead of spinning on a ready listener.
-                    log::warn!("accept failed: {e}; retrying in 100 ms");
-                    self.ctx.log.event(format_args!("accept failed: {e}"));
                     self.ctx.counters.accept_paused += 1;
-                    self.ctx.timers.add(self.ctx.now + Duration::from_millis(100), Timer::AcceptRetry);
+                    self.accept_failed("client", &e);
                     return;
                 }
             }
@@ -1129,9 +1133,23 @@ impl Core {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
-                Err(_) => return,
+                Err(e) => return self.accept_failed("admin", &e),
             }
         }
+    }
+
+    /// Out of descriptors (or kernel memory) on accept. The listener stays ready, and being
+    /// edge-triggered it will not say so again, so the connections left in its backlog are picked up by
+    /// one retry timer, 100 ms later, for all three listeners; never by spinning, and never by one
+    /// timer per failure.
+    fn accept_failed(&mut self, listener: &str, e: &std::io::Error) {
+        if self.accept_retry_armed {
+            return;
+        }
+        self.accept_retry_armed = true;
+        log::warn!("{listener} accept failed: {e}; retrying in {} ms", ACCEPT_RETRY.as_millis());
+        self.ctx.log.event(format_args!("{listener} accept failed: {e}; retrying in {} ms", ACCEPT_RETRY.as_millis()));
+        self.ctx.timers.add(self.ctx.now + ACCEPT_RETRY, Timer::AcceptRetry);
     }
 
     fn accept_peers(&mut self) {
@@ -1162,10 +1180,7 @@ impl Core {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
-                Err(e) => {
-                    log::warn!("peer accept failed: {e}");
-                    return;
-                }
+                Err(e) => return self.accept_failed("peer", &e),
             }
         }
     }
@@ -1266,7 +1281,12 @@ impl Core {
                     self.log_flush_armed = false;
                     self.ctx.log.flush();
                 }
-                Timer::AcceptRetry => self.accept_clients(),
+                Timer::AcceptRetry => {
+                    self.accept_retry_armed = false;
+                    self.accept_clients();
+                    self.accept_peers();
+                    self.accept_admin();
+                }
                 Timer::ShutdownDeadline => {
                     log::warn!("shut-down grace period over: closing {} connections", self.conns.len());
                     self.finished = true;
@@ -1353,6 +1373,7 @@ impl Core {
 
     /// Deregisters and frees every connection that reached `Closed` this turn.
     fn close_finished(&mut self) {
+        let clients_before = self.clients;
         for token in std::mem::take(&mut self.closing) {
             let (key, gen) = split(token);
             if self.conns.get(key).is_none_or(|e| e.gen != gen) {
@@ -1404,7 +1425,9 @@ impl Core {
                 }
             }
         }
-        if self.accept_pending && self.clients < self.ctx.limits.max_clients {
+        // A client slot (and a descriptor) freed this turn: take the next one waiting in the backlog.
+        // Only then: out of descriptors, calling accept every turn would fail every turn.
+        if self.clients < clients_before && self.accept_pending && !self.accept_retry_armed {
             self.accept_clients();
         }
     }

@@ -81,10 +81,18 @@ impl Proc {
     /// Starts `herd ARGS` and waits until it prints a line containing `ready_marker` on stdout.
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], ready_marker: &str) -> Proc {
         let mut cmd = Command::new(herd_bin());
-        cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd.env("RUST_LOG", "info");
+        cmd.args(args);
         for (k, v) in envs {
             cmd.env(k, v);
+        }
+        Self::start_command(name, cmd, ready_marker)
+    }
+
+    /// Like `start`, for a command the caller prepared (extra settings such as resource limits).
+    pub fn start_command(name: &str, mut cmd: Command, ready_marker: &str) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
         }
         let mut child = cmd.spawn().expect("spawn herd");
         let (tx, rx) = mpsc::channel();
