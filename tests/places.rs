@@ -299,3 +299,51 @@ fn more_requests_than_connections_do_not_stall_when_connections_fail() {
     assert_eq!(out.windows(2).filter(|w| w == b"\n\n").count(), 20);
     assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
 }
+
+/// Responses are shaped into answers on the `herd-shaper` thread and handed back through the waker:
+/// twelve distinct questions whose responses arrive together (the service waits 300 ms) each get their
+/// own place list, and the log and the stop line count each request once, with its result count. The
+/// SIGTERM, sent while the responses are still due, does not cut them off: they are shaped and
+/// answered within the grace period.
+#[test]
+fn answers_shaped_off_the_loop_are_complete_counted_and_survive_a_shut_down() {
+    let service = PlacesService::start(&["--fault", "delay=300"]);
+    let (config, mut server) = single_server(&service, "legacy", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT shaped {UCLA} 1\n").as_bytes());
+    let radii: Vec<u32> = (9..=20).collect();
+    let mut waiting: Vec<_> = radii
+        .iter()
+        .map(|r| {
+            let mut s = connect(port);
+            s.write_all(format!("WHATSAT shaped {r} 20\n").as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    // Connections are accepted in order: once these are answered, every WHATSAT connection is in.
+    for i in 0..5 {
+        let reply = ask(port, format!("IAMAT other{i} +1+1 1\n").as_bytes());
+        assert!(reply.starts_with(b"AT Solo "), "{}", String::from_utf8_lossy(&reply));
+    }
+    server.signal(libc::SIGTERM);
+    let mut counts = Vec::new();
+    for (s, r) in waiting.iter_mut().zip(&radii) {
+        let reply = read_until(s, b"}\n\n");
+        let (line, value, _) = split_whatsat(&reply);
+        assert!(line.starts_with("AT Solo ") && line.contains(" shaped "), "{line}");
+        counts.push(check_places(&value, 20, f64::from(*r)));
+    }
+    server.wait_exit(Duration::from_secs(3)).expect("exits within the grace period");
+
+    let log = config.log_text("Solo");
+    for (r, n) in radii.iter().zip(&counts) {
+        let want = format!("radius={}m: OK ({n} results) in ", r * 1000);
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(&want)).collect();
+        assert_eq!(lines.len(), 1, "one log line for {r} km with its result count:\n{log}");
+        assert!(lines[0].ends_with("for 1 waiters"), "{}", lines[0]);
+    }
+    assert!(!log.contains("timed out"), "{log}");
+    let stop = log.lines().find(|l| l.contains("stop: ")).expect("a stop line");
+    assert!(stop.contains("hits=0 misses=12 coalesced=0 requests=12 retries=0 cached=12"), "{stop}");
+    assert!(stop.contains("errors: timeout=0 connect=0 tls=0 http=0 closed=0 resolve=0"), "{stop}");
+}

@@ -21,7 +21,7 @@ use super::admin::{Admin, Gauges};
 use super::client::Client;
 use super::log::{self as server_log, ServerLog};
 use super::peer::{self, Peer, Role, Secret};
-use super::places_client::{PlacesClient, Waiter};
+use super::places_client::{PlacesClient, Replies, Waiter};
 use super::timer::{Timer, Timers};
 use super::upstream::{Outcome, Upstream};
 use crate::config::{Config, Limits};
@@ -38,7 +38,8 @@ use std::time::{Duration, Instant, SystemTime};
 const CLIENT_LISTENER: Token = Token(usize::MAX);
 const PEER_LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
-/// The resolver thread wakes the loop with this token when it has an address.
+/// The Places helper threads wake the loop with this token: the resolver when it has an address, the
+/// shaper when it has built an answer. One token for both; the loop takes whatever each has.
 const WAKER: Token = Token(usize::MAX - 3);
 const ADMIN_LISTENER: Token = Token(usize::MAX - 4);
 /// Admin connections open at once (it is an operator's tool, not a public service).
@@ -79,7 +80,7 @@ impl std::fmt::Display for TokenName {
             PEER_LISTENER => f.write_str("peer-listener"),
             ADMIN_LISTENER => f.write_str("admin-listener"),
             SIGNALS => f.write_str("signals"),
-            WAKER => f.write_str("resolver-waker"),
+            WAKER => f.write_str("places-waker"),
             t => {
                 let (key, gen) = split(t);
                 write!(f, "#{key}.{gen}")
@@ -430,13 +431,27 @@ impl Ctx {
         Whatsat::Pending { ticket, at_line: record.line().to_vec() }
     }
 
-    /// A Places request ended (answered, failed, or to be retried).
+    /// A Places request ended (failed, to be retried, or answered: a response is shaped off the loop
+    /// and comes back through [`places_shaped`](Self::places_shaped)).
     pub fn places_outcome(&mut self, id: u64, outcome: Outcome) {
         let Some(places) = self.places.as_mut() else { return };
         if let Some((replies, line)) = places.finish(id, outcome, self.now) {
-            self.log.event(format_args!("{line}"));
-            self.places_replies.extend(replies.into_iter().map(|(w, body)| (w.client, w.ticket, body)));
+            self.places_done(replies, &line);
         }
+    }
+
+    /// The shaper thread woke the loop: end the requests whose answers it built.
+    fn places_shaped(&mut self) {
+        let Some(places) = self.places.as_mut() else { return };
+        for (replies, line) in places.take_shaped(self.now) {
+            self.places_done(replies, &line);
+        }
+    }
+
+    /// Logs a Places request that ended and queues its waiters' replies for `after_handler`.
+    fn places_done(&mut self, replies: Replies, line: &str) {
+        self.log.event(format_args!("{line}"));
+        self.places_replies.extend(replies.into_iter().map(|(w, body)| (w.client, w.ticket, body)));
     }
 
     /// An upstream connection finished a request and can be kept: returns false if the pool is full.
@@ -861,9 +876,11 @@ impl Core {
             ADMIN_LISTENER => self.accept_admin(),
             SIGNALS => self.on_signal(),
             WAKER => {
+                // Either helper thread may have woken the loop (wake-ups coalesce): take from both.
                 if let Some(places) = self.ctx.places.as_mut() {
                     places.take_resolved();
                 }
+                self.ctx.places_shaped();
                 self.after_handler();
             }
             token => {
@@ -995,8 +1012,7 @@ impl Core {
                 super::places_client::Address::Failed(_) => {
                     let now = self.ctx.now;
                     for (replies, line) in places.fail_unresolvable(now) {
-                        self.ctx.log.event(format_args!("{line}"));
-                        self.ctx.places_replies.extend(replies.into_iter().map(|(w, b)| (w.client, w.ticket, b)));
+                        self.ctx.places_done(replies, &line);
                     }
                     return true;
                 }
@@ -1267,7 +1283,8 @@ impl Core {
                 }
             }
         }
-        // Places requests in flight must answer (or fail) before the grace period ends.
+        // Places requests in flight must answer (or fail) before the grace period ends; one whose answer
+        // is being shaped is still in `requests`, so it is cut off the same way.
         if let Some(places) = &self.ctx.places {
             let cut = self.ctx.now + SHUTDOWN_GRACE - Duration::from_millis(300);
             for &id in places.requests.keys() {
@@ -1317,8 +1334,7 @@ impl Core {
                     let now = self.ctx.now;
                     let Some(places) = self.ctx.places.as_mut() else { continue };
                     let Some((replies, conn, line)) = places.expire(id, now) else { continue };
-                    self.ctx.log.event(format_args!("{line}"));
-                    self.ctx.places_replies.extend(replies.into_iter().map(|(w, b)| (w.client, w.ticket, b)));
+                    self.ctx.places_done(replies, &line);
                     if let Some(conn) = conn {
                         self.with_conn(conn, |c, ctx, _| {
                             if let Conn::Upstream(u) = c {
