@@ -407,6 +407,9 @@ impl Peer {
         };
         if let Some(reason) = refuse {
             ctx.counters.peers_refused += 1;
+            // Written at once rather than through `out` and the end-of-turn flush: the link closes in
+            // this turn, and the send buffer of a socket that has sent nothing has room for one line.
+            // Best effort: a dialer that never reads it just sees the close.
             let _ = self.stream.write(format!("REFUSED {reason}\n").as_bytes());
             return self.close(PeerClose::Refused, ctx, format_args!("{reason}"));
         }
