@@ -86,11 +86,18 @@ struct Abuse {
     threads: Vec<JoinHandle<()>>,
     /// A count each case defines (connections made, bytes sent...), to show the abuse happened.
     done: Arc<AtomicU64>,
+    /// Connections the abuse keeps open until it ends.
+    held: Vec<TcpStream>,
 }
 
 impl Abuse {
     fn new() -> Abuse {
-        Abuse { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new(), done: Arc::new(AtomicU64::new(0)) }
+        Abuse {
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
+            done: Arc::new(AtomicU64::new(0)),
+            held: Vec::new(),
+        }
     }
 
     /// Runs `step` over and over on a thread until stopped, starting one at most every `period`;
@@ -248,11 +255,7 @@ fn ten_thousand_connections_that_send_nothing() {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Held open (silent) until the abuse ends.
-        let silent = Mutex::new(silent);
-        abuse.spawn(Duration::from_millis(50), move || {
-            let _held = &silent;
-            0
-        });
+        abuse.held = silent;
         abuse.done.store(n as u64, Ordering::Relaxed);
     });
 }
@@ -266,12 +269,12 @@ fn a_client_that_pipelines_100000_commands_and_never_reads() {
         for i in 0..100_000 {
             writeln!(batch, "IAMAT greedy{} +34.068930-118.445127 1700000000.{i}", i % 1000).unwrap();
         }
-        let mut sent = false;
+        // The connection, kept open and unread until the abuse ends.
+        let mut kept: Option<TcpStream> = None;
         abuse.spawn(Duration::from_millis(50), move || {
-            if sent {
+            if kept.is_some() {
                 return 0;
             }
-            sent = true;
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
             // Blocks once the server stops reading (it throttles a client that does not read), and
@@ -283,7 +286,7 @@ fn a_client_that_pipelines_100000_commands_and_never_reads() {
                     Err(_) => break,
                 }
             }
-            std::mem::forget(s); // keep the socket open, unread, until the process ends
+            kept = Some(s);
             written.max(1)
         });
         abuse.wait_done(1);
