@@ -3,39 +3,47 @@
 //!
 //! Logging every command at full rate must not be what limits throughput, so nothing here writes per line.
 //! Lines are formatted into one in-memory buffer with a timestamp formatted once per loop turn, and the
-//! buffer is handed off when it passes 64 KiB, when the loop's log timer fires (every 50 ms while there is
+//! buffer is handed off when it passes 256 KiB, when the loop's log timer fires (every 50 ms while there is
 //! something to write), and at shut-down.
 //!
 //! The loop thread never writes the file itself. A regular-file `write` is the one system call here that
 //! can block for as long as the disk likes (page-cache allocation, ext4's journal, writeback throttling),
 //! and even when it does not, copying 64 KiB into fresh page-cache pages was the largest single cost of a
-//! deep pipeline (BENCHMARKS.md, "The log writer"). So a full buffer goes through a bounded channel to one
-//! writer thread, which writes it and sends it back empty:
+//! deep pipeline (BENCHMARKS.md, "The log writer"). So a full buffer is handed to one writer thread, which
+//! writes it and hands it back empty:
 //!
 //! ```text
 //!   loop thread                          writer thread ("herd-log")
 //!   format lines into `buf`
-//!   buf ≥ 64 KiB or timer:  ──full──▶    write_all(buf) to the file
+//!   buf ≥ 256 KiB or timer: ──full──▶    write_all(buf) to the file
 //!   take an empty buffer    ◀─empty──    buf.clear()
 //! ```
 //!
-//! Four buffers circulate, so in steady state nothing is allocated and the hand-off is two channel
-//! operations (a futex wake when the writer sleeps). If the disk falls so far behind that no empty buffer
-//! is back, the loop keeps appending to the buffer it has, up to `BACKLOG_MAX`; past that it drops lines
-//! rather than stall every client, counts them, and writes how many were dropped once the disk catches up.
+//! Four buffers circulate, so in steady state nothing is allocated. The hand-off is a `Mailbox`: two
+//! queues behind a mutex that each side holds for a few instructions, and `park`/`unpark` to sleep and
+//! wake the writer, called only once the mutex is released. That is one futex wake on the loop thread and
+//! one futex wait on the writer per buffer. (`std::sync::mpsc::sync_channel` woke the writer while it still
+//! held its own lock; pinned to one core with the loop, the writer preempted the loop, found the lock taken
+//! and slept again: 4.3 futex calls per buffer instead of 2.) If the disk falls so far behind that no empty
+//! buffer is back, the loop keeps appending to the buffer it has, up to `BACKLOG_MAX`; past that it drops
+//! lines rather than stall every client, counts them, and writes how many were dropped once the disk
+//! catches up.
 
 use crate::protocol::Timestamp;
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How often buffered lines reach the file at the latest.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
-const FLUSH_AT: usize = 64 * 1024;
+/// Each hand-off costs system calls: a futex wake on the loop thread, and a `write` and a futex wait on the
+/// writer thread. At 256 KiB, about a thousand logged IAMATs share them (BENCHMARKS.md, "System calls").
+const FLUSH_AT: usize = 256 * 1024;
 /// Buffers circulating between the loop and the writer thread.
 const BUFFERS: usize = 4;
 /// How far one buffer may grow while the writer is behind, before lines are dropped.
@@ -54,24 +62,55 @@ pub struct ServerLog {
 
 /// The loop's end of the writer thread.
 struct Writer {
-    full: SyncSender<Vec<u8>>,
-    empty: Receiver<Vec<u8>>,
+    mailbox: Arc<Mailbox>,
     thread: JoinHandle<()>,
+}
+
+/// The buffers between the two threads. Each side holds the lock only to move a buffer in or out.
+#[derive(Default)]
+struct Mailbox(Mutex<Slots>);
+
+#[derive(Default)]
+struct Slots {
+    /// Buffers to write, oldest first.
+    full: VecDeque<Vec<u8>>,
+    /// Written buffers, cleared, for the loop to fill again.
+    empty: Vec<Vec<u8>>,
+    /// The loop has handed over its last buffer: write what is queued, then stop.
+    closing: bool,
+}
+
+impl Mailbox {
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        // A panic while holding the lock leaves only buffers behind: they are still good to use.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Writer {
     fn spawn(mut file: File, path: &Path) -> Result<Writer, String> {
-        let (full, to_write) = sync_channel::<Vec<u8>>(BUFFERS);
-        let (written, empty) = sync_channel::<Vec<u8>>(BUFFERS);
-        for _ in 1..BUFFERS {
-            written.send(Vec::with_capacity(FLUSH_AT * 2)).expect("the channel holds BUFFERS");
-        }
+        let mailbox = Arc::new(Mailbox::default());
+        mailbox.slots().empty = (1..BUFFERS).map(|_| Vec::with_capacity(FLUSH_AT * 2)).collect();
         let shown = path.display().to_string();
+        let theirs = Arc::clone(&mailbox);
         let thread = std::thread::Builder::new()
             .name("herd-log".into())
             .spawn(move || {
                 let mut failed = false;
-                for mut buf in to_write {
+                loop {
+                    let next = {
+                        let mut slots = theirs.slots();
+                        match slots.full.pop_front() {
+                            Some(buf) => Some(buf),
+                            None if slots.closing => return,
+                            None => None,
+                        }
+                    };
+                    // Nothing to write: sleep until the loop unparks us. A spurious wake-up only loops.
+                    let Some(mut buf) = next else {
+                        std::thread::park();
+                        continue;
+                    };
                     match file.write_all(&buf) {
                         Ok(()) => failed = false,
                         // Said once per failing stretch, not once per buffer.
@@ -82,12 +121,23 @@ impl Writer {
                         Err(_) => {}
                     }
                     buf.clear();
-                    // The loop may be gone (shutting down): then the buffer is simply freed.
-                    let _ = written.send(buf);
+                    theirs.slots().empty.push(buf);
                 }
             })
             .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
-        Ok(Writer { full, empty, thread })
+        Ok(Writer { mailbox, thread })
+    }
+
+    /// Queues `full` for writing and takes an empty buffer in exchange, if one is back: `None` leaves
+    /// `full` with the caller (the writer is behind). Wakes the writer after the lock is released.
+    fn exchange(&self, full: &mut Vec<u8>) -> bool {
+        {
+            let mut slots = self.mailbox.slots();
+            let Some(empty) = slots.empty.pop() else { return false };
+            slots.full.push_back(std::mem::replace(full, empty));
+        }
+        self.thread.thread().unpark();
+        true
     }
 }
 
@@ -202,18 +252,9 @@ impl ServerLog {
     /// If no empty buffer is back yet, the lines stay here and go with the next flush.
     pub fn flush(&mut self) {
         let Some(writer) = &self.writer else { return };
-        if self.buf.is_empty() {
-            return;
+        if !self.buf.is_empty() && writer.exchange(&mut self.buf) {
+            self.note_dropped();
         }
-        let next = match writer.empty.try_recv() {
-            Ok(next) => next,
-            Err(TryRecvError::Empty) => return,
-            Err(TryRecvError::Disconnected) => Vec::with_capacity(FLUSH_AT * 2), // the writer died
-        };
-        let full = std::mem::replace(&mut self.buf, next);
-        // Cannot be full: at most BUFFERS buffers exist and one of them is `self.buf`.
-        let _ = writer.full.try_send(full);
-        self.note_dropped();
     }
 
     /// Writes everything to the file and waits until it is there: shut-down. The log keeps nothing after.
@@ -223,10 +264,14 @@ impl ServerLog {
         }
         self.note_dropped();
         let writer = self.writer.take().expect("checked above");
-        if !self.buf.is_empty() {
-            let _ = writer.full.send(std::mem::take(&mut self.buf));
+        {
+            let mut slots = writer.mailbox.slots();
+            if !self.buf.is_empty() {
+                slots.full.push_back(std::mem::take(&mut self.buf));
+            }
+            slots.closing = true;
         }
-        drop(writer.full);
+        writer.thread.thread().unpark();
         let _ = writer.thread.join();
     }
 
