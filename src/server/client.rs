@@ -209,8 +209,7 @@ impl Client {
                             return;
                         }
                         self.held_back = false;
-                        let held = std::mem::take(&mut self.input);
-                        self.take_input(&held, ctx);
+                        self.answer_buffered(ctx);
                         continue;
                     }
                     if !self.readable {
@@ -239,8 +238,7 @@ impl Client {
                     }
                     // Drained enough: answer the lines held back, then read again.
                     self.state = State::Open;
-                    let held = std::mem::take(&mut self.input);
-                    self.take_input(&held, ctx);
+                    self.answer_buffered(ctx);
                 }
                 State::Draining(reason) => {
                     if self.owes() {
@@ -336,21 +334,43 @@ impl Client {
             }
             return;
         }
-        let input = std::mem::take(&mut self.input);
-        let used = self.lines(&input, ctx);
-        self.keep(&input[used..], ctx);
+        self.answer_buffered(ctx);
     }
 
-    /// Keeps unanswered bytes for later; an incomplete line already over the limit is a violation.
-    fn keep(&mut self, rest: &[u8], ctx: &mut Ctx) {
-        if self.state == State::Open && rest.len() > ctx.limits.max_line && !rest.contains(&b'\n') {
-            self.violation(rest.len(), ctx);
-            return;
+    /// Answers the complete lines waiting in `input` (a line finished by new bytes, lines held back over
+    /// the command budget, or while throttled). It works in place: the unanswered rest moves to the front
+    /// of the same buffer, so resuming allocates nothing, and a buffer answered to the end is freed, so an
+    /// idle connection still owns none.
+    fn answer_buffered(&mut self, ctx: &mut Ctx) {
+        let mut input = std::mem::take(&mut self.input);
+        let used = self.lines(&input, ctx);
+        if used < input.len() && matches!(self.state, State::Open | State::Throttled) {
+            input.drain(..used);
+            // Give back the memory of a burst, as `out` does; a working-size buffer is kept.
+            if input.capacity() > 64 * 1024 {
+                input.shrink_to_fit();
+            }
+            self.input = input;
         }
+        self.check_kept(ctx);
+    }
+
+    /// Keeps unanswered bytes for later (`input` is empty: they came straight from the read buffer).
+    fn keep(&mut self, rest: &[u8], ctx: &mut Ctx) {
         if matches!(self.state, State::Open | State::Throttled) {
             self.input.extend_from_slice(rest);
         }
-        // A partial line starts the slow-loris clock; a finished one stops it.
+        self.check_kept(ctx);
+    }
+
+    /// What `input` now holds decides: an incomplete line already over the limit is a violation; a
+    /// partial line starts the slow-loris clock; a finished one stops it.
+    fn check_kept(&mut self, ctx: &mut Ctx) {
+        if self.state == State::Open && self.input.len() > ctx.limits.max_line && !self.input.contains(&b'\n') {
+            let len = self.input.len();
+            self.violation(len, ctx);
+            return;
+        }
         if self.input.is_empty() {
             self.line_started = None;
         } else if self.line_started.is_none() && self.state == State::Open {
@@ -638,8 +658,7 @@ impl Client {
             // Everything received is answered now, whatever the command budget.
             self.budget = u16::MAX;
             if std::mem::take(&mut self.held_back) {
-                let held = std::mem::take(&mut self.input);
-                self.take_input(&held, ctx);
+                self.answer_buffered(ctx);
             }
             // One last read of what the kernel already holds, within the usual read budget: a client
             // streaming without end must not keep the server from stopping.

@@ -522,6 +522,8 @@ struct Core {
     log_flush_armed: bool,
     /// Connections to free at the end of the turn.
     closing: Vec<Token>,
+    /// The allocation a token queue gets while a pass takes its tokens (`take_queue`).
+    spare_tokens: Vec<Token>,
     /// Scratch list of live sending links, reused for every flood.
     live_links: Vec<(usize, Token)>,
     /// What the loop is doing (for the trace of state transitions).
@@ -683,6 +685,7 @@ impl Server {
                 finished: false,
                 log_flush_armed: false,
                 closing: Vec::new(),
+                spare_tokens: Vec::new(),
                 live_links: Vec::new(),
                 cause: "",
             },
@@ -767,9 +770,11 @@ impl Server {
         let before = core.ctx.trace.then(|| core.ctx.counters.clone());
 
         core.cause = "again";
-        for token in std::mem::take(&mut core.ctx.again) {
+        let again = core.take_queue(|ctx| &mut ctx.again);
+        for &token in &again {
             core.drive(token);
         }
+        core.recycle(again);
         core.cause = "event";
         // Herd traffic first: a record that reached this host before a client's WHATSAT is stored
         // before the WHATSAT is answered, whatever order the kernel listed the events in.
@@ -1360,7 +1365,7 @@ impl Core {
             if self.ctx.dirty_peers.is_empty() && self.ctx.dirty.is_empty() {
                 return;
             }
-            let mut peers = std::mem::take(&mut self.ctx.dirty_peers);
+            let peers = self.take_queue(|ctx| &mut ctx.dirty_peers);
             for &token in &peers {
                 self.with_conn(token, |conn, ctx, _| {
                     if let Conn::Peer(p) = conn {
@@ -1368,11 +1373,8 @@ impl Core {
                     }
                 });
             }
-            peers.clear();
-            if self.ctx.dirty_peers.is_empty() {
-                self.ctx.dirty_peers = peers; // keep the allocation
-            }
-            let mut dirty = std::mem::take(&mut self.ctx.dirty);
+            self.recycle(peers);
+            let dirty = self.take_queue(|ctx| &mut ctx.dirty);
             for &token in &dirty {
                 self.handle(token, |conn, ctx, scratch| match conn {
                     Conn::Client(c) => c.flush(ctx, scratch),
@@ -1380,14 +1382,25 @@ impl Core {
                     _ => {}
                 });
             }
-            dirty.clear();
-            if self.ctx.dirty.is_empty() {
-                self.ctx.dirty = dirty;
-            }
+            self.recycle(dirty);
         }
         // Still dirty: the next turn must not sleep.
-        let pending: Vec<Token> = self.ctx.dirty.iter().chain(&self.ctx.dirty_peers).copied().collect();
-        self.ctx.again.extend(pending);
+        self.ctx.again.extend(self.ctx.dirty.iter().chain(&self.ctx.dirty_peers));
+    }
+
+    /// Takes the tokens of one queue (`again`, `dirty`, `dirty_peers`) for a pass over them. What the pass
+    /// queues again goes into the spare allocation left in the queue's place, and `recycle` keeps the
+    /// taken one as the next spare: the buffers rotate, and queueing allocates nothing in steady state.
+    fn take_queue(&mut self, queue: fn(&mut Ctx) -> &mut Vec<Token>) -> Vec<Token> {
+        let spare = std::mem::take(&mut self.spare_tokens);
+        std::mem::replace(queue(&mut self.ctx), spare)
+    }
+
+    fn recycle(&mut self, mut taken: Vec<Token>) {
+        taken.clear();
+        if taken.capacity() >= self.spare_tokens.capacity() {
+            self.spare_tokens = taken;
+        }
     }
 
     /// Deregisters and frees every connection that reached `Closed` this turn.
