@@ -11,7 +11,9 @@
 #   server at each call, which slows it down and can change how many events one epoll_wait returns.
 # - `perf stat -e syscalls:sys_enter_… -p PID`, three runs: the same calls from kernel tracepoints, which
 #   do not slow the server, so the batching is the real one. The breakdown is the run with the median total.
-# "per request" is the total divided by the requests answered. For a request that arrives alone the floor
+# "per request" is the total divided by the requests answered. The server's CPU time per request (all its
+# threads, from /proc/PID/task/*/schedstat, during the perf runs) says how busy it was: a server with CPU
+# to spare returns to epoll_wait sooner, with fewer events ready, so its epoll_wait share is larger. For a request that arrives alone the floor
 # is one read and one write; epoll_wait is shared by the requests of one loop turn.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +44,8 @@ load() { # port requests conns depth
     taskset -c 1 $load_tool load --target "127.0.0.1:$1" --connections "$3" --depth "$4" --requests "$2" \
         --warmup 0 --fail-on-error "${extra[@]}" >/dev/null
 }
+# CPU time of every thread of PID so far, in ns (the first field of each thread's schedstat).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ns += $1} END {printf "%.0f", ns}'; } # mawk's %d stops at 2^31
 # Waits until a tracer holds PID, so no request goes by uncounted.
 traced() { for _ in $(seq 200); do [ "$(awk '/TracerPid/ {print $2}' "/proc/$1/status")" != 0 ] && return; sleep 0.01; done; }
 
@@ -58,7 +62,10 @@ count() { # name pid port conns depth requests
         perf stat -x, -e "$events" -p "$pid" -o "$dir/perf.$run" &
         local perf=$!
         sleep 0.2 # perf attaches without stopping the process; give it the moment it needs
+        local cpu0
+        cpu0=$(cpu_ns "$pid")
         load "$port" "$req" "$conns" "$depth"
+        echo $(($(cpu_ns "$pid") - cpu0)) > "$dir/cpu.$run"
         kill -INT $perf
         wait $perf 2>/dev/null || true
     done
@@ -71,6 +78,7 @@ for line in open(f"{d}/strace"):
     f = line.split()
     if len(f) >= 4 and f[-1] == "total":
         total = int(f[3])  # % time, seconds, usecs/call, calls, [errors,] total
+cpu = sorted(int(open(f"{d}/cpu.{run}").read()) for run in (1, 2, 3))[1] / req / 1000
 runs = []
 for run in (1, 2, 3):
     calls = {}
@@ -85,12 +93,12 @@ for run in (1, 2, 3):
 med = sorted(runs, key=lambda c: sum(c.values()))[1]  # the run with the median total
 top = ", ".join(f"{k} {v/req:.4f}" for k, v in sorted(med.items(), key=lambda kv: -kv[1])[:6] if v)
 totals = ", ".join(f"{sum(c.values())/req:.3f}" for c in runs)
-print(f"| {name} | {conns} | {depth} | {req:,} | {total/req:.4f} | {sum(med.values())/req:.4f} ({totals}) | {top} |")
+print(f"| {name} | {conns} | {depth} | {req:,} | {total/req:.4f} | {sum(med.values())/req:.4f} ({totals}) | {cpu:.2f} | {top} |")
 PY
 }
 
-echo "| server | conns | depth | requests | per request (strace -c -f) | per request (perf, not slowed: median (3 runs)) | by call, per request (perf, median run) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| server | conns | depth | requests | per request (strace -c -f) | per request (perf, not slowed: median (3 runs)) | server CPU µs per request (median) | by call, per request (perf, median run) |"
+echo "|---|---|---|---|---|---|---|---|"
 for cell in "50 1 $n" "50 16 $((n * 2))" "500 1 $n"; do
     read -r conns depth req <<<"$cell"
     count herd "$herd_pid" 31500 "$conns" "$depth" "$req"
