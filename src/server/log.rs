@@ -128,7 +128,7 @@ impl Writer {
         Ok(Writer { mailbox, thread })
     }
 
-    /// Queues `full` for writing and takes an empty buffer in exchange, if one is back: `None` leaves
+    /// Queues `full` for writing and takes an empty buffer in exchange, if one is back: `false` leaves
     /// `full` with the caller (the writer is behind). Wakes the writer after the lock is released.
     fn exchange(&self, full: &mut Vec<u8>) -> bool {
         {
