@@ -127,6 +127,9 @@ const LINGER_BYTES: usize = 1 << 20;
 /// worse: p99 1.56-4.67× calm against 0.93-1.37× in the same session's runs, because the burst then
 /// spreads over many more turns and delays more of the other clients' replies.
 const COMMANDS_PER_TURN: u16 = 256;
+/// A connection's `input` or `out` that grew past this in a burst is given back once drained; below it,
+/// the allocation is kept for the next command or reply.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 /// What one `read` gave.
 enum ReadOutcome {
@@ -347,7 +350,7 @@ impl Client {
         if used < input.len() && matches!(self.state, State::Open | State::Throttled) {
             input.drain(..used);
             // Give back the memory of a burst, as `out` does; a working-size buffer is kept.
-            if input.capacity() > 64 * 1024 {
+            if input.capacity() > KEEP_BUFFER {
                 input.shrink_to_fit();
             }
             self.input = input;
@@ -644,7 +647,7 @@ impl Client {
             self.out.clear();
             self.sent = 0;
             // Give back the memory of a burst; keep a small buffer for the next reply.
-            if self.out.capacity() > 64 * 1024 {
+            if self.out.capacity() > KEEP_BUFFER {
                 self.out = Vec::new();
             }
         }
