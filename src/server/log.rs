@@ -46,8 +46,11 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const FLUSH_AT: usize = 256 * 1024;
 /// Buffers circulating between the loop and the writer thread.
 const BUFFERS: usize = 4;
-/// How far one buffer may grow while the writer is behind, before lines are dropped.
+/// How far one buffer may grow while the writer is behind, before command, reply and peer lines are dropped.
 const BACKLOG_MAX: usize = 8 * 1024 * 1024;
+/// How much further lines about the server's own life (`event`: start-up, shut-down, connections, Places)
+/// may grow it, so that a flood of commands, even blank lines, cannot crowd them out.
+const EVENT_RESERVE: usize = 1024 * 1024;
 /// Bytes of a reply body logged before the rest is summarised as a count.
 const BODY_PREVIEW: usize = 120;
 
@@ -186,10 +189,11 @@ impl ServerLog {
         !self.buf.is_empty()
     }
 
-    /// Starts a line, or says why not: no log file, or the disk is so far behind that lines are dropped.
-    fn start(&mut self, what: &str) -> Option<&mut Vec<u8>> {
+    /// Starts a line, or says why not: no log file, or the disk is so far behind that the buffer has reached
+    /// `limit` and lines are dropped.
+    fn start(&mut self, what: &str, limit: usize) -> Option<&mut Vec<u8>> {
         self.writer.as_ref()?;
-        if self.buf.len() >= BACKLOG_MAX {
+        if self.buf.len() >= limit {
             self.dropped += 1;
             self.dropped_total += 1;
             return None;
@@ -209,7 +213,7 @@ impl ServerLog {
 
     /// A free-form event: `text` is already printable.
     pub fn event(&mut self, text: std::fmt::Arguments<'_>) {
-        let Some(buf) = self.start("") else { return };
+        let Some(buf) = self.start("", BACKLOG_MAX + EVENT_RESERVE) else { return };
         let _ = buf.write_fmt(text);
         self.end();
     }
@@ -227,7 +231,7 @@ impl ServerLog {
 
     /// A record received from or sent to a peer.
     pub fn peer(&mut self, what: &str, peer: &str, line: &[u8]) {
-        let Some(buf) = self.start(what) else { return };
+        let Some(buf) = self.start(what, BACKLOG_MAX) else { return };
         buf.push(b' ');
         buf.extend_from_slice(peer.as_bytes());
         buf.push(b' ');
@@ -236,7 +240,7 @@ impl ServerLog {
     }
 
     fn bytes(&mut self, what: &str, addr: &AddrText, bytes: &[u8], limit: usize) {
-        let Some(buf) = self.start(what) else { return };
+        let Some(buf) = self.start(what, BACKLOG_MAX) else { return };
         buf.push(b' ');
         buf.extend_from_slice(addr.as_bytes());
         buf.push(b' ');
@@ -446,6 +450,8 @@ mod tests {
         }
         let dropped = log.dropped_total();
         assert!(dropped > 0 && dropped < n, "dropped {dropped} of {n}");
+        // Past the backlog bound, lines about the server's own life still get in (shut-down, for one).
+        log.event(format_args!("signal 15: shutting down"));
         let reading = std::thread::spawn(move || {
             let mut all = Vec::new();
             reader.read_to_end(&mut all).unwrap();
@@ -454,11 +460,15 @@ mod tests {
         log.close();
         let all = reading.join().unwrap();
         let lines: Vec<&[u8]> = all.split(|&b| b == b'\n').filter(|l| !l.is_empty()).collect();
-        assert_eq!(lines.len() as u64, n - dropped + 1);
-        let notice = String::from_utf8_lossy(lines.last().unwrap());
+        assert_eq!(lines.len() as u64, n - dropped + 2);
+        let notice = String::from_utf8_lossy(lines[lines.len() - 1]);
         assert!(notice.ends_with(&format!("log: {dropped} lines dropped while the disk was behind")), "{notice}");
+        assert_eq!(
+            String::from_utf8_lossy(lines[lines.len() - 2]),
+            "2018-03-02T20:52:14.000000Z signal 15: shutting down"
+        );
         // The lines kept are the first ones, in order: dropping starts only when the backlog is full.
-        for (i, line) in lines[..lines.len() - 1].iter().enumerate() {
+        for (i, line) in lines[..lines.len() - 2].iter().enumerate() {
             let want = format!("2018-03-02T20:52:14.000000Z recv 127.0.0.1:4000 IAMAT {i:>90}");
             assert_eq!(String::from_utf8_lossy(line), want);
         }
