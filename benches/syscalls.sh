@@ -11,10 +11,11 @@
 #   server at each call, which slows it down and can change how many events one epoll_wait returns.
 # - `perf stat -e syscalls:sys_enter_… -p PID`, three runs: the same calls from kernel tracepoints, which
 #   do not slow the server, so the batching is the real one. The breakdown is the run with the median total.
-# "per request" is the total divided by the requests answered. The server's CPU time per request (all its
-# threads, from /proc/PID/task/*/schedstat, during the perf runs) says how busy it was: a server with CPU
-# to spare returns to epoll_wait sooner, with fewer events ready, so its epoll_wait share is larger. For a request that arrives alone the floor
-# is one read and one write; epoll_wait is shared by the requests of one loop turn.
+# "per request" is the total divided by the requests answered. For a request that arrives alone the floor
+# is one read and one write; epoll_wait is shared by the requests of one loop turn. The server's CPU time
+# per request (all its threads, from /proc/PID/task/*/schedstat, during the perf runs) says how busy it
+# was: a server with CPU to spare returns to epoll_wait sooner, with fewer events ready, so its
+# epoll_wait share is larger.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200000}
