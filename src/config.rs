@@ -103,6 +103,9 @@ pub struct Limits {
     /// How long a WHATSAT for a client this server does not know waits for the herd to deliver its
     /// record before it is answered with `?` (only while a neighbour is linked; 0 answers at once).
     pub unknown_client_grace_ms: u64,
+    /// How far ahead of the server's clock a client time may be (PROTOCOL section 2): a client cannot pin
+    /// its record with a time from the far future. 300 s is the skew Kerberos tolerates.
+    pub max_clock_skew_s: u64,
 }
 
 impl Default for Limits {
@@ -116,6 +119,7 @@ impl Default for Limits {
             idle_timeout_ms: 300_000,
             unknown_client_grace_ms: 100,
             line_timeout_ms: 60_000,
+            max_clock_skew_s: 300,
         }
     }
 }
@@ -381,6 +385,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         "idle_timeout_ms",
         "unknown_client_grace_ms",
         "line_timeout_ms",
+        "max_clock_skew_s",
     ];
     o.only(&names)?;
     let d = Limits::default();
@@ -396,6 +401,8 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         idle_timeout_ms: get("idle_timeout_ms", d.idle_timeout_ms as usize, 1, 1 << 40)? as u64,
         unknown_client_grace_ms: get("unknown_client_grace_ms", d.unknown_client_grace_ms as usize, 0, 60_000)? as u64,
         line_timeout_ms: get("line_timeout_ms", d.line_timeout_ms as usize, 1, 1 << 40)? as u64,
+        // At most a year: the time difference of an AT line stays within its 21-byte bound.
+        max_clock_skew_s: get("max_clock_skew_s", d.max_clock_skew_s as usize, 0, 366 * 86_400)? as u64,
     };
     if limits.client_output_hard < limits.client_output_soft {
         return Err("limits.client_output_hard: must be at least limits.client_output_soft".into());

@@ -49,8 +49,31 @@ impl<'a> Iterator for Fields<'a> {
     }
 }
 
-/// Longest client id, in bytes.
+/// Longest client id, in bytes (PROTOCOL section 2).
 pub const MAX_CLIENT_ID: usize = 255;
+/// Longest location, in bytes.
+pub const MAX_LOCATION: usize = 64;
+/// Longest client time, in bytes.
+pub const MAX_CLIENT_TIME: usize = 40;
+/// Longest time difference in an `AT` line: a sign, ten integer digits, the point and nine digits. A client
+/// time no later than the clock plus the allowed skew, and no earlier than the epoch, always fits.
+pub const MAX_TIME_DIFF: usize = 21;
+/// Longest server name (the config refuses longer ones).
+pub const MAX_SERVER_NAME: usize = 64;
+/// Longest `AT` line a server can ever store or send, final LF included: the sum of the field bounds.
+/// Every record is at most this long by construction, so a peer that accepts lines this long accepts every
+/// record of the herd.
+pub const MAX_AT_LINE: usize = "AT ".len()
+    + MAX_SERVER_NAME
+    + 1
+    + MAX_TIME_DIFF
+    + 1
+    + MAX_CLIENT_ID
+    + 1
+    + MAX_LOCATION
+    + 1
+    + MAX_CLIENT_TIME
+    + "\n".len();
 /// Largest WHATSAT bound.
 pub const MAX_BOUND: u8 = 20;
 
@@ -101,10 +124,11 @@ pub fn parse_command(line: &[u8]) -> Command<'_> {
     }
 }
 
+/// 1 to 255 bytes, none of them whitespace or a control byte (0x00-0x1F, 0x7F): an id is echoed into
+/// replies, records and logs, so it must not be able to carry terminal escapes or line breaks.
 #[inline]
 fn valid_client_id(id: &[u8]) -> bool {
-    // Fields never contain whitespace, so only the length is left to check.
-    !id.is_empty() && id.len() <= MAX_CLIENT_ID
+    !id.is_empty() && id.len() <= MAX_CLIENT_ID && id.iter().all(|&b| b > b' ' && b != 0x7f)
 }
 
 /// A decimal number split at its point: `int` is DIGITS, `frac` is empty or DIGITS.
@@ -171,10 +195,27 @@ impl Decimal<'_> {
     }
 }
 
-/// The client-time grammar: DIGITS or DIGITS.DIGITS.
+/// The client-time grammar: DIGITS or DIGITS.DIGITS, at most [`MAX_CLIENT_TIME`] bytes.
 #[inline]
 pub fn valid_time(s: &[u8]) -> bool {
-    parse_decimal(s).is_some()
+    s.len() <= MAX_CLIENT_TIME && parse_decimal(s).is_some()
+}
+
+/// Whether the client time `t` (which satisfies [`valid_time`]) is at most `limit`, compared exactly: a
+/// client may not pin its record with a time from the far future (`limits.max_clock_skew_s`).
+pub fn time_at_most(t: &[u8], limit: Timestamp) -> bool {
+    let Some(t) = parse_decimal(t) else { return false };
+    let int = t.int_trimmed();
+    if int.len() > 20 {
+        return false;
+    }
+    let secs = int.iter().fold(0u128, |v, &d| v * 10 + u128::from(d - b'0'));
+    let frac9 = (0..9).fold(0u128, |v, i| v * 10 + t.frac.get(i).map_or(0, |d| u128::from(d - b'0')));
+    let t_ns = secs * 1_000_000_000 + frac9;
+    let limit_ns = u128::from(limit.secs) * 1_000_000_000 + u128::from(limit.nanos);
+    // Digits past the ninth make `t` a little more than `t_ns`: equal nanoseconds then means later.
+    let beyond = t.frac.len() > 9 && t.frac[9..].iter().any(|&d| d != b'0');
+    t_ns < limit_ns || (t_ns == limit_ns && !beyond)
 }
 
 /// Compares two client times exactly. Both must satisfy [`valid_time`]; invalid text compares as zero.
@@ -194,7 +235,7 @@ pub struct Location<'a> {
 
 /// Parses `±DD[.D+]±DDD[.D+]` with latitude in [-90, 90] and longitude in [-180, 180].
 pub fn parse_location(s: &[u8]) -> Option<Location<'_>> {
-    if s.len() < 4 || !matches!(s[0], b'+' | b'-') {
+    if s.len() < 4 || s.len() > MAX_LOCATION || !matches!(s[0], b'+' | b'-') {
         return None;
     }
     let second = 1 + s[1..].iter().position(|&b| b == b'+' || b == b'-')?;
@@ -233,6 +274,11 @@ impl Timestamp {
 
     fn as_nanos(self) -> i128 {
         i128::from(self.secs) * 1_000_000_000 + i128::from(self.nanos)
+    }
+
+    /// This time plus `secs` seconds.
+    pub fn plus_secs(self, secs: u64) -> Self {
+        Timestamp { secs: self.secs.saturating_add(secs), nanos: self.nanos }
     }
 }
 
@@ -367,29 +413,66 @@ pub struct AtFields {
     pub client_time: (u32, u32),
 }
 
+/// Why a line that has the shape of an `AT` record was refused (PROTOCOL section 5): the link stays up,
+/// the record is counted and logged, never stored or forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtRefusal {
+    /// The line is not shaped like a record at all (not `AT` and five fields separated by single spaces):
+    /// the stream is broken, and the link ends.
+    NotARecord,
+    /// A field breaks a rule of section 2; the name says which field.
+    Field(&'static str),
+}
+
+impl AtRefusal {
+    pub fn name(self) -> &'static str {
+        match self {
+            AtRefusal::NotARecord => "not_a_record",
+            AtRefusal::Field(f) => f,
+        }
+    }
+}
+
 /// Validates an `AT` line (with or without its final LF) as it travels between servers, and finds its
-/// fields. Everything is checked again: a peer is trusted to be a neighbour, not to be bug-free.
-pub fn parse_at(line: &[u8]) -> Option<AtFields> {
+/// fields. Everything is checked again: a peer is trusted to be a neighbour, not to be bug-free. The
+/// server name's membership in the herd and the clock skew need the config and a clock: the caller checks
+/// those.
+pub fn check_at(line: &[u8]) -> Result<AtFields, AtRefusal> {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     let mut parts = body.split(|&b| b == b' ');
     let (Some(b"AT"), Some(server), Some(diff), Some(id), Some(loc), Some(time), None) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return None;
+        return Err(AtRefusal::NotARecord);
     };
-    let server_ok = !server.is_empty() && !server.iter().any(|&b| is_whitespace(b));
-    let id_ok = valid_client_id(id) && !id.iter().any(|&b| is_whitespace(b));
-    let diff_ok = diff.len() > 1
+    if [server, diff, id, loc, time].iter().any(|f| f.is_empty()) {
+        return Err(AtRefusal::NotARecord);
+    }
+    let server_ok = server.len() <= MAX_SERVER_NAME && server.iter().all(|&b| b > b' ' && b != 0x7f);
+    let diff_ok = diff.len() <= MAX_TIME_DIFF
+        && diff.len() > 1
         && matches!(diff[0], b'+' | b'-')
         && parse_decimal(&diff[1..]).is_some_and(|d| d.frac.len() == 9);
-    if !(server_ok && id_ok && diff_ok && parse_location(loc).is_some() && valid_time(time)) {
-        return None;
+    let checks = [
+        (server_ok, "server"),
+        (diff_ok, "time_diff"),
+        (valid_client_id(id), "client_id"),
+        (parse_location(loc).is_some(), "location"),
+        (valid_time(time), "client_time"),
+    ];
+    if let Some(&(_, field)) = checks.iter().find(|(ok, _)| !ok) {
+        return Err(AtRefusal::Field(field));
     }
     let range = |s: &[u8]| {
         let start = s.as_ptr() as usize - body.as_ptr() as usize;
         (start as u32, (start + s.len()) as u32)
     };
-    Some(AtFields { server: range(server), client_id: range(id), location: range(loc), client_time: range(time) })
+    Ok(AtFields { server: range(server), client_id: range(id), location: range(loc), client_time: range(time) })
+}
+
+/// [`check_at`] without the reason.
+pub fn parse_at(line: &[u8]) -> Option<AtFields> {
+    check_at(line).ok()
 }
 
 #[cfg(test)]
@@ -620,6 +703,61 @@ mod tests {
             b"IAMAT Bona +0.000000000 c +1+1 1",
         ] {
             assert!(parse_at(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn at_refusals_say_which_rule_broke_and_what_ends_a_link() {
+        let long_id = format!("AT Bona +0.000000001 {} +1+1 1\n", "i".repeat(256));
+        let long_loc = format!("AT Bona +0.000000001 c +{}+1 1\n", "0".repeat(64));
+        let long_time = format!("AT Bona +0.000000001 c +1+1 1.{}\n", "0".repeat(39));
+        let long_server = format!("AT {} +0.000000001 c +1+1 1\n", "S".repeat(65));
+        let cases: [(&[u8], AtRefusal); 10] = [
+            (b"AT Bona +0.000000001 c\x1b +1+1 1\n", AtRefusal::Field("client_id")),
+            (b"AT Bona +0.000000001 c\x7f +1+1 1\n", AtRefusal::Field("client_id")),
+            (long_id.as_bytes(), AtRefusal::Field("client_id")),
+            (long_loc.as_bytes(), AtRefusal::Field("location")),
+            (long_time.as_bytes(), AtRefusal::Field("client_time")),
+            (long_server.as_bytes(), AtRefusal::Field("server")),
+            (b"AT Bona +12345678901.000000001 c +1+1 1\n", AtRefusal::Field("time_diff")),
+            (b"AT Bo\x1bna +0.000000001 c +1+1 1\n", AtRefusal::Field("server")),
+            // Not shaped like a record: the stream is broken.
+            (b"AT Bona +0.000000001 c +1+1\n", AtRefusal::NotARecord),
+            (b"AT Bona  +0.000000001 c +1+1 1\n", AtRefusal::NotARecord),
+        ];
+        for (line, want) in cases {
+            assert_eq!(check_at(line), Err(want), "{}", String::from_utf8_lossy(line));
+        }
+        // At every bound at once: accepted, and exactly MAX_AT_LINE bytes long.
+        let at_limit = format!(
+            "AT {} -1234567890.123456789 {} +{}-1 1.{}\n",
+            "S".repeat(MAX_SERVER_NAME),
+            "i".repeat(MAX_CLIENT_ID),
+            "0".repeat(MAX_LOCATION - 3),
+            "0".repeat(MAX_CLIENT_TIME - 2)
+        );
+        assert!(check_at(at_limit.as_bytes()).is_ok(), "{at_limit}");
+        assert_eq!(at_limit.len(), MAX_AT_LINE);
+    }
+
+    #[test]
+    fn time_at_most_compares_exactly_at_the_nanosecond() {
+        let limit = ts(1_700_000_300, 500_000_000);
+        // (client time, at most the limit?) worked out by hand.
+        let table = [
+            ("1700000300.5", true),
+            ("1700000300.500000000", true),
+            ("1700000300.5000000000000001", false),
+            ("1700000300.499999999999", true),
+            ("1700000300.500000001", false),
+            ("1700000301", false),
+            ("0001700000300", true),
+            ("0", true),
+            ("99999999999999999999", false),
+            ("999999999999999999999999999999", false),
+        ];
+        for (t, want) in table {
+            assert_eq!(time_at_most(t.as_bytes(), limit), want, "{t}");
         }
     }
 }

@@ -34,10 +34,52 @@ fn grader_style_iamat_without_newline_gets_the_whole_reply_in_one_read() {
     );
     assert!(diff > 2.0e8, "{diff}");
 
-    // A client time in the future gives a negative difference.
-    let reply = grader(port, b"IAMAT a +12-118 99999999999.5\n");
-    let text = String::from_utf8(reply).unwrap();
-    assert!(text.starts_with("AT Solo -"), "{text}");
+    // A client time a little in the future (within limits.max_clock_skew_s, 300 s by default) gives a
+    // negative difference.
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let ahead = format!("{}.5", secs + 100);
+    let reply = grader(port, format!("IAMAT a +12-118 {ahead}\n").as_bytes());
+    let diff = check_at(std::str::from_utf8(&reply).unwrap(), "Solo", "a", "+12-118", &ahead);
+    assert!((-100.5..-98.0).contains(&diff), "time diff {diff}");
+}
+
+/// PROTOCOL section 2's bounds, each checked one byte past the limit and at the limit. A command that
+/// breaks one is invalid: `? ` and the line. The accepted cases are what a client at the limit needs.
+#[test]
+fn every_field_bound_is_enforced_for_clients() {
+    let (config, _server) = one_server();
+    let port = config.port("Solo");
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let refused = |line: String| {
+        let want = format!("? {line}\n");
+        assert_eq!(String::from_utf8(grader(port, line.as_bytes())).unwrap(), want);
+    };
+    let accepted = |line: String| {
+        let reply = String::from_utf8(grader(port, line.as_bytes())).unwrap();
+        assert!(reply.starts_with("AT Solo "), "{line:?} must be accepted: {reply:?}");
+    };
+    // Client time: far in the future (the 16,361-digit attack, and just past the 300 s skew).
+    refused(format!("IAMAT far +1+1 {}", "9".repeat(16_361)));
+    refused(format!("IAMAT far +1+1 {}", secs + 400));
+    accepted(format!("IAMAT near +1+1 {}", secs + 200));
+    // Client time: 40 bytes at most (a long fraction of an old time is fine up to that).
+    let t40 = format!("1700000000.{}", "1".repeat(29));
+    assert_eq!(t40.len(), 40);
+    accepted(format!("IAMAT t40 +1+1 {t40}"));
+    refused(format!("IAMAT t41 +1+1 {t40}1"));
+    // Location: 64 bytes at most.
+    let loc64 = format!("+{}-118", "0".repeat(59));
+    assert_eq!(loc64.len(), 64);
+    accepted(format!("IAMAT l64 {loc64} 1700000000"));
+    refused(format!("IAMAT l65 +0{} 1700000000", &loc64[1..]));
+    // Client id: 255 bytes, no control byte.
+    accepted(format!("IAMAT {} +1+1 1700000000", "i".repeat(255)));
+    refused(format!("IAMAT {} +1+1 1700000000", "i".repeat(256)));
+    refused("IAMAT esc\x1b[31m +1+1 1700000000".to_string());
+    refused("IAMAT del\x7f +1+1 1700000000".to_string());
+    refused("IAMAT nul\x00 +1+1 1700000000".to_string());
+    refused("WHATSAT bell\x07 10 5".to_string());
+    accepted("IAMAT caf\u{e9} +1+1 1700000000".to_string());
 }
 
 #[test]

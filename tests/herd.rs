@@ -226,6 +226,67 @@ fn unidentified_peers_and_client_sent_at_lines_change_nothing() {
     }
 }
 
+/// PROTOCOL section 5: a record that breaks a rule is refused (logged, counted, never stored or forwarded)
+/// and the link stays up, so the neighbour's later honest records still arrive and flood on.
+#[test]
+fn a_neighbours_refused_records_leave_its_link_up() {
+    let herd = Herd::start(HerdConfig::from_shipped("config/herd.json", ""));
+    herd.wait_linked();
+    let (mut r, mut w) = raw_peer(herd.config.member("Bailey").peer_port);
+    w.write_all(b"HELLO Bona Bailey 00\n").unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("WELCOME Bailey "), "{line}");
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let bad = [
+        // Mallory is no server of the herd.
+        format!("AT Mallory +0.000000001 r1 +1+1 {secs}"),
+        // The far future: a record that would block every honest update of its client.
+        "AT Bona -0.000000001 r2 +1+1 99999999999999999999999".to_string(),
+        format!("AT Bona -0.000000001 r3 +1+1 {}", secs + 400),
+        // A control byte in the id, an over-long location, an over-long time difference, a long time.
+        format!("AT Bona +0.000000001 r4\x1b +1+1 {secs}"),
+        format!("AT Bona +0.000000001 r5 +{}+1 {secs}", "0".repeat(64)),
+        format!("AT Bona +123456789012.000000001 r6 +1+1 {secs}"),
+        format!("AT Bona +0.000000001 r7 +1+1 1700000000.{}", "0".repeat(30)),
+    ];
+    let mut burst = b"PROOF -\n".to_vec();
+    for b in &bad {
+        burst.extend_from_slice(b.as_bytes());
+        burst.push(b'\n');
+    }
+    let good = format!("AT Bona +0.000000001 honest +1+1 {secs}");
+    burst.extend_from_slice(good.as_bytes());
+    burst.push(b'\n');
+    w.write_all(&burst).unwrap();
+    // The honest record after the refused ones is stored and floods to the farthest server.
+    for m in &herd.config.members {
+        wait_record(m.port, "honest", &good, Duration::from_secs(5));
+    }
+    for m in &herd.config.members {
+        // (r4's id holds a control byte: no WHATSAT can even name it, and the count below covers it.)
+        for id in ["r1", "r2", "r3", "r5", "r6", "r7"] {
+            assert!(whatsat_first_line(m.port, id).starts_with("? "), "{}: {id:?} must not be stored", m.name);
+        }
+    }
+    // The link is still up: one more record on it arrives too.
+    let later = format!("AT Bona +0.000000001 later +1+1 {secs}");
+    w.write_all(format!("{later}\n").as_bytes()).unwrap();
+    wait_record(herd.port("Jaquez"), "later", &later, Duration::from_secs(5));
+    // Each refusal is logged once, escaped (the log is written by a thread: wait for it).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = herd.config.log_text("Bailey");
+        if log.matches("record refused").count() >= bad.len() || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let refusals: Vec<&str> = log.lines().filter(|l| l.contains("record refused")).collect();
+    assert_eq!(refusals.len(), bad.len(), "{refusals:#?}");
+    assert!(refusals.iter().all(|l| !l.contains('\x1b')), "{refusals:#?}");
+}
+
 #[test]
 fn with_a_herd_secret_peers_must_prove_they_hold_it() {
     let config = HerdConfig::from_shipped("config/herd.json", r#""herd_secret_env": "TEST_HERD_SECRET""#);

@@ -198,6 +198,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("records_stored_total", "counter", "Records stored (newer than the one held).", &one(c.records_stored));
     metric("records_received_total", "counter", "Records received from peers.", &one(c.records_received));
     metric("records_duplicate_total", "counter", "Records from peers not newer.", &one(c.records_duplicate));
+    metric(
+        "records_refused_total",
+        "counter",
+        "Records from peers refused for breaking a protocol rule (the link stays up).",
+        &one(c.records_refused),
+    );
     metric("records_forwarded_total", "counter", "Records queued to peer links.", &one(c.records_forwarded));
     metric("records_synced_total", "counter", "Records sent by anti-entropy.", &one(c.records_synced));
     metric("sync_batches_total", "counter", "Anti-entropy batches.", &one(c.sync_batches));

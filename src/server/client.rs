@@ -455,6 +455,11 @@ impl Client {
                 ctx.counters.invalid += 1;
                 protocol::write_invalid(buf, line);
             }
+            Command::IAmAt(cmd) if !protocol::time_at_most(cmd.client_time, ctx.latest_client_time()) => {
+                ctx.counters.iamat += 1;
+                ctx.counters.invalid += 1;
+                protocol::write_invalid(buf, line);
+            }
             Command::IAmAt(cmd) => {
                 ctx.counters.iamat += 1;
                 let fields = protocol::write_at(buf, &ctx.name, ctx.wall, &cmd);

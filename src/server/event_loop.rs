@@ -25,7 +25,7 @@ use super::places_client::{PlacesClient, Replies, Waiter};
 use super::timer::{Timer, Timers};
 use super::upstream::{Outcome, Upstream};
 use crate::config::{Config, Limits};
-use crate::protocol::{AtFields, Timestamp, WhatsAt};
+use crate::protocol::{self, AtFields, Timestamp, WhatsAt};
 use mio::event::Event;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -172,6 +172,8 @@ pub struct Counters {
     pub records_stored: u64,
     pub records_received: u64,
     pub records_duplicate: u64,
+    /// Records from peers refused for breaking a rule of PROTOCOL section 2 or 5 (the link stays up).
+    pub records_refused: u64,
     pub records_forwarded: u64,
     pub records_synced: u64,
     pub sync_batches: u64,
@@ -193,7 +195,7 @@ impl Counters {
         format!(
             "turns={} events={} stale={} accepts={} closes[{}] iamat={} whatsat={} invalid={} replies={} \
              bytes_in={} bytes_out={} writes={} stored={} received={} duplicate={} forwarded={} synced={} \
-             sync_batches={} links_up={} links_down={} peers_refused={}",
+             sync_batches={} links_up={} links_down={} peers_refused={} records_refused={}",
             self.turns,
             self.events,
             self.stale_events,
@@ -214,7 +216,8 @@ impl Counters {
             self.sync_batches,
             self.links_up,
             self.links_down,
-            self.peers_refused
+            self.peers_refused,
+            self.records_refused
         )
     }
 }
@@ -235,6 +238,8 @@ pub enum Whatsat {
 /// Everything a connection's handler may touch besides its own connection: the server's shared state.
 pub struct Ctx {
     pub name: Box<[u8]>,
+    /// Every server name of the config: a record from a peer must name one of them.
+    pub herd_names: Box<[Box<[u8]>]>,
     pub registry: Registry,
     /// Monotonic time of this turn, for deadlines.
     pub now: Instant,
@@ -331,6 +336,25 @@ impl Ctx {
             self.flood_marks.push((from, start, self.floods.len() as u32));
         }
         true
+    }
+
+    /// The latest client time a record may carry now: the clock plus `limits.max_clock_skew_s`.
+    pub fn latest_client_time(&self) -> Timestamp {
+        self.wall.plus_secs(self.limits.max_clock_skew_s)
+    }
+
+    /// Checks a record from a peer against every rule a client's IAMAT obeys, plus the herd's own: the
+    /// server it names is a server of the config.
+    pub fn check_peer_record(&self, line: &[u8]) -> Result<AtFields, protocol::AtRefusal> {
+        let fields = protocol::check_at(line)?;
+        let field = |r: (u32, u32)| &line[r.0 as usize..r.1 as usize];
+        if !self.herd_names.iter().any(|n| **n == *field(fields.server)) {
+            return Err(protocol::AtRefusal::Field("unknown_server"));
+        }
+        if !protocol::time_at_most(field(fields.client_time), self.latest_client_time()) {
+            return Err(protocol::AtRefusal::Field("client_time_ahead"));
+        }
+        Ok(fields)
     }
 
     pub fn ticket(&mut self) -> u64 {
@@ -636,6 +660,7 @@ impl Server {
         };
         let ctx = Ctx {
             name: me.name.as_bytes().into(),
+            herd_names: config.servers.iter().map(|s| s.name.as_bytes().into()).collect(),
             registry,
             now: Instant::now(),
             wall: Timestamp::from_system_time(SystemTime::now()),

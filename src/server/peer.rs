@@ -38,10 +38,10 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
 const SYNC_BATCHES_PER_TURN: usize = 4;
-/// Longest peer line: a record is a client line plus the server name and time difference.
-pub fn max_peer_line(max_line: usize) -> usize {
-    max_line + 512
-}
+/// Longest peer line. Every record is at most [`protocol::MAX_AT_LINE`] bytes by construction (each field is
+/// bounded), and handshake lines are shorter still, so this does not depend on the client line limit.
+pub const MAX_PEER_LINE: usize = 4096;
+const _: () = assert!(protocol::MAX_AT_LINE <= MAX_PEER_LINE);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -284,7 +284,7 @@ impl Peer {
         if self.is_closed() {
             return;
         }
-        if rest.len() > max_peer_line(ctx.limits.max_line) {
+        if rest.len() > MAX_PEER_LINE {
             return self.close(PeerClose::Protocol, ctx, format_args!("line too long"));
         }
         self.input.clear();
@@ -321,9 +321,21 @@ impl Peer {
     /// A record from an identified neighbour: stored and flooded on if it is the newest.
     fn on_record(&mut self, neighbour: usize, line: &[u8], ctx: &mut Ctx) {
         ctx.counters.records_received += 1;
-        let Some(fields) = protocol::parse_at(line) else {
-            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).to_string();
-            return self.close(PeerClose::Protocol, ctx, format_args!("not a record: {shown:?}"));
+        let fields = match ctx.check_peer_record(line) {
+            Ok(fields) => fields,
+            Err(protocol::AtRefusal::NotARecord) => {
+                let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).to_string();
+                return self.close(PeerClose::Protocol, ctx, format_args!("not a record: {shown:?}"));
+            }
+            Err(refusal) => {
+                // A record that breaks a rule is refused, never stored or forwarded; the link stays up, so
+                // one bad record cannot cut a neighbour off from every later one.
+                ctx.counters.records_refused += 1;
+                let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).escape_debug().to_string();
+                let name = &ctx.neighbours[neighbour].name;
+                ctx.log.event(format_args!("peer {name}: record refused ({}): {shown}", refusal.name()));
+                return;
+            }
         };
         ctx.log.peer("peer-recv", &ctx.neighbours[neighbour].name, line);
         if !ctx.store_and_flood(line, fields, Some(neighbour)) {
