@@ -24,6 +24,33 @@ pub struct Config {
     /// The address admin listeners bind (loopback unless said otherwise: it is not for the public).
     pub admin_host: IpAddr,
     pub limits: Limits,
+    /// The log file's rotation and detail (`log_max_bytes`, `log_keep`, `log_detail`).
+    pub log: LogOptions,
+}
+
+/// How much the log keeps: every command, reply and record (`io`), or only what happens to connections,
+/// links and Places (`events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogDetail {
+    Io,
+    Events,
+}
+
+/// The log's rotation and detail.
+#[derive(Debug, Clone)]
+pub struct LogOptions {
+    /// The file is rotated when it would pass this many bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept (`NAME.log.1` is the newest).
+    pub keep: u32,
+    pub detail: LogDetail,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        // 128 MiB × (7 + 1) = 1 GiB of disk at most per server.
+        LogOptions { max_bytes: 128 * 1024 * 1024, keep: 7, detail: LogDetail::Io }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -253,7 +280,19 @@ fn describe(v: &Value) -> String {
 
 fn from_value(value: &Value) -> Result<Config, String> {
     let top = Obj::new(value, "")?;
-    top.only(&["servers", "links", "places", "local_places", "log_dir", "herd_secret_env", "admin_host", "limits"])?;
+    top.only(&[
+        "servers",
+        "links",
+        "places",
+        "local_places",
+        "log_dir",
+        "log_max_bytes",
+        "log_keep",
+        "log_detail",
+        "herd_secret_env",
+        "admin_host",
+        "limits",
+    ])?;
 
     let servers_value = top.require("servers")?;
     let Value::Array(items) = servers_value else {
@@ -348,6 +387,20 @@ fn from_value(value: &Value) -> Result<Config, String> {
             Some(h) => h.parse().map_err(|_| format!("admin_host: expected an IP address, found {h:?}"))?,
         },
         limits,
+        log: parse_log_options(&top)?,
+    })
+}
+
+fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, String> {
+    let d = LogOptions::default();
+    Ok(LogOptions {
+        max_bytes: top.integer("log_max_bytes", 4096, 1 << 40)?.unwrap_or(d.max_bytes),
+        keep: top.integer("log_keep", 0, 1000)?.map_or(d.keep, |k| k as u32),
+        detail: match top.string("log_detail")?.as_deref() {
+            None | Some("io") => LogDetail::Io,
+            Some("events") => LogDetail::Events,
+            Some(other) => return Err(format!("log_detail: expected \"io\" or \"events\", found {other:?}")),
+        },
     })
 }
 
@@ -458,6 +511,18 @@ mod tests {
             (GOOD.replace(r#""log_dir""#, r#""log_dri""#), "c.json: log_dri: unknown field"),
             (GOOD.replace(r#""new""#, r#""old""#), "c.json: places.api: expected \"legacy\" or \"new\", found \"old\""),
             ("{".into(), "c.json: not valid JSON"),
+            (
+                GOOD.replace(r#""log_dir""#, r#""log_detail": "all", "log_dir""#),
+                "c.json: log_detail: expected \"io\" or \"events\", found \"all\"",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""log_max_bytes": 10, "log_dir""#),
+                "c.json: log_max_bytes: expected an integer",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""limits": {"max_clock_skew_s": -1}, "log_dir""#),
+                "c.json: limits.max_clock_skew_s: expected an integer",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err();

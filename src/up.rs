@@ -36,14 +36,17 @@ pub fn run(config: &Config) -> i32 {
         return 2;
     }
     let (tx, rx) = mpsc::channel();
-    let mut signals =
-        match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("herd: cannot install signal handlers: {e}");
-                return 2;
-            }
-        };
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("herd: cannot install signal handlers: {e}");
+            return 2;
+        }
+    };
     let signal_tx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -135,6 +138,14 @@ pub fn run(config: &Config) -> i32 {
         );
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
+                Ok(Msg::Signal(signal_hook::consts::SIGHUP)) => {
+                    // Log rotation: every server reopens its log file; nothing stops. (The local Places
+                    // service, started first, keeps no log file.)
+                    for m in members.iter().skip(first_server).filter(|m| !m.exited) {
+                        // SAFETY: kill(2) with a pid we spawned and have not reaped.
+                        unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGHUP) };
+                    }
+                }
                 Ok(Msg::Signal(sig)) => {
                     println!("herd: signal {sig}: stopping the herd");
                     break;

@@ -609,7 +609,7 @@ impl Server {
             Some(port) => Some(listen(name, SocketAddr::new(config.admin_host, port), "admin port")?),
             None => None,
         };
-        let log = ServerLog::open(&config.log_file(name))?;
+        let log = ServerLog::open(&config.log_file(name), &config.log)?;
         let mut server = Self::with_listeners(config, index, client_listener, peer_listener, log, neighbours, secret)?;
         if let Some(mut admin) = admin_listener {
             server
@@ -638,9 +638,12 @@ impl Server {
         let io = |e: std::io::Error| format!("{}: cannot register: {e}", me.name);
         registry.register(&mut client_listener, CLIENT_LISTENER, Interest::READABLE).map_err(io)?;
         registry.register(&mut peer_listener, PEER_LISTENER, Interest::READABLE).map_err(io)?;
-        let mut signals =
-            signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-                .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        let mut signals = signal_hook_mio::v1_0::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+            signal_hook::consts::SIGHUP,
+        ])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
         registry.register(&mut signals, SIGNALS, Interest::READABLE).map_err(io)?;
 
         let places = match &config.places {
@@ -1273,7 +1276,14 @@ impl Core {
     }
 
     fn on_signal(&mut self) {
-        let signals: Vec<i32> = self.signals.pending().collect();
+        let mut signals: Vec<i32> = self.signals.pending().collect();
+        // SIGHUP never stops the server: it reopens the log file (external rotation).
+        if signals.contains(&signal_hook::consts::SIGHUP) {
+            log::info!("SIGHUP: reopening the log file");
+            self.ctx.log.event(format_args!("SIGHUP: reopening the log file"));
+            self.ctx.log.reopen();
+            signals.retain(|&s| s != signal_hook::consts::SIGHUP);
+        }
         if signals.is_empty() {
             return;
         }

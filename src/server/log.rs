@@ -28,13 +28,30 @@
 //! buffer is back, the loop keeps appending to the buffer it has, up to `BACKLOG_MAX`; past that it drops
 //! lines rather than stall every client, counts them, and writes how many were dropped once the disk
 //! catches up.
+//!
+//! What an operator needs to leave it running for weeks, all on the writer thread so the loop never waits:
+//! - **Privacy.** The log holds every client's position: files are created `0600` (an existing file is
+//!   tightened to `0600`) and a directory the server creates is `0700`.
+//! - **Rotation.** Past `log_max_bytes` the file is renamed `NAME.log.1` (older ones shift up to
+//!   `NAME.log.<log_keep>`, the oldest is deleted) and a fresh `NAME.log` is started, always at a line
+//!   boundary. `log_max_bytes × (log_keep + 1)` bounds the disk the log can take.
+//! - **Reopen.** SIGHUP asks the writer to reopen the file by name: external rotation (logrotate's
+//!   `create` mode) works too.
+//! - **Detail.** `log_detail: "events"` keeps connections, links, errors and Places outcomes and drops the
+//!   per-command, per-reply and per-record lines.
+//! - **Escaping.** Every byte that came from the network reaches the file escaped: printable ASCII as is,
+//!   `\\`, `\n`, `\t`, `\r`, and `\xNN` for any other byte, so no control byte (a terminal escape, a
+//!   line break) is ever written raw. Command, reply and record lines escape their bytes; an event line is
+//!   escaped after formatting if it holds any such byte (a HELLO name, a Places status).
 
+pub use crate::config::{LogDetail as Detail, LogOptions as Options};
 use crate::protocol::Timestamp;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -56,6 +73,7 @@ const BODY_PREVIEW: usize = 120;
 
 pub struct ServerLog {
     writer: Option<Writer>,
+    detail: Detail,
     buf: Vec<u8>,
     stamp: [u8; 27],
     /// Lines dropped since the last notice written to the file, and in all.
@@ -81,6 +99,8 @@ struct Slots {
     empty: Vec<Vec<u8>>,
     /// The loop has handed over its last buffer: write what is queued, then stop.
     closing: bool,
+    /// SIGHUP: reopen the file by name before the next write.
+    reopen: bool,
 }
 
 impl Mailbox {
@@ -90,42 +110,148 @@ impl Mailbox {
     }
 }
 
+/// The writer thread's end: the open file, its size, and the rotation policy.
+struct Sink {
+    path: PathBuf,
+    file: Option<File>,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
+    /// A write or rotation failure is said once per failing stretch, not once per buffer.
+    failed: bool,
+}
+
+impl Sink {
+    fn new(file: File, path: &Path, options: &Options) -> Sink {
+        let size = file.metadata().map_or(0, |m| m.len());
+        Sink {
+            path: path.to_path_buf(),
+            file: Some(file),
+            size,
+            max_bytes: options.max_bytes,
+            keep: options.keep,
+            failed: false,
+        }
+    }
+
+    /// Appends `buf` (whole lines), rotating at line boundaries so that no file passes `max_bytes`, except
+    /// a file holding a single line longer than that.
+    fn write(&mut self, mut buf: &[u8]) {
+        while !buf.is_empty() {
+            let room = usize::try_from(self.max_bytes.saturating_sub(self.size)).unwrap_or(usize::MAX);
+            if buf.len() <= room {
+                self.append(buf);
+                return;
+            }
+            let mut cut = memchr::memrchr(b'\n', &buf[..room]).map_or(0, |i| i + 1);
+            if cut == 0 && self.size == 0 {
+                // One line longer than a whole file: it goes alone into a fresh file.
+                cut = memchr::memchr(b'\n', buf).map_or(buf.len(), |i| i + 1);
+            }
+            self.append(&buf[..cut]);
+            buf = &buf[cut..];
+            self.rotate();
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        let Some(file) = self.file.as_mut() else { return };
+        match file.write_all(bytes) {
+            Ok(()) => {
+                self.size += bytes.len() as u64;
+                self.failed = false;
+            }
+            Err(e) => self.failure(format!("log write to {} failed: {e}", self.path.display())),
+        }
+    }
+
+    /// `NAME.log.{keep-1}` → `NAME.log.{keep}`, …, `NAME.log` → `NAME.log.1`, then a fresh `NAME.log`.
+    fn rotate(&mut self) {
+        let numbered = |k: u32| {
+            let mut p = self.path.clone().into_os_string();
+            p.push(format!(".{k}"));
+            PathBuf::from(p)
+        };
+        self.file = None;
+        let moved = if self.keep == 0 {
+            std::fs::remove_file(&self.path)
+        } else {
+            for k in (1..self.keep).rev() {
+                // A missing older file is normal (the first rotations).
+                let _ = std::fs::rename(numbered(k), numbered(k + 1));
+            }
+            std::fs::rename(&self.path, numbered(1))
+        };
+        if let Err(e) = moved {
+            self.failure(format!("log rotation of {} failed: {e}", self.path.display()));
+        }
+        self.reopen();
+    }
+
+    /// Opens the file by name again (after rotation, or on SIGHUP after an external rotation).
+    fn reopen(&mut self) {
+        match open_private(&self.path) {
+            Ok(file) => {
+                self.size = file.metadata().map_or(0, |m| m.len());
+                self.file = Some(file);
+            }
+            // Keep writing to the old file rather than losing lines.
+            Err(e) => self.failure(format!("cannot reopen log file {}: {e}", self.path.display())),
+        }
+        if self.file.is_none() {
+            self.failure(format!("log file {} is closed: lines are lost", self.path.display()));
+        }
+    }
+
+    fn failure(&mut self, what: String) {
+        if !self.failed {
+            self.failed = true;
+            log::warn!("{what}");
+        }
+    }
+}
+
+/// Opens `path` for appending, created `0600`; an existing file is tightened to `0600`.
+fn open_private(path: &Path) -> std::io::Result<File> {
+    let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    let mut perms = file.metadata()?.permissions();
+    if perms.mode() & 0o077 != 0 {
+        perms.set_mode(perms.mode() & 0o700);
+        file.set_permissions(perms)?;
+    }
+    Ok(file)
+}
+
 impl Writer {
-    fn spawn(mut file: File, path: &Path) -> Result<Writer, String> {
+    fn spawn(file: File, path: &Path, options: &Options) -> Result<Writer, String> {
         let mailbox = Arc::new(Mailbox::default());
         mailbox.slots().empty = (1..BUFFERS).map(|_| Vec::with_capacity(FLUSH_AT * 2)).collect();
-        let shown = path.display().to_string();
+        let mut sink = Sink::new(file, path, options);
         let theirs = Arc::clone(&mailbox);
         let thread = std::thread::Builder::new()
             .name("herd-log".into())
-            .spawn(move || {
-                let mut failed = false;
-                loop {
-                    let next = {
-                        let mut slots = theirs.slots();
-                        match slots.full.pop_front() {
-                            Some(buf) => Some(buf),
-                            None if slots.closing => return,
-                            None => None,
-                        }
-                    };
-                    // Nothing to write: sleep until the loop unparks us. A spurious wake-up only loops.
-                    let Some(mut buf) = next else {
-                        std::thread::park();
-                        continue;
-                    };
-                    match file.write_all(&buf) {
-                        Ok(()) => failed = false,
-                        // Said once per failing stretch, not once per buffer.
-                        Err(e) if !failed => {
-                            failed = true;
-                            log::warn!("log write to {shown} failed: {e}");
-                        }
-                        Err(_) => {}
+            .spawn(move || loop {
+                let (next, reopen) = {
+                    let mut slots = theirs.slots();
+                    let reopen = std::mem::take(&mut slots.reopen);
+                    match slots.full.pop_front() {
+                        Some(buf) => (Some(buf), reopen),
+                        None if slots.closing => return,
+                        None => (None, reopen),
                     }
-                    buf.clear();
-                    theirs.slots().empty.push(buf);
+                };
+                if reopen {
+                    sink.file = None;
+                    sink.reopen();
                 }
+                // Nothing to write: sleep until the loop unparks us. A spurious wake-up only loops.
+                let Some(mut buf) = next else {
+                    std::thread::park();
+                    continue;
+                };
+                sink.write(&buf);
+                buf.clear();
+                theirs.slots().empty.push(buf);
             })
             .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
         Ok(Writer { mailbox, thread })
@@ -145,24 +271,25 @@ impl Writer {
 }
 
 impl ServerLog {
-    /// Opens (appending) `path`, creating its directory if missing.
-    pub fn open(path: &Path) -> Result<ServerLog, String> {
+    /// Opens (appending) `path`, `0600`, creating its directory (`0700`) if missing.
+    pub fn open(path: &Path, options: &Options) -> Result<ServerLog, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
-        Self::to_file(file, path)
+        let file = open_private(path).map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        Self::to_file(file, path, options)
     }
 
     /// A log written to `file` (already open for appending) by a new writer thread.
-    fn to_file(file: File, path: &Path) -> Result<ServerLog, String> {
-        let writer = Writer::spawn(file, path)?;
+    fn to_file(file: File, path: &Path, options: &Options) -> Result<ServerLog, String> {
+        let writer = Writer::spawn(file, path, options)?;
         Ok(ServerLog {
             writer: Some(writer),
+            detail: options.detail,
             buf: Vec::with_capacity(FLUSH_AT * 2),
             stamp: [b'0'; 27],
             dropped: 0,
@@ -170,9 +297,16 @@ impl ServerLog {
         })
     }
 
+    /// SIGHUP: the writer reopens the file by name before its next write (for external rotation).
+    pub fn reopen(&mut self) {
+        let Some(writer) = &self.writer else { return };
+        writer.mailbox.slots().reopen = true;
+        writer.thread.thread().unpark();
+    }
+
     /// A log that keeps nothing (benchmarks of the loop without disk).
     pub fn disabled() -> ServerLog {
-        ServerLog { writer: None, buf: Vec::new(), stamp: [b'0'; 27], dropped: 0, dropped_total: 0 }
+        ServerLog { writer: None, detail: Detail::Io, buf: Vec::new(), stamp: [b'0'; 27], dropped: 0, dropped_total: 0 }
     }
 
     /// Lines dropped because the disk fell behind, since start-up (a metric).
@@ -211,26 +345,41 @@ impl ServerLog {
         }
     }
 
-    /// A free-form event: `text` is already printable.
+    /// A free-form event. Whatever the arguments hold (a name from a HELLO, a status from Places) is
+    /// escaped if it holds a byte that is not printable ASCII; plain text (nearly every event) is left as is.
     pub fn event(&mut self, text: std::fmt::Arguments<'_>) {
         let Some(buf) = self.start("", BACKLOG_MAX + EVENT_RESERVE) else { return };
+        let from = buf.len();
         let _ = buf.write_fmt(text);
+        if buf[from..].iter().any(|&b| !(0x20..=0x7e).contains(&b)) {
+            let raw = buf.split_off(from);
+            escape_into(buf, &raw);
+        }
         self.end();
     }
 
     /// A command received from a client (bytes escaped).
     pub fn command(&mut self, addr: &AddrText, line: &[u8]) {
+        if self.detail == Detail::Events {
+            return;
+        }
         self.bytes("recv", addr, line, line.len());
     }
 
     /// A reply sent to a client. Long replies (WHATSAT's JSON) are cut after a preview and counted.
     pub fn reply(&mut self, addr: &AddrText, reply: &[u8]) {
+        if self.detail == Detail::Events {
+            return;
+        }
         let reply = reply.strip_suffix(b"\n").unwrap_or(reply);
         self.bytes("send", addr, reply, BODY_PREVIEW);
     }
 
     /// A record received from or sent to a peer.
     pub fn peer(&mut self, what: &str, peer: &str, line: &[u8]) {
+        if self.detail == Detail::Events {
+            return;
+        }
         let Some(buf) = self.start(what, BACKLOG_MAX) else { return };
         buf.push(b' ');
         buf.extend_from_slice(peer.as_bytes());
@@ -438,7 +587,7 @@ mod tests {
         use std::io::Read;
         let (mut reader, writer) = std::io::pipe().unwrap();
         let file = File::from(std::os::fd::OwnedFd::from(writer));
-        let mut log = ServerLog::to_file(file, Path::new("pipe")).unwrap();
+        let mut log = ServerLog::to_file(file, Path::new("pipe"), &Options::default()).unwrap();
         log.set_time(Timestamp { secs: 1_520_023_934, nanos: 0 });
         let addr = AddrText::new("127.0.0.1:4000".parse().unwrap());
         let n = 200_000u64; // about 29 MB of lines: far more than the pipe, the buffers and BACKLOG_MAX
