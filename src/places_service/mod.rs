@@ -9,12 +9,16 @@
 //! - [`api`]: the endpoints as pure functions (request in, status and Google-style JSON out).
 //! - [`http1`]: request parsing and response framing.
 //! - [`certs`]: the CA (created once, then reused) and the leaf certificate.
-//! - `server`: the single-threaded mio loop and the connection state machine.
+//! - `server`: the single-threaded mio loop: accept, readiness, timers, signals, shut-down.
+//! - `conn`: one connection's TLS and HTTP/1.1 state machine.
+//! - `respond`: request routing: the endpoint's answer, the faults, the framing.
 
 pub mod api;
 pub mod certs;
+mod conn;
 pub mod gazetteer;
 pub mod http1;
+mod respond;
 mod server;
 
 pub use gazetteer::{haversine_m, Gazetteer, EARTH_RADIUS_M};
@@ -251,7 +255,7 @@ struct Ready {
     signals: signal_hook_mio::v1_0::Signals,
     tls: std::sync::Arc<rustls::ServerConfig>,
     gazetteer: Gazetteer,
-    settings: server::Settings,
+    settings: respond::Settings,
     started: Instant,
 }
 
@@ -293,7 +297,7 @@ fn start(options: Options) -> Result<Ready, String> {
         signals,
         tls,
         gazetteer,
-        settings: server::Settings {
+        settings: respond::Settings {
             faults: options.faults,
             chunked: options.chunked,
             idle_timeout: options.idle_timeout,
