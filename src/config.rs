@@ -6,10 +6,120 @@
 
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::fmt;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "config/herd.json";
+
+/// Why a configuration cannot be used. Every variant displays as the one line users see today, e.g.
+/// `config/herd.json: servers[2].port: expected an integer from 1 to 65535, found "x"`; `main` prints
+/// it after `herd: ` and exits with status 2.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read: `FILE: cannot read: ERROR`.
+    Unreadable { file: PathBuf, source: std::io::Error },
+    /// The file is not JSON: `FILE: not valid JSON: ERROR`.
+    NotJson { file: PathBuf, source: serde_json::Error },
+    /// One value in the file is wrong: `FILE: FIELD: PROBLEM`.
+    Invalid { file: PathBuf, field: String, problem: Problem },
+    /// A server's `host` is a name that did not resolve (at start-up, never on the loop).
+    Unresolvable { server: String, host: String, source: std::io::Error },
+    /// A server's `host` resolved to no address.
+    NoAddress { server: String, host: String },
+}
+
+/// What is wrong with one value of the file (the part after `FIELD: `).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A required field is absent (or null).
+    Missing,
+    /// A key this object does not know (a typo is an error, not a silent default).
+    UnknownField { known: String },
+    /// A value of the wrong type or out of range: `expected WHAT, found VALUE`.
+    Expected { what: String, found: String },
+    /// A server name with whitespace, a control byte, or over 64 bytes.
+    BadName { name: String },
+    /// Two servers with one name.
+    DuplicateName { name: String },
+    /// Two listeners on one port of one host; `by` is the earlier one, as `NAME.FIELD`.
+    PortTaken { port: u16, host: String, by: String },
+    /// A link names a server the file does not have.
+    UnknownServer { name: String },
+    /// A link from a server to itself.
+    SelfLink,
+    /// The same link twice (in either direction).
+    DuplicateLink,
+    /// `servers` is empty.
+    NoServers,
+    /// `limits.client_output_hard` is below `limits.client_output_soft`.
+    HardBelowSoft,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Unreadable { file, source } => write!(f, "{}: cannot read: {source}", file.display()),
+            ConfigError::NotJson { file, source } => write!(f, "{}: not valid JSON: {source}", file.display()),
+            ConfigError::Invalid { file, field, problem } => write!(f, "{}: {field}: {problem}", file.display()),
+            ConfigError::Unresolvable { server, host, source } => {
+                write!(f, "server {server}: cannot resolve host {host:?}: {source}")
+            }
+            ConfigError::NoAddress { server, host } => write!(f, "server {server}: host {host:?} has no address"),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Missing => f.write_str("missing"),
+            Problem::UnknownField { known } => write!(f, "unknown field (known: {known})"),
+            Problem::Expected { what, found } => write!(f, "expected {what}, found {found}"),
+            Problem::BadName { name } => write!(f, "{name:?} must be 1 to 64 bytes without whitespace"),
+            Problem::DuplicateName { name } => write!(f, "duplicate server name {name:?}"),
+            Problem::PortTaken { port, host, by } => write!(f, "port {port} on {host} is already used by {by}"),
+            Problem::UnknownServer { name } => write!(f, "unknown server {name:?}"),
+            Problem::SelfLink => f.write_str("a server cannot link to itself"),
+            Problem::DuplicateLink => f.write_str("duplicate link"),
+            Problem::NoServers => f.write_str("the herd needs at least one server"),
+            Problem::HardBelowSoft => f.write_str("must be at least limits.client_output_soft"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Unreadable { source, .. } | ConfigError::Unresolvable { source, .. } => Some(source),
+            ConfigError::NotJson { source, .. } => Some(source),
+            ConfigError::Invalid { .. } | ConfigError::NoAddress { .. } => None,
+        }
+    }
+}
+
+/// For callers that still carry errors as text (the one-line message, unchanged).
+impl From<ConfigError> for String {
+    fn from(e: ConfigError) -> String {
+        e.to_string()
+    }
+}
+
+/// A problem found while reading the JSON, before the file name is known: `FIELD: PROBLEM`.
+#[derive(Debug)]
+struct FieldError {
+    field: String,
+    problem: Problem,
+}
+
+fn bad(field: impl Into<String>, problem: Problem) -> FieldError {
+    FieldError { field: field.into(), problem }
+}
+
+/// `expected WHAT, found FOUND` at `field`.
+fn expected(field: impl Into<String>, what: impl Into<String>, found: String) -> FieldError {
+    bad(field, Problem::Expected { what: what.into(), found })
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,22 +175,22 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Resolves `host` (an IP address, or a name resolved once here, at start-up, never on the loop).
-    pub fn resolve(&self, port: u16) -> Result<SocketAddr, String> {
+    pub fn resolve(&self, port: u16) -> Result<SocketAddr, ConfigError> {
         if let Ok(ip) = self.host.parse::<IpAddr>() {
             return Ok(SocketAddr::new(ip, port));
         }
         (self.host.as_str(), port)
             .to_socket_addrs()
-            .map_err(|e| format!("server {}: cannot resolve host {:?}: {e}", self.name, self.host))?
+            .map_err(|source| ConfigError::Unresolvable { server: self.name.clone(), host: self.host.clone(), source })?
             .next()
-            .ok_or_else(|| format!("server {}: host {:?} has no address", self.name, self.host))
+            .ok_or_else(|| ConfigError::NoAddress { server: self.name.clone(), host: self.host.clone() })
     }
 
-    pub fn client_addr(&self) -> Result<SocketAddr, String> {
+    pub fn client_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.resolve(self.port)
     }
 
-    pub fn peer_addr(&self) -> Result<SocketAddr, String> {
+    pub fn peer_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.resolve(self.peer_port)
     }
 }
@@ -152,15 +262,20 @@ impl Default for Limits {
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Unreadable { file: path.to_path_buf(), source })?;
         Self::parse(path, &text)
     }
 
-    pub fn parse(path: &Path, text: &str) -> Result<Config, String> {
-        let at = |e: String| format!("{}: {e}", path.display());
-        let value: Value = serde_json::from_str(text).map_err(|e| at(format!("not valid JSON: {e}")))?;
-        let mut config = from_value(&value).map_err(at)?;
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|source| ConfigError::NotJson { file: path.to_path_buf(), source })?;
+        let mut config = from_value(&value).map_err(|FieldError { field, problem }| ConfigError::Invalid {
+            file: path.to_path_buf(),
+            field,
+            problem,
+        })?;
         config.path = path.to_path_buf();
         Ok(config)
     }
@@ -201,10 +316,10 @@ struct Obj<'a> {
 }
 
 impl<'a> Obj<'a> {
-    fn new(v: &'a Value, at: &str) -> Result<Self, String> {
+    fn new(v: &'a Value, at: &str) -> Result<Self, FieldError> {
         match v {
             Value::Object(map) => Ok(Obj { map, at: at.to_string() }),
-            other => Err(format!("{}: expected an object, found {}", where_(at), describe(other))),
+            other => Err(expected(where_(at), "an object", describe(other))),
         }
     }
 
@@ -220,42 +335,42 @@ impl<'a> Obj<'a> {
         self.map.get(key).filter(|v| !v.is_null())
     }
 
-    fn require(&self, key: &str) -> Result<&'a Value, String> {
-        self.get(key).ok_or_else(|| format!("{}: missing", self.path(key)))
+    fn require(&self, key: &str) -> Result<&'a Value, FieldError> {
+        self.get(key).ok_or_else(|| bad(self.path(key), Problem::Missing))
     }
 
-    fn string(&self, key: &str) -> Result<Option<String>, String> {
+    fn string(&self, key: &str) -> Result<Option<String>, FieldError> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
-            Some(other) => Err(format!("{}: expected a non-empty string, found {}", self.path(key), describe(other))),
+            Some(other) => Err(expected(self.path(key), "a non-empty string", describe(other))),
         }
     }
 
-    fn required_string(&self, key: &str) -> Result<String, String> {
+    fn required_string(&self, key: &str) -> Result<String, FieldError> {
         self.require(key)?;
         Ok(self.string(key)?.expect("present"))
     }
 
-    fn integer(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, String> {
+    fn integer(&self, key: &str, min: u64, max: u64) -> Result<Option<u64>, FieldError> {
         match self.get(key) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
                 Some(n) if (min..=max).contains(&n) => Ok(Some(n)),
-                _ => Err(format!("{}: expected an integer from {min} to {max}, found {}", self.path(key), describe(v))),
+                _ => Err(expected(self.path(key), format!("an integer from {min} to {max}"), describe(v))),
             },
         }
     }
 
-    fn required_integer(&self, key: &str, min: u64, max: u64) -> Result<u64, String> {
+    fn required_integer(&self, key: &str, min: u64, max: u64) -> Result<u64, FieldError> {
         self.require(key)?;
         Ok(self.integer(key, min, max)?.expect("present"))
     }
 
     /// Refuses keys this object does not know, so that a typo is an error rather than a silent default.
-    fn only(&self, known: &[&str]) -> Result<(), String> {
+    fn only(&self, known: &[&str]) -> Result<(), FieldError> {
         match self.map.keys().find(|k| !known.contains(&k.as_str())) {
-            Some(k) => Err(format!("{}: unknown field (known: {})", self.path(k), known.join(", "))),
+            Some(k) => Err(bad(self.path(k), Problem::UnknownField { known: known.join(", ") })),
             None => Ok(()),
         }
     }
@@ -278,7 +393,7 @@ fn describe(v: &Value) -> String {
     }
 }
 
-fn from_value(value: &Value) -> Result<Config, String> {
+fn from_value(value: &Value) -> Result<Config, FieldError> {
     let top = Obj::new(value, "")?;
     top.only(&[
         "servers",
@@ -296,10 +411,10 @@ fn from_value(value: &Value) -> Result<Config, String> {
 
     let servers_value = top.require("servers")?;
     let Value::Array(items) = servers_value else {
-        return Err(format!("servers: expected an array, found {}", describe(servers_value)));
+        return Err(expected("servers", "an array", describe(servers_value)));
     };
     if items.is_empty() {
-        return Err("servers: the herd needs at least one server".into());
+        return Err(bad("servers", Problem::NoServers));
     }
     let mut servers = Vec::with_capacity(items.len());
     let mut names = HashMap::new();
@@ -310,10 +425,10 @@ fn from_value(value: &Value) -> Result<Config, String> {
         o.only(&["name", "host", "port", "peer_port", "admin_port"])?;
         let name = o.required_string("name")?;
         if name.bytes().any(|b| crate::protocol::is_whitespace(b) || b.is_ascii_control()) || name.len() > 64 {
-            return Err(format!("{at}.name: {name:?} must be 1 to 64 bytes without whitespace"));
+            return Err(bad(format!("{at}.name"), Problem::BadName { name }));
         }
         if names.insert(name.clone(), i).is_some() {
-            return Err(format!("{at}.name: duplicate server name {name:?}"));
+            return Err(bad(format!("{at}.name"), Problem::DuplicateName { name }));
         }
         let host = o.string("host")?.unwrap_or_else(|| "127.0.0.1".into());
         let port = o.required_integer("port", 1, 65535)? as u16;
@@ -323,7 +438,7 @@ fn from_value(value: &Value) -> Result<Config, String> {
             [("port", port), ("peer_port", peer_port)].into_iter().chain(admin_port.map(|p| ("admin_port", p)))
         {
             if let Some(other) = ports.insert((host.clone(), p), format!("{name}.{what}")) {
-                return Err(format!("{at}.{what}: port {p} on {host} is already used by {other}"));
+                return Err(bad(format!("{at}.{what}"), Problem::PortTaken { port: p, host, by: other }));
             }
         }
         servers.push(ServerConfig { name, host, port, peer_port, admin_port });
@@ -332,24 +447,29 @@ fn from_value(value: &Value) -> Result<Config, String> {
     let mut links = Vec::new();
     if let Some(v) = top.get("links") {
         let Value::Array(items) = v else {
-            return Err(format!("links: expected an array of [name, name] pairs, found {}", describe(v)));
+            return Err(expected("links", "an array of [name, name] pairs", describe(v)));
         };
         for (i, item) in items.iter().enumerate() {
             let pair = match item {
                 Value::Array(p) if p.len() == 2 => (p[0].as_str(), p[1].as_str()),
-                other => return Err(format!("links[{i}]: expected a pair [name, name], found {}", describe(other))),
+                other => return Err(expected(format!("links[{i}]"), "a pair [name, name]", describe(other))),
             };
             let (Some(a), Some(b)) = pair else {
-                return Err(format!("links[{i}]: expected two server names, found {}", describe(item)));
+                return Err(expected(format!("links[{i}]"), "two server names", describe(item)));
             };
-            let index = |n: &str| names.get(n).copied().ok_or_else(|| format!("links[{i}]: unknown server {n:?}"));
+            let index = |n: &str| {
+                names
+                    .get(n)
+                    .copied()
+                    .ok_or_else(|| bad(format!("links[{i}]"), Problem::UnknownServer { name: n.into() }))
+            };
             let (a, b) = (index(a)?, index(b)?);
             if a == b {
-                return Err(format!("links[{i}]: a server cannot link to itself"));
+                return Err(bad(format!("links[{i}]"), Problem::SelfLink));
             }
             let link = (a.min(b), a.max(b));
             if links.contains(&link) {
-                return Err(format!("links[{i}]: duplicate link"));
+                return Err(bad(format!("links[{i}]"), Problem::DuplicateLink));
             }
             links.push(link);
         }
@@ -364,7 +484,7 @@ fn from_value(value: &Value) -> Result<Config, String> {
             let listen = o.required_string("listen")?;
             let listen = listen
                 .parse::<SocketAddr>()
-                .map_err(|_| format!("local_places.listen: expected IP:PORT, found {listen:?}"))?;
+                .map_err(|_| expected("local_places.listen", "IP:PORT", format!("{listen:?}")))?;
             Some(LocalPlacesConfig { listen, ca_out: o.required_string("ca_out")?.into() })
         }
     };
@@ -384,14 +504,14 @@ fn from_value(value: &Value) -> Result<Config, String> {
         herd_secret_env: top.string("herd_secret_env")?,
         admin_host: match top.string("admin_host")? {
             None => IpAddr::from([127, 0, 0, 1]),
-            Some(h) => h.parse().map_err(|_| format!("admin_host: expected an IP address, found {h:?}"))?,
+            Some(h) => h.parse().map_err(|_| expected("admin_host", "an IP address", format!("{h:?}")))?,
         },
         limits,
         log: parse_log_options(&top)?,
     })
 }
 
-fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, String> {
+fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, FieldError> {
     let d = LogOptions::default();
     Ok(LogOptions {
         max_bytes: top.integer("log_max_bytes", 4096, 1 << 40)?.unwrap_or(d.max_bytes),
@@ -399,22 +519,22 @@ fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, String> {
         detail: match top.string("log_detail")?.as_deref() {
             None | Some("io") => LogDetail::Io,
             Some("events") => LogDetail::Events,
-            Some(other) => return Err(format!("log_detail: expected \"io\" or \"events\", found {other:?}")),
+            Some(other) => return Err(expected("log_detail", "\"io\" or \"events\"", format!("{other:?}"))),
         },
     })
 }
 
-fn parse_places(v: &Value) -> Result<PlacesConfig, String> {
+fn parse_places(v: &Value) -> Result<PlacesConfig, FieldError> {
     let o = Obj::new(v, "places")?;
     o.only(&["api", "url", "key_env", "ca_file", "timeout_ms", "pool_size", "cache_ttl_s"])?;
     let api = match o.string("api")?.as_deref() {
         None | Some("legacy") => PlacesApi::Legacy,
         Some("new") => PlacesApi::New,
-        Some(other) => return Err(format!("places.api: expected \"legacy\" or \"new\", found {other:?}")),
+        Some(other) => return Err(expected("places.api", "\"legacy\" or \"new\"", format!("{other:?}"))),
     };
     let url = o.required_string("url")?;
     if !url.starts_with("https://") {
-        return Err(format!("places.url: expected an https:// URL, found {url:?}"));
+        return Err(expected("places.url", "an https:// URL", format!("{url:?}")));
     }
     Ok(PlacesConfig {
         api,
@@ -427,7 +547,7 @@ fn parse_places(v: &Value) -> Result<PlacesConfig, String> {
     })
 }
 
-fn parse_limits(v: &Value) -> Result<Limits, String> {
+fn parse_limits(v: &Value) -> Result<Limits, FieldError> {
     let o = Obj::new(v, "limits")?;
     let names = [
         "max_line",
@@ -442,7 +562,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
     ];
     o.only(&names)?;
     let d = Limits::default();
-    let get = |k: &str, dflt: usize, min: u64, max: u64| -> Result<usize, String> {
+    let get = |k: &str, dflt: usize, min: u64, max: u64| -> Result<usize, FieldError> {
         Ok(o.integer(k, min, max)?.map_or(dflt, |n| n as usize))
     };
     let limits = Limits {
@@ -458,7 +578,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
         max_clock_skew_s: get("max_clock_skew_s", d.max_clock_skew_s as usize, 0, 366 * 86_400)? as u64,
     };
     if limits.client_output_hard < limits.client_output_soft {
-        return Err("limits.client_output_hard: must be at least limits.client_output_soft".into());
+        return Err(bad("limits.client_output_hard", Problem::HardBelowSoft));
     }
     Ok(limits)
 }
@@ -467,7 +587,7 @@ fn parse_limits(v: &Value) -> Result<Limits, String> {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, String> {
+    fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("c.json"), text)
     }
 
@@ -494,8 +614,76 @@ mod tests {
         assert_eq!(c.limits.max_line, 16_384);
     }
 
+    /// The field and problem of an `Invalid` error (panics on any other kind).
+    fn invalid(text: &str) -> (String, Problem) {
+        match parse(text) {
+            Err(ConfigError::Invalid { file, field, problem }) => {
+                assert_eq!(file, Path::new("c.json"));
+                (field, problem)
+            }
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    fn found(what: &str, found: &str) -> Problem {
+        Problem::Expected { what: what.into(), found: found.into() }
+    }
+
     #[test]
-    fn errors_name_the_problem() {
+    fn errors_say_which_field_and_what_is_wrong() {
+        let cases = [
+            (
+                GOOD.replace(r#""port": 1001"#, r#""port": "x""#),
+                "servers[1].port",
+                found("an integer from 1 to 65535", "\"x\""),
+            ),
+            (
+                GOOD.replace(r#""port": 1001"#, r#""port": 1000"#),
+                "servers[1].port",
+                Problem::PortTaken { port: 1000, host: "127.0.0.1".into(), by: "A.port".into() },
+            ),
+            (
+                GOOD.replace(r#""name": "C""#, r#""name": "A""#),
+                "servers[2].name",
+                Problem::DuplicateName { name: "A".into() },
+            ),
+            (
+                GOOD.replace(r#""name": "C""#, r#""name": "C D""#),
+                "servers[2].name",
+                Problem::BadName { name: "C D".into() },
+            ),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["C", "Z"]"#), "links[1]", Problem::UnknownServer { name: "Z".into() }),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["C", "C"]"#), "links[1]", Problem::SelfLink),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["B", "A"]"#), "links[1]", Problem::DuplicateLink),
+            (GOOD.replace(r#", "peer_port": 2002"#, ""), "servers[2].peer_port", Problem::Missing),
+            (GOOD.replace(r#""new""#, r#""old""#), "places.api", found("\"legacy\" or \"new\"", "\"old\"")),
+            (r#"{"servers": []}"#.into(), "servers", Problem::NoServers),
+            ("[]".into(), "top level", found("an object", "[]")),
+            (
+                GOOD.replace(
+                    r#""log_dir""#,
+                    r#""limits": {"client_output_soft": 4096, "client_output_hard": 2048}, "log_dir""#,
+                ),
+                "limits.client_output_hard",
+                Problem::HardBelowSoft,
+            ),
+        ];
+        for (text, field, problem) in cases {
+            assert_eq!(invalid(&text), (field.to_string(), problem), "{text}");
+        }
+        let (field, problem) = invalid(&GOOD.replace(r#""log_dir""#, r#""log_dri""#));
+        assert_eq!(field, "log_dri");
+        assert!(matches!(problem, Problem::UnknownField { .. }), "{problem:?}");
+        assert!(matches!(parse("{"), Err(ConfigError::NotJson { .. })));
+        let missing = Config::load(Path::new("/nonexistent/herd.json")).unwrap_err();
+        assert!(
+            matches!(&missing, ConfigError::Unreadable { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+        );
+    }
+
+    /// The messages are a user contract (scripts and people read them): one line, `FILE: FIELD: PROBLEM`.
+    #[test]
+    fn errors_read_as_one_line_naming_file_field_and_problem() {
         let cases = [
             (
                 GOOD.replace(r#""port": 1001"#, r#""port": "x""#),
@@ -506,11 +694,25 @@ mod tests {
                 "c.json: servers[1].port: port 1000 on 127.0.0.1 is already used by A.port",
             ),
             (GOOD.replace(r#""name": "C""#, r#""name": "A""#), "c.json: servers[2].name: duplicate server name \"A\""),
+            (
+                GOOD.replace(r#""name": "C""#, r#""name": "C D""#),
+                "c.json: servers[2].name: \"C D\" must be 1 to 64 bytes without whitespace",
+            ),
             (GOOD.replace(r#"["C", "B"]"#, r#"["C", "Z"]"#), "c.json: links[1]: unknown server \"Z\""),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["C", "C"]"#), "c.json: links[1]: a server cannot link to itself"),
+            (GOOD.replace(r#"["C", "B"]"#, r#"["B", "A"]"#), "c.json: links[1]: duplicate link"),
             (GOOD.replace(r#", "peer_port": 2002"#, ""), "c.json: servers[2].peer_port: missing"),
-            (GOOD.replace(r#""log_dir""#, r#""log_dri""#), "c.json: log_dri: unknown field"),
+            (GOOD.replace(r#""log_dir""#, r#""log_dri""#), "c.json: log_dri: unknown field (known: servers, links, "),
             (GOOD.replace(r#""new""#, r#""old""#), "c.json: places.api: expected \"legacy\" or \"new\", found \"old\""),
-            ("{".into(), "c.json: not valid JSON"),
+            (r#"{"servers": []}"#.into(), "c.json: servers: the herd needs at least one server"),
+            ("[]".into(), "c.json: top level: expected an object, found []"),
+            (
+                GOOD.replace(
+                    r#""log_dir""#,
+                    r#""limits": {"client_output_soft": 4096, "client_output_hard": 2048}, "log_dir""#,
+                ),
+                "c.json: limits.client_output_hard: must be at least limits.client_output_soft",
+            ),
             (
                 GOOD.replace(r#""log_dir""#, r#""log_detail": "all", "log_dir""#),
                 "c.json: log_detail: expected \"io\" or \"events\", found \"all\"",
@@ -523,11 +725,27 @@ mod tests {
                 GOOD.replace(r#""log_dir""#, r#""limits": {"max_clock_skew_s": -1}, "log_dir""#),
                 "c.json: limits.max_clock_skew_s: expected an integer",
             ),
+            ("{".into(), "c.json: not valid JSON: "),
         ];
         for (text, want) in cases {
-            let err = parse(&text).unwrap_err();
+            let err = parse(&text).unwrap_err().to_string();
             assert!(err.starts_with(want), "got {err:?}, want {want:?}");
             assert!(!err.contains('\n'), "one line: {err:?}");
         }
+        let err = Config::load(Path::new("/nonexistent/herd.json")).unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/herd.json: cannot read: "), "{err}");
+    }
+
+    /// Resolution is not exercised for real (no name service in tests): the messages are built by hand.
+    #[test]
+    fn hosts_that_do_not_resolve_name_the_server() {
+        let (server, host) = ("A".to_string(), "db.example".to_string());
+        let source = std::io::Error::other("lookup failed");
+        let err = ConfigError::Unresolvable { server: server.clone(), host: host.clone(), source };
+        assert_eq!(err.to_string(), "server A: cannot resolve host \"db.example\": lookup failed");
+        assert_eq!(ConfigError::NoAddress { server, host }.to_string(), "server A: host \"db.example\" has no address");
+        // An IP address is taken as it is, without asking any resolver.
+        let s = ServerConfig { name: "A".into(), host: "127.0.0.2".into(), port: 1, peer_port: 2, admin_port: None };
+        assert_eq!(s.peer_addr().unwrap(), "127.0.0.2:2".parse().unwrap());
     }
 }

@@ -96,5 +96,13 @@ fn up(args: &[String]) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    herd::up::run(&config)
+    match herd::up::run(&config) {
+        Ok(()) => 0,
+        // Ctrl-C during start-up: the user knows why; nothing to add.
+        Err(e @ herd::up::UpError::Interrupted) => e.exit_status().into(),
+        Err(e) => {
+            eprintln!("herd: {e}");
+            e.exit_status().into()
+        }
+    }
 }

@@ -6,9 +6,14 @@
 //! group, so a terminal's Ctrl-C reaches only `up`, which then sends each child exactly one SIGTERM (a
 //! second signal would make a server exit at once); and each child gets SIGTERM from the kernel if `up`
 //! itself dies (PR_SET_PDEATHSIG), so no server is orphaned.
+//!
+//! A herd that cannot start is stopped whole and reported as an [`UpError`], which `main` prints once
+//! everything it started is gone.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use std::fmt;
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -29,24 +34,86 @@ struct Member {
     exited: bool,
 }
 
-/// Runs the herd; returns the exit status.
-pub fn run(config: &Config) -> i32 {
-    if let Err(e) = check_ports(config) {
-        eprintln!("herd: {e}");
-        return 2;
+/// Why the herd did not start, or stopped by itself. Each displays as one line (printed after `herd: `).
+#[derive(Debug)]
+pub enum UpError {
+    /// The config cannot be used as it is (a host that does not resolve).
+    Config(ConfigError),
+    /// A port the herd needs is in use (or not ours to bind): nothing was started.
+    CannotListen { addr: SocketAddr, what: String, source: std::io::Error },
+    /// SIGTERM and SIGINT could not be caught.
+    Signals(std::io::Error),
+    /// The path of the running `herd` executable, needed to start the children, is unknown.
+    OwnExecutable(std::io::Error),
+    /// A child process could not be started.
+    Spawn { name: String, source: std::io::Error },
+    /// A child exited before the whole herd was listening (its own stderr says why).
+    ExitedDuringStartup { name: String },
+    /// The herd was not listening within this many seconds.
+    StartTimeout { secs: u64 },
+    /// A signal (SIGTERM, SIGINT, or SIGHUP) came during start-up (exit status 130, no message).
+    Interrupted,
+    /// Every member of a running herd exited by itself.
+    AllExited,
+}
+
+impl UpError {
+    /// The exit status of `herd up` that ends with this error: 130 for a signal during start-up, 1 when
+    /// a running herd died out, 2 when it could not start.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            UpError::Interrupted => 130,
+            UpError::AllExited => 1,
+            _ => 2,
+        }
     }
+}
+
+impl fmt::Display for UpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpError::Config(e) => e.fmt(f),
+            UpError::CannotListen { addr, what, source } => write!(f, "cannot listen on {addr} ({what}): {source}"),
+            UpError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
+            UpError::OwnExecutable(e) => write!(f, "cannot find my own executable: {e}"),
+            UpError::Spawn { name, source } => write!(f, "cannot start {name}: {source}"),
+            UpError::ExitedDuringStartup { name } => write!(f, "{name} exited during start-up; stopping the herd"),
+            UpError::StartTimeout { secs } => write!(f, "the herd did not start within {secs}s; stopping it"),
+            UpError::Interrupted => f.write_str("interrupted during start-up"),
+            UpError::AllExited => f.write_str("every member has exited"),
+        }
+    }
+}
+
+impl std::error::Error for UpError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UpError::Config(e) => Some(e),
+            UpError::CannotListen { source, .. } | UpError::Spawn { source, .. } => Some(source),
+            UpError::Signals(e) | UpError::OwnExecutable(e) => Some(e),
+            UpError::ExitedDuringStartup { .. } | UpError::StartTimeout { .. } => None,
+            UpError::Interrupted | UpError::AllExited => None,
+        }
+    }
+}
+
+impl From<ConfigError> for UpError {
+    fn from(e: ConfigError) -> UpError {
+        UpError::Config(e)
+    }
+}
+
+/// Runs the herd until a signal (`Ok`), or until it cannot start or dies out (`Err`). Either way every
+/// child it started has exited when this returns.
+pub fn run(config: &Config) -> Result<(), UpError> {
+    check_ports(config)?;
     let (tx, rx) = mpsc::channel();
-    let mut signals = match signal_hook::iterator::Signals::new([
+    let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
-    ]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("herd: cannot install signal handlers: {e}");
-            return 2;
-        }
-    };
+    ])
+    .map_err(UpError::Signals)?;
     let signal_tx = tx.clone();
     std::thread::spawn(move || {
         for sig in signals.forever() {
@@ -56,13 +123,7 @@ pub fn run(config: &Config) -> i32 {
         }
     });
 
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("herd: cannot find my own executable: {e}");
-            return 2;
-        }
-    };
+    let exe = std::env::current_exe().map_err(UpError::OwnExecutable)?;
     let config_arg = config.path.to_string_lossy().to_string();
     let mut extra_env: Vec<(String, String)> = Vec::new();
     if config.local_places.is_some() {
@@ -93,13 +154,12 @@ pub fn run(config: &Config) -> i32 {
         commands.push((s.name.clone(), vec!["serve".into(), s.name.clone(), "--config".into(), config_arg.clone()]));
     }
 
-    let mut status = 0;
+    let mut result = Ok(());
     'start: for (i, (name, args)) in commands.iter().enumerate() {
         match spawn(&exe, name, args, &extra_env, i, tx.clone()) {
             Ok(child) => members.push(Member { name: name.clone(), child, ready: false, exited: false }),
-            Err(e) => {
-                eprintln!("herd: cannot start {name}: {e}");
-                status = 2;
+            Err(source) => {
+                result = Err(UpError::Spawn { name: name.clone(), source });
                 break;
             }
         }
@@ -111,26 +171,24 @@ pub fn run(config: &Config) -> i32 {
             match rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Msg::Ready(j)) => members[j].ready = true,
                 Ok(Msg::Signal(_)) => {
-                    status = 130;
+                    result = Err(UpError::Interrupted);
                     break 'start;
                 }
                 Err(_) => {}
             }
             if let Some(m) = members.iter_mut().find_map(|m| matches!(m.child.try_wait(), Ok(Some(_))).then_some(m)) {
-                eprintln!("herd: {} exited during start-up; stopping the herd", m.name);
                 m.exited = true;
-                status = 2;
+                result = Err(UpError::ExitedDuringStartup { name: m.name.clone() });
                 break 'start;
             }
             if Instant::now() > deadline {
-                eprintln!("herd: the herd did not start within {}s; stopping it", START_TIMEOUT.as_secs());
-                status = 2;
+                result = Err(UpError::StartTimeout { secs: START_TIMEOUT.as_secs() });
                 break 'start;
             }
         }
     }
 
-    if status == 0 {
+    if result.is_ok() {
         println!(
             "herd: {} servers up{}; Ctrl-C stops them",
             config.servers.len(),
@@ -159,8 +217,7 @@ pub fn run(config: &Config) -> i32 {
                 }
             }
             if members.iter().all(|m| m.exited) {
-                eprintln!("herd: every member has exited");
-                status = 1;
+                result = Err(UpError::AllExited);
                 break;
             }
         }
@@ -176,17 +233,17 @@ pub fn run(config: &Config) -> i32 {
     signal_all(services);
     wait_until(services, deadline);
     reap(&mut members);
-    status
+    result
 }
 
 /// Nothing half-started: every port the herd needs must be free before any child starts.
-fn check_ports(config: &Config) -> Result<(), String> {
+fn check_ports(config: &Config) -> Result<(), UpError> {
     let mut wanted = Vec::new();
     for s in &config.servers {
         wanted.push((format!("{} client port", s.name), s.client_addr()?));
         wanted.push((format!("{} peer port", s.name), s.peer_addr()?));
         if let Some(port) = s.admin_port {
-            wanted.push((format!("{} admin port", s.name), std::net::SocketAddr::new(config.admin_host, port)));
+            wanted.push((format!("{} admin port", s.name), SocketAddr::new(config.admin_host, port)));
         }
     }
     if let Some(local) = &config.local_places {
@@ -194,7 +251,9 @@ fn check_ports(config: &Config) -> Result<(), String> {
     }
     for (what, addr) in wanted {
         // mio's bind sets SO_REUSEADDR as the servers do, so TIME_WAIT leftovers do not count as "in use".
-        mio::net::TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))?;
+        if let Err(source) = mio::net::TcpListener::bind(addr) {
+            return Err(UpError::CannotListen { addr, what, source });
+        }
     }
     Ok(())
 }
@@ -277,4 +336,37 @@ fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     let _ = ring::rand::SystemRandom::new().fill(&mut buf);
     buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_port_in_use_is_found_before_anything_starts() {
+        let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap().port();
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let text = format!(r#"{{"servers": [{{"name": "A", "port": {free}, "peer_port": {taken}}}]}}"#);
+        let config = Config::parse(Path::new("up.json"), &text).unwrap();
+        let err = check_ports(&config).unwrap_err();
+        let UpError::CannotListen { addr, what, source } = &err else { panic!("{err:?}") };
+        assert_eq!((addr.port(), what.as_str()), (taken, "A peer port"));
+        assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+        assert_eq!(err.exit_status(), 2);
+        let line = err.to_string();
+        assert!(line.starts_with(&format!("cannot listen on 127.0.0.1:{taken} (A peer port): ")), "{line}");
+        drop(holder);
+    }
+
+    #[test]
+    fn exit_statuses_say_how_up_ended() {
+        assert_eq!(UpError::Interrupted.exit_status(), 130);
+        assert_eq!(UpError::AllExited.exit_status(), 1);
+        assert_eq!(UpError::StartTimeout { secs: 30 }.exit_status(), 2);
+        assert_eq!(UpError::StartTimeout { secs: 30 }.to_string(), "the herd did not start within 30s; stopping it");
+        let e = UpError::ExitedDuringStartup { name: "B".into() };
+        assert_eq!((e.exit_status(), e.to_string().as_str()), (2, "B exited during start-up; stopping the herd"));
+    }
 }
