@@ -732,3 +732,36 @@ fn port_in_use_and_bad_arguments_exit_2_with_one_line() {
     }
     assert!(!Path::new(ca).exists(), "nothing half-started when the port is in use");
 }
+
+#[test]
+fn a_port_in_use_exits_2_with_one_line() {
+    let dir = TempDir::new("inuse");
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_herd"))
+        .args(["places", "--listen", &addr.to_string(), "--ca-out"])
+        .arg(dir.0.join("ca.pem"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn herd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("herd places kept running on a port in use");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    let want = format!("herd places: cannot listen on {addr}: ");
+    assert!(err.starts_with(&want) && err.lines().count() == 1, "{err}");
+    drop(holder);
+}

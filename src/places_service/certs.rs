@@ -15,6 +15,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{RootCertStore, ServerConfig};
+use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -23,6 +24,61 @@ use std::sync::Arc;
 
 /// The name in the leaf certificate under the `wrongname` fault.
 pub const WRONG_NAME: &str = "wrong.invalid";
+
+/// Why a certificate could not be made, stored or turned into a TLS configuration. Each displays as one
+/// line, as `herd places` prints it.
+#[derive(Debug)]
+pub enum CertError {
+    /// rcgen could not make a key or a certificate: `DOING: ERROR` (e.g. `cannot sign the leaf
+    /// certificate: ...`).
+    Rcgen { doing: &'static str, source: rcgen::Error },
+    /// A file or directory could not be read, written or changed: `DOING PATH: ERROR` (e.g.
+    /// `cannot write run/ca.pem: ...`).
+    Io { doing: &'static str, path: PathBuf, source: std::io::Error },
+    /// `--ca-out` names no file (it ends in `..` or is a root).
+    NotAFileName { path: PathBuf },
+    /// rustls refused the configuration: `TLS configuration: ERROR`.
+    Tls(rustls::Error),
+    /// The CA already on disk cannot be reused: `WHY` or `WHY: DETAIL`. Only logged; a new CA replaces it.
+    NotReusable { why: &'static str, detail: String },
+}
+
+impl fmt::Display for CertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertError::Rcgen { doing, source } => write!(f, "{doing}: {source}"),
+            CertError::Io { doing, path, source } => write!(f, "{doing} {}: {source}", path.display()),
+            CertError::NotAFileName { path } => write!(f, "{} is not a file name", path.display()),
+            CertError::Tls(e) => write!(f, "TLS configuration: {e}"),
+            CertError::NotReusable { why, detail } if detail.is_empty() => f.write_str(why),
+            CertError::NotReusable { why, detail } => write!(f, "{why}: {detail}"),
+        }
+    }
+}
+
+impl std::error::Error for CertError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CertError::Rcgen { source, .. } => Some(source),
+            CertError::Io { source, .. } => Some(source),
+            CertError::Tls(e) => Some(e),
+            CertError::NotAFileName { .. } | CertError::NotReusable { .. } => None,
+        }
+    }
+}
+
+fn rcgen_error(doing: &'static str) -> impl FnOnce(rcgen::Error) -> CertError {
+    move |source| CertError::Rcgen { doing, source }
+}
+
+fn io_error(doing: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CertError {
+    let path = path.to_path_buf();
+    move |source| CertError::Io { doing, path, source }
+}
+
+fn not_reusable<E: fmt::Display>(why: &'static str) -> impl FnOnce(E) -> CertError {
+    move |e| CertError::NotReusable { why, detail: e.to_string() }
+}
 
 /// The root CA, ready to sign leaves.
 pub struct Ca {
@@ -59,7 +115,7 @@ fn ca_params() -> CertificateParams {
 }
 
 /// Loads the CA at `ca_out` (and `ca_out.key`), or makes and writes a new one.
-pub fn load_or_create_ca(ca_out: &Path) -> Result<Ca, String> {
+pub fn load_or_create_ca(ca_out: &Path) -> Result<Ca, CertError> {
     let key_file = key_path(ca_out);
     match (ca_out.exists(), key_file.exists()) {
         (true, true) => match reuse(ca_out, &key_file) {
@@ -77,36 +133,38 @@ pub fn load_or_create_ca(ca_out: &Path) -> Result<Ca, String> {
     create(ca_out, &key_file)
 }
 
-fn reuse(cert_file: &Path, key_file: &Path) -> Result<Ca, String> {
-    let key_pem = fs::read_to_string(key_file).map_err(|e| format!("cannot read the key: {e}"))?;
-    let key = KeyPair::from_pem(&key_pem).map_err(|e| format!("cannot parse the key: {e}"))?;
-    let cert_der =
-        CertificateDer::from_pem_file(cert_file).map_err(|e| format!("cannot parse the certificate: {e}"))?;
+fn reuse(cert_file: &Path, key_file: &Path) -> Result<Ca, CertError> {
+    let key_pem = fs::read_to_string(key_file).map_err(not_reusable("cannot read the key"))?;
+    let key = KeyPair::from_pem(&key_pem).map_err(not_reusable("cannot parse the key"))?;
+    let cert_der = CertificateDer::from_pem_file(cert_file).map_err(not_reusable("cannot parse the certificate"))?;
     let spki = key.subject_public_key_info();
     if !cert_der.windows(spki.len()).any(|w| w == spki.as_slice()) {
-        return Err("the key does not belong to the certificate".into());
+        return Err(CertError::NotReusable {
+            why: "the key does not belong to the certificate",
+            detail: String::new(),
+        });
     }
     let ca = Ca { cert_der, issuer: Issuer::new(ca_params(), key), reused: true };
     // Prove that leaves signed now chain to the root on disk.
     let (leaf, _) = leaf(&ca, &["localhost".to_string()])?;
     let mut roots = RootCertStore::empty();
-    roots.add(ca.cert_der.clone()).map_err(|e| format!("not a usable root: {e}"))?;
+    roots.add(ca.cert_der.clone()).map_err(not_reusable("not a usable root"))?;
     let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| format!("cannot build a verifier: {e}"))?;
+        .map_err(not_reusable("cannot build a verifier"))?;
     let name = ServerName::try_from("localhost").expect("valid name");
     verifier
         .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
-        .map_err(|e| format!("a leaf signed with it does not verify: {e}"))?;
+        .map_err(not_reusable("a leaf signed with it does not verify"))?;
     Ok(ca)
 }
 
-fn create(cert_file: &Path, key_file: &Path) -> Result<Ca, String> {
-    let key = KeyPair::generate().map_err(|e| format!("cannot generate the CA key: {e}"))?;
+fn create(cert_file: &Path, key_file: &Path) -> Result<Ca, CertError> {
+    let key = KeyPair::generate().map_err(rcgen_error("cannot generate the CA key"))?;
     let params = ca_params();
-    let cert = params.self_signed(&key).map_err(|e| format!("cannot make the CA certificate: {e}"))?;
+    let cert = params.self_signed(&key).map_err(rcgen_error("cannot make the CA certificate"))?;
     if let Some(dir) = cert_file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        fs::create_dir_all(dir).map_err(io_error("cannot create", dir))?;
     }
     write_atomically(key_file, key.serialize_pem().as_bytes(), 0o600)?;
     write_atomically(cert_file, cert.pem().as_bytes(), 0o644)?;
@@ -116,9 +174,8 @@ fn create(cert_file: &Path, key_file: &Path) -> Result<Ca, String> {
 
 /// Writes `bytes` to a temporary file beside `path` with `mode`, then renames it over `path`, so a
 /// reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
-    let fail = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let file_name = path.file_name().ok_or_else(|| format!("{} is not a file name", path.display()))?;
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
+    let file_name = path.file_name().ok_or_else(|| CertError::NotAFileName { path: path.to_path_buf() })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);
     tmp_name.push(format!(".tmp{}", std::process::id()));
@@ -133,16 +190,14 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> 
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(fail)
+    result.map_err(io_error("cannot write", path))
 }
 
-fn tighten_key_mode(key_file: &Path) -> Result<(), String> {
-    let mode =
-        fs::metadata(key_file).map_err(|e| format!("cannot read {}: {e}", key_file.display()))?.permissions().mode();
+fn tighten_key_mode(key_file: &Path) -> Result<(), CertError> {
+    let mode = fs::metadata(key_file).map_err(io_error("cannot read", key_file))?.permissions().mode();
     if mode & 0o077 != 0 {
         log::warn!("{} was readable by others (mode {:o}); setting 0600", key_file.display(), mode & 0o777);
-        fs::set_permissions(key_file, fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot chmod {}: {e}", key_file.display()))?;
+        fs::set_permissions(key_file, fs::Permissions::from_mode(0o600)).map_err(io_error("cannot chmod", key_file))?;
     }
     Ok(())
 }
@@ -154,8 +209,8 @@ fn this_year() -> i32 {
 }
 
 /// A fresh leaf certificate for `names` (DNS names or IP addresses), signed by the CA.
-pub fn leaf(ca: &Ca, names: &[String]) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), String> {
-    let mut params = CertificateParams::new(names.to_vec()).map_err(|e| format!("bad certificate name: {e}"))?;
+pub fn leaf(ca: &Ca, names: &[String]) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), CertError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(rcgen_error("bad certificate name"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, names.first().map_or("localhost", String::as_str));
     params.distinguished_name = dn;
@@ -165,8 +220,8 @@ pub fn leaf(ca: &Ca, names: &[String]) -> Result<(CertificateDer<'static>, Priva
     let year = this_year();
     params.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     params.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
-    let key = KeyPair::generate().map_err(|e| format!("cannot generate a leaf key: {e}"))?;
-    let cert = params.signed_by(&key, &ca.issuer).map_err(|e| format!("cannot sign the leaf certificate: {e}"))?;
+    let key = KeyPair::generate().map_err(rcgen_error("cannot generate a leaf key"))?;
+    let cert = params.signed_by(&key, &ca.issuer).map_err(rcgen_error("cannot sign the leaf certificate"))?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     Ok((cert.der().clone(), key_der))
 }
@@ -182,14 +237,14 @@ pub fn leaf_names(listen: std::net::IpAddr) -> Vec<String> {
 }
 
 /// The rustls server configuration: ring provider, TLS 1.2 and 1.3, ALPN `http/1.1`.
-pub fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, String> {
+pub fn server_config(ca: &Ca, names: &[String]) -> Result<Arc<ServerConfig>, CertError> {
     let (cert, key) = leaf(ca, names)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS configuration: {e}"))?
+        .map_err(CertError::Tls)?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
-        .map_err(|e| format!("TLS configuration: {e}"))?;
+        .map_err(CertError::Tls)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -244,7 +299,12 @@ mod tests {
         let blocker = dir.join("file");
         fs::write(&blocker, "x").unwrap();
         let err = load_or_create_ca(&blocker.join("ca.pem")).err().unwrap();
-        assert!(err.contains("cannot"), "{err}");
+        // The parent of ca.pem is a file: creating the directory fails, and the message says where.
+        let CertError::Io { doing, path, .. } = &err else { panic!("{err:?}") };
+        assert_eq!((*doing, path.as_path()), ("cannot create", blocker.as_path()));
+        let line = err.to_string();
+        assert!(line.starts_with(&format!("cannot create {}: ", blocker.display())), "{line}");
+        assert!(!line.contains('\n'), "{line}");
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -21,6 +21,7 @@ pub mod http1;
 mod respond;
 mod server;
 
+pub use certs::CertError;
 pub use gazetteer::{haversine_m, Gazetteer, EARTH_RADIUS_M};
 
 use std::fmt;
@@ -110,6 +111,63 @@ impl fmt::Display for Faults {
         } else {
             f.write_str(&parts.join(","))
         }
+    }
+}
+
+/// Why the service could not start, or stopped. Each displays as one line (printed after
+/// `herd places: `); [`ServiceError::exit_status`] tells start-up failures (2) from later ones (1).
+#[derive(Debug)]
+pub enum ServiceError {
+    /// SIGTERM and SIGINT could not be caught.
+    Signals(std::io::Error),
+    /// The listen address is in use, or not ours to bind: `cannot listen on ADDR: ERROR`.
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The CA could not be loaded, created or written, or the TLS configuration was refused.
+    Cert(CertError),
+    /// The embedded gazetteer could not be read (a build problem, never the user's).
+    Gazetteer(String),
+    /// The loop's own machinery failed: `DOING: ERROR` (`poll`, `listener`, `register listener`, ...).
+    Loop { doing: &'static str, source: std::io::Error },
+}
+
+impl ServiceError {
+    /// 2 when the service could not start (signals, the listen address, the CA, the gazetteer), 1 when
+    /// the loop's machinery failed (poll, registration, as `herd places` always answered).
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            ServiceError::Loop { .. } => 1,
+            _ => 2,
+        }
+    }
+}
+
+impl fmt::Display for ServiceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceError::Signals(e) => write!(f, "cannot handle signals: {e}"),
+            ServiceError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            ServiceError::Cert(e) => e.fmt(f),
+            ServiceError::Gazetteer(e) => f.write_str(e),
+            ServiceError::Loop { doing, source } => write!(f, "{doing}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for ServiceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServiceError::Signals(e) | ServiceError::Bind { source: e, .. } | ServiceError::Loop { source: e, .. } => {
+                Some(e)
+            }
+            ServiceError::Cert(e) => Some(e),
+            ServiceError::Gazetteer(_) => None,
+        }
+    }
+}
+
+impl From<CertError> for ServiceError {
+    fn from(e: CertError) -> ServiceError {
+        ServiceError::Cert(e)
     }
 }
 
@@ -228,24 +286,18 @@ pub fn cli(args: &[String]) -> i32 {
             return 2;
         }
     };
-    match start(options) {
+    match run(options) {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("herd places: {e}");
-            2
+            e.exit_status()
         }
-        Ok(ready) => match ready.serve() {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("herd places: {e}");
-                1
-            }
-        },
     }
 }
 
 /// Runs the service until SIGTERM or SIGINT. Prints `places listening on ADDR:PORT` on stdout when it
 /// accepts. Errors before that (address in use, CA not writable) and after it are both returned.
-pub fn run(options: Options) -> Result<(), String> {
+pub fn run(options: Options) -> Result<(), ServiceError> {
     start(options)?.serve()
 }
 
@@ -260,18 +312,18 @@ struct Ready {
 }
 
 impl Ready {
-    fn serve(self) -> Result<(), String> {
+    fn serve(self) -> Result<(), ServiceError> {
         server::serve(self.listener, self.signals, self.tls, self.gazetteer, self.settings, self.started)
     }
 }
 
-fn start(options: Options) -> Result<Ready, String> {
+fn start(options: Options) -> Result<Ready, ServiceError> {
     let started = Instant::now();
     // Signals first: from here on SIGTERM is an event for the loop, never an abrupt death.
     let signals = signal_hook_mio::v1_0::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-        .map_err(|e| format!("cannot handle signals: {e}"))?;
-    let listener =
-        std::net::TcpListener::bind(options.listen).map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+        .map_err(ServiceError::Signals)?;
+    let listener = std::net::TcpListener::bind(options.listen)
+        .map_err(|source| ServiceError::Bind { addr: options.listen, source })?;
     let ca = certs::load_or_create_ca(&options.ca_out)?;
     if ca.reused {
         log::info!("reusing the CA in {}", options.ca_out.display());
@@ -283,7 +335,7 @@ fn start(options: Options) -> Result<Ready, String> {
     };
     let tls = certs::server_config(&ca, &names)?;
     let t = Instant::now();
-    let gazetteer = Gazetteer::embedded()?;
+    let gazetteer = Gazetteer::embedded().map_err(ServiceError::Gazetteer)?;
     log::info!(
         "gazetteer: {} places indexed in {} ms (GeoNames (geonames.org), CC BY 4.0); leaf for {}; faults {}{}",
         gazetteer.len(),

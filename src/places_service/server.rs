@@ -13,6 +13,7 @@ use super::api::Stats;
 use super::conn::{interrupted, would_block, Conn};
 use super::gazetteer::Gazetteer;
 use super::respond::{Ctx, Settings};
+use super::ServiceError;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use rustls::{ServerConfig, ServerConnection};
@@ -57,17 +58,14 @@ pub(crate) fn serve(
     gazetteer: Gazetteer,
     settings: Settings,
     started: Instant,
-) -> Result<(), String> {
-    listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+) -> Result<(), ServiceError> {
+    let failed = |doing: &'static str| move |source| ServiceError::Loop { doing, source };
+    listener.set_nonblocking(true).map_err(failed("listener"))?;
     let mut listener = TcpListener::from_std(listener);
-    let poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
-    poll.registry()
-        .register(&mut listener, LISTENER, Interest::READABLE)
-        .map_err(|e| format!("register listener: {e}"))?;
-    poll.registry()
-        .register(&mut signals, SIGNALS, Interest::READABLE)
-        .map_err(|e| format!("register signals: {e}"))?;
-    let local = listener.local_addr().map_err(|e| format!("listener: {e}"))?;
+    let poll = Poll::new().map_err(failed("poll"))?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(failed("register listener"))?;
+    poll.registry().register(&mut signals, SIGNALS, Interest::READABLE).map_err(failed("register signals"))?;
+    let local = listener.local_addr().map_err(failed("listener"))?;
     {
         let mut stdout = io::stdout().lock();
         let _ = writeln!(stdout, "places listening on {local}");
@@ -93,7 +91,7 @@ pub(crate) fn serve(
 }
 
 impl Server {
-    fn run(&mut self) -> Result<(), String> {
+    fn run(&mut self) -> Result<(), ServiceError> {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = self.timeout(Instant::now());
@@ -101,7 +99,7 @@ impl Server {
                 if interrupted(&e) {
                     continue;
                 }
-                return Err(format!("poll: {e}"));
+                return Err(ServiceError::Loop { doing: "poll", source: e });
             }
             let now = Instant::now();
             let again = std::mem::take(&mut self.again);
