@@ -35,8 +35,8 @@ pub mod workload;
 
 use std::io::{IsTerminal, Write};
 
-pub use args::{Options, Parsed, USAGE};
-pub use engine::run;
+pub use args::{ArgError, Options, Parsed, USAGE};
+pub use engine::{run, RunError};
 pub use report::{LatencySummary, Report, TargetReport};
 pub use workload::{ErrorKind, Workload};
 

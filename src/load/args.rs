@@ -1,5 +1,6 @@
 //! `herd load` options and their hand-written parser.
 
+use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -112,6 +113,68 @@ impl Default for Options {
     }
 }
 
+/// A command line `herd load` refuses (exit status 2). Each displays as one line, printed after
+/// `herd load: `.
+#[derive(Debug)]
+pub enum ArgError {
+    /// `unknown argument "ARG" (see herd load --help)`.
+    Unknown { arg: String },
+    /// `FLAG needs a value`.
+    MissingValue { flag: String },
+    /// A switch given a value: `FLAG takes no value`.
+    UnwantedValue { flag: String },
+    /// `FLAG: not a valid number: "VALUE"`.
+    NotANumber { flag: String, value: String },
+    /// A value outside what the flag accepts: `FLAG RULE`, where the rule says what it must be and what
+    /// it was (e.g. `--depth must be from 1 to 10000, not 0`).
+    BadValue { flag: String, rule: String },
+    /// `--target HOST:PORT` did not resolve: `--target TARGET: ERROR`.
+    Unresolvable { target: String, source: std::io::Error },
+    /// `--target TARGET: no address`.
+    NoAddress { target: String },
+    /// A target that is not a loopback address, without `--allow-remote`.
+    NotLoopback { target: String },
+    /// `unknown --workload "NAME" (iamat, whatsat, mixed, raw)`.
+    UnknownWorkload { name: String },
+    /// `--workload raw` without `--template`.
+    NeedsTemplate,
+    /// A flag of another workload: `FLAG only applies to --workload WORKLOAD`.
+    OnlyFor { flag: &'static str, workload: &'static str },
+}
+
+impl fmt::Display for ArgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArgError::Unknown { arg } => write!(f, "unknown argument {arg:?} (see herd load --help)"),
+            ArgError::MissingValue { flag } => write!(f, "{flag} needs a value"),
+            ArgError::UnwantedValue { flag } => write!(f, "{flag} takes no value"),
+            ArgError::NotANumber { flag, value } => write!(f, "{flag}: not a valid number: {value:?}"),
+            ArgError::BadValue { flag, rule } => write!(f, "{flag} {rule}"),
+            ArgError::Unresolvable { target, source } => write!(f, "--target {target}: {source}"),
+            ArgError::NoAddress { target } => write!(f, "--target {target}: no address"),
+            ArgError::NotLoopback { target } => {
+                write!(f, "--target {target} is not a loopback address (pass --allow-remote to drive it)")
+            }
+            ArgError::UnknownWorkload { name } => write!(f, "unknown --workload {name:?} (iamat, whatsat, mixed, raw)"),
+            ArgError::NeedsTemplate => f.write_str("--workload raw needs --template 'LINE'"),
+            ArgError::OnlyFor { flag, workload } => write!(f, "{flag} only applies to --workload {workload}"),
+        }
+    }
+}
+
+impl std::error::Error for ArgError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ArgError::Unresolvable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+fn bad_value(flag: &str, rule: String) -> ArgError {
+    ArgError::BadValue { flag: flag.into(), rule }
+}
+
 /// What the command line asked for.
 #[derive(Debug)]
 pub enum Parsed {
@@ -119,25 +182,25 @@ pub enum Parsed {
     Run(Box<Options>),
 }
 
-fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
-    v.parse().map_err(|_| format!("{flag}: not a valid number: {v:?}"))
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, ArgError> {
+    v.parse().map_err(|_| ArgError::NotANumber { flag: flag.into(), value: v.into() })
 }
 
-fn int_in(flag: &str, v: &str, lo: u64, hi: u64) -> Result<u64, String> {
+fn int_in(flag: &str, v: &str, lo: u64, hi: u64) -> Result<u64, ArgError> {
     let n: u64 = num(flag, v)?;
     if n < lo || n > hi {
-        return Err(format!("{flag} must be from {lo} to {hi}, not {n}"));
+        return Err(bad_value(flag, format!("must be from {lo} to {hi}, not {n}")));
     }
     Ok(n)
 }
 
-fn secs(flag: &str, v: &str, max: Duration, zero_ok: bool) -> Result<Duration, String> {
+fn secs(flag: &str, v: &str, max: Duration, zero_ok: bool) -> Result<Duration, ArgError> {
     let s: f64 = num(flag, v)?;
     if !s.is_finite() || s < 0.0 || (s == 0.0 && !zero_ok) {
-        return Err(format!("{flag} must be a positive number of seconds, not {v:?}"));
+        return Err(bad_value(flag, format!("must be a positive number of seconds, not {v:?}")));
     }
     if s > max.as_secs_f64() {
-        return Err(format!("{flag} is at most {} s, not {v}", max.as_secs()));
+        return Err(bad_value(flag, format!("is at most {} s, not {v}", max.as_secs())));
     }
     Ok(Duration::from_secs_f64(s))
 }
@@ -150,20 +213,17 @@ fn radius_ok(r: &str) -> bool {
 }
 
 /// Resolves `HOST:PORT` once, before the run (name resolution blocks; the loop never does it).
-pub fn resolve_target(s: &str, allow_remote: bool) -> Result<SocketAddr, String> {
-    let addrs: Vec<SocketAddr> = s.to_socket_addrs().map_err(|e| format!("--target {s}: {e}"))?.collect();
+pub fn resolve_target(s: &str, allow_remote: bool) -> Result<SocketAddr, ArgError> {
+    let addrs: Vec<SocketAddr> =
+        s.to_socket_addrs().map_err(|source| ArgError::Unresolvable { target: s.into(), source })?.collect();
     if allow_remote {
-        return addrs.first().copied().ok_or_else(|| format!("--target {s}: no address"));
+        return addrs.first().copied().ok_or_else(|| ArgError::NoAddress { target: s.into() });
     }
-    addrs
-        .iter()
-        .find(|a| a.ip().is_loopback())
-        .copied()
-        .ok_or_else(|| format!("--target {s} is not a loopback address (pass --allow-remote to drive it)"))
+    addrs.iter().find(|a| a.ip().is_loopback()).copied().ok_or_else(|| ArgError::NotLoopback { target: s.into() })
 }
 
 /// Parses the arguments after `herd load`.
-pub fn parse(args: &[String]) -> Result<Parsed, String> {
+pub fn parse(args: &[String]) -> Result<Parsed, ArgError> {
     // Asking for help wins over any mistake elsewhere on the line.
     if args.iter().any(|a| a == "-h" || a == "--help") {
         return Ok(Parsed::Help);
@@ -184,9 +244,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (arg, None),
         };
-        let switch = |on: &mut bool| -> Result<(), String> {
+        let switch = |on: &mut bool| -> Result<(), ArgError> {
             if inline.is_some() {
-                return Err(format!("{flag} takes no value"));
+                return Err(ArgError::UnwantedValue { flag: flag.into() });
             }
             *on = true;
             Ok(())
@@ -216,12 +276,12 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                     "--plot",
                 ];
                 if !known.contains(&flag) {
-                    return Err(format!("unknown argument {arg:?} (see herd load --help)"));
+                    return Err(ArgError::Unknown { arg: arg.into() });
                 }
                 let v = match inline {
                     Some(v) => v,
                     None => {
-                        let v = args.get(i).ok_or_else(|| format!("{flag} needs a value"))?;
+                        let v = args.get(i).ok_or_else(|| ArgError::MissingValue { flag: flag.into() })?;
                         i += 1;
                         v.clone()
                     }
@@ -233,7 +293,7 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                     "--rate" => {
                         let r: f64 = num(flag, &v)?;
                         if !(0.001..=10_000_000.0).contains(&r) {
-                            return Err(format!("--rate must be from 0.001 to 10000000 requests/s, not {v}"));
+                            return Err(bad_value(flag, format!("must be from 0.001 to 10000000 requests/s, not {v}")));
                         }
                         o.rate = Some(r);
                     }
@@ -247,8 +307,9 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                     "--clients" => o.clients = int_in(flag, &v, 1, 100_000_000)? as u32,
                     "--radius" => {
                         if !radius_ok(&v) {
-                            return Err(format!(
-                                "--radius must be DIGITS or DIGITS.DIGITS, above 0 and at most 50, not {v:?}"
+                            return Err(bad_value(
+                                flag,
+                                format!("must be DIGITS or DIGITS.DIGITS, above 0 and at most 50, not {v:?}"),
                             ));
                         }
                         o.radius = v;
@@ -257,13 +318,13 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
                     "--whatsat-ratio" => {
                         let r: f64 = num(flag, &v)?;
                         if !(0.0..=1.0).contains(&r) {
-                            return Err(format!("--whatsat-ratio must be from 0 to 1, not {v}"));
+                            return Err(bad_value(flag, format!("must be from 0 to 1, not {v}")));
                         }
                         ratio = Some(r);
                     }
                     "--template" => {
                         if v.is_empty() || v.contains('\n') || v.contains('\r') {
-                            return Err("--template must be one non-empty line".into());
+                            return Err(bad_value(flag, "must be one non-empty line".into()));
                         }
                         template = Some(v);
                     }
@@ -282,17 +343,17 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
         "iamat" => Workload::Iamat,
         "whatsat" => Workload::Whatsat,
         "mixed" => Workload::Mixed { whatsat_ratio: ratio.unwrap_or(0.1) },
-        "raw" => Workload::Raw { template: template.take().ok_or("--workload raw needs --template 'LINE'")? },
-        w => return Err(format!("unknown --workload {w:?} (iamat, whatsat, mixed, raw)")),
+        "raw" => Workload::Raw { template: template.take().ok_or(ArgError::NeedsTemplate)? },
+        w => return Err(ArgError::UnknownWorkload { name: w.into() }),
     };
     if template.is_some() {
-        return Err("--template only applies to --workload raw".into());
+        return Err(ArgError::OnlyFor { flag: "--template", workload: "raw" });
     }
     if ratio.is_some() && workload != "mixed" {
-        return Err("--whatsat-ratio only applies to --workload mixed".into());
+        return Err(ArgError::OnlyFor { flag: "--whatsat-ratio", workload: "mixed" });
     }
     if o.expect.is_some() && workload != "raw" {
-        return Err("--expect only applies to --workload raw".into());
+        return Err(ArgError::OnlyFor { flag: "--expect", workload: "raw" });
     }
     if o.requests.is_some() && !duration_given {
         o.duration = MAX_DURATION;
@@ -307,11 +368,11 @@ pub fn parse(args: &[String]) -> Result<Parsed, String> {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Result<Options, String> {
+    fn p(s: &str) -> Result<Options, ArgError> {
         let args: Vec<String> = s.split_whitespace().map(String::from).collect();
         match parse(&args)? {
             Parsed::Run(o) => Ok(*o),
-            Parsed::Help => Err("help".into()),
+            Parsed::Help => panic!("help asked for in {s:?}"),
         }
     }
 
@@ -352,39 +413,78 @@ mod tests {
         assert_eq!(p("--requests 5 --duration 3").unwrap().duration, Duration::from_secs(3));
     }
 
+    /// Each refused line, and the flag its error names (an independent table, not read from the parser).
     #[test]
     fn bad_arguments() {
-        for bad in [
-            "--bogus",
-            "--connections",
-            "--connections 0",
-            "--connections x",
-            "--depth 0",
-            "--rate 0",
-            "--rate -5",
-            "--rate nan",
-            "--duration 0",
-            "--duration 601",
-            "--warmup 61",
-            "--workload nope",
-            "--workload raw",
-            "--template x",
-            "--whatsat-ratio 0.5",
-            "--workload mixed --whatsat-ratio 1.5",
-            "--radius 10.",
-            "--radius 51",
-            "--radius .5",
-            "--bound 21",
-            "--json=yes",
-            "--expect +OK",
-            "--timeout-ms 0",
-            "--target 127.0.0.1",
-            "--target 10.1.2.3:80",
-            "--target 192.168.0.1:6379",
+        use ArgError as E;
+        let flag_of = |e: &ArgError| -> String {
+            match e {
+                E::Unknown { arg } => arg.clone(),
+                E::MissingValue { flag } | E::UnwantedValue { flag } => flag.clone(),
+                E::NotANumber { flag, .. } | E::BadValue { flag, .. } => flag.clone(),
+                E::Unresolvable { .. } | E::NoAddress { .. } | E::NotLoopback { .. } => "--target".into(),
+                E::UnknownWorkload { .. } | E::NeedsTemplate => "--workload".into(),
+                E::OnlyFor { flag, .. } => flag.to_string(),
+            }
+        };
+        for (bad, kind, flag) in [
+            ("--bogus", "Unknown", "--bogus"),
+            ("--connections", "MissingValue", "--connections"),
+            ("--connections 0", "BadValue", "--connections"),
+            ("--connections x", "NotANumber", "--connections"),
+            ("--depth 0", "BadValue", "--depth"),
+            ("--rate 0", "BadValue", "--rate"),
+            ("--rate -5", "BadValue", "--rate"),
+            ("--rate nan", "BadValue", "--rate"),
+            ("--duration 0", "BadValue", "--duration"),
+            ("--duration 601", "BadValue", "--duration"),
+            ("--warmup 61", "BadValue", "--warmup"),
+            ("--workload nope", "UnknownWorkload", "--workload"),
+            ("--workload raw", "NeedsTemplate", "--workload"),
+            ("--template x", "OnlyFor", "--template"),
+            ("--whatsat-ratio 0.5", "OnlyFor", "--whatsat-ratio"),
+            ("--workload mixed --whatsat-ratio 1.5", "BadValue", "--whatsat-ratio"),
+            ("--radius 10.", "BadValue", "--radius"),
+            ("--radius 51", "BadValue", "--radius"),
+            ("--radius .5", "BadValue", "--radius"),
+            ("--bound 21", "BadValue", "--bound"),
+            ("--json=yes", "UnwantedValue", "--json"),
+            ("--expect +OK", "OnlyFor", "--expect"),
+            ("--timeout-ms 0", "BadValue", "--timeout-ms"),
+            ("--target 127.0.0.1", "Unresolvable", "--target"),
+            ("--target 10.1.2.3:80", "NotLoopback", "--target"),
+            ("--target 192.168.0.1:6379", "NotLoopback", "--target"),
         ] {
-            assert!(p(bad).is_err(), "{bad} accepted");
+            let err = p(bad).expect_err(bad);
+            let got = format!("{err:?}");
+            assert!(got.starts_with(kind), "{bad}: {got}");
+            assert_eq!(flag_of(&err), flag, "{bad}: {got}");
         }
         assert!(p("--target 10.1.2.3:80 --allow-remote").is_ok());
         assert!(p("--target [::1]:80").is_ok());
+    }
+
+    /// The messages are what users read (after `herd load: `): one line per kind, as they always were.
+    #[test]
+    fn bad_arguments_read_as_one_line() {
+        for (bad, want) in [
+            ("--bogus", "unknown argument \"--bogus\" (see herd load --help)"),
+            ("--connections", "--connections needs a value"),
+            ("--json=yes", "--json takes no value"),
+            ("--depth x", "--depth: not a valid number: \"x\""),
+            ("--depth 0", "--depth must be from 1 to 10000, not 0"),
+            ("--duration 601", "--duration is at most 600 s, not 601"),
+            (
+                "--target 10.1.2.3:80",
+                "--target 10.1.2.3:80 is not a loopback address (pass --allow-remote to drive it)",
+            ),
+            ("--workload nope", "unknown --workload \"nope\" (iamat, whatsat, mixed, raw)"),
+            ("--workload raw", "--workload raw needs --template 'LINE'"),
+            ("--expect +OK", "--expect only applies to --workload raw"),
+        ] {
+            assert_eq!(p(bad).unwrap_err().to_string(), want);
+        }
+        let err = p("--target 127.0.0.1").unwrap_err().to_string();
+        assert!(err.starts_with("--target 127.0.0.1: ") && !err.contains('\n'), "{err}");
     }
 }

@@ -13,7 +13,9 @@ mod conn;
 mod ctx;
 mod summary;
 
+use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use mio::{Events, Poll, Token};
@@ -30,23 +32,57 @@ const TIMER: Token = Token(usize::MAX);
 const TICK_NS: u64 = 10_000_000;
 const PROGRESS_NS: u64 = 1_000_000_000;
 
+/// Why a run could not be made (`herd load` exits 1). The command line's own mistakes are
+/// [`ArgError`](super::args::ArgError)s; these are for [`Options`] built by a program.
+#[derive(Debug)]
+pub enum RunError {
+    /// `targets` is empty.
+    NoTarget,
+    /// A target that is not a loopback address while `allow_remote` is off.
+    NotLoopback(SocketAddr),
+    /// `rate` is zero, negative or not finite.
+    BadRate,
+    /// `poll(2)` (or creating the poll) failed.
+    Poll(io::Error),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::NoTarget => f.write_str("no target"),
+            RunError::NotLoopback(t) => write!(f, "target {t} is not a loopback address (allow_remote is off)"),
+            RunError::BadRate => f.write_str("rate must be positive"),
+            RunError::Poll(e) => write!(f, "poll: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for RunError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RunError::Poll(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 /// Runs the load described by `opts` to its end and reports what it measured.
-pub fn run(opts: &Options) -> Result<Report, String> {
+pub fn run(opts: &Options) -> Result<Report, RunError> {
     if opts.targets.is_empty() {
-        return Err("no target".into());
+        return Err(RunError::NoTarget);
     }
     if !opts.allow_remote {
         if let Some(t) = opts.targets.iter().find(|t| !t.ip().is_loopback()) {
-            return Err(format!("target {t} is not a loopback address (allow_remote is off)"));
+            return Err(RunError::NotLoopback(*t));
         }
     }
     if opts.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-        return Err("rate must be positive".into());
+        return Err(RunError::BadRate);
     }
     let n = opts.connections.clamp(1, SLOT_MASK);
     let depth = opts.depth.max(1);
 
-    let mut poll = Poll::new().map_err(|e| format!("poll: {e}"))?;
+    let mut poll = Poll::new().map_err(RunError::Poll)?;
     let mut events = Events::with_capacity(1024);
     let mut timer = match opts.rate {
         Some(_) => Timer::new(poll.registry(), TIMER),
@@ -91,7 +127,7 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let timeout = Duration::from_nanos(deadline.saturating_sub(now));
         if let Err(e) = poll.poll(&mut events, Some(timeout)) {
             if e.kind() != io::ErrorKind::Interrupted {
-                return Err(format!("poll: {e}"));
+                return Err(RunError::Poll(e));
             }
         }
         for ev in events.iter() {
@@ -192,4 +228,23 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
 
     Ok(summary::report(ctx, opts, n, stopped_by, seeding))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Options a program builds are checked before any socket is opened.
+    #[test]
+    fn impossible_options_are_refused_before_the_run() {
+        let none = Options { targets: vec![], ..Options::default() };
+        assert!(matches!(run(&none), Err(RunError::NoTarget)));
+        let remote: SocketAddr = "192.0.2.1:80".parse().unwrap();
+        let far = Options { targets: vec![remote], ..Options::default() };
+        let err = run(&far).unwrap_err();
+        assert!(matches!(err, RunError::NotLoopback(t) if t == remote), "{err:?}");
+        assert_eq!(err.to_string(), "target 192.0.2.1:80 is not a loopback address (allow_remote is off)");
+        let stopped = Options { rate: Some(0.0), ..Options::default() };
+        assert_eq!(run(&stopped).unwrap_err().to_string(), "rate must be positive");
+    }
 }
