@@ -1,7 +1,14 @@
 //! The `herd` command line (PROTOCOL section 8): `up`, `serve`, `places`, `load`.
+//!
+//! Every layer returns its own error type ([`ConfigError`], [`UpError`], the server's error, and the
+//! `places` and `load` commands' own); this file only turns them into one line on stderr and an exit
+//! status: 2 for a bad command line and for anything that stops a start (as PROTOCOL section 8 says),
+//! and whatever [`UpError::exit_status`] says for `herd up`.
 
-use herd::config::{Config, DEFAULT_PATH};
-use std::path::PathBuf;
+use herd::config::{Config, ConfigError, DEFAULT_PATH};
+use herd::up::UpError;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str = "\
@@ -56,11 +63,14 @@ fn config_and_names(args: &[String]) -> Result<(PathBuf, Vec<String>), String> {
     Ok((config, names))
 }
 
-fn load_config(path: &std::path::Path) -> Result<Config, i32> {
-    Config::load(path).map_err(|e| {
-        eprintln!("herd: {e}");
-        2
-    })
+/// A start-up failure: its one line on stderr, and exit status 2.
+fn start_failed(e: &dyn Display) -> i32 {
+    eprintln!("herd: {e}");
+    2
+}
+
+fn load_config(path: &Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e: ConfigError| start_failed(&e))
 }
 
 fn serve(args: &[String]) -> i32 {
@@ -77,10 +87,7 @@ fn serve(args: &[String]) -> i32 {
     };
     match herd::server::serve(&config, name) {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("herd: {e}");
-            2
-        }
+        Err(e) => start_failed(&e),
     }
 }
 
@@ -99,7 +106,7 @@ fn up(args: &[String]) -> i32 {
     match herd::up::run(&config) {
         Ok(()) => 0,
         // Ctrl-C during start-up: the user knows why; nothing to add.
-        Err(e @ herd::up::UpError::Interrupted) => e.exit_status().into(),
+        Err(e @ UpError::Interrupted) => e.exit_status().into(),
         Err(e) => {
             eprintln!("herd: {e}");
             e.exit_status().into()
