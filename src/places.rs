@@ -47,31 +47,65 @@ pub struct Endpoint {
     pub path: String,
 }
 
+/// Why a Places URL was refused. The messages never echo the URL, which may carry a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlError {
+    NotHttps,
+    UserInfo,
+    UnclosedBracket,
+    BadIpv6,
+    JunkAfterIpv6,
+    NoHost,
+    BadHostName,
+    BadIpv4,
+    BadPort,
+    BadPath,
+}
+
+impl std::fmt::Display for UrlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UrlError::NotHttps => "places url must start with https://",
+            UrlError::UserInfo => "places url must not carry user information",
+            UrlError::UnclosedBracket => "places url has an unclosed [ in its host",
+            UrlError::BadIpv6 => "places url has a bad IPv6 address",
+            UrlError::JunkAfterIpv6 => "places url has junk after its IPv6 address",
+            UrlError::NoHost => "places url has no host",
+            UrlError::BadHostName => "places url has a bad host name",
+            UrlError::BadIpv4 => "places url has a bad IPv4 address",
+            UrlError::BadPort => "places url has a bad port",
+            UrlError::BadPath => "places url path must be ASCII without spaces or control characters",
+        })
+    }
+}
+
+impl std::error::Error for UrlError {}
+
 impl Endpoint {
     /// Parses an `https://` URL: host a name, an IPv4 address or a bracketed IPv6 address; port 443 unless
     /// given. Errors name the problem without echoing the URL.
-    pub fn parse(api: Api, url: &str) -> Result<Endpoint, String> {
+    pub fn parse(api: Api, url: &str) -> Result<Endpoint, UrlError> {
         let rest = match url.get(..8) {
             Some(scheme) if scheme.eq_ignore_ascii_case("https://") => &url[8..],
-            _ => return Err("places url must start with https://".into()),
+            _ => return Err(UrlError::NotHttps),
         };
         let rest = rest.split('#').next().unwrap_or("");
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split);
         if authority.contains('@') {
-            return Err("places url must not carry user information".into());
+            return Err(UrlError::UserInfo);
         }
 
         let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
             let Some((addr, after)) = bracketed.split_once(']') else {
-                return Err("places url has an unclosed [ in its host".into());
+                return Err(UrlError::UnclosedBracket);
             };
             if addr.parse::<Ipv6Addr>().is_err() {
-                return Err("places url has a bad IPv6 address".into());
+                return Err(UrlError::BadIpv6);
             }
             let port = match after {
                 "" => None,
-                _ => Some(after.strip_prefix(':').ok_or("places url has junk after its IPv6 address")?),
+                _ => Some(after.strip_prefix(':').ok_or(UrlError::JunkAfterIpv6)?),
             };
             (addr.to_ascii_lowercase(), port)
         } else {
@@ -86,12 +120,12 @@ impl Endpoint {
             None => 443,
             Some(p) => match p.parse::<u16>() {
                 Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-                _ => return Err("places url has a bad port".into()),
+                _ => return Err(UrlError::BadPort),
             },
         };
 
         if path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
-            return Err("places url path must be ASCII without spaces or control characters".into());
+            return Err(UrlError::BadPath);
         }
         let path = if path.starts_with('/') { path.to_owned() } else { format!("/{path}") };
         Ok(Endpoint { api, host, port, path })
@@ -110,9 +144,9 @@ impl Endpoint {
 }
 
 /// A DNS name of letters, digits, `-` and `_` labels, or a dotted-quad IPv4 address.
-fn check_host_name(host: &str) -> Result<(), String> {
+fn check_host_name(host: &str) -> Result<(), UrlError> {
     if host.is_empty() {
-        return Err("places url has no host".into());
+        return Err(UrlError::NoHost);
     }
     let labels_ok = host.len() <= 253
         && host.split('.').all(|label| {
@@ -121,11 +155,11 @@ fn check_host_name(host: &str) -> Result<(), String> {
                 && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !labels_ok {
-        return Err("places url has a bad host name".into());
+        return Err(UrlError::BadHostName);
     }
     let numeric = host.split('.').all(|label| label.bytes().all(|b| b.is_ascii_digit()));
     if numeric && host.parse::<Ipv4Addr>().is_err() {
-        return Err("places url has a bad IPv4 address".into());
+        return Err(UrlError::BadIpv4);
     }
     Ok(())
 }
@@ -1156,29 +1190,31 @@ mod tests {
         assert_eq!(authority("https://example.com:8443/"), "example.com:8443");
 
         let bad = [
-            "http://maps.googleapis.com/x",
-            "maps.googleapis.com/x",
-            "https://",
-            "https:///x",
-            "https://user:SECRET@host/x",
-            "https://host:0/x",
-            "https://host:65536/x",
-            "https://host:+1/x",
-            "https://host:/x",
-            "https://host:SECRET/x",
-            "https://[::1/x",
-            "https://[not-v6]/x",
-            "https://[::1]x/",
-            "https://999.1.1.1/x",
-            "https://ho st/x",
-            "https://a..b/x",
-            "https://host./x",
-            "https://hôst/x",
-            "https://host/a b",
-            "https://host/a\r\nX: y",
+            ("http://maps.googleapis.com/x", UrlError::NotHttps),
+            ("maps.googleapis.com/x", UrlError::NotHttps),
+            ("https://", UrlError::NoHost),
+            ("https:///x", UrlError::NoHost),
+            ("https://user:SECRET@host/x", UrlError::UserInfo),
+            ("https://host:0/x", UrlError::BadPort),
+            ("https://host:65536/x", UrlError::BadPort),
+            ("https://host:+1/x", UrlError::BadPort),
+            ("https://host:/x", UrlError::BadPort),
+            ("https://host:SECRET/x", UrlError::BadPort),
+            ("https://[::1/x", UrlError::UnclosedBracket),
+            ("https://[not-v6]/x", UrlError::BadIpv6),
+            ("https://[::1]x/", UrlError::JunkAfterIpv6),
+            ("https://999.1.1.1/x", UrlError::BadIpv4),
+            ("https://ho st/x", UrlError::BadHostName),
+            ("https://a..b/x", UrlError::BadHostName),
+            ("https://host./x", UrlError::BadHostName),
+            ("https://hôst/x", UrlError::BadHostName),
+            ("https://host/a b", UrlError::BadPath),
+            ("https://host/a\r\nX: y", UrlError::BadPath),
         ];
-        for url in bad {
+        for (url, kind) in bad {
             let err = Endpoint::parse(Api::Legacy, url).expect_err(url);
+            assert_eq!(err, kind, "{url}");
+            let err = err.to_string();
             assert!(err.starts_with("places url"), "{url}: {err}");
             assert!(!err.contains("SECRET"), "{url}: {err}");
         }
