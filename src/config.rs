@@ -657,6 +657,16 @@ mod tests {
             (GOOD.replace(r#"["C", "B"]"#, r#"["B", "A"]"#), "links[1]", Problem::DuplicateLink),
             (GOOD.replace(r#", "peer_port": 2002"#, ""), "servers[2].peer_port", Problem::Missing),
             (GOOD.replace(r#""new""#, r#""old""#), "places.api", found("\"legacy\" or \"new\"", "\"old\"")),
+            (
+                GOOD.replace(r#""log_dir""#, r#""log_detail": "all", "log_dir""#),
+                "log_detail",
+                found("\"io\" or \"events\"", "\"all\""),
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""limits": {"max_clock_skew_s": -1}, "log_dir""#),
+                "limits.max_clock_skew_s",
+                found("an integer from 0 to 31622400", "-1"),
+            ),
             (r#"{"servers": []}"#.into(), "servers", Problem::NoServers),
             ("[]".into(), "top level", found("an object", "[]")),
             (
