@@ -29,6 +29,75 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// A `herd places` command line that is refused (exit status 2). Each displays as one line, printed
+/// after `herd places: ` and before `(see herd places --help)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UsageError {
+    /// `FLAG needs a value`.
+    MissingValue { flag: &'static str },
+    /// `FLAG "VALUE" is not WHAT` (an address, a number of milliseconds).
+    BadValue { flag: &'static str, value: String, what: &'static str },
+    /// `--ca-out needs a file name` (it was given an empty one).
+    EmptyCaOut,
+    /// `unknown argument "ARG"`.
+    Unknown { arg: String },
+    /// `FLAG is required` (`--listen ADDR`, `--ca-out FILE`).
+    Required { flag: &'static str },
+    /// A `--fault` that is not one of the kinds, or combines badly.
+    Fault(FaultError),
+}
+
+/// Why a `--fault KIND` is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultError {
+    /// `fault "KIND": "VALUE" is not a number of milliseconds`.
+    NotMilliseconds { kind: String, value: String },
+    /// `fault "KIND": the interval must be at least 1 ms` (`trickle=0`).
+    ZeroInterval { kind: String },
+    /// `unknown fault "KIND" (expected ...)`.
+    Unknown { kind: String },
+    /// `faults http500 and badjson cannot be combined`.
+    Http500WithBadJson,
+}
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UsageError::MissingValue { flag } => write!(f, "{flag} needs a value"),
+            UsageError::BadValue { flag, value, what } => write!(f, "{flag} {value:?} is not {what}"),
+            UsageError::EmptyCaOut => f.write_str("--ca-out needs a file name"),
+            UsageError::Unknown { arg } => write!(f, "unknown argument {arg:?}"),
+            UsageError::Required { flag } => write!(f, "{flag} is required"),
+            UsageError::Fault(e) => e.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for FaultError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FaultError::NotMilliseconds { kind, value } => {
+                write!(f, "fault {kind:?}: {value:?} is not a number of milliseconds")
+            }
+            FaultError::ZeroInterval { kind } => write!(f, "fault {kind:?}: the interval must be at least 1 ms"),
+            FaultError::Unknown { kind } => write!(
+                f,
+                "unknown fault {kind:?} (expected delay=MS, reset, http500, badjson, wrongname or trickle=MS)"
+            ),
+            FaultError::Http500WithBadJson => f.write_str("faults http500 and badjson cannot be combined"),
+        }
+    }
+}
+
+impl std::error::Error for UsageError {}
+impl std::error::Error for FaultError {}
+
+impl From<FaultError> for UsageError {
+    fn from(e: FaultError) -> UsageError {
+        UsageError::Fault(e)
+    }
+}
+
 /// Misbehaviour on purpose, applied to every Places request (not to `/__stats` or 404s).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Faults {
@@ -48,19 +117,19 @@ pub struct Faults {
 
 impl Faults {
     /// Adds one `--fault` KIND.
-    pub fn add(&mut self, kind: &str) -> Result<(), String> {
-        let ms = |value: &str| -> Result<Duration, String> {
+    pub fn add(&mut self, kind: &str) -> Result<(), FaultError> {
+        let ms = |value: &str| -> Result<Duration, FaultError> {
             value
                 .parse::<u64>()
                 .map(Duration::from_millis)
-                .map_err(|_| format!("fault {kind:?}: {value:?} is not a number of milliseconds"))
+                .map_err(|_| FaultError::NotMilliseconds { kind: kind.into(), value: value.into() })
         };
         match kind.split_once('=') {
             Some(("delay", v)) => self.delay = Some(ms(v)?),
             Some(("trickle", v)) => {
                 let every = ms(v)?;
                 if every.is_zero() {
-                    return Err(format!("fault {kind:?}: the interval must be at least 1 ms"));
+                    return Err(FaultError::ZeroInterval { kind: kind.into() });
                 }
                 self.trickle = Some(every);
             }
@@ -68,14 +137,10 @@ impl Faults {
             None if kind == "http500" => self.http500 = true,
             None if kind == "badjson" => self.badjson = true,
             None if kind == "wrongname" => self.wrongname = true,
-            _ => {
-                return Err(format!(
-                    "unknown fault {kind:?} (expected delay=MS, reset, http500, badjson, wrongname or trickle=MS)"
-                ))
-            }
+            _ => return Err(FaultError::Unknown { kind: kind.into() }),
         }
         if self.http500 && self.badjson {
-            return Err("faults http500 and badjson cannot be combined".into());
+            return Err(FaultError::Http500WithBadJson);
         }
         Ok(())
     }
@@ -214,7 +279,7 @@ usage: herd places --listen ADDR --ca-out FILE [--chunked] [--fault KIND]... [--
 Prints `places listening on ADDR:PORT` on stdout once it accepts; logs go to stderr (RUST_LOG).";
 
 /// Parses the arguments after `places`. `Ok(None)` means help was asked for.
-pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
+pub fn parse_args(args: &[String]) -> Result<Option<Options>, UsageError> {
     let mut listen: Option<SocketAddr> = None;
     let mut ca_out: Option<PathBuf> = None;
     let mut faults = Faults::default();
@@ -226,22 +291,23 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
             _ => (arg.as_str(), None),
         };
-        let mut value = |name: &str| -> Result<String, String> {
+        let mut value = |flag: &'static str| -> Result<String, UsageError> {
             match &inline {
                 Some(v) => Ok(v.clone()),
-                None => it.next().cloned().ok_or_else(|| format!("{name} needs a value")),
+                None => it.next().cloned().ok_or(UsageError::MissingValue { flag }),
             }
         };
         match flag {
             "-h" | "--help" => return Ok(None),
             "--listen" => {
                 let v = value("--listen")?;
-                listen = Some(v.parse().map_err(|_| format!("--listen {v:?} is not an IP:PORT address"))?);
+                let bad = || UsageError::BadValue { flag: "--listen", value: v.clone(), what: "an IP:PORT address" };
+                listen = Some(v.parse().map_err(|_| bad())?);
             }
             "--ca-out" => {
                 let v = value("--ca-out")?;
                 if v.is_empty() {
-                    return Err("--ca-out needs a file name".into());
+                    return Err(UsageError::EmptyCaOut);
                 }
                 ca_out = Some(PathBuf::from(v));
             }
@@ -249,18 +315,18 @@ pub fn parse_args(args: &[String]) -> Result<Option<Options>, String> {
             "--chunked" if inline.is_none() => chunked = true,
             "--idle-timeout" => {
                 let v = value("--idle-timeout")?;
-                let ms: u64 = v
-                    .parse()
-                    .ok()
-                    .filter(|&ms| ms > 0)
-                    .ok_or_else(|| format!("--idle-timeout {v:?} is not a positive number of ms"))?;
+                let ms: u64 = v.parse().ok().filter(|&ms| ms > 0).ok_or_else(|| UsageError::BadValue {
+                    flag: "--idle-timeout",
+                    value: v.clone(),
+                    what: "a positive number of ms",
+                })?;
                 idle = Some(Duration::from_millis(ms));
             }
-            _ => return Err(format!("unknown argument {arg:?}")),
+            _ => return Err(UsageError::Unknown { arg: arg.clone() }),
         }
     }
-    let listen = listen.ok_or("--listen ADDR is required")?;
-    let ca_out = ca_out.ok_or("--ca-out FILE is required")?;
+    let listen = listen.ok_or(UsageError::Required { flag: "--listen ADDR" })?;
+    let ca_out = ca_out.ok_or(UsageError::Required { flag: "--ca-out FILE" })?;
     let mut options = Options::new(listen, ca_out);
     options.faults = faults;
     options.chunked = chunked;
@@ -389,20 +455,63 @@ mod tests {
 
     #[test]
     fn rejects_bad_command_lines() {
-        for bad in [
-            "",
-            "--listen 127.0.0.1:0",
-            "--ca-out x",
-            "--listen nowhere --ca-out x",
-            "--listen 127.0.0.1:0 --ca-out x --fault explode",
-            "--listen 127.0.0.1:0 --ca-out x --fault delay=soon",
-            "--listen 127.0.0.1:0 --ca-out x --fault trickle=0",
-            "--listen 127.0.0.1:0 --ca-out x --fault http500 --fault badjson",
-            "--listen 127.0.0.1:0 --ca-out x --extra",
-            "--listen 127.0.0.1:0 --ca-out",
-            "--listen 127.0.0.1:0 --ca-out x --chunked=yes",
+        let bad_value = |flag, value: &str, what| UsageError::BadValue { flag, value: value.into(), what };
+        let fault = |e| UsageError::Fault(e);
+        for (bad, want) in [
+            ("", UsageError::Required { flag: "--listen ADDR" }),
+            ("--listen 127.0.0.1:0", UsageError::Required { flag: "--ca-out FILE" }),
+            ("--ca-out x", UsageError::Required { flag: "--listen ADDR" }),
+            ("--listen nowhere --ca-out x", bad_value("--listen", "nowhere", "an IP:PORT address")),
+            ("--listen 127.0.0.1:0 --ca-out x --fault explode", fault(FaultError::Unknown { kind: "explode".into() })),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --fault delay=soon",
+                fault(FaultError::NotMilliseconds { kind: "delay=soon".into(), value: "soon".into() }),
+            ),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --fault trickle=0",
+                fault(FaultError::ZeroInterval { kind: "trickle=0".into() }),
+            ),
+            ("--listen 127.0.0.1:0 --ca-out x --fault http500 --fault badjson", fault(FaultError::Http500WithBadJson)),
+            ("--listen 127.0.0.1:0 --ca-out x --extra", UsageError::Unknown { arg: "--extra".into() }),
+            ("--listen 127.0.0.1:0 --ca-out", UsageError::MissingValue { flag: "--ca-out" }),
+            ("--listen 127.0.0.1:0 --ca-out=", UsageError::EmptyCaOut),
+            ("--listen 127.0.0.1:0 --ca-out x --chunked=yes", UsageError::Unknown { arg: "--chunked=yes".into() }),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --idle-timeout 0",
+                bad_value("--idle-timeout", "0", "a positive number of ms"),
+            ),
         ] {
-            assert!(parse_args(&args(bad)).is_err(), "{bad:?} should be refused");
+            assert_eq!(parse_args(&args(bad)), Err(want), "{bad:?}");
+        }
+    }
+
+    /// The messages users read, one per kind, as they always were.
+    #[test]
+    fn refusals_read_as_one_line() {
+        for (bad, want) in [
+            ("--listen nowhere --ca-out x", "--listen \"nowhere\" is not an IP:PORT address"),
+            ("--listen 127.0.0.1:0", "--ca-out FILE is required"),
+            ("--listen 127.0.0.1:0 --ca-out", "--ca-out needs a value"),
+            ("--listen 127.0.0.1:0 --ca-out=", "--ca-out needs a file name"),
+            ("--listen 127.0.0.1:0 --ca-out x --extra", "unknown argument \"--extra\""),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --fault delay=soon",
+                "fault \"delay=soon\": \"soon\" is not a number of milliseconds",
+            ),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --fault trickle=0",
+                "fault \"trickle=0\": the interval must be at least 1 ms",
+            ),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --fault explode",
+                "unknown fault \"explode\" (expected delay=MS, reset, http500, badjson, wrongname or trickle=MS)",
+            ),
+            (
+                "--listen 127.0.0.1:0 --ca-out x --fault badjson --fault http500",
+                "faults http500 and badjson cannot be combined",
+            ),
+        ] {
+            assert_eq!(parse_args(&args(bad)).unwrap_err().to_string(), want, "{bad:?}");
         }
     }
 }
