@@ -91,9 +91,42 @@ fn cell_col(lng_deg: f64) -> usize {
     (((lng_deg + 180.0) / CELL_DEG).floor() as i64).rem_euclid(GRID_COLS as i64) as usize
 }
 
+/// Why a gazetteer could not be loaded. The embedded one only fails if the build vendored a broken file.
+#[derive(Debug)]
+pub enum GazetteerError {
+    /// `cannot decompress the embedded gazetteer: ERROR`.
+    Decompress(std::io::Error),
+    /// The text is over 4 GiB (offsets are 32-bit).
+    TooLarge,
+    /// The first line is not the expected header (the line is kept, for the message).
+    BadHeader { line: String },
+    /// `gazetteer line N: PROBLEM` (1-based, header included).
+    BadLine { number: usize, problem: &'static str },
+}
+
+impl std::fmt::Display for GazetteerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GazetteerError::Decompress(e) => write!(f, "cannot decompress the embedded gazetteer: {e}"),
+            GazetteerError::TooLarge => f.write_str("gazetteer text is larger than 4 GiB"),
+            GazetteerError::BadHeader { line } => write!(f, "gazetteer header is not name, lat, lng, ...: {line:?}"),
+            GazetteerError::BadLine { number, problem } => write!(f, "gazetteer line {number}: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for GazetteerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GazetteerError::Decompress(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl Gazetteer {
     /// Decompresses and indexes the vendored GeoNames file.
-    pub fn embedded() -> Result<Gazetteer, String> {
+    pub fn embedded() -> Result<Gazetteer, GazetteerError> {
         // The gzip trailer holds the uncompressed size (mod 2^32): reserve it at once.
         let size_hint = EMBEDDED
             .len()
@@ -101,16 +134,14 @@ impl Gazetteer {
             .map(|at| u32::from_le_bytes(EMBEDDED[at..].try_into().unwrap()) as usize)
             .unwrap_or(0);
         let mut text = String::with_capacity(size_hint);
-        flate2::read::GzDecoder::new(EMBEDDED)
-            .read_to_string(&mut text)
-            .map_err(|e| format!("cannot decompress the embedded gazetteer: {e}"))?;
+        flate2::read::GzDecoder::new(EMBEDDED).read_to_string(&mut text).map_err(GazetteerError::Decompress)?;
         Gazetteer::from_tsv(text)
     }
 
     /// Parses and indexes a TSV text with the gazetteer's header and columns.
-    pub fn from_tsv(text: String) -> Result<Gazetteer, String> {
+    pub fn from_tsv(text: String) -> Result<Gazetteer, GazetteerError> {
         if text.len() > u32::MAX as usize {
-            return Err("gazetteer text is larger than 4 GiB".into());
+            return Err(GazetteerError::TooLarge);
         }
         let mut lines = Vec::with_capacity(text.len() / 48);
         let mut coords = Vec::with_capacity(text.len() / 48);
@@ -122,19 +153,19 @@ impl Gazetteer {
             let line = line.strip_suffix('\r').unwrap_or(line);
             if number == 0 {
                 if !line.starts_with("name\tlat\tlng") {
-                    return Err(format!("gazetteer header is not name, lat, lng, ...: {line:?}"));
+                    return Err(GazetteerError::BadHeader { line: line.into() });
                 }
                 continue;
             }
             if line.is_empty() {
                 continue;
             }
-            let fields =
-                split_fields(line).ok_or_else(|| format!("gazetteer line {}: expected 6 fields", number + 1))?;
-            let lat: f64 = fields.lat.parse().map_err(|_| format!("gazetteer line {}: bad latitude", number + 1))?;
-            let lng: f64 = fields.lng.parse().map_err(|_| format!("gazetteer line {}: bad longitude", number + 1))?;
+            let bad = |problem| GazetteerError::BadLine { number: number + 1, problem };
+            let fields = split_fields(line).ok_or_else(|| bad("expected 6 fields"))?;
+            let lat: f64 = fields.lat.parse().map_err(|_| bad("bad latitude"))?;
+            let lng: f64 = fields.lng.parse().map_err(|_| bad("bad longitude"))?;
             if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lng) {
-                return Err(format!("gazetteer line {}: coordinates out of range", number + 1));
+                return Err(bad("coordinates out of range"));
             }
             lines.push((start as u32, (start + line.len()) as u32));
             coords.push((lat, lng));
@@ -473,5 +504,24 @@ mod tests {
         }
         println!("brute force: {:?} per query", t.elapsed() / 200);
         println!("load + index: {load:?}");
+    }
+
+    #[test]
+    fn broken_files_are_refused_with_the_line() {
+        let header = "name\tlat\tlng\tcountry\tadmin1\tadmin2\n";
+        let bad_line = |body: &str| match Gazetteer::from_tsv(format!("{header}A\t1\t2\tX\tY\tZ\n{body}")) {
+            Err(GazetteerError::BadLine { number, problem }) => (number, problem),
+            Err(other) => panic!("{body:?}: {other:?}"),
+            Ok(_) => panic!("{body:?} was accepted"),
+        };
+        assert_eq!(bad_line("B\t1\t2\n"), (3, "expected 6 fields"));
+        assert_eq!(bad_line("B\tnorth\t2\tX\tY\tZ\n"), (3, "bad latitude"));
+        assert_eq!(bad_line("B\t1\teast\tX\tY\tZ\n"), (3, "bad longitude"));
+        assert_eq!(bad_line("B\t91\t2\tX\tY\tZ\n"), (3, "coordinates out of range"));
+        let err = Gazetteer::from_tsv("city\tx\n".into()).err().expect("a bad header is refused");
+        assert!(matches!(&err, GazetteerError::BadHeader { line } if line == "city\tx"), "{err:?}");
+        assert_eq!(err.to_string(), "gazetteer header is not name, lat, lng, ...: \"city\\tx\"");
+        let err = Gazetteer::from_tsv(format!("{header}B\t1\t2\n")).err().unwrap();
+        assert_eq!(err.to_string(), "gazetteer line 2: expected 6 fields");
     }
 }

@@ -22,7 +22,7 @@ mod respond;
 mod server;
 
 pub use certs::CertError;
-pub use gazetteer::{haversine_m, Gazetteer, EARTH_RADIUS_M};
+pub use gazetteer::{haversine_m, Gazetteer, GazetteerError, EARTH_RADIUS_M};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -190,7 +190,7 @@ pub enum ServiceError {
     /// The CA could not be loaded, created or written, or the TLS configuration was refused.
     Cert(CertError),
     /// The embedded gazetteer could not be read (a build problem, never the user's).
-    Gazetteer(String),
+    Gazetteer(GazetteerError),
     /// The loop's own machinery failed: `DOING: ERROR` (`poll`, `listener`, `register listener`, ...).
     Loop { doing: &'static str, source: std::io::Error },
 }
@@ -212,7 +212,7 @@ impl fmt::Display for ServiceError {
             ServiceError::Signals(e) => write!(f, "cannot handle signals: {e}"),
             ServiceError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             ServiceError::Cert(e) => e.fmt(f),
-            ServiceError::Gazetteer(e) => f.write_str(e),
+            ServiceError::Gazetteer(e) => e.fmt(f),
             ServiceError::Loop { doing, source } => write!(f, "{doing}: {source}"),
         }
     }
@@ -225,7 +225,7 @@ impl std::error::Error for ServiceError {
                 Some(e)
             }
             ServiceError::Cert(e) => Some(e),
-            ServiceError::Gazetteer(_) => None,
+            ServiceError::Gazetteer(e) => Some(e),
         }
     }
 }
