@@ -304,11 +304,16 @@ def resources(impl, tmp, places_port, ca, o):
     return r, p, port
 
 
-def cell(impl, port, conns, o):
+def cell(impl, proc, port, conns, o):
+    """One throughput cell, with the share of a CPU the server got over the whole invocation (warm-up
+    included): well under 100 % at a saturating load means it was starved by other jobs, or idle waiting
+    for a client that was."""
     extra = ["--workload", "raw", "--template", "SET k{i} v", "--expect", "+OK"] if impl == "redis" else []
+    c0, t0 = cpu_ns(proc.pid), time.monotonic()
     res = load(port, *extra, "--connections", str(conns), "--duration", str(o.duration), "--warmup", str(o.warmup))
+    share = (cpu_ns(proc.pid) - c0) / 1e9 / (time.monotonic() - t0) * 100
     lat = res["latency_us"]
-    return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"])
+    return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"], share)
 
 
 def stripped_size(path):
@@ -433,7 +438,7 @@ def main():
         for conns in (1, 20, 200):
             for impl, (proc, port) in running.items():
                 print(f"== round {rnd + 1}/{o.rounds}: {impl} at {conns} connections", file=sys.stderr)
-                rounds[impl][conns].append(cell(impl, port, conns, o))
+                rounds[impl][conns].append(cell(impl, proc, port, conns, o))
     for impl, (proc, port) in running.items():
         for conns, runs in rounds[impl].items():
             results[impl]["cells"][conns] = sorted(runs)[len(runs) // 2]
@@ -452,17 +457,19 @@ def main():
         "",
         f"Throughput: `herd load` closed loop, depth 1, {o.duration} s measured after {o.warmup} s warm-up, "
         f"median of {o.rounds} round(s) run back to back across implementations; IAMAT over 1000 client ids "
-        "(redis: `SET k{i} v`), one server with no neighbours. Latency in µs.",
+        "(redis: `SET k{i} v`), one server with no neighbours. Latency in µs. Server CPU %: the server's "
+        "on-CPU time over the cell's wall time (warm-up included); a saturated server that got the whole "
+        "core shows about 100.",
         "",
-        "| implementation | conns | req/s | p50 | p99 | p99.9 | errors | req/s vs redis |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | req/s vs redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for impl, r in results.items():
-        for conns, (rps, p50, p99, p999, err) in r["cells"].items():
+        for conns, (rps, p50, p99, p999, err, share) in r["cells"].items():
             red = results.get("redis", {}).get("cells", {}).get(conns)
             ratio = f"{rps / red[0]:.2f}" if red and red[0] else "-"
             lines.append(f"| {LABEL[impl]} | {conns} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | "
-                         f"{ratio} |")
+                         f"{share:.0f} | {ratio} |")
     lines += [
         "",
         f"Resources: CPU per request = server on-CPU time (all threads, /proc/PID/task/*/schedstat) over "

@@ -21,12 +21,11 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 
-/// A stored record: the ordering key (client time as trimmed decimal digits, then server and location)
-/// and the AT line itself.
+/// A stored record: the ordering key (client time as trimmed decimal digits: integer length, integer,
+/// fraction; then server name and location) and the AT line itself.
 #[derive(Clone)]
 struct Record {
     key: (usize, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>),
-    location: Vec<u8>,
     line: Arc<[u8]>,
 }
 
@@ -142,7 +141,7 @@ impl Shared {
         if records.get(client).is_some_and(|r| r.key >= key) {
             return false;
         }
-        records.insert(client.to_vec(), Record { key, location: loc.to_vec(), line: line.clone() });
+        records.insert(client.to_vec(), Record { key, line: line.clone() });
         // Under the lock: the broadcast order is the store order. No receiver is fine (no neighbour up).
         let _ = self.flood.send(Flood { from, line });
         true
@@ -177,7 +176,7 @@ impl Shared {
             if let (Some(record), Some(radius), Some(bound)) = (record, radius, bound) {
                 if at_most(bound, 20) {
                     let bound = bound.0.iter().fold(0usize, |v, &b| v * 10 + usize::from(b - b'0'));
-                    let body = self.nearby(&record.location, radius, bound).await;
+                    let body = self.nearby(&record.key.4, radius, bound).await;
                     let mut reply = record.line.to_vec();
                     reply.push(b'\n');
                     reply.extend_from_slice(&body);
