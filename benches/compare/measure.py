@@ -76,6 +76,7 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
 def spawn(argv, log, cpu=None):
+    """Starts argv (pinned to `cpu` when given) with its output to `log` (a file, or subprocess.PIPE)."""
     if cpu is not None:
         argv = ["taskset", "-c", cpu] + argv
     p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -408,8 +409,16 @@ def main():
     places_port = free_ports(1)
     ca = os.path.join(tmp, "places-ca.pem")
     places_log = open(os.path.join(tmp, "places.log"), "w")
-    places = spawn([HERD, "places", "--listen", f"127.0.0.1:{places_port}", "--ca-out", ca], places_log, LOAD_CPU)
-    wait_port(places_port, places, 30)
+    places = spawn([HERD, "places", "--listen", f"127.0.0.1:{places_port}", "--ca-out", ca], subprocess.PIPE,
+                   LOAD_CPU)
+    # Its `listening` line, not a successful connect: the kernel completes handshakes as soon as the
+    # socket listens, before the service has written its CA file.
+    for line in places.stdout:
+        places_log.write(line.decode(errors="replace"))
+        if line.startswith(b"places listening on"):
+            break
+    else:
+        raise RuntimeError(f"the Places service exited with {places.wait()}: see {tmp}/places.log")
 
     conf, ref, results = {}, None, {}
     for impl in [i for i in IMPLS if i in only]:
