@@ -477,6 +477,10 @@ def main():
         for conns, (rps, p50, p99, p999, err, share) in r["cells"].items():
             red = results.get("redis", {}).get("cells", {}).get(conns)
             ratio = f"{rps / red[0]:.2f}" if red and red[0] else "-"
+            if rps == 0:  # not one reply in the measured window, and too short for herd load's time-out
+                lines.append(f"| {LABEL[impl]} | {conns} | 0: no reply in the window | - | - | - | {err} | "
+                             f"{share:.0f} | - |")
+                continue
             lines.append(f"| {LABEL[impl]} | {conns} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | "
                          f"{share:.0f} | {ratio} |")
     lines += [
