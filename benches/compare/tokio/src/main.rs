@@ -385,13 +385,15 @@ async fn dial(shared: Arc<Shared>, peer: String, addr: String) {
                             Ok(f) if f.from.as_deref() != Some(&peer) => {
                                 w.write_all(&f.line).await?;
                                 w.write_all(b"\n").await?;
-                                if rx.is_empty() {
-                                    w.flush().await?;
-                                }
                             }
-                            Ok(_) => {}
+                            Ok(_) => {} // it came from this neighbour
                             Err(broadcast::error::RecvError::Lagged(_)) => break, // resend everything
                             Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                        }
+                        // One write for a burst, and nothing left behind when the burst ends with a
+                        // record that was not for this link.
+                        if rx.is_empty() {
+                            w.flush().await?;
                         }
                     }
                 }
