@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# herd against the same protocol on tokio and on Python asyncio, with redis-server (SET) as the anchor:
+# conformance of all three, then throughput and latency at 1/20/200 connections, CPU per request, RSS at
+# start, at 10,000 idle connections and per stored record, start-up time, size and lines of code.
+# Writes one markdown report (stdout, and FILE with --out FILE).
+#
+#     benches/compare/run.sh [--quick] [--out FILE] [--only herd,tokio,tokio-ct,asyncio,redis]
+#
+# --quick (3 s cells, 30k records): about 4 minutes on the 2-core machine; the full run about 12.
+# Servers are pinned to CPU 0 and every client to CPU 1 (taskset). Builds herd and the tokio crate in
+# release first and installs redis-server with apt-get when it is missing. All ports are free loopback
+# ports found at run time; every process started is killed at the end. See README.md beside this file.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cargo build --release -q --manifest-path "$root/Cargo.toml" --bin herd
+cargo build --release -q --manifest-path "$here/tokio/Cargo.toml"
+if ! command -v redis-server >/dev/null; then
+    echo "installing redis-server (apt-get)" >&2
+    apt-get install -y -q redis-server >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q redis-server >/dev/null; }
+fi
+for tool in taskset strip python3; do command -v $tool >/dev/null || { echo "needs $tool" >&2; exit 2; }; done
+# 10,000 idle connections: the client holds them, the server accepts them.
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+[ "$(ulimit -n)" -ge 10100 ] || { echo "needs ulimit -n >= 10100 (hard limit $(ulimit -Hn))" >&2; exit 2; }
+exec python3 "$here/measure.py" "$@"
