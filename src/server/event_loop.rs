@@ -23,8 +23,8 @@
 //! `herd.rs` and `ctx.rs` (the herd's rules and the state they work on), and the leaves.
 
 use super::auth::{Auth, Secret};
-use super::conn::{Connection, Conns, Delivery};
-use super::ctx::{Ctx, Neighbour, OutLink};
+use super::conn::{Conn, Connection, Conns, Delivery};
+use super::ctx::{Counters, Ctx, Neighbour, OutLink};
 use super::error::ServerError;
 use super::handoff::HandOff;
 use super::log::{self as server_log, ServerLog};
@@ -143,7 +143,7 @@ impl Server {
         self.core.listeners.local_addrs()
     }
 
-    pub fn counters(&self) -> &super::ctx::Counters {
+    pub fn counters(&self) -> &Counters {
         &self.core.ctx.counters
     }
 
@@ -240,7 +240,7 @@ impl Core {
     }
 
     /// Runs a handler on one connection, then delivers what it left for the others.
-    fn handle(&mut self, token: Token, f: impl FnOnce(&mut super::conn::Conn, &mut Ctx, &mut [u8])) {
+    fn handle(&mut self, token: Token, f: impl FnOnce(&mut Conn, &mut Ctx, &mut [u8])) {
         self.conns.with(token, &mut self.ctx, &mut self.scratch, f);
         self.after_handler();
     }

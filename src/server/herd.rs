@@ -174,7 +174,7 @@ impl Ctx {
     }
 
     /// A Places request ended (failed, to be retried, or answered: a response is shaped off the loop
-    /// and comes back through [`places_shaped`](Self::places_shaped)).
+    /// and comes back through [`places_woken`](Self::places_woken)).
     pub fn places_outcome(&mut self, id: u64, outcome: Outcome) {
         let Some(places) = self.places.as_mut() else { return };
         if let Some((replies, line)) = places.finish(id, outcome, self.now) {
