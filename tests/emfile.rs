@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// RLIMIT_NOFILE of the server under test.
 const FD_LIMIT: usize = 64;
-/// What the server writes to stderr each time accept fails (event_loop.rs, `accept_clients`).
+/// What the server writes to stderr each time accept fails (sockets.rs, `Listeners::failed`).
 const ACCEPT_FAILED: &str = "accept failed: ";
 /// errno 24, as `io::Error` prints it.
 const EMFILE: &str = "(os error 24)";

@@ -44,6 +44,7 @@
 //!   line break) is ever written raw. Command, reply and record lines escape their bytes; an event line is
 //!   escaped after formatting if it holds any such byte (a HELLO name, a Places status).
 
+use super::error::ServerError;
 pub use crate::config::{LogDetail as Detail, LogOptions as Options};
 use crate::protocol::Timestamp;
 use std::collections::VecDeque;
@@ -223,7 +224,7 @@ fn open_private(path: &Path) -> std::io::Result<File> {
 }
 
 impl Writer {
-    fn spawn(file: File, path: &Path, options: &Options) -> Result<Writer, String> {
+    fn spawn(file: File, path: &Path, options: &Options) -> Result<Writer, ServerError> {
         let mailbox = Arc::new(Mailbox::default());
         mailbox.slots().empty = (1..BUFFERS).map(|_| Vec::with_capacity(FLUSH_AT * 2)).collect();
         let mut sink = Sink::new(file, path, options);
@@ -253,7 +254,7 @@ impl Writer {
                 buf.clear();
                 theirs.slots().empty.push(buf);
             })
-            .map_err(|e| format!("cannot start the log writer thread: {e}"))?;
+            .map_err(|source| ServerError::Thread { what: "log writer", source })?;
         Ok(Writer { mailbox, thread })
     }
 
@@ -272,20 +273,20 @@ impl Writer {
 
 impl ServerLog {
     /// Opens (appending) `path`, `0600`, creating its directory (`0700`) if missing.
-    pub fn open(path: &Path, options: &Options) -> Result<ServerLog, String> {
+    pub fn open(path: &Path, options: &Options) -> Result<ServerLog, ServerError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| format!("cannot create log directory {}: {e}", dir.display()))?;
+                .map_err(|source| ServerError::LogDir { dir: dir.to_path_buf(), source })?;
         }
-        let file = open_private(path).map_err(|e| format!("cannot open log file {}: {e}", path.display()))?;
+        let file = open_private(path).map_err(|source| ServerError::LogFile { path: path.to_path_buf(), source })?;
         Self::to_file(file, path, options)
     }
 
     /// A log written to `file` (already open for appending) by a new writer thread.
-    fn to_file(file: File, path: &Path, options: &Options) -> Result<ServerLog, String> {
+    fn to_file(file: File, path: &Path, options: &Options) -> Result<ServerLog, ServerError> {
         let writer = Writer::spawn(file, path, options)?;
         Ok(ServerLog {
             writer: Some(writer),

@@ -1,30 +1,40 @@
-//! Everything that waits for the kernel: one readiness loop per server process.
+//! Everything that waits for the kernel: one readiness loop per server process, in layers that only
+//! point down (ARCHITECTURE.md draws them).
 //!
-//! - `event_loop`: the `Poll` loop, tokens, dispatch, deferred writes and closes, timers, shut-down.
-//! - `client`: the client connection state machine.
-//! - `admin`: the admin listener (`/metrics`, `/records`).
-//! - `peer`: the peer link state machine (handshake, sync, flooding).
-//! - `upstream`: the Places connection state machine (TCP, TLS, HTTP/1.1, keep-alive).
+//! - `event_loop`: the top, and only the loop: `Poll`, dispatch, timers, the end-of-turn flush, signals,
+//!   shut-down.
+//! - `handoff`: after each handler, delivers what it left for other connections.
+//! - `sockets`: listening, accepting, dialling.
+//! - `conn`: the four connection kinds (`client`, `peer`, `upstream`, `admin`) behind one `Connection`
+//!   trait, and the slab with generation-checked tokens that holds them.
+//! - `herd`: the herd's rules over `Ctx` (store and flood, WHATSAT decisions, waits, links, Places
+//!   outcomes), testable without sockets.
 //! - `places_client`: the Places cache, coalescing, pool, deadlines and off-loop resolution.
-//! - `timer`: deadlines.
-//! - `log`: the server's buffered log file.
+//! - `ctx`: what every connection may touch: clock, records, counters, dirty lists, outbox.
+//! - leaves: `timer` (deadlines), `log` (the buffered log file), `auth` (peer authentication and the
+//!   handshake lines), `token` (token encoding, names for the trace), `error` (`ServerError`).
 
-pub mod admin;
-pub mod client;
+pub mod auth;
+pub mod conn;
+pub mod ctx;
+pub mod error;
 pub mod event_loop;
+pub mod handoff;
+pub mod herd;
 pub mod log;
-pub mod peer;
 pub mod places_client;
+pub mod sockets;
 pub mod timer;
-pub mod upstream;
+pub mod token;
 
+pub use error::ServerError;
 pub use event_loop::Server;
 
 use crate::config::Config;
 
 /// `herd serve NAME`: binds, prints one line to stdout once listening, and runs until SIGTERM or SIGINT.
 /// Returns a one-line error for the exit status 2 cases (unknown name, port in use, bad log directory).
-pub fn serve(config: &Config, name: &str) -> Result<(), String> {
+pub fn serve(config: &Config, name: &str) -> Result<(), ServerError> {
     raise_fd_limit();
     let mut server = Server::bind(config, name)?;
     let (client, peer) = server.local_addrs();

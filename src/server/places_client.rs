@@ -14,8 +14,9 @@
 //! same waker: parsing a 20-result body takes several hundred microseconds, which every other client
 //! would otherwise wait.
 
-use super::upstream::{FailKind, Outcome};
+use super::error::ServerError;
 use crate::config::{PlacesApi, PlacesConfig};
+use crate::http::Response;
 use crate::places::{self, Api, Endpoint, PlacesAnswer};
 use mio::Token;
 use rustls::pki_types::ServerName;
@@ -28,6 +29,49 @@ use std::time::{Duration, Instant};
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
 /// Bytes of cached answers kept at most (a 20-result answer with its parsed tree is about 200 KB).
 const CACHE_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// How a request on an upstream connection ended (the connection reports it; this client decides).
+pub enum Outcome {
+    Response(Response),
+    /// The connection failed. `retry` is true when it failed before the first response byte on a
+    /// connection that had served requests before: the server probably closed it while it was idle.
+    Failed {
+        kind: FailKind,
+        message: String,
+        retry: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    Connect,
+    Tls,
+    Http,
+    Closed,
+}
+
+impl FailKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailKind::Connect => "connect",
+            FailKind::Tls => "tls",
+            FailKind::Http => "http",
+            FailKind::Closed => "closed",
+        }
+    }
+}
+
+/// Why `PlacesClient::build` failed, before it becomes a `ServerError`.
+enum Setup {
+    Message(String),
+    Thread(&'static str, std::io::Error),
+}
+
+impl From<String> for Setup {
+    fn from(message: String) -> Setup {
+        Setup::Message(message)
+    }
+}
 
 /// A cache key: the client's location text and the radius in metres.
 pub type Key = (Box<[u8]>, String);
@@ -141,7 +185,14 @@ impl std::fmt::Debug for PlacesClient {
 impl PlacesClient {
     /// Builds the client from the config: TLS roots (webpki plus `ca_file`), the endpoint, the key from
     /// the environment. `waker` wakes the loop when a name is resolved or an answer is shaped.
-    pub fn new(config: &PlacesConfig, waker: Arc<mio::Waker>) -> Result<PlacesClient, String> {
+    pub fn new(config: &PlacesConfig, waker: Arc<mio::Waker>) -> Result<PlacesClient, ServerError> {
+        Self::build(config, waker).map_err(|e| match e {
+            Setup::Message(m) => ServerError::Places(m),
+            Setup::Thread(what, source) => ServerError::Thread { what, source },
+        })
+    }
+
+    fn build(config: &PlacesConfig, waker: Arc<mio::Waker>) -> Result<PlacesClient, Setup> {
         let api = match config.api {
             PlacesApi::Legacy => Api::Legacy,
             PlacesApi::New => Api::New,
@@ -170,7 +221,7 @@ impl PlacesClient {
                 added += 1;
             }
             if added == 0 {
-                return Err(format!("places.ca_file {}: no certificate in it", path.display()));
+                return Err(format!("places.ca_file {}: no certificate in it", path.display()).into());
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -208,7 +259,7 @@ impl PlacesClient {
                     let _ = shaper_waker.wake();
                 }
             })
-            .map_err(|e| format!("cannot start the shaper thread: {e}"))?;
+            .map_err(|e| Setup::Thread("shaper", e))?;
 
         let mut client = PlacesClient {
             api,
@@ -257,7 +308,7 @@ impl PlacesClient {
                             let _ = waker.wake();
                         }
                     })
-                    .map_err(|e| format!("cannot start the resolver thread: {e}"))?;
+                    .map_err(|e| Setup::Thread("resolver", e))?;
                 client.resolver = Some(tx);
                 client.resolved = Some(res_rx);
                 client.resolve();

@@ -11,24 +11,17 @@
 //!  any state ──EOF, reset, bad message, failed proof, output bound, handshake deadline──▶ Closed
 //! ```
 //!
-//! The handshake, one line each way:
-//!
-//! ```text
-//!  dialer → acceptor   HELLO <dialer> <acceptor> <nonce_d>
-//!  acceptor → dialer   WELCOME <acceptor> <nonce_a> <mac_a>      (or REFUSED <reason>)
-//!  dialer → acceptor   PROOF <mac_d>
-//! ```
-//!
-//! With a herd secret, `mac_a = HMAC-SHA256(secret, "herd acceptor " + dialer + " " + acceptor + " " + nonce_d +
-//! " " + nonce_a)` and `mac_d` the same with `"herd dialer "`, hex-encoded; without one both are `-`. Each side
-//! proves it holds the secret against a nonce the other side chose, and the secret itself never travels.
+//! The handshake is one line each way, HELLO, WELCOME (or REFUSED), PROOF: `auth.rs` reads and writes
+//! those lines and computes and checks the proofs; this machine decides what each means in its state.
 //! After the proof, the dialer sends `AT ...` lines only.
 
-use super::event_loop::Ctx;
+use super::{Connection, Delivery};
 use crate::protocol;
+use crate::server::auth::{self, Handshake};
+use crate::server::ctx::{Ctx, READS_PER_TURN};
+use crate::server::token::{TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
-use ring::hmac;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -150,22 +143,6 @@ impl Peer {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        matches!(self.state, PeerState::Closed(_))
-    }
-
-    /// The state's name, without its nonces (for the trace).
-    pub fn state_name(&self) -> String {
-        match &self.state {
-            PeerState::Connecting => "Connecting".into(),
-            PeerState::AwaitWelcome { .. } => "AwaitWelcome".into(),
-            PeerState::AwaitHello => "AwaitHello".into(),
-            PeerState::AwaitProof { neighbour, .. } => format!("AwaitProof({neighbour})"),
-            PeerState::Live { neighbour } => format!("Live({neighbour})"),
-            PeerState::Closed(why) => format!("Closed({})", why.name()),
-        }
-    }
-
     pub fn is_live(&self) -> bool {
         matches!(self.state, PeerState::Live { .. })
     }
@@ -194,66 +171,6 @@ impl Peer {
             log::info!("peer link with {name} ({}) dropped: {} {detail}", self.addr, why.name());
         }
         self.state = PeerState::Closed(why);
-    }
-
-    pub fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.readable = true;
-        }
-        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
-            self.writable = true;
-            if self.sent < self.out.len() || self.sync.is_some() {
-                self.mark_dirty(ctx);
-            }
-        }
-        self.drive(ctx, scratch);
-    }
-
-    /// Runs the state machine until it must wait for the kernel.
-    pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
-        if self.state == PeerState::Connecting {
-            if !self.writable && !self.readable {
-                return;
-            }
-            // The first event of a non-blocking connect: no I/O before it; then the socket's error,
-            // then whether it is connected at all (a spurious wake-up leaves it still connecting).
-            match self.stream.take_error() {
-                Ok(Some(e)) | Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
-                Ok(None) => {}
-            }
-            match self.stream.peer_addr() {
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotConnected => {
-                    self.writable = false;
-                    self.readable = false;
-                    return;
-                }
-                Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
-            }
-            let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
-            let nonce = ctx.nonce();
-            let hello = format!("HELLO {} {} {nonce}\n", String::from_utf8_lossy(&ctx.name), ctx.neighbours[n].name);
-            self.out.extend_from_slice(hello.as_bytes());
-            self.mark_dirty(ctx);
-            self.state = PeerState::AwaitWelcome { nonce };
-        }
-        let mut reads = 0;
-        while self.readable && !self.is_closed() {
-            if reads == super::event_loop::READS_PER_TURN {
-                ctx.again.push(self.token);
-                return;
-            }
-            reads += 1;
-            match self.read(scratch) {
-                ReadOutcome::Data(n) => {
-                    ctx.counters.peer_bytes_in += n as u64;
-                    self.take_input(&scratch[..n], ctx);
-                }
-                ReadOutcome::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
-                ReadOutcome::WouldBlock => self.readable = false,
-                ReadOutcome::Failed => self.close(PeerClose::Reset, ctx, format_args!("")),
-            }
-        }
     }
 
     fn read(&mut self, scratch: &mut [u8]) -> ReadOutcome {
@@ -346,11 +263,10 @@ impl Peer {
     fn on_proof(&mut self, text: &[u8], ctx: &mut Ctx) {
         let PeerState::AwaitProof { neighbour, nonce_d, nonce_a } = &self.state else { return };
         let neighbour = *neighbour;
-        let mut f = protocol::Fields::new(text);
-        let ok = match (f.next(), f.next(), f.next()) {
-            (Some(b"PROOF"), Some(mac), None) => {
+        let ok = match auth::parse(text) {
+            Handshake::Proof { mac } => {
                 let me = String::from_utf8_lossy(&ctx.name).to_string();
-                ctx.verify_mac("dialer", &ctx.neighbours[neighbour].name, &me, nonce_d, nonce_a, mac)
+                ctx.auth.verify("dialer", &ctx.neighbours[neighbour].name, &me, nonce_d, nonce_a, mac)
             }
             _ => false,
         };
@@ -370,11 +286,10 @@ impl Peer {
         let nonce = nonce.clone();
         let name = ctx.neighbours[neighbour].name.clone();
         let me = String::from_utf8_lossy(&ctx.name).to_string();
-        let mut f = protocol::Fields::new(text);
-        match (f.next(), f.next(), f.next(), f.next(), f.next()) {
-            (Some(b"WELCOME"), Some(who), Some(nonce_a), Some(mac), None) if who == name.as_bytes() => {
+        match auth::parse(text) {
+            Handshake::Welcome { acceptor, nonce: nonce_a, mac } if acceptor == name.as_bytes() => {
                 let nonce_a = String::from_utf8_lossy(nonce_a).to_string();
-                if !ctx.verify_mac("acceptor", &me, &name, &nonce, &nonce_a, mac) {
+                if !ctx.auth.verify("acceptor", &me, &name, &nonce, &nonce_a, mac) {
                     ctx.counters.peers_refused += 1;
                     return self.close(
                         PeerClose::Refused,
@@ -382,18 +297,18 @@ impl Peer {
                         format_args!("{name} failed its proof of the herd secret"),
                     );
                 }
-                let proof = ctx.mac("dialer", &me, &name, &nonce, &nonce_a);
-                self.out.extend_from_slice(format!("PROOF {proof}\n").as_bytes());
+                let proof = ctx.auth.mac("dialer", &me, &name, &nonce, &nonce_a);
+                self.out.extend_from_slice(auth::proof(&proof).as_bytes());
                 self.state = PeerState::Live { neighbour };
                 // Anti-entropy: everything we hold goes out first, in batches; floods follow.
                 self.sync = Some(0);
                 self.mark_dirty(ctx);
                 ctx.on_link_out(neighbour, self.token);
-                let held = ctx.records.len();
+                let held = ctx.records().len();
                 ctx.log.event(format_args!("peer link to {name} ({}) up: sending {held} records", self.addr));
                 log::info!("linked to {name} ({})", self.addr);
             }
-            (Some(b"REFUSED"), ..) => {
+            Handshake::Refused => {
                 let why = String::from_utf8_lossy(text).to_string();
                 self.close(PeerClose::Refused, ctx, format_args!("{why}"))
             }
@@ -402,11 +317,8 @@ impl Peer {
     }
 
     fn on_hello(&mut self, text: &[u8], ctx: &mut Ctx) {
-        let mut f = protocol::Fields::new(text);
         let me = String::from_utf8_lossy(&ctx.name).to_string();
-        let (Some(b"HELLO"), Some(who), Some(to), Some(nonce_d), None) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
+        let Handshake::Hello { dialer: who, acceptor: to, nonce: nonce_d } = auth::parse(text) else {
             return self.close(PeerClose::Protocol, ctx, format_args!("expected HELLO"));
         };
         let who = String::from_utf8_lossy(who).to_string();
@@ -422,14 +334,14 @@ impl Peer {
             // Written at once rather than through `out` and the end-of-turn flush: the link closes in
             // this turn, and the send buffer of a socket that has sent nothing has room for one line.
             // Best effort: a dialer that never reads it just sees the close.
-            let _ = self.stream.write(format!("REFUSED {reason}\n").as_bytes());
+            let _ = self.stream.write(auth::refused(&reason).as_bytes());
             return self.close(PeerClose::Refused, ctx, format_args!("{reason}"));
         }
         let neighbour = neighbour.expect("checked");
         let nonce_d = String::from_utf8_lossy(nonce_d).to_string();
-        let nonce_a = ctx.nonce();
-        let mac = ctx.mac("acceptor", &who, &me, &nonce_d, &nonce_a);
-        self.out.extend_from_slice(format!("WELCOME {me} {nonce_a} {mac}\n").as_bytes());
+        let nonce_a = ctx.auth.nonce();
+        let mac = ctx.auth.mac("acceptor", &who, &me, &nonce_d, &nonce_a);
+        self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac).as_bytes());
         self.mark_dirty(ctx);
         self.state = PeerState::AwaitProof { neighbour, nonce_d, nonce_a };
     }
@@ -459,8 +371,103 @@ impl Peer {
         }
     }
 
+    /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
+    fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
+        let Some(mut cursor) = self.sync else { return false };
+        let start = cursor;
+        while self.out.len() < SYNC_BATCH {
+            let Some(record) = ctx.records().at(cursor) else { break };
+            self.out.extend_from_slice(record.line());
+            cursor += 1;
+        }
+        let done = ctx.records().at(cursor).is_none();
+        self.sync = if done { None } else { Some(cursor) };
+        if cursor > start {
+            ctx.counters.sync_batches += 1;
+            ctx.counters.records_synced += (cursor - start) as u64;
+            if let Some(n) = self.neighbour() {
+                let name = &ctx.neighbours[n].name;
+                ctx.log.event(format_args!(
+                    "sync to {name}: records {start}..{cursor}{}",
+                    if done { " (done)" } else { "" }
+                ));
+            }
+        }
+        cursor > start
+    }
+}
+
+/// The duties every connection has (see `conn/mod.rs`).
+impl Connection for Peer {
+    fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+            if self.sent < self.out.len() || self.sync.is_some() {
+                self.mark_dirty(ctx);
+            }
+        }
+        self.drive(ctx, scratch);
+    }
+
+    /// Runs the state machine until it must wait for the kernel.
+    fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if self.state == PeerState::Connecting {
+            if !self.writable && !self.readable {
+                return;
+            }
+            // The first event of a non-blocking connect: no I/O before it; then the socket's error,
+            // then whether it is connected at all (a spurious wake-up leaves it still connecting).
+            match self.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
+                Ok(None) => {}
+            }
+            match self.stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    self.writable = false;
+                    self.readable = false;
+                    return;
+                }
+                Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
+            }
+            let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
+            let nonce = ctx.auth.nonce();
+            let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce);
+            self.out.extend_from_slice(hello.as_bytes());
+            self.mark_dirty(ctx);
+            self.state = PeerState::AwaitWelcome { nonce };
+        }
+        let mut reads = 0;
+        while self.readable && !self.is_closed() {
+            if reads == READS_PER_TURN {
+                ctx.again.push(self.token);
+                return;
+            }
+            reads += 1;
+            match self.read(scratch) {
+                ReadOutcome::Data(n) => {
+                    ctx.counters.peer_bytes_in += n as u64;
+                    self.take_input(&scratch[..n], ctx);
+                }
+                ReadOutcome::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
+                ReadOutcome::WouldBlock => self.readable = false,
+                ReadOutcome::Failed => self.close(PeerClose::Reset, ctx, format_args!("")),
+            }
+        }
+    }
+
+    /// The handshake deadline: a link that is not Live in time is dropped. (Armed once, at the deadline.)
+    fn on_timer(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
+        if !self.is_closed() && !self.is_live() && ctx.now >= self.deadline {
+            self.close(PeerClose::HandshakeTimeout, ctx, format_args!(""));
+        }
+    }
+
     /// End of turn: write what is queued, then the next sync batches while the socket takes them.
-    pub fn flush(&mut self, ctx: &mut Ctx) {
+    fn flush(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
         self.dirty = false;
         let mut batches = 0;
         loop {
@@ -468,7 +475,7 @@ impl Peer {
                 match self.stream.write(&self.out[self.sent..]) {
                     Ok(n) => {
                         if ctx.trace {
-                            log::trace!(target: super::event_loop::TRACE, "peer{}: wrote {n} bytes", super::event_loop::TokenName(self.token));
+                            log::trace!(target: TRACE, "peer{}: wrote {n} bytes", TokenName(self.token));
                         }
                         self.sent += n;
                         ctx.counters.peer_bytes_out += n as u64;
@@ -504,40 +511,14 @@ impl Peer {
         }
     }
 
-    /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
-    fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
-        let Some(mut cursor) = self.sync else { return false };
-        let start = cursor;
-        while self.out.len() < SYNC_BATCH {
-            let Some(record) = ctx.records.at(cursor) else { break };
-            self.out.extend_from_slice(record.line());
-            cursor += 1;
-        }
-        let done = ctx.records.at(cursor).is_none();
-        self.sync = if done { None } else { Some(cursor) };
-        if cursor > start {
-            ctx.counters.sync_batches += 1;
-            ctx.counters.records_synced += (cursor - start) as u64;
-            if let Some(n) = self.neighbour() {
-                let name = &ctx.neighbours[n].name;
-                ctx.log.event(format_args!(
-                    "sync to {name}: records {start}..{cursor}{}",
-                    if done { " (done)" } else { "" }
-                ));
-            }
-        }
-        cursor > start
-    }
-
-    /// The handshake deadline: a link that is not Live in time is dropped. (Armed once, at the deadline.)
-    pub fn check_deadline(&mut self, ctx: &mut Ctx) {
-        if !self.is_closed() && !self.is_live() && ctx.now >= self.deadline {
-            self.close(PeerClose::HandshakeTimeout, ctx, format_args!(""));
+    fn deliver(&mut self, what: Delivery<'_>, ctx: &mut Ctx, _scratch: &mut [u8]) {
+        if let Delivery::Record(line) = what {
+            self.send_record(line, ctx);
         }
     }
 
     /// Graceful shut-down: a sending link finishes what it queued (not the sync), the others close now.
-    pub fn shut_down(&mut self, ctx: &mut Ctx) {
+    fn shut_down(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
         self.sync = None;
         if matches!(self.role, Role::Dialer(_)) && self.is_live() && self.sent < self.out.len() {
             self.close_when_flushed = true;
@@ -546,121 +527,38 @@ impl Peer {
             self.close(PeerClose::Shutdown, ctx, format_args!(""));
         }
     }
-}
 
-/// TCP keepalive and a user time-out on a peer socket: a neighbour that vanishes without a FIN (power
-/// loss, a cable, a partition) is noticed after about 20 s of silence instead of never, so its link is
-/// dropped, its count in `links_in` goes, and redialling starts.
-pub fn set_keepalive(stream: &TcpStream) {
-    use std::os::fd::AsRawFd;
-    let fd = stream.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: setsockopt on a socket we own, with a c_int option value.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                &value as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 3);
-    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
-    // Keepalive probes only an idle connection. A sending link across a partition is never idle: its
-    // records wait unacknowledged while TCP retransmits with doubling gaps, up to two minutes. The user
-    // time-out drops a connection whose sent data has gone unacknowledged for 20 s, so the link is
-    // redialled, and resynced, soon after the partition heals (tests/multihost.sh measures it).
-    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 20_000);
-}
-
-/// The herd secret as an HMAC key. Debug prints nothing of it.
-pub struct Secret(hmac::Key);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
+    fn is_closed(&self) -> bool {
+        matches!(self.state, PeerState::Closed(_))
     }
-}
 
-impl Secret {
-    pub fn new(secret: &[u8]) -> Secret {
-        Secret(hmac::Key::new(hmac::HMAC_SHA256, secret))
-    }
-}
-
-fn mac_input(role: &str, dialer: &str, acceptor: &str, nonce_d: &str, nonce_a: &str) -> String {
-    format!("herd {role} {dialer} {acceptor} {nonce_d} {nonce_a}")
-}
-
-/// The proof a side sends: the hex HMAC with a secret, `-` without.
-pub fn mac(secret: Option<&Secret>, role: &str, dialer: &str, acceptor: &str, nonce_d: &str, nonce_a: &str) -> String {
-    match secret {
-        None => "-".into(),
-        Some(Secret(key)) => {
-            hex(hmac::sign(key, mac_input(role, dialer, acceptor, nonce_d, nonce_a).as_bytes()).as_ref())
+    /// Freed: the neighbour bookkeeping. A sending link redials; a receiving one is counted out (only
+    /// one that passed the handshake was counted in).
+    fn on_closed(&mut self, ctx: &mut Ctx) {
+        ctx.gauges.peers -= 1;
+        match self.role {
+            Role::Dialer(n) => ctx.link_out_closed(n, self.token),
+            Role::Acceptor => {
+                if let Some(n) = self.identified {
+                    ctx.link_in_closed(n);
+                }
+            }
         }
     }
-}
 
-/// Checks a proof in constant time. Without a secret only `-` is accepted; with one, only the right MAC.
-pub fn verify(
-    secret: Option<&Secret>,
-    role: &str,
-    dialer: &str,
-    acceptor: &str,
-    nonce_d: &str,
-    nonce_a: &str,
-    given: &[u8],
-) -> bool {
-    match secret {
-        None => given == b"-",
-        Some(Secret(key)) => {
-            let Some(tag) = unhex(given) else { return false };
-            hmac::verify(key, mac_input(role, dialer, acceptor, nonce_d, nonce_a).as_bytes(), &tag).is_ok()
+    fn socket(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// The state's name, without its nonces (for the trace).
+    fn state_name(&self) -> String {
+        match &self.state {
+            PeerState::Connecting => "Connecting".into(),
+            PeerState::AwaitWelcome { .. } => "AwaitWelcome".into(),
+            PeerState::AwaitHello => "AwaitHello".into(),
+            PeerState::AwaitProof { neighbour, .. } => format!("AwaitProof({neighbour})"),
+            PeerState::Live { neighbour } => format!("Live({neighbour})"),
+            PeerState::Closed(why) => format!("Closed({})", why.name()),
         }
-    }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for &b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
-}
-
-fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || text.len() > 128 {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    text.chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proofs_verify_only_with_the_same_secret_and_nonces() {
-        let s = Secret::new(b"correct horse");
-        let other = Secret::new(b"battery staple");
-        let m = mac(Some(&s), "dialer", "A", "B", "n1", "n2");
-        assert_eq!(m.len(), 64);
-        assert!(verify(Some(&s), "dialer", "A", "B", "n1", "n2", m.as_bytes()));
-        assert!(!verify(Some(&other), "dialer", "A", "B", "n1", "n2", m.as_bytes()));
-        assert!(!verify(Some(&s), "acceptor", "A", "B", "n1", "n2", m.as_bytes()), "roles differ");
-        assert!(!verify(Some(&s), "dialer", "A", "B", "n1", "n3", m.as_bytes()), "a replayed proof fails");
-        assert!(!verify(Some(&s), "dialer", "A", "B", "n1", "n2", b"-"));
-        assert!(!verify(None, "dialer", "A", "B", "n1", "n2", m.as_bytes()));
-        assert!(verify(None, "dialer", "A", "B", "n1", "n2", b"-"));
-        assert!(!verify(Some(&s), "dialer", "A", "B", "n1", "n2", b"zz"));
-        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
     }
 }

@@ -16,8 +16,10 @@
 //! written into rustls's plaintext buffer as soon as the connection exists (rustls holds it until the
 //! handshake is done).
 
-use super::event_loop::Ctx;
+use super::{Connection, Delivery};
 use crate::http::{Parsed, Response, ResponseParser};
+use crate::server::ctx::Ctx;
+use crate::server::places_client::{FailKind, Outcome, IDLE_KEEP};
 use mio::net::TcpStream;
 use mio::Token;
 use rustls::ClientConnection;
@@ -36,37 +38,6 @@ pub enum UpState {
     /// In the pool, kept alive for the next request.
     Idle,
     Closed,
-}
-
-/// How a request on this connection ended.
-pub enum Outcome {
-    Response(Response),
-    /// The connection failed. `retry` is true when it failed before the first response byte on a
-    /// connection that had served requests before: the server probably closed it while it was idle.
-    Failed {
-        kind: FailKind,
-        message: String,
-        retry: bool,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailKind {
-    Connect,
-    Tls,
-    Http,
-    Closed,
-}
-
-impl FailKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            FailKind::Connect => "connect",
-            FailKind::Tls => "tls",
-            FailKind::Http => "http",
-            FailKind::Closed => "closed",
-        }
-    }
 }
 
 pub struct Upstream {
@@ -101,67 +72,6 @@ impl Upstream {
             readable: false,
             writable: false,
             idle_until: now,
-        }
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.state == UpState::Closed
-    }
-
-    /// Starts request `id` (its complete HTTP/1.1 bytes) on this connection.
-    pub fn start(&mut self, id: u64, request: &[u8], ctx: &mut Ctx, scratch: &mut [u8]) {
-        debug_assert!(self.request.is_none());
-        self.request = Some(id);
-        self.got_bytes = false;
-        self.parser.reset();
-        if self.tls.writer().write_all(request).is_err() {
-            return self.fail(FailKind::Tls, "cannot buffer the request".into(), ctx);
-        }
-        if self.state == UpState::Idle {
-            self.state = UpState::Active;
-        }
-        self.drive(ctx, scratch);
-    }
-
-    pub fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.readable = true;
-        }
-        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
-            self.writable = true;
-        }
-        self.drive(ctx, scratch);
-    }
-
-    pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
-        if self.state == UpState::Connecting {
-            if !self.readable && !self.writable {
-                return;
-            }
-            match self.stream.take_error() {
-                Ok(Some(e)) | Err(e) => return self.fail(FailKind::Connect, format!("connect failed: {e}"), ctx),
-                Ok(None) => {}
-            }
-            match self.stream.peer_addr() {
-                Ok(_) => self.state = UpState::Active,
-                Err(e) if e.kind() == ErrorKind::NotConnected => {
-                    self.readable = false;
-                    self.writable = false;
-                    return;
-                }
-                Err(e) => return self.fail(FailKind::Connect, format!("connect failed: {e}"), ctx),
-            }
-        }
-        // Alternate writing and reading until neither can make progress: a TLS handshake needs both.
-        loop {
-            if self.is_closed() {
-                return;
-            }
-            let wrote = self.write_tls(ctx);
-            let read = self.read_tls(ctx, scratch);
-            if !wrote && !read {
-                return;
-            }
         }
     }
 
@@ -262,7 +172,7 @@ impl Upstream {
         ctx.places_outcome(id, Outcome::Response(response));
         if keep && self.state != UpState::Closed && ctx.places_idle(self.token) {
             self.state = UpState::Idle;
-            self.idle_until = ctx.now + super::places_client::IDLE_KEEP;
+            self.idle_until = ctx.now + IDLE_KEEP;
         } else {
             self.close(ctx);
         }
@@ -288,17 +198,106 @@ impl Upstream {
         ctx.places_closed(self.token);
     }
 
+    /// Starts request `id` (its complete HTTP/1.1 bytes) on this connection.
+    fn start(&mut self, id: u64, request: &[u8], ctx: &mut Ctx, scratch: &mut [u8]) {
+        debug_assert!(self.request.is_none());
+        self.request = Some(id);
+        self.got_bytes = false;
+        self.parser.reset();
+        if self.tls.writer().write_all(request).is_err() {
+            return self.fail(FailKind::Tls, "cannot buffer the request".into(), ctx);
+        }
+        if self.state == UpState::Idle {
+            self.state = UpState::Active;
+        }
+        self.drive(ctx, scratch);
+    }
+
     /// The request's deadline passed: drop the connection (the request was already answered).
-    pub fn abort(&mut self, ctx: &mut Ctx) {
+    fn abort(&mut self, ctx: &mut Ctx) {
         self.request = None;
         self.close(ctx);
+    }
+}
+
+/// The duties every connection has (see `conn/mod.rs`).
+impl Connection for Upstream {
+    fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+            self.writable = true;
+        }
+        self.drive(ctx, scratch);
+    }
+
+    fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if self.state == UpState::Connecting {
+            if !self.readable && !self.writable {
+                return;
+            }
+            match self.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return self.fail(FailKind::Connect, format!("connect failed: {e}"), ctx),
+                Ok(None) => {}
+            }
+            match self.stream.peer_addr() {
+                Ok(_) => self.state = UpState::Active,
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    self.readable = false;
+                    self.writable = false;
+                    return;
+                }
+                Err(e) => return self.fail(FailKind::Connect, format!("connect failed: {e}"), ctx),
+            }
+        }
+        // Alternate writing and reading until neither can make progress: a TLS handshake needs both.
+        loop {
+            if self.is_closed() {
+                return;
+            }
+            let wrote = self.write_tls(ctx);
+            let read = self.read_tls(ctx, scratch);
+            if !wrote && !read {
+                return;
+            }
+        }
     }
 
     /// Timer check: an idle connection past its keep-alive time is closed. Each return to the pool arms
     /// its own entry at its own `idle_until`, so earlier entries find the time not yet come and do nothing.
-    pub fn check_idle(&mut self, ctx: &mut Ctx) {
+    fn on_timer(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
         if self.state == UpState::Idle && ctx.now >= self.idle_until {
             self.close(ctx);
         }
+    }
+
+    /// Its writes happen as rustls produces bytes, in `drive`: nothing waits for the end of the turn.
+    fn flush(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
+
+    fn deliver(&mut self, what: Delivery<'_>, ctx: &mut Ctx, scratch: &mut [u8]) {
+        match what {
+            Delivery::Request { id, bytes } => self.start(id, bytes, ctx, scratch),
+            Delivery::Abort => self.abort(ctx),
+            Delivery::Record(_) | Delivery::RecordArrived { .. } | Delivery::PlacesAnswer { .. } => {}
+        }
+    }
+
+    /// A request in flight still answers the clients waiting on it (or fails at its deadline).
+    fn shut_down(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
+
+    fn is_closed(&self) -> bool {
+        self.state == UpState::Closed
+    }
+
+    /// The Places client counted it out when it closed (`close`).
+    fn on_closed(&mut self, _ctx: &mut Ctx) {}
+
+    fn socket(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    fn state_name(&self) -> String {
+        format!("{:?}", self.state)
     }
 }

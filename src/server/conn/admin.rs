@@ -7,7 +7,8 @@
 //! Like every other connection it is a state machine driven by readiness, and its reply is written
 //! at the end of the turn.
 
-use super::event_loop::{CloseReason, Ctx};
+use super::{Connection, Delivery};
+use crate::server::ctx::{CloseReason, Ctx, Gauges, OutLink};
 use mio::net::TcpStream;
 use mio::Token;
 use std::io::{ErrorKind, Read, Write};
@@ -16,14 +17,6 @@ use std::net::SocketAddr;
 const MAX_REQUEST: usize = 16 * 1024;
 /// An admin connection has this long to send its request and take the answer.
 pub const ADMIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Gauges the admin handler cannot see from `Ctx` (they live in the loop's core).
-#[derive(Debug, Clone, Copy)]
-pub struct Gauges {
-    pub clients: usize,
-    pub peers: usize,
-    pub connections: usize,
-}
 
 pub struct Admin {
     pub stream: TcpStream,
@@ -54,11 +47,36 @@ impl Admin {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.closed
+    fn respond(&mut self, status: u16, content_type: &str, body: &[u8], ctx: &mut Ctx) {
+        let reason = match status {
+            200 => "OK",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            _ => "Request Header Fields Too Large",
+        };
+        let _ = write!(
+            self.out,
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        self.out.extend_from_slice(body);
+        self.answered = true;
+        self.input = Vec::new();
+        self.mark_dirty(ctx);
     }
 
-    pub fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8], gauges: Gauges) {
+    fn mark_dirty(&mut self, ctx: &mut Ctx) {
+        if !self.dirty {
+            self.dirty = true;
+            ctx.dirty.push(self.token);
+        }
+    }
+}
+
+/// The duties every connection has (see `conn/mod.rs`).
+impl Connection for Admin {
+    fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
         if ev.is_writable() {
             self.writable = true;
             if self.sent < self.out.len() {
@@ -100,7 +118,7 @@ impl Admin {
                 let path = path.split('?').next().unwrap_or("");
                 match (method, path) {
                     ("GET", "/metrics") => {
-                        let body = metrics(ctx, gauges);
+                        let body = metrics(ctx, ctx.gauges);
                         self.respond(200, "text/plain; version=0.0.4", body.as_bytes(), ctx)
                     }
                     ("GET", "/records") => {
@@ -114,39 +132,16 @@ impl Admin {
         }
     }
 
-    fn respond(&mut self, status: u16, content_type: &str, body: &[u8], ctx: &mut Ctx) {
-        let reason = match status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            _ => "Request Header Fields Too Large",
-        };
-        let _ = write!(
-            self.out,
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        self.out.extend_from_slice(body);
-        self.answered = true;
-        self.input = Vec::new();
-        self.mark_dirty(ctx);
-    }
-
-    fn mark_dirty(&mut self, ctx: &mut Ctx) {
-        if !self.dirty {
-            self.dirty = true;
-            ctx.dirty.push(self.token);
-        }
-    }
+    /// Everything happens on events: reading the request, answering it into `out`.
+    fn drive(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
 
     /// Its deadline passed (see `ADMIN_DEADLINE`): whatever it was doing, it ends now.
-    pub fn expire(&mut self) {
+    fn on_timer(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {
         self.closed = true;
     }
 
     /// End of turn: write the answer; close once it is all out.
-    pub fn flush(&mut self) {
+    fn flush(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {
         self.dirty = false;
         while self.sent < self.out.len() && self.writable {
             match self.stream.write(&self.out[self.sent..]) {
@@ -160,6 +155,27 @@ impl Admin {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
             self.closed = true;
         }
+    }
+
+    fn deliver(&mut self, _what: Delivery<'_>, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
+
+    /// A request already read is still answered.
+    fn shut_down(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
+
+    fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    fn on_closed(&mut self, ctx: &mut Ctx) {
+        ctx.gauges.admins -= 1;
+    }
+
+    fn socket(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    fn state_name(&self) -> String {
+        (if self.closed { "Closed" } else { "Open" }).to_string()
     }
 }
 
@@ -194,7 +210,7 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("client_bytes_in_total", "counter", "Bytes read from clients.", &one(c.bytes_in));
     metric("client_bytes_out_total", "counter", "Bytes written to clients.", &one(c.bytes_out));
     metric("client_writes_total", "counter", "write(2) calls to clients.", &one(c.writes));
-    metric("records", "gauge", "Records held.", &one(ctx.records.len() as u64));
+    metric("records", "gauge", "Records held.", &one(ctx.records().len() as u64));
     metric("records_stored_total", "counter", "Records stored (newer than the one held).", &one(c.records_stored));
     metric("records_received_total", "counter", "Records received from peers.", &one(c.records_received));
     metric("records_duplicate_total", "counter", "Records from peers not newer.", &one(c.records_duplicate));
@@ -214,7 +230,7 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
         .neighbours
         .iter()
         .map(|n| {
-            let up = matches!(n.link, super::event_loop::OutLink::Live(_)) && n.links_in > 0;
+            let up = matches!(n.link, OutLink::Live(_)) && n.links_in > 0;
             (format!("neighbour=\"{}\"", n.name), u64::from(up))
         })
         .collect();
@@ -263,7 +279,7 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
 /// The record table as JSON (client ids and lines that are not UTF-8 are shown lossily).
 fn records(ctx: &Ctx) -> Vec<u8> {
     let list: Vec<serde_json::Value> = ctx
-        .records
+        .records()
         .iter()
         .map(|r| {
             serde_json::json!({

@@ -32,9 +32,15 @@
 //! by events and cleared only when the kernel says `WouldBlock` (or, for reads, a short read: on Linux a
 //! read that returns less than asked has drained the socket, and new data raises a new edge).
 
-use super::event_loop::{CloseReason, Ctx, Whatsat, READS_PER_TURN};
-use super::log::AddrText;
+mod waits;
+
+use super::{Connection, Delivery};
 use crate::protocol::{self, Command};
+use crate::server::ctx::{CloseReason, Ctx, READS_PER_TURN};
+use crate::server::herd::Whatsat;
+use crate::server::log::AddrText;
+use crate::server::timer::Timer;
+use crate::server::token::{TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
 use std::collections::VecDeque;
@@ -167,10 +173,6 @@ impl Client {
         }
     }
 
-    pub fn is_closed(&self) -> bool {
-        matches!(self.state, State::Closed(_))
-    }
-
     /// Reply bytes made but not yet written (including those queued behind a pending WHATSAT).
     fn unsent(&self) -> usize {
         self.out.len() - self.sent + self.waiting_bytes
@@ -179,110 +181,6 @@ impl Client {
     /// Whether the connection still owes the client anything.
     fn owes(&self) -> bool {
         !self.waiting.is_empty() || self.sent < self.out.len()
-    }
-
-    /// A readiness event for this socket.
-    pub fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-            self.readable = true;
-        }
-        if ev.is_read_closed() || ev.is_error() {
-            self.hup = true;
-        }
-        if ev.is_writable() || ev.is_write_closed() {
-            self.writable = true;
-            if self.sent < self.out.len() {
-                self.mark_dirty(ctx);
-            }
-        }
-        self.drive(ctx, scratch);
-    }
-
-    /// Runs the state machine until it has to wait for the kernel (or for Places).
-    pub fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
-        let mut reads = 0;
-        self.budget = COMMANDS_PER_TURN;
-        loop {
-            match self.state {
-                State::Open => {
-                    if self.held_back {
-                        // Lines left when the budget ran out come before anything new is read.
-                        if self.budget == 0 {
-                            ctx.again.push(self.token);
-                            return;
-                        }
-                        self.held_back = false;
-                        self.answer_buffered(ctx);
-                        continue;
-                    }
-                    if !self.readable {
-                        return;
-                    }
-                    if reads == READS_PER_TURN {
-                        // Fairness: let the other connections have this turn; come back next turn.
-                        ctx.again.push(self.token);
-                        return;
-                    }
-                    reads += 1;
-                    match self.read(scratch, ctx) {
-                        ReadOutcome::Data(n) => {
-                            ctx.counters.bytes_in += n as u64;
-                            self.idle_at = ctx.now + ctx.idle_timeout;
-                            self.take_input(&scratch[..n], ctx);
-                        }
-                        ReadOutcome::Eof => self.end_of_input(ctx),
-                        ReadOutcome::WouldBlock => self.readable = false,
-                        ReadOutcome::Failed => self.state = State::Closed(CloseReason::Reset),
-                    }
-                }
-                State::Throttled => {
-                    if self.unsent() > ctx.limits.client_output_soft / 2 || self.waiting.len() > MAX_WAITING / 2 {
-                        return;
-                    }
-                    // Drained enough: answer the lines held back, then read again.
-                    self.state = State::Open;
-                    self.answer_buffered(ctx);
-                }
-                State::Draining(reason) => {
-                    if self.owes() {
-                        return;
-                    }
-                    if matches!(reason, CloseReason::LineTooLong | CloseReason::LineTimeout) && !self.hup {
-                        let _ = self.stream.shutdown(std::net::Shutdown::Write);
-                        self.idle_at = ctx.now + LINGER;
-                        self.arm(self.idle_at, ctx);
-                        // Drain what the kernel already holds; later input raises new edges.
-                        self.readable = true;
-                        self.state = State::Lingering(reason);
-                    } else {
-                        self.state = State::Closed(reason);
-                    }
-                }
-                State::Lingering(reason) => {
-                    if !self.readable {
-                        return;
-                    }
-                    // The same budget as an open connection: a client pouring garbage into a lingering
-                    // close must not hold the turn for the megabyte it may send (LINGER_BYTES).
-                    if reads == READS_PER_TURN {
-                        ctx.again.push(self.token);
-                        return;
-                    }
-                    reads += 1;
-                    match self.read(scratch, ctx) {
-                        ReadOutcome::Data(n) => {
-                            self.lingered += n;
-                            if self.lingered > LINGER_BYTES {
-                                self.state = State::Closed(reason);
-                            }
-                        }
-                        ReadOutcome::WouldBlock => self.readable = false,
-                        ReadOutcome::Eof | ReadOutcome::Failed => self.state = State::Closed(reason),
-                    }
-                }
-                State::Closed(_) => return,
-            }
-        }
     }
 
     fn read(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> ReadOutcome {
@@ -425,20 +323,6 @@ impl Client {
         self.state = State::Draining(CloseReason::LineTooLong);
     }
 
-    /// Where a reply made now must go: straight to `out`, or behind a WHATSAT still waiting on Places.
-    fn reply_buf(&mut self) -> &mut Vec<u8> {
-        if self.waiting.is_empty() {
-            return &mut self.out;
-        }
-        if !matches!(self.waiting.back(), Some(Pending::Ready(_))) {
-            self.waiting.push_back(Pending::Ready(Vec::new()));
-        }
-        match self.waiting.back_mut() {
-            Some(Pending::Ready(buf)) => buf,
-            _ => unreachable!("just pushed"),
-        }
-    }
-
     /// Answers one command.
     fn command(&mut self, line: &[u8], ctx: &mut Ctx) {
         ctx.log.command(&self.addr_text, line);
@@ -511,110 +395,6 @@ impl Client {
         }
     }
 
-    /// Places answered the WHATSAT with this ticket: fill its slot and release every reply now in order.
-    pub fn places_answered(&mut self, ticket: u64, json: &[u8], ctx: &mut Ctx) {
-        let Some(slot) =
-            self.waiting.iter_mut().find(|p| matches!(p, Pending::Places { ticket: t, .. } if *t == ticket))
-        else {
-            return;
-        };
-        let Pending::Places { at_line, .. } = slot else { unreachable!() };
-        let mut reply = std::mem::take(at_line);
-        reply.extend_from_slice(json);
-        reply.extend_from_slice(b"\n\n");
-        ctx.counters.replies += 1;
-        ctx.log.reply(&self.addr_text, &reply);
-        self.waiting_bytes += reply.len();
-        *slot = Pending::Ready(reply);
-        self.release_ready(ctx);
-    }
-
-    /// Moves the replies at the head of the queue that are ready to `out`, in order.
-    fn release_ready(&mut self, ctx: &mut Ctx) {
-        while let Some(Pending::Ready(_)) = self.waiting.front() {
-            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else { unreachable!() };
-            self.waiting_bytes -= buf.len();
-            self.out.extend_from_slice(&buf);
-        }
-        self.mark_dirty(ctx);
-        if self.unsent() > ctx.limits.client_output_hard {
-            self.state = State::Closed(CloseReason::OutputBound);
-        }
-    }
-
-    /// The record a waiting WHATSAT needed has arrived from the herd: answer the command now.
-    pub fn record_arrived(&mut self, ticket: u64, ctx: &mut Ctx) {
-        let Some(i) =
-            self.waiting.iter().position(|p| matches!(p, Pending::AwaitRecord { ticket: t, .. } if *t == ticket))
-        else {
-            return;
-        };
-        let Pending::AwaitRecord { line, .. } = &self.waiting[i] else { unreachable!() };
-        let line = line.clone();
-        let Command::WhatsAt(cmd) = protocol::parse_command(&line) else { unreachable!("it parsed before") };
-        let mut reply = Vec::new();
-        self.waiting[i] = match ctx.whatsat(&cmd, self.token, &mut reply) {
-            Whatsat::Answered => {
-                ctx.counters.replies += 1;
-                ctx.log.reply(&self.addr_text, &reply);
-                self.waiting_bytes += reply.len();
-                Pending::Ready(reply)
-            }
-            Whatsat::Pending { ticket, at_line } => Pending::Places { ticket, at_line, bound: cmd.bound },
-            // Cannot happen (the record was just stored), but answer rather than hang.
-            Whatsat::UnknownClient | Whatsat::AwaitRecord { .. } => {
-                protocol::write_invalid(&mut reply, &line);
-                self.waiting_bytes += reply.len();
-                Pending::Ready(reply)
-            }
-        };
-        self.release_ready(ctx);
-    }
-
-    /// Answers `?` to every WHATSAT whose wait for the herd is over.
-    fn expire_waits(&mut self, ctx: &mut Ctx) {
-        let mut expired = false;
-        for slot in self.waiting.iter_mut() {
-            if let Pending::AwaitRecord { ticket, line, deadline } = slot {
-                if *deadline <= ctx.now {
-                    if let Command::WhatsAt(cmd) = protocol::parse_command(line) {
-                        ctx.stop_awaiting(cmd.client_id, self.token, *ticket);
-                    }
-                    let mut reply = Vec::with_capacity(line.len() + 3);
-                    protocol::write_invalid(&mut reply, line);
-                    ctx.counters.invalid += 1;
-                    ctx.counters.replies += 1;
-                    ctx.log.reply(&self.addr_text, &reply);
-                    self.waiting_bytes += reply.len();
-                    *slot = Pending::Ready(reply);
-                    expired = true;
-                }
-            }
-        }
-        if expired {
-            self.release_ready(ctx);
-        }
-    }
-
-    /// The connection is going away: forget the waits registered in the server's context.
-    pub fn forget_waits(&mut self, ctx: &mut Ctx) {
-        for slot in &self.waiting {
-            if let Pending::AwaitRecord { ticket, line, .. } = slot {
-                if let Command::WhatsAt(cmd) = protocol::parse_command(line) {
-                    ctx.stop_awaiting(cmd.client_id, self.token, *ticket);
-                }
-            }
-        }
-    }
-
-    /// The bound of the WHATSAT waiting on `ticket`, if it is still waiting.
-    pub fn bound_for(&self, ticket: u64) -> Option<u8> {
-        self.waiting.iter().find_map(|p| match p {
-            Pending::Places { ticket: t, bound, .. } if *t == ticket => Some(*bound),
-            _ => None,
-        })
-    }
-
     fn mark_dirty(&mut self, ctx: &mut Ctx) {
         if !self.dirty {
             self.dirty = true;
@@ -622,81 +402,11 @@ impl Client {
         }
     }
 
-    /// End of turn: write what is owed in one `write` (more only if the kernel took part of it).
-    pub fn flush(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
-        self.dirty = false;
-        while self.sent < self.out.len() && self.writable && !self.is_closed() {
-            match self.stream.write(&self.out[self.sent..]) {
-                Ok(n) => {
-                    if ctx.trace {
-                        log::trace!(target: super::event_loop::TRACE, "client{}: wrote {n} bytes", super::event_loop::TokenName(self.token));
-                    }
-                    self.sent += n;
-                    self.blocked_since = None;
-                    ctx.counters.bytes_out += n as u64;
-                    ctx.counters.writes += 1;
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    self.writable = false;
-                    if self.blocked_since.is_none() {
-                        // A client that takes nothing for the idle time-out is dropped (see on_timer).
-                        self.blocked_since = Some(ctx.now);
-                        self.arm(ctx.now + ctx.idle_timeout, ctx);
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => self.state = State::Closed(CloseReason::Reset),
-            }
-        }
-        if self.sent == self.out.len() {
-            self.out.clear();
-            self.sent = 0;
-            // Give back the memory of a burst; keep a small buffer for the next reply.
-            if self.out.capacity() > KEEP_BUFFER {
-                self.out = Vec::new();
-            }
-        }
-        // Written output may let a throttled or draining connection move on.
-        self.drive(ctx, scratch);
-    }
-
-    /// Starts a graceful shut-down: answer what was received (including bytes still in the kernel), then close.
-    pub fn shut_down(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
-        if self.state == State::Open {
-            // Everything received is answered now, whatever the command budget.
-            self.budget = u16::MAX;
-            if std::mem::take(&mut self.held_back) {
-                self.answer_buffered(ctx);
-            }
-            // One last read of what the kernel already holds, within the usual read budget: a client
-            // streaming without end must not keep the server from stopping.
-            self.readable = true;
-            let mut reads = 0;
-            while self.state == State::Open && self.readable && reads < READS_PER_TURN {
-                reads += 1;
-                match self.read(scratch, ctx) {
-                    ReadOutcome::Data(n) => self.take_input(&scratch[..n], ctx),
-                    ReadOutcome::Eof | ReadOutcome::WouldBlock => self.readable = false,
-                    ReadOutcome::Failed => self.state = State::Closed(CloseReason::Reset),
-                }
-            }
-        }
-        if let State::Open | State::Throttled = self.state {
-            // Only EOF makes a final line without LF a command; a half-sent line at shut-down is dropped.
-            if !self.input.is_empty() && self.state == State::Open {
-                ctx.log.event(format_args!("client {}: unfinished line dropped at shut-down", self.addr));
-                self.input = Vec::new();
-            }
-            self.state = State::Draining(CloseReason::Shutdown);
-        }
-        self.drive(ctx, scratch);
-    }
-
     /// Arms the connection's deadline at `at` unless an earlier one is armed already.
     fn arm(&mut self, at: Instant, ctx: &mut Ctx) {
         if self.timer_at.is_none_or(|t| at < t) {
             self.timer_at = Some(at);
-            ctx.timers.add(at, super::timer::Timer::Conn(self.token));
+            ctx.timers.add(at, Timer::Conn(self.token));
         }
     }
 
@@ -715,10 +425,10 @@ impl Client {
         waits.chain(line).chain(blocked).chain(idle).min()
     }
 
-    /// The connection's timer: ends waits that are over, ends a slow line, drops a client that has not
+    /// Its deadline came: ends waits that are over, ends a slow line, drops a client that has not
     /// taken a byte of its replies for the idle time-out, closes one that sent nothing and is owed nothing
     /// for the idle time-out, ends a lingering close. Then arms the next deadline.
-    pub fn on_timer(&mut self, ctx: &mut Ctx) {
+    fn check_deadlines(&mut self, ctx: &mut Ctx) {
         if self.is_closed() || self.timer_at.is_some_and(|t| t > ctx.now) {
             return; // closed, or a stale entry: the armed deadline is later
         }
@@ -756,5 +466,221 @@ impl Client {
                 self.arm(at, ctx);
             }
         }
+    }
+}
+
+/// The duties every connection has (see `conn/mod.rs`).
+impl Connection for Client {
+    /// A readiness event for this socket.
+    fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.readable = true;
+        }
+        if ev.is_read_closed() || ev.is_error() {
+            self.hup = true;
+        }
+        if ev.is_writable() || ev.is_write_closed() {
+            self.writable = true;
+            if self.sent < self.out.len() {
+                self.mark_dirty(ctx);
+            }
+        }
+        self.drive(ctx, scratch);
+    }
+
+    /// Runs the state machine until it has to wait for the kernel (or for Places).
+    fn drive(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        let mut reads = 0;
+        self.budget = COMMANDS_PER_TURN;
+        loop {
+            match self.state {
+                State::Open => {
+                    if self.held_back {
+                        // Lines left when the budget ran out come before anything new is read.
+                        if self.budget == 0 {
+                            ctx.again.push(self.token);
+                            return;
+                        }
+                        self.held_back = false;
+                        self.answer_buffered(ctx);
+                        continue;
+                    }
+                    if !self.readable {
+                        return;
+                    }
+                    if reads == READS_PER_TURN {
+                        // Fairness: let the other connections have this turn; come back next turn.
+                        ctx.again.push(self.token);
+                        return;
+                    }
+                    reads += 1;
+                    match self.read(scratch, ctx) {
+                        ReadOutcome::Data(n) => {
+                            ctx.counters.bytes_in += n as u64;
+                            self.idle_at = ctx.now + ctx.idle_timeout;
+                            self.take_input(&scratch[..n], ctx);
+                        }
+                        ReadOutcome::Eof => self.end_of_input(ctx),
+                        ReadOutcome::WouldBlock => self.readable = false,
+                        ReadOutcome::Failed => self.state = State::Closed(CloseReason::Reset),
+                    }
+                }
+                State::Throttled => {
+                    if self.unsent() > ctx.limits.client_output_soft / 2 || self.waiting.len() > MAX_WAITING / 2 {
+                        return;
+                    }
+                    // Drained enough: answer the lines held back, then read again.
+                    self.state = State::Open;
+                    self.answer_buffered(ctx);
+                }
+                State::Draining(reason) => {
+                    if self.owes() {
+                        return;
+                    }
+                    if matches!(reason, CloseReason::LineTooLong | CloseReason::LineTimeout) && !self.hup {
+                        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+                        self.idle_at = ctx.now + LINGER;
+                        self.arm(self.idle_at, ctx);
+                        // Drain what the kernel already holds; later input raises new edges.
+                        self.readable = true;
+                        self.state = State::Lingering(reason);
+                    } else {
+                        self.state = State::Closed(reason);
+                    }
+                }
+                State::Lingering(reason) => {
+                    if !self.readable {
+                        return;
+                    }
+                    // The same budget as an open connection: a client pouring garbage into a lingering
+                    // close must not hold the turn for the megabyte it may send (LINGER_BYTES).
+                    if reads == READS_PER_TURN {
+                        ctx.again.push(self.token);
+                        return;
+                    }
+                    reads += 1;
+                    match self.read(scratch, ctx) {
+                        ReadOutcome::Data(n) => {
+                            self.lingered += n;
+                            if self.lingered > LINGER_BYTES {
+                                self.state = State::Closed(reason);
+                            }
+                        }
+                        ReadOutcome::WouldBlock => self.readable = false,
+                        ReadOutcome::Eof | ReadOutcome::Failed => self.state = State::Closed(reason),
+                    }
+                }
+                State::Closed(_) => return,
+            }
+        }
+    }
+
+    /// Its deadline came (the entry may be stale: [`check_deadlines`](Client::check_deadlines) knows),
+    /// then it moves on: a wait answered or a slow line ended may let it.
+    fn on_timer(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        self.check_deadlines(ctx);
+        self.drive(ctx, scratch);
+    }
+
+    /// End of turn: write what is owed in one `write` (more only if the kernel took part of it).
+    fn flush(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        self.dirty = false;
+        while self.sent < self.out.len() && self.writable && !self.is_closed() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(n) => {
+                    if ctx.trace {
+                        log::trace!(target: TRACE, "client{}: wrote {n} bytes", TokenName(self.token));
+                    }
+                    self.sent += n;
+                    self.blocked_since = None;
+                    ctx.counters.bytes_out += n as u64;
+                    ctx.counters.writes += 1;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    if self.blocked_since.is_none() {
+                        // A client that takes nothing for the idle time-out is dropped (see on_timer).
+                        self.blocked_since = Some(ctx.now);
+                        self.arm(ctx.now + ctx.idle_timeout, ctx);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => self.state = State::Closed(CloseReason::Reset),
+            }
+        }
+        if self.sent == self.out.len() {
+            self.out.clear();
+            self.sent = 0;
+            // Give back the memory of a burst; keep a small buffer for the next reply.
+            if self.out.capacity() > KEEP_BUFFER {
+                self.out = Vec::new();
+            }
+        }
+        // Written output may let a throttled or draining connection move on.
+        self.drive(ctx, scratch);
+    }
+
+    fn deliver(&mut self, what: Delivery<'_>, ctx: &mut Ctx, _scratch: &mut [u8]) {
+        match what {
+            Delivery::RecordArrived { ticket } => self.record_arrived(ticket, ctx),
+            Delivery::PlacesAnswer { ticket, json } => self.places_answered(ticket, json, ctx),
+            Delivery::Record(_) | Delivery::Request { .. } | Delivery::Abort => {}
+        }
+    }
+
+    /// Starts a graceful shut-down: answer what was received (including bytes still in the kernel), then close.
+    fn shut_down(&mut self, ctx: &mut Ctx, scratch: &mut [u8]) {
+        if self.state == State::Open {
+            // Everything received is answered now, whatever the command budget.
+            self.budget = u16::MAX;
+            if std::mem::take(&mut self.held_back) {
+                self.answer_buffered(ctx);
+            }
+            // One last read of what the kernel already holds, within the usual read budget: a client
+            // streaming without end must not keep the server from stopping.
+            self.readable = true;
+            let mut reads = 0;
+            while self.state == State::Open && self.readable && reads < READS_PER_TURN {
+                reads += 1;
+                match self.read(scratch, ctx) {
+                    ReadOutcome::Data(n) => self.take_input(&scratch[..n], ctx),
+                    ReadOutcome::Eof | ReadOutcome::WouldBlock => self.readable = false,
+                    ReadOutcome::Failed => self.state = State::Closed(CloseReason::Reset),
+                }
+            }
+        }
+        if let State::Open | State::Throttled = self.state {
+            // Only EOF makes a final line without LF a command; a half-sent line at shut-down is dropped.
+            if !self.input.is_empty() && self.state == State::Open {
+                ctx.log.event(format_args!("client {}: unfinished line dropped at shut-down", self.addr));
+                self.input = Vec::new();
+            }
+            self.state = State::Draining(CloseReason::Shutdown);
+        }
+        self.drive(ctx, scratch);
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed(_))
+    }
+
+    /// Freed: forget its waits, count and log why it closed.
+    fn on_closed(&mut self, ctx: &mut Ctx) {
+        self.forget_waits(ctx);
+        let reason = match self.state {
+            State::Closed(r) => r,
+            _ => CloseReason::Shutdown,
+        };
+        ctx.counters.closed(reason);
+        ctx.log.event(format_args!("client {} closed: {}", self.addr, reason.name()));
+        ctx.gauges.clients -= 1;
+    }
+
+    fn socket(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    fn state_name(&self) -> String {
+        format!("{:?}", self.state)
     }
 }

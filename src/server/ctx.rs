@@ -1,0 +1,361 @@
+//! `Ctx`: everything a connection's handler may touch besides its own connection.
+//!
+//! The clock of the turn, the record table, the counters and gauges, the dirty lists of the end-of-turn
+//! flush, the log, the timers, the neighbours and their links, the Places client, and the *outbox*: what
+//! a handler leaves for the loop to hand to other connections right after it (records to flood, waits
+//! that ended, Places answers, neighbours to dial). A connection never holds another connection: it
+//! writes to `Ctx`, and the loop delivers (`handoff.rs`). That is what lets every connection be a plain
+//! `&mut` in the slab, without `Rc<RefCell<…>>`.
+//!
+//! This file holds the data and its small accessors; the herd's rules over it are in `herd.rs`. It
+//! imports no connection module, and no socket: a `Ctx` can be built in a unit test.
+
+use super::auth::Auth;
+use super::log::ServerLog;
+use super::places_client::PlacesClient;
+use super::timer::Timers;
+use crate::config::Limits;
+use crate::protocol::{AtFields, Timestamp};
+use crate::record::RecordStore;
+use mio::Token;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Reads one connection may do per event before it yields to the others (fairness under floods):
+/// 256 KiB, a few thousand pipelined commands. With 16 (1 MiB a turn), a client pouring garbage into a
+/// lingering close pushed others' p99 to 4.8× its calm value in one of three runs of tests/abuse.rs;
+/// with 4, 1.4-1.8×.
+pub const READS_PER_TURN: usize = 4;
+
+/// Redial delays: from the first retry to the cap, doubling, each jittered down to half.
+pub const BACKOFF_FIRST: Duration = Duration::from_millis(10);
+pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
+
+pub struct Ctx {
+    pub name: Box<[u8]>,
+    /// Every server name of the config: a record from a peer must name one of them.
+    pub herd_names: Box<[Box<[u8]>]>,
+    /// Monotonic time of this turn, for deadlines.
+    pub now: Instant,
+    /// Wall-clock time of this turn, for time differences.
+    pub wall: Timestamp,
+    /// The record table: connections read it through [`records`](Self::records); it is written only by
+    /// `herd::store_and_flood`, through [`offer_record`](Self::offer_record). (The herd's rules read the
+    /// field itself, to borrow it beside the Places client.)
+    pub(super) records: RecordStore,
+    pub limits: Limits,
+    pub idle_timeout: Duration,
+    /// How long a started line may take to finish.
+    pub line_timeout: Duration,
+    pub log: ServerLog,
+    pub counters: Counters,
+    pub gauges: Gauges,
+    pub timers: Timers,
+    /// Tracing for learners is on (`RUST_LOG=herd::event_loop=trace`): read once per turn, so a trace
+    /// point costs one flag check when it is off.
+    pub trace: bool,
+    /// The server is shutting down: nothing new is accepted or dialed.
+    pub stopping: bool,
+    /// Connections with output to write at the end of this turn.
+    pub dirty: Vec<Token>,
+    /// Peer links with output to write at the end of this turn (written before the clients').
+    pub dirty_peers: Vec<Token>,
+    /// Connections that still had input when their read budget ran out: driven again next turn.
+    pub again: Vec<Token>,
+    /// What handlers leave for the loop to hand out right after them.
+    pub outbox: Outbox,
+    /// How this server proves itself to its neighbours, and checks them.
+    pub auth: Auth,
+    /// This server's neighbours, in config order.
+    pub neighbours: Vec<Neighbour>,
+    /// The Places client, when the config has `places`.
+    pub places: Option<PlacesClient>,
+    /// The legacy failure object served while Places is not configured.
+    pub(super) places_unconfigured: Vec<u8>,
+    /// The herd's own state (`herd.rs`): tickets, WHATSATs waiting for a record, jitter.
+    pub(super) rng: u64,
+    pub(super) next_ticket: u64,
+    /// How long a WHATSAT for an unknown client waits for the herd.
+    pub(super) unknown_grace: Duration,
+    /// WHATSATs waiting for a record, by client id: (client connection, ticket).
+    pub(super) awaiting_record: HashMap<Box<[u8]>, Vec<(Token, u64)>>,
+}
+
+/// What handlers leave for others: the loop empties it after every handler (`handoff.rs`), so all of
+/// it happens in the same turn, and no connection ever reaches into another.
+#[derive(Default)]
+pub struct Outbox {
+    /// Records stored and not yet handed to the peer links: the bytes, and for each record the
+    /// neighbour it came from and its range in the bytes.
+    pub floods: Vec<u8>,
+    pub flood_marks: Vec<(Option<usize>, u32, u32)>,
+    /// WHATSATs whose awaited record arrived from the herd: (client, ticket).
+    pub records_arrived: Vec<(Token, u64)>,
+    /// Places answers for clients: (client, ticket, JSON bytes).
+    pub places_replies: Vec<(Token, u64, Vec<u8>)>,
+    /// Neighbours to dial at once (they just dialed us while our link to them was down).
+    pub dial_now: Vec<usize>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.flood_marks.is_empty()
+            && self.records_arrived.is_empty()
+            && self.places_replies.is_empty()
+            && self.dial_now.is_empty()
+    }
+}
+
+/// A neighbour and the state of our sending link to it.
+pub struct Neighbour {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub link: OutLink,
+    /// The current redial delay (doubling, capped, jittered).
+    pub(super) backoff: Duration,
+    /// Identified links from this neighbour (normally 0 or 1).
+    pub links_in: usize,
+}
+
+impl Neighbour {
+    pub fn new(name: String, addr: SocketAddr) -> Neighbour {
+        Neighbour { name, addr, link: OutLink::Backoff, backoff: BACKOFF_FIRST, links_in: 0 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutLink {
+    /// Waiting for the redial timer.
+    Backoff,
+    /// Connecting or handshaking on this token.
+    Dialing(Token),
+    /// Live: records go out on this token.
+    Live(Token),
+}
+
+/// Connections open now, by kind (for `/metrics` and the client limit).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    pub clients: usize,
+    pub peers: usize,
+    pub admins: usize,
+    /// Every connection in the loop's slab.
+    pub connections: usize,
+}
+
+impl Ctx {
+    /// A context with an empty record table, at the present time. `herd` names every server of the
+    /// config; `seed` seeds the redial jitter.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        herd: &[&str],
+        limits: &Limits,
+        log: ServerLog,
+        auth: Auth,
+        neighbours: Vec<Neighbour>,
+        places: Option<PlacesClient>,
+        seed: u64,
+    ) -> Ctx {
+        let mut unconfigured =
+            crate::places::PlacesAnswer::failure("UNKNOWN_ERROR", "Places is not configured for this server");
+        Ctx {
+            name: name.as_bytes().into(),
+            herd_names: herd.iter().map(|n| n.as_bytes().into()).collect(),
+            now: Instant::now(),
+            wall: Timestamp::from_system_time(std::time::SystemTime::now()),
+            records: RecordStore::new(),
+            limits: limits.clone(),
+            idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+            line_timeout: Duration::from_millis(limits.line_timeout_ms),
+            log,
+            counters: Counters::default(),
+            gauges: Gauges::default(),
+            timers: Timers::default(),
+            trace: false,
+            stopping: false,
+            dirty: Vec::new(),
+            dirty_peers: Vec::new(),
+            again: Vec::new(),
+            outbox: Outbox::default(),
+            auth,
+            neighbours,
+            places,
+            places_unconfigured: unconfigured.body(0).to_vec(),
+            rng: seed | 1,
+            next_ticket: 0,
+            unknown_grace: Duration::from_millis(limits.unknown_client_grace_ms),
+            awaiting_record: HashMap::new(),
+        }
+    }
+
+    /// The record table, read-only: WHATSAT answers, the anti-entropy sync, `/records`.
+    pub fn records(&self) -> &RecordStore {
+        &self.records
+    }
+
+    /// Offers a record to the table: true if it is the newest of its client and was stored. The one
+    /// way records get in (`herd::store_and_flood` calls it), so a journal or a store has one seam.
+    pub(super) fn offer_record(&mut self, line: &[u8], fields: AtFields) -> bool {
+        self.records.offer(line, fields)
+    }
+
+    /// The latest client time a record may carry now: the clock plus `limits.max_clock_skew_s`.
+    pub fn latest_client_time(&self) -> Timestamp {
+        self.wall.plus_secs(self.limits.max_clock_skew_s)
+    }
+
+    /// The name of neighbour `n`, or `?` for a link not identified yet.
+    pub fn neighbour_name(&self, n: Option<usize>) -> &str {
+        n.map_or("?", |n| self.neighbours[n].name.as_str())
+    }
+
+    /// The counters in one line, for the log's last line and stderr at exit.
+    pub fn summary(&self) -> String {
+        let mut summary = self.counters.summary();
+        if let Some(p) = &self.places {
+            let c = &p.counters;
+            let mean_ms =
+                if c.latency_count > 0 { c.latency_us_sum as f64 / c.latency_count as f64 / 1000.0 } else { 0.0 };
+            summary.push_str(&format!(
+                " places[hits={} misses={} coalesced={} requests={} retries={} cached={} mean_ms={mean_ms:.1} \
+                 errors: timeout={} connect={} tls={} http={} closed={} resolve={}]",
+                c.hits,
+                c.misses,
+                c.coalesced,
+                c.requests,
+                c.retries,
+                p.cache_len(),
+                c.errors_timeout,
+                c.errors_connect,
+                c.errors_tls,
+                c.errors_http,
+                c.errors_closed,
+                c.errors_resolve
+            ));
+        }
+        summary
+    }
+}
+
+/// Why a client connection ended: counted, logged, and the reason a draining client closes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client half-closed and everything it asked was answered.
+    Eof,
+    /// Reset, or a read or write failed.
+    Reset,
+    /// A line over the limit.
+    LineTooLong,
+    /// A line started and not finished within the line time-out (slow-loris).
+    LineTimeout,
+    /// Unwritten replies past the hard bound: the client does not read.
+    OutputBound,
+    /// Nothing sent and nothing owed for the idle time-out.
+    Idle,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 7] = [
+        CloseReason::Eof,
+        CloseReason::Reset,
+        CloseReason::LineTooLong,
+        CloseReason::LineTimeout,
+        CloseReason::OutputBound,
+        CloseReason::Idle,
+        CloseReason::Shutdown,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::Reset => "reset",
+            CloseReason::LineTooLong => "line_too_long",
+            CloseReason::LineTimeout => "line_timeout",
+            CloseReason::OutputBound => "output_bound",
+            CloseReason::Idle => "idle",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Event counters (Pelikan and redis style): an event loop without counters is debugged by guessing.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub turns: u64,
+    pub events: u64,
+    pub stale_events: u64,
+    pub accepts: u64,
+    pub accept_paused: u64,
+    pub closes: [u64; CloseReason::ALL.len()],
+    pub iamat: u64,
+    pub whatsat: u64,
+    pub invalid: u64,
+    pub blank: u64,
+    pub replies: u64,
+    pub line_too_long: u64,
+    pub throttled: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub writes: u64,
+    pub records_stored: u64,
+    pub records_received: u64,
+    pub records_duplicate: u64,
+    /// Records from peers refused for breaking a rule of PROTOCOL section 2 or 5 (the link stays up).
+    pub records_refused: u64,
+    pub records_forwarded: u64,
+    pub records_synced: u64,
+    pub sync_batches: u64,
+    pub links_up: u64,
+    pub links_down: u64,
+    pub peers_refused: u64,
+    pub peer_bytes_in: u64,
+    pub peer_bytes_out: u64,
+}
+
+impl Counters {
+    /// Counts a client connection that ended.
+    pub fn closed(&mut self, reason: CloseReason) {
+        let slot = CloseReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.closes[slot] += 1;
+    }
+
+    pub fn summary(&self) -> String {
+        let closes: Vec<String> = CloseReason::ALL
+            .iter()
+            .zip(self.closes)
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{}={n}", r.name()))
+            .collect();
+        format!(
+            "turns={} events={} stale={} accepts={} closes[{}] iamat={} whatsat={} invalid={} replies={} \
+             bytes_in={} bytes_out={} writes={} stored={} received={} duplicate={} forwarded={} synced={} \
+             sync_batches={} links_up={} links_down={} peers_refused={} records_refused={}",
+            self.turns,
+            self.events,
+            self.stale_events,
+            self.accepts,
+            closes.join(" "),
+            self.iamat,
+            self.whatsat,
+            self.invalid,
+            self.replies,
+            self.bytes_in,
+            self.bytes_out,
+            self.writes,
+            self.records_stored,
+            self.records_received,
+            self.records_duplicate,
+            self.records_forwarded,
+            self.records_synced,
+            self.sync_batches,
+            self.links_up,
+            self.links_down,
+            self.peers_refused,
+            self.records_refused
+        )
+    }
+}

@@ -1,0 +1,291 @@
+//! Where sockets come from: binding the listeners, accepting, and dialling neighbours and Places.
+//!
+//! Everything here is non-blocking and edge-triggered: a listener is accepted from until the kernel says
+//! `WouldBlock`, and a dialled socket does no I/O before its first event (the connection's own state
+//! machine checks `take_error` and `peer_addr` then). Every socket gets `TCP_NODELAY`, or small replies
+//! would wait 40 ms for Nagle, and is registered once for its whole life (`Conns::add`).
+
+use super::conn::admin::{Admin, ADMIN_DEADLINE};
+use super::conn::client::Client;
+use super::conn::peer::{Peer, HANDSHAKE_DEADLINE};
+use super::conn::upstream::Upstream;
+use super::conn::{Conn, Conns};
+use super::ctx::{Ctx, OutLink};
+use super::error::ServerError;
+use super::places_client::{FailKind, Outcome};
+use super::timer::Timer;
+use super::token::{ADMIN_LISTENER, CLIENT_LISTENER, PEER_LISTENER};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// Admin connections open at once (it is an operator's tool, not a public service).
+const MAX_ADMIN: usize = 16;
+/// Peer-port connections allowed beyond two per neighbour (handshakes under way).
+const MAX_HANDSHAKING: usize = 64;
+/// How long to wait before accepting again after running out of descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// The accept queue asked of the kernel (it caps it at `net.core.somaxconn`, 4096 by default).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// The three listening sockets of a server, and the state of accepting from them.
+pub struct Listeners {
+    client: Option<TcpListener>,
+    peer: Option<TcpListener>,
+    admin: Option<TcpListener>,
+    /// The client listener has connections we did not accept yet (at the client limit, or out of fds).
+    pub accept_pending: bool,
+    /// A `Timer::AcceptRetry` is armed (out of fds): one at a time, however often accept fails.
+    pub retry_armed: bool,
+}
+
+impl Listeners {
+    /// Binds the client and peer ports, and the admin port if there is one: all or nothing.
+    pub fn bind(
+        server: &str,
+        client: SocketAddr,
+        peer: SocketAddr,
+        admin: Option<SocketAddr>,
+    ) -> Result<Listeners, ServerError> {
+        let client = listen(server, client, "client port")?;
+        let peer = listen(server, peer, "peer port")?;
+        let admin = admin.map(|addr| listen(server, addr, "admin port")).transpose()?;
+        Ok(Listeners { client: Some(client), peer: Some(peer), admin, accept_pending: false, retry_armed: false })
+    }
+
+    /// Registers the listeners with the poll, for reading only.
+    pub fn register(&mut self, registry: &Registry, server: &str) -> Result<(), ServerError> {
+        let io = || ServerError::io(format!("{server}: cannot register"));
+        let listeners = [(&mut self.client, CLIENT_LISTENER), (&mut self.peer, PEER_LISTENER)];
+        for (listener, token) in listeners {
+            if let Some(l) = listener {
+                registry.register(l, token, Interest::READABLE).map_err(io())?;
+            }
+        }
+        if let Some(l) = &mut self.admin {
+            registry
+                .register(l, ADMIN_LISTENER, Interest::READABLE)
+                .map_err(ServerError::io(format!("{server}: cannot register the admin listener")))?;
+        }
+        Ok(())
+    }
+
+    /// The addresses the server listens on: (clients, peers).
+    pub fn local_addrs(&self) -> (SocketAddr, SocketAddr) {
+        let addr = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok()).expect("bound");
+        (addr(&self.client), addr(&self.peer))
+    }
+
+    /// Shut-down: stop listening (the sockets close; the kernel refuses what comes next).
+    pub fn close(&mut self, registry: &Registry) {
+        for mut listener in [self.client.take(), self.peer.take(), self.admin.take()].into_iter().flatten() {
+            let _ = registry.deregister(&mut listener);
+        }
+    }
+
+    /// Accepts until the kernel has no more, the client limit is reached, or file descriptors run out.
+    pub fn accept_clients(&mut self, conns: &mut Conns, ctx: &mut Ctx) {
+        while self.accept_pending && !ctx.stopping {
+            if ctx.gauges.clients >= ctx.limits.max_clients {
+                // Leave them in the backlog; a close resumes accepting.
+                ctx.counters.accept_paused += 1;
+                return;
+            }
+            let Some(listener) = &self.client else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => add_client(stream, addr, conns, ctx),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.accept_pending = false,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS: try again shortly instead of spinning on a ready listener.
+                    ctx.counters.accept_paused += 1;
+                    return self.failed("client", &e, ctx);
+                }
+            }
+        }
+    }
+
+    /// Accepts peer connections: each starts as an acceptor, waiting for HELLO.
+    pub fn accept_peers(&mut self, conns: &mut Conns, ctx: &mut Ctx) {
+        loop {
+            let Some(listener) = &self.peer else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    // Two links per neighbour at most, plus room for handshakes: past that, whoever is
+                    // dialing is not a well-behaved neighbour, and is turned away before costing anything.
+                    if ctx.gauges.peers >= 2 * ctx.neighbours.len() + MAX_HANDSHAKING {
+                        ctx.counters.peers_refused += 1;
+                        ctx.log.event(format_args!("peer connection from {addr} refused: too many peer connections"));
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    set_keepalive(&stream);
+                    let now = ctx.now;
+                    let Ok(token) = conns.add(stream, |s, t| Conn::Peer(Peer::acceptor(s, addr, t, now))) else {
+                        continue;
+                    };
+                    ctx.gauges.peers += 1;
+                    ctx.timers.add(now + HANDSHAKE_DEADLINE, Timer::Conn(token));
+                    ctx.log.event(format_args!("peer connection from {addr}"));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => return self.failed("peer", &e, ctx),
+            }
+        }
+    }
+
+    /// Accepts admin requests (at most `MAX_ADMIN` open; the rest are turned away at once).
+    pub fn accept_admin(&mut self, conns: &mut Conns, ctx: &mut Ctx) {
+        loop {
+            let Some(listener) = &self.admin else { return };
+            match listener.accept() {
+                Ok((stream, addr)) => {
+                    if ctx.gauges.admins >= MAX_ADMIN {
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let Ok(token) = conns.add(stream, |s, t| Conn::Admin(Box::new(Admin::new(s, addr, t)))) else {
+                        continue;
+                    };
+                    ctx.gauges.admins += 1;
+                    ctx.timers.add(ctx.now + ADMIN_DEADLINE, Timer::Conn(token));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+                Err(e) => return self.failed("admin", &e, ctx),
+            }
+        }
+    }
+
+    /// Out of descriptors (or kernel memory) on accept. The listener stays ready, and being
+    /// edge-triggered it will not say so again, so the connections left in its backlog are picked up by
+    /// one retry timer, 100 ms later, for all three listeners; never by spinning, and never by one
+    /// timer per failure.
+    fn failed(&mut self, listener: &str, e: &std::io::Error, ctx: &mut Ctx) {
+        if self.retry_armed {
+            return;
+        }
+        self.retry_armed = true;
+        log::warn!("{listener} accept failed: {e}; retrying in {} ms", ACCEPT_RETRY.as_millis());
+        ctx.log.event(format_args!("{listener} accept failed: {e}; retrying in {} ms", ACCEPT_RETRY.as_millis()));
+        ctx.timers.add(ctx.now + ACCEPT_RETRY, Timer::AcceptRetry);
+    }
+}
+
+fn add_client(stream: TcpStream, addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) {
+    // Small replies must not wait 40 ms for Nagle.
+    let _ = stream.set_nodelay(true);
+    let idle_at = ctx.now + ctx.idle_timeout;
+    let token = match conns.add(stream, |s, t| Conn::Client(Client::new(s, addr, t, idle_at))) {
+        Ok(token) => token,
+        Err(e) => return log::warn!("cannot register client {addr}: {e}"),
+    };
+    ctx.gauges.clients += 1;
+    ctx.counters.accepts += 1;
+    ctx.timers.add(idle_at, Timer::Conn(token));
+    ctx.log.event(format_args!("client {addr} connected"));
+}
+
+/// Starts a non-blocking connect to neighbour `n`. Nothing is read or written until its first event.
+pub fn dial_peer(n: usize, conns: &mut Conns, ctx: &mut Ctx) {
+    if ctx.stopping {
+        return;
+    }
+    let addr = ctx.neighbours[n].addr;
+    let stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.log.event(format_args!("dial {} ({addr}) failed: {e}", ctx.neighbours[n].name));
+            return ctx.schedule_redial(n);
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    set_keepalive(&stream);
+    let now = ctx.now;
+    let Ok(token) = conns.add(stream, |s, t| Conn::Peer(Peer::dialer(s, addr, t, n, now))) else {
+        return ctx.schedule_redial(n);
+    };
+    ctx.gauges.peers += 1;
+    ctx.neighbours[n].link = OutLink::Dialing(token);
+    ctx.timers.add(now + HANDSHAKE_DEADLINE, Timer::Conn(token));
+}
+
+/// Opens a connection to Places (non-blocking; TLS starts once it is connected). A connect that fails
+/// at once fails the request at the head of the queue rather than spin on it.
+pub fn dial_places(addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) -> Option<Token> {
+    let places = ctx.places.as_ref()?;
+    let tls = match rustls::ClientConnection::new(places.tls.clone(), places.server_name.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!("cannot start TLS: {e}");
+            return None;
+        }
+    };
+    let stream = match TcpStream::connect(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.log.event(format_args!("places connect to {addr} failed: {e}"));
+            let id = ctx.places.as_mut()?.queue.pop_front()?;
+            let message = format!("connect failed: {e}");
+            ctx.places_outcome(id, Outcome::Failed { kind: FailKind::Connect, message, retry: false });
+            return None;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let now = ctx.now;
+    let token = conns.add(stream, |s, t| Conn::Upstream(Box::new(Upstream::new(s, t, tls, now)))).ok()?;
+    ctx.places.as_mut()?.conns += 1;
+    Some(token)
+}
+
+/// Binds a listener, with an error that names the server, the address and its role.
+fn listen(server: &str, addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
+    let listener = TcpListener::bind(addr).map_err(|source| ServerError::Listen {
+        server: server.to_string(),
+        what,
+        addr,
+        source,
+    })?;
+    // mio (like std) listens with a backlog of 128. A burst of connects larger than that while the loop
+    // is busy, or descheduled for a few milliseconds, overflows the queue, and each dropped SYN costs
+    // its client a one-second retransmit: opening 10,000 connections took 40 s instead of under one.
+    // Calling listen(2) again on a listening socket only changes its backlog.
+    // SAFETY: listen(2) on a socket we own.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        let source = std::io::Error::last_os_error();
+        return Err(ServerError::Backlog { server: server.to_string(), what, addr, source });
+    }
+    Ok(listener)
+}
+
+/// TCP keepalive and a user time-out on a peer socket: a neighbour that vanishes without a FIN (power
+/// loss, a cable, a partition) is noticed after about 20 s of silence instead of never, so its link is
+/// dropped, its count in `links_in` goes, and redialling starts.
+pub fn set_keepalive(stream: &TcpStream) {
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                &value as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 3);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
+    // Keepalive probes only an idle connection. A sending link across a partition is never idle: its
+    // records wait unacknowledged while TCP retransmits with doubling gaps, up to two minutes. The user
+    // time-out drops a connection whose sent data has gone unacknowledged for 20 s, so the link is
+    // redialled, and resynced, soon after the partition heals (tests/multihost.sh measures it).
+    set(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, 20_000);
+}
