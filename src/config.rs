@@ -98,13 +98,6 @@ impl std::error::Error for ConfigError {
     }
 }
 
-/// For callers that still carry errors as text (the one-line message, unchanged).
-impl From<ConfigError> for String {
-    fn from(e: ConfigError) -> String {
-        e.to_string()
-    }
-}
-
 /// A problem found while reading the JSON, before the file name is known: `FIELD: PROBLEM`.
 #[derive(Debug)]
 struct FieldError {

@@ -2,7 +2,7 @@
 //!
 //! Every variant prints the same one line the server always printed (`herd: ...` on stderr, exit status
 //! 2), so scripts that read the text keep working, while tests and callers can match the variant.
-//! A leaf: it imports nothing of the server.
+//! A leaf: it imports nothing of the server (only the config layer below it).
 
 use std::io;
 use std::net::SocketAddr;
@@ -14,8 +14,8 @@ pub enum ServerError {
     UnknownServer { name: String, known: Vec<String> },
     /// `herd_secret_env` names a variable that is not set, or empty.
     Secret { var: String },
-    /// An address of the config that does not resolve (the config's own message).
-    Config(String),
+    /// An address of the config that does not resolve.
+    Config(crate::config::ConfigError),
     /// A port that cannot be bound: most often, in use.
     Listen { server: String, what: &'static str, addr: SocketAddr, source: io::Error },
     /// The accept queue of a bound port could not be set.
@@ -41,7 +41,8 @@ impl std::fmt::Display for ServerError {
                 write!(f, "unknown server {name:?} (the config has {})", known.join(", "))
             }
             ServerError::Secret { var } => write!(f, "herd_secret_env names {var}, which is not set or empty"),
-            ServerError::Config(message) | ServerError::Places(message) => f.write_str(message),
+            ServerError::Config(e) => write!(f, "{e}"),
+            ServerError::Places(message) => f.write_str(message),
             ServerError::Listen { server, what, addr, source } => {
                 write!(f, "{server}: cannot listen on {addr} ({what}): {source}")
             }
@@ -66,6 +67,7 @@ impl std::error::Error for ServerError {
             | ServerError::LogFile { source, .. }
             | ServerError::Thread { source, .. }
             | ServerError::Io { source, .. } => Some(source),
+            ServerError::Config(e) => Some(e),
             _ => None,
         }
     }

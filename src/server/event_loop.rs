@@ -85,7 +85,7 @@ impl Server {
                 _ => return Err(ServerError::Secret { var: var.clone() }),
             },
         };
-        let bad = |e: String| ServerError::Config(e);
+        let bad = ServerError::Config;
         let me = &config.servers[index];
         let (client_addr, peer_addr) = (me.client_addr().map_err(bad)?, me.peer_addr().map_err(bad)?);
         let mut neighbours = Vec::new();
