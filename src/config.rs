@@ -236,6 +236,9 @@ pub struct Limits {
     /// How far ahead of the server's clock a client time may be (PROTOCOL section 2): a client cannot pin
     /// its record with a time from the far future. 300 s is the skew Kerberos tolerates.
     pub max_clock_skew_s: u64,
+    /// WHATSATs of one client connection that may wait on Places at once; past it a WHATSAT is answered
+    /// at once with the Places failure object.
+    pub max_pending_places_per_client: usize,
 }
 
 impl Default for Limits {
@@ -250,6 +253,7 @@ impl Default for Limits {
             unknown_client_grace_ms: 100,
             line_timeout_ms: 60_000,
             max_clock_skew_s: 300,
+            max_pending_places_per_client: 8,
         }
     }
 }
@@ -552,6 +556,7 @@ fn parse_limits(v: &Value) -> Result<Limits, FieldError> {
         "unknown_client_grace_ms",
         "line_timeout_ms",
         "max_clock_skew_s",
+        "max_pending_places_per_client",
     ];
     o.only(&names)?;
     let d = Limits::default();
@@ -569,6 +574,9 @@ fn parse_limits(v: &Value) -> Result<Limits, FieldError> {
         line_timeout_ms: get("line_timeout_ms", d.line_timeout_ms as usize, 1, 1 << 40)? as u64,
         // At most a year: the time difference of an AT line stays within its 21-byte bound.
         max_clock_skew_s: get("max_clock_skew_s", d.max_clock_skew_s as usize, 0, 366 * 86_400)? as u64,
+        // At least 1 (0 would refuse every WHATSAT that misses the cache), at most the 64 replies a
+        // connection may have waiting at all (client.rs MAX_WAITING).
+        max_pending_places_per_client: get("max_pending_places_per_client", d.max_pending_places_per_client, 1, 64)?,
     };
     if limits.client_output_hard < limits.client_output_soft {
         return Err(bad("limits.client_output_hard", Problem::HardBelowSoft));
@@ -729,6 +737,10 @@ mod tests {
                 "c.json: limits.max_clock_skew_s: expected an integer",
             ),
             ("{".into(), "c.json: not valid JSON: "),
+            (
+                GOOD.replace(r#""log_dir""#, r#""limits": {"max_pending_places_per_client": 0}, "log_dir""#),
+                "c.json: limits.max_pending_places_per_client: expected an integer from 1 to 64, found 0",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -158,8 +158,7 @@ impl Ctx {
         places: Option<PlacesClient>,
         seed: u64,
     ) -> Ctx {
-        let mut unconfigured =
-            crate::places::PlacesAnswer::failure("UNKNOWN_ERROR", "Places is not configured for this server");
+        let mut unconfigured = crate::places::Failure::NotConfigured.answer();
         Ctx {
             name: name.as_bytes().into(),
             herd_names: herd.iter().map(|n| n.as_bytes().into()).collect(),

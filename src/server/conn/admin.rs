@@ -259,6 +259,17 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
             ("kind=\"resolve\"".to_string(), pc.errors_resolve),
         ];
         metric("places_errors_total", "counter", "Places failures, by kind.", &errors);
+        let refused = vec![
+            ("bound=\"client\"".to_string(), pc.refused_client),
+            ("bound=\"bytes\"".to_string(), pc.refused_bytes),
+        ];
+        metric(
+            "places_refused_total",
+            "counter",
+            "WHATSATs answered at once with the failure object, by the bound that was reached.",
+            &refused,
+        );
+        metric("places_pending_bytes", "gauge", "Bytes held by pending Places work.", &one(p.pending_bytes() as u64));
         metric("places_cached", "gauge", "Answers in the cache.", &one(p.cache_len() as u64));
         metric(
             "places_upstream_latency_microseconds_sum",

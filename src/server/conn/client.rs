@@ -93,6 +93,9 @@ pub struct Client {
     out: Vec<u8>,
     sent: usize,
     waiting: VecDeque<Pending>,
+    /// `Pending::Places` slots in `waiting`: WHATSATs of this connection waiting on Places (bounded by
+    /// `limits.max_pending_places_per_client`).
+    places_waiting: usize,
     /// Bytes held in `waiting`'s ready buffers (for the output bounds).
     waiting_bytes: usize,
     readable: bool,
@@ -159,6 +162,7 @@ impl Client {
             out: Vec::new(),
             sent: 0,
             waiting: VecDeque::new(),
+            places_waiting: 0,
             waiting_bytes: 0,
             readable: false,
             // A new socket can take bytes: write optimistically, wait for an event only after WouldBlock.
@@ -328,6 +332,7 @@ impl Client {
         ctx.log.command(&self.addr_text, line);
         let queued = !self.waiting.is_empty();
         let token = self.token;
+        let places_waiting = self.places_waiting;
         let buf = self.reply_buf();
         let start = buf.len();
         match protocol::parse_command(line) {
@@ -351,7 +356,7 @@ impl Client {
             }
             Command::WhatsAt(cmd) => {
                 ctx.counters.whatsat += 1;
-                match ctx.whatsat(&cmd, token, buf) {
+                match ctx.whatsat(&cmd, token, places_waiting, buf) {
                     Whatsat::Answered => {}
                     Whatsat::UnknownClient => {
                         ctx.counters.invalid += 1;
@@ -359,6 +364,7 @@ impl Client {
                     }
                     Whatsat::Pending { ticket, at_line } => {
                         self.waiting.push_back(Pending::Places { ticket, at_line, bound: cmd.bound });
+                        self.places_waiting += 1;
                         return;
                     }
                     Whatsat::AwaitRecord { ticket, deadline } => {
