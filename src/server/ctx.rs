@@ -10,6 +10,7 @@
 //! This file holds the data and its small accessors; the herd's rules over it are in `herd.rs`. It
 //! imports no connection module, and no socket: a `Ctx` can be built in a unit test.
 
+use super::admission::{IdleList, PerAddress};
 use super::auth::Auth;
 use super::log::ServerLog;
 use super::places_client::PlacesClient;
@@ -71,6 +72,10 @@ pub struct Ctx {
     pub neighbours: Vec<Neighbour>,
     /// The Places client, when the config has `places`.
     pub places: Option<PlacesClient>,
+    /// Client connections per source address, against `limits.max_clients_per_ip`.
+    pub per_address: PerAddress,
+    /// Client connections in order of last activity, to find the idlest at `max_clients`.
+    pub idle_clients: IdleList,
     /// The legacy failure object served while Places is not configured.
     pub(super) places_unconfigured: Vec<u8>,
     /// The herd's own state (`herd.rs`): tickets, WHATSATs waiting for a record, jitter.
@@ -181,6 +186,8 @@ impl Ctx {
             auth,
             neighbours,
             places,
+            per_address: PerAddress::new(limits.max_clients_per_ip, limits.per_ip_exempt_loopback),
+            idle_clients: IdleList::new(),
             places_unconfigured: unconfigured.body(0).to_vec(),
             rng: seed | 1,
             next_ticket: 0,
@@ -253,18 +260,21 @@ pub enum CloseReason {
     OutputBound,
     /// Nothing sent and nothing owed for the idle time-out.
     Idle,
+    /// Closed at `max_clients` to admit a new client: it was the idlest, idle more than a second.
+    Evicted,
     /// The server is shutting down.
     Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Eof,
         CloseReason::Reset,
         CloseReason::LineTooLong,
         CloseReason::LineTimeout,
         CloseReason::OutputBound,
         CloseReason::Idle,
+        CloseReason::Evicted,
         CloseReason::Shutdown,
     ];
 
@@ -276,6 +286,7 @@ impl CloseReason {
             CloseReason::LineTimeout => "line_timeout",
             CloseReason::OutputBound => "output_bound",
             CloseReason::Idle => "idle",
+            CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -289,6 +300,8 @@ pub struct Counters {
     pub stale_events: u64,
     pub accepts: u64,
     pub accept_paused: u64,
+    /// Client connections closed at once because their address was at `limits.max_clients_per_ip`.
+    pub refused_per_ip: u64,
     pub closes: [u64; CloseReason::ALL.len()],
     pub iamat: u64,
     pub whatsat: u64,

@@ -312,6 +312,11 @@ impl Core {
                     self.log_flush_armed = false;
                     self.ctx.log.flush();
                 }
+                Timer::AdmitRetry => {
+                    self.listeners.admit_armed = false;
+                    let (conns, ctx) = (&mut self.conns, &mut self.ctx);
+                    self.listeners.accept_clients(conns, ctx);
+                }
                 Timer::AcceptRetry => {
                     let (conns, ctx) = (&mut self.conns, &mut self.ctx);
                     self.listeners.retry_armed = false;

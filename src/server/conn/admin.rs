@@ -196,6 +196,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("events_total", "counter", "Readiness events handled.", &one(c.events));
     metric("stale_events_total", "counter", "Events for connections already gone.", &one(c.stale_events));
     metric("accepts_total", "counter", "Client connections accepted.", &one(c.accepts));
+    metric(
+        "clients_refused_total",
+        "counter",
+        "Client connections closed at once, by reason.",
+        &[("reason=\"per_ip\"".to_string(), c.refused_per_ip)],
+    );
     let closes: Vec<(String, u64)> =
         CloseReason::ALL.iter().zip(c.closes).map(|(r, n)| (format!("reason=\"{}\"", r.name()), n)).collect();
     metric("client_closes_total", "counter", "Client connections closed, by reason.", &closes);

@@ -40,7 +40,7 @@ use crate::server::ctx::{CloseReason, Ctx, READS_PER_TURN};
 use crate::server::herd::Whatsat;
 use crate::server::log::AddrText;
 use crate::server::timer::Timer;
-use crate::server::token::{TokenName, TRACE};
+use crate::server::token::{self, TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
 use std::collections::VecDeque;
@@ -185,6 +185,21 @@ impl Client {
     /// Whether the connection still owes the client anything.
     fn owes(&self) -> bool {
         !self.waiting.is_empty() || self.sent < self.out.len()
+    }
+
+    /// Whether it may be closed to admit a new client at `max_clients`: open, and owed nothing (a
+    /// client waiting for a reply is not idle, however long ago it spoke).
+    pub fn evictable(&self) -> bool {
+        self.state == State::Open && !self.owes()
+    }
+
+    /// Closed at `max_clients` to admit a new client. Its slot is counted free at once, so the client
+    /// it makes room for is admitted in the same turn; the loop frees it at the end of the turn.
+    pub fn evict(&mut self, ctx: &mut Ctx) {
+        ctx.log.event(format_args!("client {} closed to admit a new client: idlest at max_clients", self.addr));
+        self.state = State::Closed(CloseReason::Evicted);
+        ctx.gauges.clients -= 1;
+        ctx.idle_clients.remove(token::split(self.token).0);
     }
 
     fn read(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> ReadOutcome {
@@ -524,6 +539,7 @@ impl Connection for Client {
                         ReadOutcome::Data(n) => {
                             ctx.counters.bytes_in += n as u64;
                             self.idle_at = ctx.now + ctx.idle_timeout;
+                            ctx.idle_clients.touch(token::split(self.token).0, self.token, ctx.now);
                             self.take_input(&scratch[..n], ctx);
                         }
                         ReadOutcome::Eof => self.end_of_input(ctx),
@@ -679,7 +695,12 @@ impl Connection for Client {
         };
         ctx.counters.closed(reason);
         ctx.log.event(format_args!("client {} closed: {}", self.addr, reason.name()));
-        ctx.gauges.clients -= 1;
+        if reason != CloseReason::Evicted {
+            // An evicted client was counted out when it was evicted.
+            ctx.gauges.clients -= 1;
+            ctx.idle_clients.remove(token::split(self.token).0);
+        }
+        ctx.per_address.release(self.addr.ip());
     }
 
     fn socket(&mut self) -> &mut TcpStream {
