@@ -10,6 +10,7 @@
 //! This file holds the data and its small accessors; the herd's rules over it are in `herd.rs`. It
 //! imports no connection module, and no socket: a `Ctx` can be built in a unit test.
 
+use super::admin_auth::AdminGuard;
 use super::admission::{IdleList, PerAddress};
 use super::auth::Auth;
 use super::log::ServerLog;
@@ -76,6 +77,10 @@ pub struct Ctx {
     pub per_address: PerAddress,
     /// Client connections in order of last activity, to find the idlest at `max_clients`.
     pub idle_clients: IdleList,
+    /// Who may ask the admin listener (Host names and the bearer token).
+    pub admin_guard: AdminGuard,
+    /// `/records` bytes the admin connections may still make this turn (reset every turn).
+    pub admin_budget: usize,
     /// The legacy failure object served while Places is not configured.
     pub(super) places_unconfigured: Vec<u8>,
     /// The herd's own state (`herd.rs`): tickets, WHATSATs waiting for a record, jitter.
@@ -188,6 +193,8 @@ impl Ctx {
             places,
             per_address: PerAddress::new(limits.max_clients_per_ip, limits.per_ip_exempt_loopback),
             idle_clients: IdleList::new(),
+            admin_guard: AdminGuard::new("127.0.0.1", None),
+            admin_budget: 0,
             places_unconfigured: unconfigured.body(0).to_vec(),
             rng: seed | 1,
             next_ticket: 0,
@@ -302,6 +309,8 @@ pub struct Counters {
     pub accept_paused: u64,
     /// Client connections closed at once because their address was at `limits.max_clients_per_ip`.
     pub refused_per_ip: u64,
+    /// Admin requests answered 401 or 403.
+    pub admin_refused: u64,
     pub closes: [u64; CloseReason::ALL.len()],
     pub iamat: u64,
     pub whatsat: u64,

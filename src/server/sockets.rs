@@ -6,7 +6,7 @@
 //! would wait 40 ms for Nagle, and is registered once for its whole life (`Conns::add`).
 
 use super::admission::EVICT_IDLE_AFTER;
-use super::conn::admin::{Admin, ADMIN_DEADLINE};
+use super::conn::admin::{Admin, ADMIN_DEADLINE, ADMIN_SNDBUF};
 use super::conn::client::Client;
 use super::conn::peer::{Peer, HANDSHAKE_DEADLINE};
 use super::conn::upstream::Upstream;
@@ -192,7 +192,9 @@ impl Listeners {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let Ok(token) = conns.add(stream, |s, t| Conn::Admin(Box::new(Admin::new(s, addr, t)))) else {
+                    set_sndbuf(&stream, ADMIN_SNDBUF);
+                    let Ok(token) = conns.add(stream, |s, t| Conn::Admin(Box::new(Admin::new(s, addr, t, ctx.now))))
+                    else {
                         continue;
                     };
                     ctx.gauges.admins += 1;
@@ -330,6 +332,21 @@ fn listen(server: &str, addr: SocketAddr, what: &'static str) -> Result<TcpListe
         return Err(ServerError::Backlog { server: server.to_string(), what, addr, source });
     }
     Ok(listener)
+}
+
+/// A fixed kernel send buffer (no autotuning): bounds what a reader that stops reading is sent.
+fn set_sndbuf(stream: &TcpStream, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// TCP keepalive and a user time-out on a peer socket: a neighbour that vanishes without a FIN (power
