@@ -198,9 +198,16 @@ pub fn radius_metres(radius_km: &str) -> Option<String> {
 /// exactly when they are the same number. `None` unless the text is a sign, DIGITS, and optionally `.`
 /// DIGITS (what PROTOCOL section 2 lets through).
 pub fn canonical_coordinate(text: &[u8]) -> Option<String> {
-    let (&sign, unsigned) = text.split_first()?;
+    let mut out = String::with_capacity(text.len());
+    push_canonical_coordinate(text, &mut out).then_some(out)
+}
+
+/// [`canonical_coordinate`] appended to `out`; false (and nothing appended) when the text is not a
+/// signed decimal.
+pub fn push_canonical_coordinate(text: &[u8], out: &mut String) -> bool {
+    let Some((&sign, unsigned)) = text.split_first() else { return false };
     if sign != b'+' && sign != b'-' {
-        return None;
+        return false;
     }
     let (int, frac) = match unsigned.iter().position(|&b| b == b'.') {
         Some(dot) => (&unsigned[..dot], Some(&unsigned[dot + 1..])),
@@ -208,21 +215,23 @@ pub fn canonical_coordinate(text: &[u8]) -> Option<String> {
     };
     let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
     if !digits(int) || frac.is_some_and(|f| !digits(f)) {
-        return None;
+        return false;
     }
     let int = &int[int.iter().position(|&b| b != b'0').unwrap_or(int.len())..];
     let frac = frac.unwrap_or_default();
     let frac = &frac[..frac.iter().rposition(|&b| b != b'0').map_or(0, |i| i + 1)];
     let zero = int.is_empty() && frac.is_empty();
-    let mut out = String::with_capacity(text.len());
     out.push(if sign == b'-' && !zero { '-' } else { '+' });
-    // Only ASCII digits are left, so the bytes are text.
-    out.push_str(if int.is_empty() { "0" } else { std::str::from_utf8(int).ok()? });
+    // Only ASCII digits are left (checked above), so each byte is a char.
+    if int.is_empty() {
+        out.push('0');
+    }
+    out.extend(int.iter().map(|&b| char::from(b)));
     if !frac.is_empty() {
         out.push('.');
-        out.push_str(std::str::from_utf8(frac).ok()?);
+        out.extend(frac.iter().map(|&b| char::from(b)));
     }
-    Some(out)
+    true
 }
 
 /// An ISO 6709 coordinate as a JSON number: `"+040.50"` → `"40.50"`, `"-118.445127"` unchanged. `None`

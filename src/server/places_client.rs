@@ -86,19 +86,33 @@ impl From<String> for Setup {
 pub const PENDING_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// A cache key: the canonical decimals of the latitude and longitude ([`places::canonical_coordinate`])
-/// and of the radius in metres ([`places::radius_metres`]). `+34.0-118.0`, `+034.000-118` and
-/// `+34-118.00` are one key; the bound is not part of it (one answer serves every bound).
+/// and of the radius in metres ([`places::radius_metres`]), in one string (`+34.5-118 2500`: one
+/// allocation per WHATSAT). `+34.0-118.0`, `+034.000-118` and `+34-118.00` are one key; the bound is not
+/// part of it (one answer serves every bound).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub lat: String,
-    pub lng: String,
-    pub metres: String,
+    text: String,
+    /// Where the longitude starts in `text`, and where the radius starts.
+    lng_at: usize,
+    metres_at: usize,
 }
 
 impl Key {
+    pub fn lat(&self) -> &str {
+        &self.text[..self.lng_at]
+    }
+
+    pub fn lng(&self) -> &str {
+        &self.text[self.lng_at..self.metres_at - 1]
+    }
+
+    pub fn metres(&self) -> &str {
+        &self.text[self.metres_at..]
+    }
+
     /// Bytes the key holds (for the byte bounds).
     fn size(&self) -> usize {
-        std::mem::size_of::<Key>() + self.lat.len() + self.lng.len() + self.metres.len()
+        std::mem::size_of::<Key>() + self.text.capacity()
     }
 }
 
@@ -400,15 +414,32 @@ impl PlacesClient {
     /// The cache key of a valid location and radius (text that is not valid, which the protocol parser
     /// never lets through, is kept as it is rather than canonicalised).
     pub fn key_for(location: &[u8], radius_km: &[u8]) -> Key {
-        let lossy = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let canonical = |b: &[u8]| places::canonical_coordinate(b).unwrap_or_else(|| lossy(b));
-        let (lat, lng) = match crate::protocol::parse_location(location) {
-            Some(loc) => (canonical(loc.lat), canonical(loc.lng)),
-            None => (lossy(location), String::new()),
+        let mut text = String::with_capacity(location.len() + radius_km.len() + 4);
+        let push = |text: &mut String, b: &[u8]| {
+            if !places::push_canonical_coordinate(b, text) {
+                text.push_str(&String::from_utf8_lossy(b));
+            }
         };
-        let radius = lossy(radius_km);
-        let metres = places::radius_metres(&radius).unwrap_or(radius);
-        Key { lat, lng, metres }
+        let lng_at = match crate::protocol::parse_location(location) {
+            Some(loc) => {
+                push(&mut text, loc.lat);
+                let at = text.len();
+                push(&mut text, loc.lng);
+                at
+            }
+            None => {
+                text.push_str(&String::from_utf8_lossy(location));
+                text.len()
+            }
+        };
+        text.push(' ');
+        let metres_at = text.len();
+        let radius = String::from_utf8_lossy(radius_km);
+        match places::radius_metres(&radius) {
+            Some(m) => text.push_str(&m),
+            None => text.push_str(&radius),
+        }
+        Key { text, lng_at, metres_at }
     }
 
     /// Whether a WHATSAT that missed the cache may wait on Places: `Err` with the failure object to answer
@@ -469,8 +500,8 @@ impl PlacesClient {
         let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
         let mut bytes = Vec::with_capacity(512);
         // The request carries the canonical coordinates, so every spelling asks Places the same thing.
-        places::build_request(&self.endpoint, &key.lat, &key.lng, &text(radius_km), self.key.as_deref(), &mut bytes);
-        let what = format!("location={} radius={}m", text(location), key.metres);
+        places::build_request(&self.endpoint, key.lat(), key.lng(), &text(radius_km), self.key.as_deref(), &mut bytes);
+        let what = format!("location={} radius={}m", text(location), key.metres());
         let cost = std::mem::size_of::<Request>()
             + bytes.capacity()
             + what.len()
@@ -831,10 +862,8 @@ mod tests {
             let keys: Vec<Key> = group.iter().map(|(l, r)| PlacesClient::key_for(l.as_bytes(), r.as_bytes())).collect();
             assert!(keys.windows(2).all(|w| w[0] == w[1]), "{group:?}: {keys:?}");
         }
-        assert_eq!(
-            PlacesClient::key_for(b"+034.50-118.0", b"2.5"),
-            Key { lat: "+34.5".into(), lng: "-118".into(), metres: "2500".into() }
-        );
+        let key = PlacesClient::key_for(b"+034.50-118.0", b"2.5");
+        assert_eq!((key.lat(), key.lng(), key.metres()), ("+34.5", "-118", "2500"));
         // Different numbers stay different keys: nothing is rounded.
         let different = [
             ("+34-118", "10"),
