@@ -275,11 +275,10 @@ fn the_admin_listener_wants_the_token_and_a_local_host_name() {
 #[test]
 fn herd_up_makes_an_admin_token_file_only_its_owner_can_read() {
     use std::os::unix::fs::PermissionsExt;
-    let run = TempDir::new("run");
-    let config =
-        HerdConfig::new(&["A", "B"], &[("A", "B")], &format!(r#""run_dir": {:?}"#, run.path().to_string_lossy()));
+    // HerdConfig puts run_dir in its scratch directory.
+    let config = HerdConfig::new(&["A", "B"], &[("A", "B")], "");
     let up = Proc::start("up", &["up", "--config", config.path.to_str().unwrap()], &[], "servers up");
-    let file = run.path().join("admin-token");
+    let file = config.dir.path().join("run").join("admin-token");
     let token = std::fs::read_to_string(&file).expect("the token file").trim().to_string();
     assert!(token.len() >= 32 && token.bytes().all(|b| b.is_ascii_hexdigit()), "a random token");
     assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);

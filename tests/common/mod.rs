@@ -209,11 +209,13 @@ impl HerdConfig {
             .collect();
         let links: Vec<String> = links.iter().map(|(a, b)| format!(r#"["{a}", "{b}"]"#)).collect();
         let extra = if extra.is_empty() { String::new() } else { format!(",\n{extra}") };
+        // `herd up` writes its admin token under run_dir: the scratch directory, never the repository's.
         let text = format!(
-            "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?}{extra}}}",
+            "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?},\n\"run_dir\": {:?}{extra}}}",
             servers.join(",\n"),
             links.join(", "),
-            dir.path().join("logs").to_string_lossy()
+            dir.path().join("logs").to_string_lossy(),
+            dir.path().join("run").to_string_lossy()
         );
         let path = dir.path().join("herd.json");
         std::fs::write(&path, text).unwrap();
