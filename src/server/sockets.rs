@@ -228,17 +228,28 @@ const EVICT_SCAN: usize = 8;
 
 /// The idlest client that may be closed to admit a new one: idle more than [`EVICT_IDLE_AFTER`] and
 /// owed nothing. Otherwise `Err` with when to look again.
+///
+/// The list is in order of the times clients were last moved in it, and a client's true last activity
+/// is at or after that time (it is moved at most every `BUMP_EVERY`). So an entry moved within the last
+/// second ends the search (every later one is more recent still), and an older entry is checked against
+/// the client's own time.
 fn idlest_evictable(conns: &mut Conns, ctx: &Ctx) -> Result<Token, Instant> {
-    for (token, since) in ctx.idle_clients.idlest(EVICT_SCAN) {
-        if ctx.now.saturating_duration_since(since) <= EVICT_IDLE_AFTER {
-            // The list is in order of activity: every later one is more recent still.
-            return Err(since + EVICT_IDLE_AFTER + Duration::from_millis(1));
+    let mut retry = ctx.now + EVICT_IDLE_AFTER;
+    for (token, listed) in ctx.idle_clients.idlest(EVICT_SCAN) {
+        if ctx.now.saturating_duration_since(listed) <= EVICT_IDLE_AFTER {
+            return Err(retry.min(listed + EVICT_IDLE_AFTER + Duration::from_millis(1)));
         }
-        if matches!(conns.get_mut(token), Some(Conn::Client(c)) if c.evictable()) {
+        let Some(Conn::Client(c)) = conns.get_mut(token) else { continue };
+        if !c.evictable() {
+            continue;
+        }
+        let last = c.last_read();
+        if ctx.now.saturating_duration_since(last) > EVICT_IDLE_AFTER {
             return Ok(token);
         }
+        retry = retry.min(last + EVICT_IDLE_AFTER + Duration::from_millis(1));
     }
-    Err(ctx.now + EVICT_IDLE_AFTER)
+    Err(retry)
 }
 
 /// Adds an accepted client; false if it could not be registered (the caller gives back its address's
@@ -247,7 +258,7 @@ fn add_client(stream: TcpStream, addr: SocketAddr, conns: &mut Conns, ctx: &mut 
     // Small replies must not wait 40 ms for Nagle.
     let _ = stream.set_nodelay(true);
     let idle_at = ctx.now + ctx.idle_timeout;
-    let token = match conns.add(stream, |s, t| Conn::Client(Client::new(s, addr, t, idle_at))) {
+    let token = match conns.add(stream, |s, t| Conn::Client(Client::new(s, addr, t, ctx.now, idle_at))) {
         Ok(token) => token,
         Err(e) => {
             log::warn!("cannot register client {addr}: {e}");

@@ -36,6 +36,7 @@ mod waits;
 
 use super::{Connection, Delivery};
 use crate::protocol::{self, Command};
+use crate::server::admission::BUMP_EVERY;
 use crate::server::ctx::{CloseReason, Ctx, READS_PER_TURN};
 use crate::server::herd::Whatsat;
 use crate::server::log::AddrText;
@@ -105,6 +106,10 @@ pub struct Client {
     dirty: bool,
     /// When the connection counts as idle, if nothing happens before (while lingering: when to give up).
     pub idle_at: Instant,
+    /// When it last sent a byte (or was accepted): exact, for admission at `max_clients`.
+    last_read: Instant,
+    /// When a read next moves it in the loop's idle list (`admission::BUMP_EVERY`).
+    bump_at: Instant,
     /// Bytes discarded while lingering.
     lingered: usize,
     /// When the partial line in `input` started arriving.
@@ -149,7 +154,7 @@ enum ReadOutcome {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, idle_at: Instant) -> Client {
+    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant, idle_at: Instant) -> Client {
         Client {
             stream,
             addr,
@@ -170,6 +175,8 @@ impl Client {
             hup: false,
             dirty: false,
             idle_at,
+            last_read: now,
+            bump_at: now + BUMP_EVERY,
             lingered: 0,
             line_started: None,
             blocked_since: None,
@@ -187,8 +194,14 @@ impl Client {
         !self.waiting.is_empty() || self.sent < self.out.len()
     }
 
+    /// When it last sent anything (or was accepted).
+    pub fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
     /// Whether it may be closed to admit a new client at `max_clients`: open, and owed nothing (a
-    /// client waiting for a reply is not idle, however long ago it spoke).
+    /// client waiting for a reply is not idle, however long ago it spoke). Its idle time is checked
+    /// by the caller, from [`last_read`](Self::last_read).
     pub fn evictable(&self) -> bool {
         self.state == State::Open && !self.owes()
     }
@@ -539,7 +552,11 @@ impl Connection for Client {
                         ReadOutcome::Data(n) => {
                             ctx.counters.bytes_in += n as u64;
                             self.idle_at = ctx.now + ctx.idle_timeout;
-                            ctx.idle_clients.touch(token::split(self.token).0, self.token, ctx.now);
+                            self.last_read = ctx.now;
+                            if ctx.now >= self.bump_at {
+                                self.bump_at = ctx.now + BUMP_EVERY;
+                                ctx.idle_clients.touch(token::split(self.token).0, self.token, ctx.now);
+                            }
                             self.take_input(&scratch[..n], ctx);
                         }
                         ReadOutcome::Eof => self.end_of_input(ctx),
