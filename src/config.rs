@@ -126,6 +126,10 @@ pub struct Config {
     pub herd_secret_env: Option<String>,
     /// The address admin listeners bind (loopback unless said otherwise: it is not for the public).
     pub admin_host: IpAddr,
+    /// The environment variable holding the admin listener's bearer token (never the token itself).
+    pub admin_token_env: Option<String>,
+    /// Where `herd up` keeps what it makes for a run (the admin token).
+    pub run_dir: PathBuf,
     pub limits: Limits,
     /// The log file's rotation and detail (`log_max_bytes`, `log_keep`, `log_detail`).
     pub log: LogOptions,
@@ -153,6 +157,21 @@ impl Default for LogOptions {
     fn default() -> Self {
         // 128 MiB × (7 + 1) = 1 GiB of disk at most per server.
         LogOptions { max_bytes: 128 * 1024 * 1024, keep: 7, detail: LogDetail::Io }
+    }
+}
+
+/// The variable a server reads its admin token from when the config names none (and `herd up` sets).
+pub const DEFAULT_ADMIN_TOKEN_ENV: &str = "HERD_ADMIN_TOKEN";
+
+impl Config {
+    /// The variable the admin token is read from: `admin_token_env`, or [`DEFAULT_ADMIN_TOKEN_ENV`].
+    pub fn admin_token_var(&self) -> &str {
+        self.admin_token_env.as_deref().unwrap_or(DEFAULT_ADMIN_TOKEN_ENV)
+    }
+
+    /// Whether any server of the herd has an admin listener.
+    pub fn has_admin(&self) -> bool {
+        self.servers.iter().any(|s| s.admin_port.is_some())
     }
 }
 
@@ -236,6 +255,16 @@ pub struct Limits {
     /// How far ahead of the server's clock a client time may be (PROTOCOL section 2): a client cannot pin
     /// its record with a time from the far future. 300 s is the skew Kerberos tolerates.
     pub max_clock_skew_s: u64,
+    /// WHATSATs of one client connection that may wait on Places at once; past it a WHATSAT is answered
+    /// at once with the Places failure object.
+    pub max_pending_places_per_client: usize,
+    /// Client connections from one address (an IPv6 address counts by its /64); the next is closed.
+    pub max_clients_per_ip: usize,
+    /// Loopback addresses are not counted against `max_clients_per_ip`.
+    pub per_ip_exempt_loopback: bool,
+    /// A peer link on which nothing was heard for this long is dropped (and redialled); each sending
+    /// link pings every third of it.
+    pub peer_dead_after_ms: u64,
 }
 
 impl Default for Limits {
@@ -250,6 +279,10 @@ impl Default for Limits {
             unknown_client_grace_ms: 100,
             line_timeout_ms: 60_000,
             max_clock_skew_s: 300,
+            max_pending_places_per_client: 8,
+            max_clients_per_ip: 1024,
+            per_ip_exempt_loopback: true,
+            peer_dead_after_ms: 3000,
         }
     }
 }
@@ -355,6 +388,14 @@ impl<'a> Obj<'a> {
         }
     }
 
+    fn boolean(&self, key: &str) -> Result<Option<bool>, FieldError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(expected(self.path(key), "true or false", describe(other))),
+        }
+    }
+
     fn required_integer(&self, key: &str, min: u64, max: u64) -> Result<u64, FieldError> {
         self.require(key)?;
         Ok(self.integer(key, min, max)?.expect("present"))
@@ -399,6 +440,8 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         "log_detail",
         "herd_secret_env",
         "admin_host",
+        "admin_token_env",
+        "run_dir",
         "limits",
     ])?;
 
@@ -499,6 +542,8 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
             None => IpAddr::from([127, 0, 0, 1]),
             Some(h) => h.parse().map_err(|_| expected("admin_host", "an IP address", format!("{h:?}")))?,
         },
+        admin_token_env: top.string("admin_token_env")?,
+        run_dir: top.string("run_dir")?.unwrap_or_else(|| "run".into()).into(),
         limits,
         log: parse_log_options(&top)?,
     })
@@ -552,6 +597,10 @@ fn parse_limits(v: &Value) -> Result<Limits, FieldError> {
         "unknown_client_grace_ms",
         "line_timeout_ms",
         "max_clock_skew_s",
+        "max_pending_places_per_client",
+        "max_clients_per_ip",
+        "per_ip_exempt_loopback",
+        "peer_dead_after_ms",
     ];
     o.only(&names)?;
     let d = Limits::default();
@@ -569,6 +618,13 @@ fn parse_limits(v: &Value) -> Result<Limits, FieldError> {
         line_timeout_ms: get("line_timeout_ms", d.line_timeout_ms as usize, 1, 1 << 40)? as u64,
         // At most a year: the time difference of an AT line stays within its 21-byte bound.
         max_clock_skew_s: get("max_clock_skew_s", d.max_clock_skew_s as usize, 0, 366 * 86_400)? as u64,
+        // At least 1 (0 would refuse every WHATSAT that misses the cache), at most the 64 replies a
+        // connection may have waiting at all (client.rs MAX_WAITING).
+        max_pending_places_per_client: get("max_pending_places_per_client", d.max_pending_places_per_client, 1, 64)?,
+        max_clients_per_ip: get("max_clients_per_ip", d.max_clients_per_ip, 1, 1 << 20)?,
+        per_ip_exempt_loopback: o.boolean("per_ip_exempt_loopback")?.unwrap_or(d.per_ip_exempt_loopback),
+        // At least 300 ms: a ping every 100 ms is already far more than a link needs; at most 10 minutes.
+        peer_dead_after_ms: get("peer_dead_after_ms", d.peer_dead_after_ms as usize, 300, 600_000)? as u64,
     };
     if limits.client_output_hard < limits.client_output_soft {
         return Err(bad("limits.client_output_hard", Problem::HardBelowSoft));
@@ -602,9 +658,13 @@ mod tests {
         assert_eq!(c.links, vec![(0, 1), (1, 2)]);
         assert_eq!(c.neighbours(1), vec![0, 2]);
         assert_eq!(c.neighbours(0), vec![1]);
-        let p = c.places.unwrap();
+        let p = c.places.clone().unwrap();
         assert_eq!((p.api, p.timeout_ms, p.cache_ttl_s), (PlacesApi::New, 3000, 300));
         assert_eq!(c.limits.max_line, 16_384);
+        let l = &c.limits;
+        assert_eq!((l.max_pending_places_per_client, l.max_clients_per_ip, l.peer_dead_after_ms), (8, 1024, 3000));
+        assert!(l.per_ip_exempt_loopback);
+        assert_eq!((c.admin_token_var(), c.run_dir.to_str()), ("HERD_ADMIN_TOKEN", Some("run")));
     }
 
     /// The field and problem of an `Invalid` error (panics on any other kind).
@@ -729,6 +789,22 @@ mod tests {
                 "c.json: limits.max_clock_skew_s: expected an integer",
             ),
             ("{".into(), "c.json: not valid JSON: "),
+            (
+                GOOD.replace(r#""log_dir""#, r#""limits": {"max_pending_places_per_client": 0}, "log_dir""#),
+                "c.json: limits.max_pending_places_per_client: expected an integer from 1 to 64, found 0",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""limits": {"per_ip_exempt_loopback": "no"}, "log_dir""#),
+                "c.json: limits.per_ip_exempt_loopback: expected true or false, found \"no\"",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""limits": {"peer_dead_after_ms": 50}, "log_dir""#),
+                "c.json: limits.peer_dead_after_ms: expected an integer from 300 to 600000, found 50",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""admin_token_env": "", "log_dir""#),
+                "c.json: admin_token_env: expected a non-empty string",
+            ),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

@@ -191,6 +191,49 @@ pub fn radius_metres(radius_km: &str) -> Option<String> {
     Some(out)
 }
 
+/// The canonical decimal of a signed coordinate, for the Places cache key: an explicit sign, the integer
+/// part without leading zeros (`0` when nothing is left), the fraction without trailing zeros (and no `.`
+/// when nothing is left), and `+` for zero whatever sign was written. `"+034.50"`, `"+34.5"` and
+/// `"+34.500"` all give `"+34.5"`; `"-0.000"` gives `"+0"`. Nothing is rounded: two texts give one key
+/// exactly when they are the same number. `None` unless the text is a sign, DIGITS, and optionally `.`
+/// DIGITS (what PROTOCOL section 2 lets through).
+pub fn canonical_coordinate(text: &[u8]) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    push_canonical_coordinate(text, &mut out).then_some(out)
+}
+
+/// [`canonical_coordinate`] appended to `out`; false (and nothing appended) when the text is not a
+/// signed decimal.
+pub fn push_canonical_coordinate(text: &[u8], out: &mut String) -> bool {
+    let Some((&sign, unsigned)) = text.split_first() else { return false };
+    if sign != b'+' && sign != b'-' {
+        return false;
+    }
+    let (int, frac) = match unsigned.iter().position(|&b| b == b'.') {
+        Some(dot) => (&unsigned[..dot], Some(&unsigned[dot + 1..])),
+        None => (unsigned, None),
+    };
+    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    if !digits(int) || frac.is_some_and(|f| !digits(f)) {
+        return false;
+    }
+    let int = &int[int.iter().position(|&b| b != b'0').unwrap_or(int.len())..];
+    let frac = frac.unwrap_or_default();
+    let frac = &frac[..frac.iter().rposition(|&b| b != b'0').map_or(0, |i| i + 1)];
+    let zero = int.is_empty() && frac.is_empty();
+    out.push(if sign == b'-' && !zero { '-' } else { '+' });
+    // Only ASCII digits are left (checked above), so each byte is a char.
+    if int.is_empty() {
+        out.push('0');
+    }
+    out.extend(int.iter().map(|&b| char::from(b)));
+    if !frac.is_empty() {
+        out.push('.');
+        out.extend(frac.iter().map(|&b| char::from(b)));
+    }
+    true
+}
+
 /// An ISO 6709 coordinate as a JSON number: `"+040.50"` → `"40.50"`, `"-118.445127"` unchanged. `None`
 /// unless the text is an optional sign, DIGITS, and optionally `.` DIGITS.
 fn json_decimal(text: &str) -> Option<String> {
@@ -325,6 +368,62 @@ impl fmt::Debug for PlacesAnswer {
 const NOT_JSON: &str = "Places answered with a body that is not JSON";
 const NOT_PLACES: &str = "Places answered with JSON that is not a Places answer";
 
+/// Why a WHATSAT got the failure object rather than an answer from Places: the whole set of
+/// `error_message`s the server writes itself. Google's own messages (an error body's `error_message` or
+/// `error.message`) pass through as Google wrote them; nothing else reaches a client. In particular no
+/// variant carries an OS error, a TLS library's text, a host name or an address: a client learns what
+/// kind of thing failed, and the operator reads the details in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The request's deadline (`places.timeout_ms`, given here) passed.
+    Timeout(u64),
+    /// No connection: refused, unreachable, or the host name did not resolve.
+    Refused,
+    /// The TLS handshake or a TLS record failed (a certificate not trusted, a bad name, a bad record).
+    Tls,
+    /// A non-2xx status without an error body in either of Google's shapes.
+    Http(u16),
+    /// The connection closed or broke before a whole response arrived.
+    Closed,
+    /// The response was not HTTP/1.1 as the parser accepts it (or larger than its bounds).
+    BadHttp,
+    /// A 2xx body that is not JSON.
+    NotJson,
+    /// A 2xx JSON body that is neither a legacy nor a New answer.
+    NotPlaces,
+    /// The client connection already has `limits.max_pending_places_per_client` WHATSATs waiting on
+    /// Places: answered at once, no request made.
+    ClientPending,
+    /// The server's pending Places work is at its byte bound: answered at once, no request made.
+    ServerPending,
+    /// The config has no `places` section.
+    NotConfigured,
+}
+
+impl Failure {
+    /// The `error_message` a client reads.
+    pub fn message(self) -> String {
+        match self {
+            Failure::Timeout(ms) => format!("Places did not answer within {ms} ms"),
+            Failure::Refused => "Places request failed: connection refused or unreachable".into(),
+            Failure::Tls => "Places request failed: TLS error".into(),
+            Failure::Http(status) => format!("Places answered HTTP {status}"),
+            Failure::Closed => "Places request failed: connection closed before the answer was complete".into(),
+            Failure::BadHttp => "Places request failed: malformed HTTP response".into(),
+            Failure::NotJson => NOT_JSON.into(),
+            Failure::NotPlaces => NOT_PLACES.into(),
+            Failure::ClientPending => "too many WHATSATs of this connection are waiting on Places".into(),
+            Failure::ServerPending => "too many Places requests are pending on this server".into(),
+            Failure::NotConfigured => "Places is not configured for this server".into(),
+        }
+    }
+
+    /// The failure object for it: `"results" : []`, status `UNKNOWN_ERROR`, and [`message`](Self::message).
+    pub fn answer(self) -> PlacesAnswer {
+        PlacesAnswer::failure("UNKNOWN_ERROR", &self.message())
+    }
+}
+
 impl PlacesAnswer {
     /// Never fails: a non-2xx status, a body that is not JSON, or a JSON that is not a Places answer gives
     /// the failure object. `api` says how to read a 2xx body (New bodies are translated to the legacy
@@ -335,21 +434,21 @@ impl PlacesAnswer {
             return parsed
                 .as_ref()
                 .and_then(|v| Self::from_error_body(http_status, v))
-                .unwrap_or_else(|| Self::failure("UNKNOWN_ERROR", &format!("Places answered HTTP {http_status}")));
+                .unwrap_or_else(|| Failure::Http(http_status).answer());
         }
         let Some(value) = parsed else {
-            return Self::failure("UNKNOWN_ERROR", NOT_JSON);
+            return Failure::NotJson.answer();
         };
         if value.get("error").is_some_and(Value::is_object) {
             // A New-style error object, whatever the status line said.
             let answer = Self::from_error_body(http_status, &value);
-            return answer.unwrap_or_else(|| Self::failure("UNKNOWN_ERROR", NOT_PLACES));
+            return answer.unwrap_or_else(|| Failure::NotPlaces.answer());
         }
         let answer = match api {
             Api::Legacy => Self::from_legacy(body, value),
             Api::New => Self::from_new(value),
         };
-        answer.unwrap_or_else(|| Self::failure("UNKNOWN_ERROR", NOT_PLACES))
+        answer.unwrap_or_else(|| Failure::NotPlaces.answer())
     }
 
     /// The legacy failure object:
@@ -450,7 +549,7 @@ impl PlacesAnswer {
     /// or New `{"error": {"code": ..., "message": ..., "status": ...}}`.
     fn from_error_body(http_status: u16, value: &Value) -> Option<PlacesAnswer> {
         let obj = value.as_object()?;
-        let fallback = || format!("Places answered HTTP {http_status}");
+        let fallback = || Failure::Http(http_status).message();
         if let Some(status) = obj.get("status").and_then(Value::as_str) {
             if status.is_empty() || matches!(status, "OK" | "ZERO_RESULTS") {
                 return None;
@@ -1031,6 +1130,78 @@ mod tests {
 
     fn new_google() -> Endpoint {
         Endpoint::parse(Api::New, "https://places.googleapis.com/v1/places:searchNearby").unwrap()
+    }
+
+    #[test]
+    fn canonical_coordinates_normalise_spelling_and_never_round() {
+        // Written by hand: (text, canonical).
+        let cases: &[(&str, &str)] = &[
+            ("+34", "+34"),
+            ("+34.0", "+34"),
+            ("+34.000", "+34"),
+            ("+034", "+34"),
+            ("+0034.500", "+34.5"),
+            ("-118.445127", "-118.445127"),
+            ("-0118.4451270", "-118.445127"),
+            ("+0", "+0"),
+            ("-0", "+0"),
+            ("-000.000", "+0"),
+            ("+00.0", "+0"),
+            ("-0.5", "-0.5"),
+            ("-00.50", "-0.5"),
+            ("+90", "+90"),
+            ("+90.00", "+90"),
+            ("+10", "+10"),
+            ("+10.01", "+10.01"),
+            ("+1.0100", "+1.01"),
+            // Past a float's precision: no rounding, so these stay apart.
+            ("+34.0689300000000000000001", "+34.0689300000000000000001"),
+            ("+34.06893", "+34.06893"),
+        ];
+        for (text, want) in cases {
+            assert_eq!(canonical_coordinate(text.as_bytes()).as_deref(), Some(*want), "{text}");
+        }
+        for bad in ["34", "+", "+.5", "+5.", "++5", "+5e1", "+ 5", "", "+3-4"] {
+            assert_eq!(canonical_coordinate(bad.as_bytes()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_failure_message_is_one_of_a_fixed_set() {
+        // Written by hand: the whole set a client can read from the server itself.
+        let table: &[(Failure, &str)] = &[
+            (Failure::Timeout(3000), "Places did not answer within 3000 ms"),
+            (Failure::Refused, "Places request failed: connection refused or unreachable"),
+            (Failure::Tls, "Places request failed: TLS error"),
+            (Failure::Http(503), "Places answered HTTP 503"),
+            (Failure::Closed, "Places request failed: connection closed before the answer was complete"),
+            (Failure::BadHttp, "Places request failed: malformed HTTP response"),
+            (Failure::NotJson, "Places answered with a body that is not JSON"),
+            (Failure::NotPlaces, "Places answered with JSON that is not a Places answer"),
+            (Failure::ClientPending, "too many WHATSATs of this connection are waiting on Places"),
+            (Failure::ServerPending, "too many Places requests are pending on this server"),
+            (Failure::NotConfigured, "Places is not configured for this server"),
+        ];
+        for (failure, want) in table {
+            let mut answer = failure.answer();
+            assert_eq!(answer.error_message(), Some(*want), "{failure:?}");
+            assert_eq!(answer.status(), "UNKNOWN_ERROR");
+            let value: Value = serde_json::from_slice(answer.body(20)).unwrap();
+            assert_eq!(value["results"], serde_json::json!([]), "{failure:?}");
+            assert_eq!(value["error_message"], *want, "{failure:?}");
+        }
+        // The bodies the server shapes itself use the same set.
+        let shaped = [
+            (PlacesAnswer::from_response(Api::Legacy, 200, b"<html>"), "Places answered with a body that is not JSON"),
+            (PlacesAnswer::from_response(Api::Legacy, 502, b"<html>"), "Places answered HTTP 502"),
+            (
+                PlacesAnswer::from_response(Api::Legacy, 200, b"[1]"),
+                "Places answered with JSON that is not a Places answer",
+            ),
+        ];
+        for (answer, want) in shaped {
+            assert_eq!(answer.error_message(), Some(want));
+        }
     }
 
     #[test]

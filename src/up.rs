@@ -55,6 +55,10 @@ pub enum UpError {
     Interrupted,
     /// Every member of a running herd exited by itself.
     AllExited,
+    /// No admin token could be made: no system randomness.
+    NoRandomness,
+    /// The admin token file could not be written.
+    TokenFile { path: std::path::PathBuf, source: std::io::Error },
 }
 
 impl UpError {
@@ -81,6 +85,10 @@ impl fmt::Display for UpError {
             UpError::StartTimeout { secs } => write!(f, "the herd did not start within {secs}s; stopping it"),
             UpError::Interrupted => f.write_str("interrupted during start-up"),
             UpError::AllExited => f.write_str("every member has exited"),
+            UpError::NoRandomness => f.write_str("no system randomness for the admin token"),
+            UpError::TokenFile { path, source } => {
+                write!(f, "cannot write the admin token to {}: {source}", path.display())
+            }
         }
     }
 }
@@ -89,10 +97,12 @@ impl std::error::Error for UpError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             UpError::Config(e) => Some(e),
-            UpError::CannotListen { source, .. } | UpError::Spawn { source, .. } => Some(source),
+            UpError::CannotListen { source, .. }
+            | UpError::Spawn { source, .. }
+            | UpError::TokenFile { source, .. } => Some(source),
             UpError::Signals(e) | UpError::OwnExecutable(e) => Some(e),
             UpError::ExitedDuringStartup { .. } | UpError::StartTimeout { .. } => None,
-            UpError::Interrupted | UpError::AllExited => None,
+            UpError::Interrupted | UpError::AllExited | UpError::NoRandomness => None,
         }
     }
 }
@@ -133,6 +143,23 @@ pub fn run(config: &Config) -> Result<(), UpError> {
             if std::env::var_os(&var).is_none() {
                 extra_env.push((var, random_hex(16)));
             }
+        }
+    }
+
+    // An admin listener is never left open: unless the operator gave a token in the variable the
+    // servers read it from, make one for this run, in a file only its owner can read, and say where
+    // (never the token itself).
+    if config.has_admin() {
+        let var = config.admin_token_var().to_string();
+        if std::env::var_os(&var).is_none_or(|v| v.is_empty()) {
+            let path = config.run_dir.join("admin-token");
+            let token = crate::server::admin_auth::new_token().map_err(|_| UpError::NoRandomness)?;
+            crate::server::admin_auth::write_token_file(&path, &token)
+                .map_err(|source| UpError::TokenFile { path: path.clone(), source })?;
+            eprintln!("herd: admin token in {} (mode 0600); send it as Authorization: Bearer <token>", path.display());
+            extra_env.push((var, token));
+        } else {
+            eprintln!("herd: admin token from ${var}");
         }
     }
 

@@ -230,7 +230,10 @@ fn unidentified_peers_and_client_sent_at_lines_change_nothing() {
 /// and the link stays up, so the neighbour's later honest records still arrive and flood on.
 #[test]
 fn a_neighbours_refused_records_leave_its_link_up() {
-    let herd = Herd::start(HerdConfig::from_shipped("config/herd.json", ""));
+    // The raw peer below sends no heartbeat, and the checks take seconds (each WHATSAT for an unknown
+    // client waits the grace period): a generous peer_dead_after_ms keeps its link from going silent.
+    let limits = r#""limits": {"peer_dead_after_ms": 60000}"#;
+    let herd = Herd::start(HerdConfig::from_shipped("config/herd.json", limits));
     herd.wait_linked();
     let (mut r, mut w) = raw_peer(herd.config.member("Bailey").peer_port);
     w.write_all(b"HELLO Bona Bailey 00\n").unwrap();

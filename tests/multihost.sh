@@ -18,9 +18,10 @@
 #     heal; time until every server's /records holds the newest record of every id. Exit 1 past 120 s.
 # Everything it makes (namespaces, bridges, processes) is removed on any exit; leftovers of a killed run
 # are removed at start, so it is safe to run again. Env: BIN (default target/release/herd), HOLD_S.
-# What to expect: the cut links carry floods that are never acknowledged, so TCP keepalive (about 20 s)
-# drops only their idle, receiving ends. The sending ends stay "live" and learn of the heal only at
-# their next retransmission (exponential backoff, up to 120 s), so heal-to-converged grows with HOLD_S.
+# What to expect: the cut links go silent, so the peer heartbeat (limits.peer_dead_after_ms, 3 s) drops
+# both ends of each within 3 s (before it, TCP keepalive dropped only the idle receiving ends after about
+# 20 s, and the sending ends learnt of the heal only at their next retransmission, up to 120 s later). The
+# dialers then redial every 250 ms at most, so heal-to-converged should no longer grow with HOLD_S.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -85,9 +86,22 @@ def talk(server, port, data):  # one connection from inside the server's namespa
             out += chunk
     return out.decode()
 
-def records(server):
-    raw = talk(server, 30000, b"GET /records HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n")
-    return {r["client_id"]: r["at"] for r in json.loads(raw.split("\r\n\r\n", 1)[1])}
+def body(raw):  # an HTTP answer's body; /records comes chunked (the admin listener streams it)
+    head, rest = raw.split("\r\n\r\n", 1)
+    if "transfer-encoding: chunked" not in head.lower():
+        return rest
+    out = []
+    while True:
+        size, rest = rest.split("\r\n", 1)
+        n = int(size, 16)
+        if n == 0:
+            return "".join(out)
+        out.append(rest[:n])
+        rest = rest[n + 2:]
+
+def records(server):  # the admin listener answers only requests that name this host
+    raw = talk(server, 30000, b"GET /records HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    return {r["client_id"]: r["at"] for r in json.loads(body(raw))}
 
 def iamat(server, ids, side, t):  # t: client times, strictly increasing; remembers the newest reply
     lines = "".join(f"IAMAT {cid} {WHERE[side]} {t}.{IDS.index(cid):09d}\n" for cid in ids)
@@ -176,7 +190,7 @@ elif cmd == "relinked":  # relinked SINCE_EPOCH LIMIT_S N: wait until every herd
     while up < want and time.time() - float(args[0]) < float(args[1]):
         time.sleep(0.05)
         up = sum(int(l.rsplit(" ", 1)[1]) for s in NAMES
-                 for l in talk(s, 30000, b"GET /metrics HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                 for l in talk(s, 30000, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
                  .splitlines() if l.startswith("herd_link_up{"))
     print(f"herd_link_up {up}/{want}" + ("" if up == want else f" {args[1]} s after heal"))
 EOF

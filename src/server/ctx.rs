@@ -10,6 +10,8 @@
 //! This file holds the data and its small accessors; the herd's rules over it are in `herd.rs`. It
 //! imports no connection module, and no socket: a `Ctx` can be built in a unit test.
 
+use super::admin_auth::AdminGuard;
+use super::admission::{IdleList, PerAddress};
 use super::auth::Auth;
 use super::log::ServerLog;
 use super::places_client::PlacesClient;
@@ -71,6 +73,14 @@ pub struct Ctx {
     pub neighbours: Vec<Neighbour>,
     /// The Places client, when the config has `places`.
     pub places: Option<PlacesClient>,
+    /// Client connections per source address, against `limits.max_clients_per_ip`.
+    pub per_address: PerAddress,
+    /// Client connections in order of last activity, to find the idlest at `max_clients`.
+    pub idle_clients: IdleList,
+    /// Who may ask the admin listener (Host names and the bearer token).
+    pub admin_guard: AdminGuard,
+    /// `/records` bytes the admin connections may still make this turn (reset every turn).
+    pub admin_budget: usize,
     /// The legacy failure object served while Places is not configured.
     pub(super) places_unconfigured: Vec<u8>,
     /// The herd's own state (`herd.rs`): tickets, WHATSATs waiting for a record, jitter.
@@ -158,8 +168,7 @@ impl Ctx {
         places: Option<PlacesClient>,
         seed: u64,
     ) -> Ctx {
-        let mut unconfigured =
-            crate::places::PlacesAnswer::failure("UNKNOWN_ERROR", "Places is not configured for this server");
+        let mut unconfigured = crate::places::Failure::NotConfigured.answer();
         Ctx {
             name: name.as_bytes().into(),
             herd_names: herd.iter().map(|n| n.as_bytes().into()).collect(),
@@ -182,6 +191,10 @@ impl Ctx {
             auth,
             neighbours,
             places,
+            per_address: PerAddress::new(limits.max_clients_per_ip, limits.per_ip_exempt_loopback),
+            idle_clients: IdleList::new(),
+            admin_guard: AdminGuard::new("127.0.0.1", None),
+            admin_budget: 0,
             places_unconfigured: unconfigured.body(0).to_vec(),
             rng: seed | 1,
             next_ticket: 0,
@@ -254,18 +267,21 @@ pub enum CloseReason {
     OutputBound,
     /// Nothing sent and nothing owed for the idle time-out.
     Idle,
+    /// Closed at `max_clients` to admit a new client: it was the idlest, idle more than a second.
+    Evicted,
     /// The server is shutting down.
     Shutdown,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Eof,
         CloseReason::Reset,
         CloseReason::LineTooLong,
         CloseReason::LineTimeout,
         CloseReason::OutputBound,
         CloseReason::Idle,
+        CloseReason::Evicted,
         CloseReason::Shutdown,
     ];
 
@@ -277,6 +293,7 @@ impl CloseReason {
             CloseReason::LineTimeout => "line_timeout",
             CloseReason::OutputBound => "output_bound",
             CloseReason::Idle => "idle",
+            CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
         }
     }
@@ -290,6 +307,10 @@ pub struct Counters {
     pub stale_events: u64,
     pub accepts: u64,
     pub accept_paused: u64,
+    /// Client connections closed at once because their address was at `limits.max_clients_per_ip`.
+    pub refused_per_ip: u64,
+    /// Admin requests answered 401 or 403.
+    pub admin_refused: u64,
     pub closes: [u64; CloseReason::ALL.len()],
     pub iamat: u64,
     pub whatsat: u64,

@@ -14,6 +14,8 @@ pub enum ServerError {
     UnknownServer { name: String, known: Vec<String> },
     /// `herd_secret_env` names a variable that is not set, or empty.
     Secret { var: String },
+    /// `admin_token_env` names a variable that is not set, or empty, for a server with an admin port.
+    AdminToken { var: String },
     /// An address of the config that does not resolve.
     Config(crate::config::ConfigError),
     /// A port that cannot be bound: most often, in use.
@@ -41,6 +43,9 @@ impl std::fmt::Display for ServerError {
                 write!(f, "unknown server {name:?} (the config has {})", known.join(", "))
             }
             ServerError::Secret { var } => write!(f, "herd_secret_env names {var}, which is not set or empty"),
+            ServerError::AdminToken { var } => {
+                write!(f, "admin_token_env names {var}, which is not set or empty (the admin listener would be open)")
+            }
             ServerError::Config(e) => write!(f, "{e}"),
             ServerError::Places(message) => f.write_str(message),
             ServerError::Listen { server, what, addr, source } => {

@@ -22,6 +22,7 @@
 //! holds them), `handoff.rs` (delivering the outbox), `sockets.rs` (listening, accepting, dialling),
 //! `herd.rs` and `ctx.rs` (the herd's rules and the state they work on), and the leaves.
 
+use super::admin_auth::AdminGuard;
 use super::auth::{Auth, Secret};
 use super::conn::{Conn, Connection, Conns, Delivery};
 use super::ctx::{Counters, Ctx, Neighbour, OutLink};
@@ -85,6 +86,25 @@ impl Server {
                 _ => return Err(ServerError::Secret { var: var.clone() }),
             },
         };
+        // The admin listener's token: from `admin_token_env`, or `HERD_ADMIN_TOKEN` (which `herd up`
+        // sets) when the config names none. A config that names a variable must have it set: the
+        // operator asked for a token, and a listener without one would be open.
+        let admin_token = match config.servers[index].admin_port {
+            None => None,
+            Some(_) => {
+                let var = config.admin_token_var();
+                match std::env::var(var) {
+                    Ok(t) if !t.is_empty() => Some(t),
+                    _ if config.admin_token_env.is_some() => {
+                        return Err(ServerError::AdminToken { var: var.to_string() })
+                    }
+                    _ => {
+                        log::warn!("{name}: the admin listener has no token ({var} is not set): Host checks only");
+                        None
+                    }
+                }
+            }
+        };
         let bad = ServerError::Config;
         let me = &config.servers[index];
         let (client_addr, peer_addr) = (me.client_addr().map_err(bad)?, me.peer_addr().map_err(bad)?);
@@ -120,7 +140,8 @@ impl Server {
             u64::from_le_bytes(b)
         };
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-        let ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
+        let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
+        ctx.admin_guard = AdminGuard::new(&config.admin_host.to_string(), admin_token.as_deref());
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -187,6 +208,7 @@ impl Server {
         core.ctx.wall = Timestamp::from_system_time(SystemTime::now());
         core.ctx.log.set_time(core.ctx.wall);
         core.ctx.counters.turns += 1;
+        core.ctx.admin_budget = super::conn::admin::RECORDS_BYTES_PER_TURN;
         // The global level first (an atomic load); the per-target match only when it could be on.
         core.ctx.trace =
             log::max_level() >= log::LevelFilter::Trace && log::log_enabled!(target: TRACE, log::Level::Trace);
@@ -311,6 +333,11 @@ impl Core {
                 Timer::LogFlush => {
                     self.log_flush_armed = false;
                     self.ctx.log.flush();
+                }
+                Timer::AdmitRetry => {
+                    self.listeners.admit_armed = false;
+                    let (conns, ctx) = (&mut self.conns, &mut self.ctx);
+                    self.listeners.accept_clients(conns, ctx);
                 }
                 Timer::AcceptRetry => {
                     let (conns, ctx) = (&mut self.conns, &mut self.ctx);

@@ -75,7 +75,11 @@ impl Ctx {
     }
 
     /// Answers a WHATSAT into `out`, or starts what it waits for: a record from the herd, or Places.
-    pub fn whatsat(&mut self, cmd: &WhatsAt<'_>, client: Token, out: &mut Vec<u8>) -> Whatsat {
+    ///
+    /// `places_waiting` is how many WHATSATs of this client connection wait on Places already: at
+    /// `limits.max_pending_places_per_client` (or with pending work at its byte bound) the WHATSAT is
+    /// answered at once with the failure object instead of waiting.
+    pub fn whatsat(&mut self, cmd: &WhatsAt<'_>, client: Token, places_waiting: usize, out: &mut Vec<u8>) -> Whatsat {
         let Some(record) = self.records.get(cmd.client_id) else {
             // A record may be on its way: the IAMAT may have been answered elsewhere a moment ago.
             if self.unknown_grace.is_zero() || !self.neighbours.iter().any(|n| n.links_in > 0) {
@@ -94,6 +98,12 @@ impl Ctx {
         };
         let key = PlacesClient::key_for(record.location(), cmd.radius_km);
         if let Some(json) = places.cached(&key, cmd.bound, self.now) {
+            out.extend_from_slice(record.line());
+            out.extend_from_slice(json);
+            out.extend_from_slice(b"\n\n");
+            return Whatsat::Answered;
+        }
+        if let Err(json) = places.admit(places_waiting, self.limits.max_pending_places_per_client) {
             out.extend_from_slice(record.line());
             out.extend_from_slice(json);
             out.extend_from_slice(b"\n\n");
@@ -265,7 +275,7 @@ mod tests {
     fn whatsat(ctx: &mut Ctx, line: &[u8], client: Token) -> (Whatsat, Vec<u8>) {
         let Command::WhatsAt(cmd) = protocol::parse_command(line) else { panic!("not a WHATSAT") };
         let mut out = Vec::new();
-        (ctx.whatsat(&cmd, client, &mut out), out)
+        (ctx.whatsat(&cmd, client, 0, &mut out), out)
     }
 
     #[test]

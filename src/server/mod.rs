@@ -12,14 +12,19 @@
 //! - `places_client`: the Places cache, coalescing, pool, deadlines and off-loop resolution.
 //! - `ctx`: what every connection may touch: clock, records, counters, dirty lists, outbox.
 //! - leaves: `timer` (deadlines), `log` (the buffered log file), `auth` (peer authentication and the
-//!   handshake lines), `token` (token encoding, names for the trace), `error` (`ServerError`).
+//!   handshake lines), `token` (token encoding, names for the trace), `error` (`ServerError`),
+//!   `admin_auth` (the admin listener's Host check and bearer token), `admission` (the per-address cap
+//!   and the clients in order of idleness), `heartbeat` (when a peer link pings, when it is dead).
 
+pub mod admin_auth;
+pub mod admission;
 pub mod auth;
 pub mod conn;
 pub mod ctx;
 pub mod error;
 pub mod event_loop;
 pub mod handoff;
+pub mod heartbeat;
 pub mod herd;
 pub mod log;
 pub mod places_client;

@@ -1,12 +1,18 @@
 //! Asking Places from inside the loop: the response cache, coalescing, the keep-alive pool, deadlines,
 //! and host resolution off the loop thread.
 //!
-//! A WHATSAT that misses the cache becomes a *request* keyed by (location, radius in metres). Every
-//! WHATSAT for the same key while it is in flight joins it as a *waiter* (coalescing), so concurrent
-//! questions about one place cost one upstream request. A request runs on an idle pooled connection,
+//! A WHATSAT that misses the cache becomes a *request* keyed by the canonical decimals of latitude,
+//! longitude and radius in metres ([`Key`]), so every spelling of one position and radius shares one
+//! cache entry and one request. Every WHATSAT for the same key while it is in flight joins it as a
+//! *waiter* (coalescing), so concurrent questions about one place cost one upstream request. A request runs on an idle pooled connection,
 //! or a new one while fewer than `max_conns` are open, or waits in a FIFO queue. Its deadline is a
 //! loop timer: when it fires, every waiter gets the failure object and the connection is dropped. A
 //! request that fails because a reused connection turned out closed is retried once.
+//!
+//! What waits is bounded twice: per client connection (`limits.max_pending_places_per_client`, checked
+//! by the caller with [`PlacesClient::admit`]) and for the whole server in bytes ([`PENDING_MAX_BYTES`]).
+//! Past either bound a WHATSAT is answered at once with the failure object: a client cannot queue
+//! upstream work faster than Places can do it, and distinct spellings of one position cannot multiply it.
 //!
 //! The host name is resolved on a helper thread (DNS blocks), which hands the address back through a
 //! `mio::Waker`; an IP address in the URL needs no resolution at all. A complete response is shaped
@@ -17,7 +23,7 @@
 use super::error::ServerError;
 use crate::config::{PlacesApi, PlacesConfig};
 use crate::http::Response;
-use crate::places::{self, Api, Endpoint, PlacesAnswer};
+use crate::places::{self, Api, Endpoint, Failure, PlacesAnswer};
 use mio::Token;
 use rustls::pki_types::ServerName;
 use std::collections::{HashMap, VecDeque};
@@ -73,8 +79,42 @@ impl From<String> for Setup {
     }
 }
 
-/// A cache key: the client's location text and the radius in metres.
-pub type Key = (Box<[u8]>, String);
+/// The bytes pending Places work may hold at most: requests queued or in flight (their HTTP bytes, log
+/// text, key and waiters) and response bodies waiting for the shaper thread. A request costs about 600
+/// bytes, so 8 MiB is some 14,000 distinct requests: far more than the pool (`4 × pool_size` connections)
+/// can finish within one deadline, so nothing that could still be answered in time is refused.
+pub const PENDING_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// A cache key: the canonical decimals of the latitude and longitude ([`places::canonical_coordinate`])
+/// and of the radius in metres ([`places::radius_metres`]), in one string (`+34.5-118 2500`: one
+/// allocation per WHATSAT). `+34.0-118.0`, `+034.000-118` and `+34-118.00` are one key; the bound is not
+/// part of it (one answer serves every bound).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Key {
+    text: String,
+    /// Where the longitude starts in `text`, and where the radius starts.
+    lng_at: usize,
+    metres_at: usize,
+}
+
+impl Key {
+    pub fn lat(&self) -> &str {
+        &self.text[..self.lng_at]
+    }
+
+    pub fn lng(&self) -> &str {
+        &self.text[self.lng_at..self.metres_at - 1]
+    }
+
+    pub fn metres(&self) -> &str {
+        &self.text[self.metres_at..]
+    }
+
+    /// Bytes the key holds (for the byte bounds).
+    fn size(&self) -> usize {
+        std::mem::size_of::<Key>() + self.text.capacity()
+    }
+}
 
 /// Every waiter of a finished request with the JSON bytes to answer it with.
 pub type Replies = Vec<(Waiter, Vec<u8>)>;
@@ -102,6 +142,8 @@ pub struct Request {
     /// the request then has no connection and is not queued, and only `take_shaped` or its deadline
     /// ends it. New waiters for its key still join it.
     shaping: Option<Duration>,
+    /// Bytes it counts for in `PlacesClient::pending_bytes`.
+    cost: usize,
 }
 
 /// A response body for the shaper thread, with what it needs to read it.
@@ -139,6 +181,10 @@ pub struct PlacesCounters {
     pub errors_http: u64,
     pub errors_closed: u64,
     pub errors_resolve: u64,
+    /// WHATSATs answered at once because their connection had `max_pending_places_per_client` waiting.
+    pub refused_client: u64,
+    /// WHATSATs answered at once because pending work was at `PENDING_MAX_BYTES`.
+    pub refused_bytes: u64,
     /// Upstream latency of answered requests, in microseconds: sum and count.
     pub latency_us_sum: u64,
     pub latency_count: u64,
@@ -172,6 +218,11 @@ pub struct PlacesClient {
     pub idle: Vec<Token>,
     pub conns: usize,
     next_id: u64,
+    /// Bytes held by pending work: the sum of the requests' `cost`.
+    pending_bytes: usize,
+    /// The failure objects for the two bounds, made once.
+    refusal_client: Vec<u8>,
+    refusal_bytes: Vec<u8>,
     pub counters: PlacesCounters,
 }
 
@@ -285,6 +336,9 @@ impl PlacesClient {
             idle: Vec::new(),
             conns: 0,
             next_id: 0,
+            pending_bytes: 0,
+            refusal_client: Failure::ClientPending.answer().body(0).to_vec(),
+            refusal_bytes: Failure::ServerPending.answer().body(0).to_vec(),
             counters: PlacesCounters::default(),
             endpoint,
         };
@@ -357,10 +411,55 @@ impl PlacesClient {
         any
     }
 
+    /// The cache key of a valid location and radius (text that is not valid, which the protocol parser
+    /// never lets through, is kept as it is rather than canonicalised).
     pub fn key_for(location: &[u8], radius_km: &[u8]) -> Key {
-        let radius = std::str::from_utf8(radius_km).unwrap_or("0");
-        let metres = places::radius_metres(radius).unwrap_or_else(|| radius.to_string());
-        (location.into(), metres)
+        let mut text = String::with_capacity(location.len() + radius_km.len() + 4);
+        let push = |text: &mut String, b: &[u8]| {
+            if !places::push_canonical_coordinate(b, text) {
+                text.push_str(&String::from_utf8_lossy(b));
+            }
+        };
+        let lng_at = match crate::protocol::parse_location(location) {
+            Some(loc) => {
+                push(&mut text, loc.lat);
+                let at = text.len();
+                push(&mut text, loc.lng);
+                at
+            }
+            None => {
+                text.push_str(&String::from_utf8_lossy(location));
+                text.len()
+            }
+        };
+        text.push(' ');
+        let metres_at = text.len();
+        let radius = String::from_utf8_lossy(radius_km);
+        match places::radius_metres(&radius) {
+            Some(m) => text.push_str(&m),
+            None => text.push_str(&radius),
+        }
+        Key { text, lng_at, metres_at }
+    }
+
+    /// Whether a WHATSAT that missed the cache may wait on Places: `Err` with the failure object to answer
+    /// at once when its connection already has `max_per_client` WHATSATs waiting, or when pending work is
+    /// at [`PENDING_MAX_BYTES`]. The caller counts its connection's waiting WHATSATs (it owns them).
+    pub fn admit(&mut self, client_waiting: usize, max_per_client: usize) -> Result<(), &[u8]> {
+        if client_waiting >= max_per_client {
+            self.counters.refused_client += 1;
+            return Err(&self.refusal_client);
+        }
+        if self.pending_bytes >= PENDING_MAX_BYTES {
+            self.counters.refused_bytes += 1;
+            return Err(&self.refusal_bytes);
+        }
+        Ok(())
+    }
+
+    /// Bytes held by pending Places work (bounded by about [`PENDING_MAX_BYTES`]).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
     }
 
     /// A cached answer's bytes for `bound`, if one is fresh.
@@ -389,24 +488,26 @@ impl PlacesClient {
     ) -> Option<u64> {
         if let Some(id) = self.by_key.get(&key) {
             self.counters.coalesced += 1;
-            self.requests.get_mut(id).expect("indexed").waiters.push(waiter);
+            let request = self.requests.get_mut(id).expect("indexed");
+            request.waiters.push(waiter);
+            request.cost += std::mem::size_of::<Waiter>();
+            self.pending_bytes += std::mem::size_of::<Waiter>();
             return None;
         }
         self.counters.misses += 1;
         self.next_id += 1;
         let id = self.next_id;
-        let loc = crate::protocol::parse_location(location).expect("stored locations are valid");
         let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
         let mut bytes = Vec::with_capacity(512);
-        places::build_request(
-            &self.endpoint,
-            &text(loc.lat),
-            &text(loc.lng),
-            &text(radius_km),
-            self.key.as_deref(),
-            &mut bytes,
-        );
-        let what = format!("location={} radius={}m", text(location), key.1);
+        // The request carries the canonical coordinates, so every spelling asks Places the same thing.
+        places::build_request(&self.endpoint, key.lat(), key.lng(), &text(radius_km), self.key.as_deref(), &mut bytes);
+        let what = format!("location={} radius={}m", text(location), key.metres());
+        let cost = std::mem::size_of::<Request>()
+            + bytes.capacity()
+            + what.len()
+            + 2 * key.size()
+            + std::mem::size_of::<Waiter>();
+        self.pending_bytes += cost;
         self.by_key.insert(key.clone(), id);
         self.requests.insert(
             id,
@@ -420,6 +521,7 @@ impl PlacesClient {
                 connect_failures: 0,
                 what,
                 shaping: None,
+                cost,
             },
         );
         self.queue.push_back(id);
@@ -462,6 +564,7 @@ impl PlacesClient {
             }
         }
         let elapsed = now.saturating_duration_since(request.started);
+        let mut detail = None;
         let answer = match outcome {
             Outcome::Response(response) => {
                 // The upstream latency ends here, when the last byte arrived, not when the answer is
@@ -471,10 +574,14 @@ impl PlacesClient {
                 if !(200..300).contains(&response.status) {
                     self.counters.errors_http += 1;
                 }
+                // The body counts as pending work until its answer is back from the shaper.
+                let body_bytes = response.body.capacity();
                 let job = ShapeJob { id, api: self.api, status: response.status, body: response.body };
                 match self.shaper.send(job) {
                     Ok(()) => {
                         request.shaping = Some(elapsed);
+                        request.cost += body_bytes;
+                        self.pending_bytes += body_bytes;
                         return None;
                     }
                     // The shaper is gone (it panicked): shape here rather than leave the waiters to the
@@ -483,12 +590,24 @@ impl PlacesClient {
                 }
             }
             Outcome::Failed { kind, message, .. } => {
-                match kind {
-                    FailKind::Connect => self.counters.errors_connect += 1,
-                    FailKind::Tls => self.counters.errors_tls += 1,
-                    FailKind::Http => self.counters.errors_http += 1,
-                    FailKind::Closed => self.counters.errors_closed += 1,
-                }
+                let failure = match kind {
+                    FailKind::Connect => {
+                        self.counters.errors_connect += 1;
+                        Failure::Refused
+                    }
+                    FailKind::Tls => {
+                        self.counters.errors_tls += 1;
+                        Failure::Tls
+                    }
+                    FailKind::Http => {
+                        self.counters.errors_http += 1;
+                        Failure::BadHttp
+                    }
+                    FailKind::Closed => {
+                        self.counters.errors_closed += 1;
+                        Failure::Closed
+                    }
+                };
                 if kind == FailKind::Connect {
                     // Try the name's next address next time, and ask the resolver again: it may have moved.
                     if let (Address::Ready(current), true) = (&self.address, self.addresses.len() > 1) {
@@ -497,10 +616,13 @@ impl PlacesClient {
                     }
                     self.resolve();
                 }
-                PlacesAnswer::failure("UNKNOWN_ERROR", &format!("Places request failed: {message}"))
+                // The client reads only the fixed message; the OS's or rustls's words (which may name
+                // an address) go to the log, for the operator.
+                detail = Some(message);
+                failure.answer()
             }
         };
-        Some(self.complete(id, answer, elapsed, now))
+        Some(self.complete(id, answer, detail.as_deref(), elapsed, now))
     }
 
     /// Takes the answers the shaper thread built (after the waker woke the loop) and ends their requests
@@ -511,21 +633,31 @@ impl PlacesClient {
         while let Ok((id, answer)) = self.shaped.try_recv() {
             // Ids are never reused, so a request still under this id is the one that was shaped.
             let Some(elapsed) = self.requests.get(&id).and_then(|r| r.shaping) else { continue };
-            done.push(self.complete(id, answer, elapsed, now));
+            done.push(self.complete(id, answer, None, elapsed, now));
         }
         done
     }
 
-    /// Ends request `id` with `answer`: one body per waiter's bound, the cache, and the log line.
-    fn complete(&mut self, id: u64, mut answer: PlacesAnswer, elapsed: Duration, now: Instant) -> (Replies, String) {
+    /// Ends request `id` with `answer`: one body per waiter's bound, the cache, and the log line (with
+    /// `detail`, what the connection said about a failure, which the client does not see).
+    fn complete(
+        &mut self,
+        id: u64,
+        mut answer: PlacesAnswer,
+        detail: Option<&str>,
+        elapsed: Duration,
+        now: Instant,
+    ) -> (Replies, String) {
         let request = self.requests.remove(&id).expect("present");
         self.by_key.remove(&request.key);
+        self.pending_bytes -= request.cost;
         let log = format!(
-            "places {}: {} ({} results{}) in {:.1} ms for {} waiters",
+            "places {}: {} ({} results{}{}) in {:.1} ms for {} waiters",
             request.what,
             answer.status(),
             answer.result_count(),
             answer.error_message().map(|m| format!(", {m}")).unwrap_or_default(),
+            detail.map(|d| format!(": {d}")).unwrap_or_default(),
             elapsed.as_secs_f64() * 1000.0,
             request.waiters.len()
         );
@@ -539,12 +671,10 @@ impl PlacesClient {
     pub fn expire(&mut self, id: u64, now: Instant) -> Option<(Replies, Option<Token>, String)> {
         let request = self.requests.remove(&id)?;
         self.by_key.remove(&request.key);
+        self.pending_bytes -= request.cost;
         self.queue.retain(|&q| q != id);
         self.counters.errors_timeout += 1;
-        let mut answer = PlacesAnswer::failure(
-            "UNKNOWN_ERROR",
-            &format!("Places did not answer within {} ms", self.timeout.as_millis()),
-        );
+        let mut answer = Failure::Timeout(self.timeout.as_millis() as u64).answer();
         let log = format!(
             "places {}: timed out after {:.1} ms for {} waiters",
             request.what,
@@ -577,7 +707,7 @@ impl PlacesClient {
             return;
         }
         // The answer's bytes plus its parsed tree, roughly: bound the cache by bytes, not entries.
-        let size = answer.body(places::MAX_RESULTS).len() * 6 + key.0.len() + 64;
+        let size = answer.body(places::MAX_RESULTS).len() * 6 + key.size() + 64;
         if self.cache_bytes + size > CACHE_MAX_BYTES {
             self.evict(now);
         }
@@ -718,5 +848,111 @@ mod tests {
         wait_for_wake(&mut poll);
         assert!(c.take_shaped(t0 + Duration::from_millis(1001)).is_empty());
         assert_eq!((c.cache_len(), c.requests.len(), c.counters.errors_timeout), (0, 0, 1));
+    }
+
+    #[test]
+    fn spellings_of_one_position_and_radius_share_a_key() {
+        // Written by hand: groups of (location, radius km) that are one position and radius.
+        let same: &[&[(&str, &str)]] = &[
+            &[("+34.0-118.0", "10"), ("+34.00-118.00", "10"), ("+034-118", "10.0"), ("+34.000-0118.0", "010.000")],
+            &[("-0+0", "1"), ("+0-0", "1"), ("-0.0-00.000", "1.000"), ("+00+000", "01")],
+            &[("+34.068930-118.445127", "2.5"), ("+34.06893-118.4451270", "2.500"), ("+034.068930-118.445127", "2.50")],
+        ];
+        for group in same {
+            let keys: Vec<Key> = group.iter().map(|(l, r)| PlacesClient::key_for(l.as_bytes(), r.as_bytes())).collect();
+            assert!(keys.windows(2).all(|w| w[0] == w[1]), "{group:?}: {keys:?}");
+        }
+        let key = PlacesClient::key_for(b"+034.50-118.0", b"2.5");
+        assert_eq!((key.lat(), key.lng(), key.metres()), ("+34.5", "-118", "2500"));
+        // Different numbers stay different keys: nothing is rounded.
+        let different = [
+            ("+34-118", "10"),
+            ("+34-118", "10.001"),
+            ("+34.0000000001-118", "10"),
+            ("-34-118", "10"),
+            ("+34+118", "10"),
+            ("+3.4-118", "10"),
+        ];
+        let keys: std::collections::HashSet<Key> =
+            different.iter().map(|(l, r)| PlacesClient::key_for(l.as_bytes(), r.as_bytes())).collect();
+        assert_eq!(keys.len(), different.len());
+    }
+
+    #[test]
+    fn two_spellings_coalesce_and_the_second_is_served_from_the_cache() {
+        let (mut poll, mut c) = client();
+        let t0 = Instant::now();
+        let (id, _) = started(&mut c, b"10", 5, t0);
+        // The same place spelled otherwise, and another bound, joins the request in flight.
+        let key = PlacesClient::key_for(b"+034.0689300-118.445127", b"10.0");
+        let waiter = Waiter { client: Token(3), ticket: 2, bound: 1 };
+        assert_eq!(c.join_or_create(key.clone(), b"+034.0689300-118.445127", b"10.0", waiter, t0), None);
+        assert_eq!((c.counters.misses, c.counters.coalesced), (1, 1));
+        assert!(c.finish(id, response(FIXTURE), t0).is_none());
+        wait_for_wake(&mut poll);
+        assert_eq!(c.take_shaped(t0)[0].0.len(), 2);
+        assert!(c.cached(&key, 20, t0).is_some());
+    }
+
+    #[test]
+    fn pending_work_is_bounded_per_client_and_in_bytes() {
+        let (_poll, mut c) = client();
+        let t0 = Instant::now();
+        assert!(c.admit(7, 8).is_ok());
+        let refused = c.admit(8, 8).expect_err("at the per-client bound");
+        let value: serde_json::Value = serde_json::from_slice(refused).unwrap();
+        assert_eq!(value["results"], serde_json::json!([]));
+        assert_eq!(value["status"], "UNKNOWN_ERROR");
+        assert_eq!(value["error_message"], Failure::ClientPending.message());
+        assert_eq!(c.counters.refused_client, 1);
+
+        // Distinct positions until the byte bound: then every WHATSAT is refused at once, whatever its
+        // client's count, until work ends.
+        let mut ids = Vec::new();
+        let mut n = 0u32;
+        while c.admit(0, 8).is_ok() {
+            let location = format!("+{}.{:06}-118", n % 90, n);
+            let key = PlacesClient::key_for(location.as_bytes(), b"10");
+            let waiter = Waiter { client: Token(1), ticket: u64::from(n), bound: 1 };
+            ids.push(c.join_or_create(key, location.as_bytes(), b"10", waiter, t0).expect("new"));
+            n += 1;
+            assert!(n < 1_000_000, "the byte bound never took effect");
+        }
+        assert!(c.pending_bytes() >= PENDING_MAX_BYTES && c.pending_bytes() < PENDING_MAX_BYTES + 4096);
+        // About 600 bytes a request, as the bound's doc says (within a factor of two).
+        let per_request = c.pending_bytes() / ids.len();
+        assert!((300..1200).contains(&per_request), "{per_request} bytes a request");
+        let refused = c.admit(0, 8).expect_err("at the byte bound");
+        let value: serde_json::Value = serde_json::from_slice(refused).unwrap();
+        assert_eq!(value["error_message"], Failure::ServerPending.message());
+        assert_eq!(c.counters.refused_bytes, 2);
+        // Expiring them gives every byte back.
+        for id in ids {
+            c.expire(id, t0 + Duration::from_secs(1)).expect("pending");
+        }
+        assert_eq!(c.pending_bytes(), 0);
+        assert!(c.admit(0, 8).is_ok());
+    }
+
+    #[test]
+    fn a_failed_connection_answers_a_fixed_message_and_logs_the_detail() {
+        let cases = [
+            (FailKind::Connect, "connect failed: Connection refused (os error 111) to 10.1.2.3:443", Failure::Refused),
+            (FailKind::Tls, "TLS error: invalid peer certificate: UnknownIssuer", Failure::Tls),
+            (FailKind::Http, "bad HTTP response: head too long", Failure::BadHttp),
+            (FailKind::Closed, "read failed: Connection reset by peer (os error 104)", Failure::Closed),
+        ];
+        for (kind, detail, failure) in cases {
+            let (_poll, mut c) = client();
+            let t0 = Instant::now();
+            let (id, _) = started(&mut c, b"10", 5, t0);
+            let outcome = Outcome::Failed { kind, message: detail.into(), retry: false };
+            let (replies, line) = c.finish(id, outcome, t0).expect("answered");
+            let value: serde_json::Value = serde_json::from_slice(&replies[0].1).unwrap();
+            assert_eq!(value["error_message"], failure.message(), "{kind:?}");
+            assert_eq!(value["results"], serde_json::json!([]));
+            assert!(line.contains(detail), "the log has the detail: {line}");
+            assert_eq!(c.pending_bytes(), 0);
+        }
     }
 }

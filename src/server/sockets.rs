@@ -5,7 +5,8 @@
 //! machine checks `take_error` and `peer_addr` then). Every socket gets `TCP_NODELAY`, or small replies
 //! would wait 40 ms for Nagle, and is registered once for its whole life (`Conns::add`).
 
-use super::conn::admin::{Admin, ADMIN_DEADLINE};
+use super::admission::EVICT_IDLE_AFTER;
+use super::conn::admin::{Admin, ADMIN_DEADLINE, ADMIN_SNDBUF};
 use super::conn::client::Client;
 use super::conn::peer::{Peer, HANDSHAKE_DEADLINE};
 use super::conn::upstream::Upstream;
@@ -14,13 +15,13 @@ use super::ctx::{Ctx, OutLink};
 use super::error::ServerError;
 use super::places_client::{FailKind, Outcome};
 use super::timer::Timer;
-use super::token::{ADMIN_LISTENER, CLIENT_LISTENER, PEER_LISTENER};
+use super::token::{self, ADMIN_LISTENER, CLIENT_LISTENER, PEER_LISTENER};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Admin connections open at once (it is an operator's tool, not a public service).
 const MAX_ADMIN: usize = 16;
@@ -40,6 +41,8 @@ pub struct Listeners {
     pub accept_pending: bool,
     /// A `Timer::AcceptRetry` is armed (out of fds): one at a time, however often accept fails.
     pub retry_armed: bool,
+    /// A `Timer::AdmitRetry` is armed (at `max_clients`, nobody idle long enough yet): one at a time.
+    pub admit_armed: bool,
 }
 
 impl Listeners {
@@ -53,7 +56,14 @@ impl Listeners {
         let client = listen(server, client, "client port")?;
         let peer = listen(server, peer, "peer port")?;
         let admin = admin.map(|addr| listen(server, addr, "admin port")).transpose()?;
-        Ok(Listeners { client: Some(client), peer: Some(peer), admin, accept_pending: false, retry_armed: false })
+        Ok(Listeners {
+            client: Some(client),
+            peer: Some(peer),
+            admin,
+            accept_pending: false,
+            retry_armed: false,
+            admit_armed: false,
+        })
     }
 
     /// Registers the listeners with the poll, for reading only.
@@ -86,17 +96,51 @@ impl Listeners {
         }
     }
 
-    /// Accepts until the kernel has no more, the client limit is reached, or file descriptors run out.
+    /// Accepts until the kernel has no more, or file descriptors run out. At the client limit a new
+    /// client is admitted by closing the client idle longest, if it has been idle more than
+    /// [`EVICT_IDLE_AFTER`]; when none has, the rest wait in the backlog until one has (a timer) or a
+    /// client closes. A client from an address at `limits.max_clients_per_ip` is closed at once.
     pub fn accept_clients(&mut self, conns: &mut Conns, ctx: &mut Ctx) {
         while self.accept_pending && !ctx.stopping {
+            let mut victim = None;
             if ctx.gauges.clients >= ctx.limits.max_clients {
-                // Leave them in the backlog; a close resumes accepting.
-                ctx.counters.accept_paused += 1;
-                return;
+                match idlest_evictable(conns, ctx) {
+                    Ok(token) => victim = Some(token),
+                    Err(retry_at) => {
+                        // Leave them in the backlog; a close, or the idlest growing idle enough, resumes.
+                        ctx.counters.accept_paused += 1;
+                        if !self.admit_armed {
+                            self.admit_armed = true;
+                            ctx.timers.add(retry_at, Timer::AdmitRetry);
+                        }
+                        return;
+                    }
+                }
             }
             let Some(listener) = &self.client else { return };
             match listener.accept() {
-                Ok((stream, addr)) => add_client(stream, addr, conns, ctx),
+                Ok((stream, addr)) => {
+                    if !ctx.per_address.admit(addr.ip()) {
+                        // Refused before it costs anything; nobody is evicted for it.
+                        ctx.counters.refused_per_ip += 1;
+                        ctx.log.event(format_args!(
+                            "client {addr} refused: {} connections from its address already",
+                            ctx.limits.max_clients_per_ip
+                        ));
+                        drop(stream);
+                        continue;
+                    }
+                    if let Some(token) = victim {
+                        conns.with(token, ctx, &mut [], |conn, ctx, _| {
+                            if let Conn::Client(c) = conn {
+                                c.evict(ctx)
+                            }
+                        });
+                    }
+                    if !add_client(stream, addr, conns, ctx) {
+                        ctx.per_address.release(addr.ip());
+                    }
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.accept_pending = false,
                 Err(e) if matches!(e.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
                 Err(e) => {
@@ -148,7 +192,9 @@ impl Listeners {
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
-                    let Ok(token) = conns.add(stream, |s, t| Conn::Admin(Box::new(Admin::new(s, addr, t)))) else {
+                    set_sndbuf(&stream, ADMIN_SNDBUF);
+                    let Ok(token) = conns.add(stream, |s, t| Conn::Admin(Box::new(Admin::new(s, addr, t, ctx.now))))
+                    else {
                         continue;
                     };
                     ctx.gauges.admins += 1;
@@ -176,18 +222,55 @@ impl Listeners {
     }
 }
 
-fn add_client(stream: TcpStream, addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) {
+/// How many of the idlest clients are looked at to find one that may be closed: a client owed a
+/// reply is skipped, and a bound keeps the look constant-time however many clients are waiting.
+const EVICT_SCAN: usize = 8;
+
+/// The idlest client that may be closed to admit a new one: idle more than [`EVICT_IDLE_AFTER`] and
+/// owed nothing. Otherwise `Err` with when to look again.
+///
+/// The list is in order of the times clients were last moved in it, and a client's true last activity
+/// is at or after that time (it is moved at most every `BUMP_EVERY`). So an entry moved within the last
+/// second ends the search (every later one is more recent still), and an older entry is checked against
+/// the client's own time.
+fn idlest_evictable(conns: &mut Conns, ctx: &Ctx) -> Result<Token, Instant> {
+    let mut retry = ctx.now + EVICT_IDLE_AFTER;
+    for (token, listed) in ctx.idle_clients.idlest(EVICT_SCAN) {
+        if ctx.now.saturating_duration_since(listed) <= EVICT_IDLE_AFTER {
+            return Err(retry.min(listed + EVICT_IDLE_AFTER + Duration::from_millis(1)));
+        }
+        let Some(Conn::Client(c)) = conns.get_mut(token) else { continue };
+        if !c.evictable() {
+            continue;
+        }
+        let last = c.last_read();
+        if ctx.now.saturating_duration_since(last) > EVICT_IDLE_AFTER {
+            return Ok(token);
+        }
+        retry = retry.min(last + EVICT_IDLE_AFTER + Duration::from_millis(1));
+    }
+    Err(retry)
+}
+
+/// Adds an accepted client; false if it could not be registered (the caller gives back its address's
+/// count).
+fn add_client(stream: TcpStream, addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) -> bool {
     // Small replies must not wait 40 ms for Nagle.
     let _ = stream.set_nodelay(true);
     let idle_at = ctx.now + ctx.idle_timeout;
-    let token = match conns.add(stream, |s, t| Conn::Client(Client::new(s, addr, t, idle_at))) {
+    let token = match conns.add(stream, |s, t| Conn::Client(Client::new(s, addr, t, ctx.now, idle_at))) {
         Ok(token) => token,
-        Err(e) => return log::warn!("cannot register client {addr}: {e}"),
+        Err(e) => {
+            log::warn!("cannot register client {addr}: {e}");
+            return false;
+        }
     };
+    ctx.idle_clients.touch(token::split(token).0, token, ctx.now);
     ctx.gauges.clients += 1;
     ctx.counters.accepts += 1;
     ctx.timers.add(idle_at, Timer::Conn(token));
     ctx.log.event(format_args!("client {addr} connected"));
+    true
 }
 
 /// Starts a non-blocking connect to neighbour `n`. Nothing is read or written until its first event.
@@ -260,6 +343,21 @@ fn listen(server: &str, addr: SocketAddr, what: &'static str) -> Result<TcpListe
         return Err(ServerError::Backlog { server: server.to_string(), what, addr, source });
     }
     Ok(listener)
+}
+
+/// A fixed kernel send buffer (no autotuning): bounds what a reader that stops reading is sent.
+fn set_sndbuf(stream: &TcpStream, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a socket we own, with a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &value as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// TCP keepalive and a user time-out on a peer socket: a neighbour that vanishes without a FIN (power

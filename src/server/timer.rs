@@ -21,6 +21,8 @@ pub enum Timer {
     LogFlush,
     /// Retry accepting after running out of file descriptors.
     AcceptRetry,
+    /// At `max_clients` with no client idle long enough to close: look again when the idlest will be.
+    AdmitRetry,
     /// Give up on a graceful shutdown.
     ShutdownDeadline,
     /// The deadline of a Places request.

@@ -82,6 +82,8 @@ impl Proc {
     pub fn start(name: &str, args: &[&str], envs: &[(&str, &str)], ready_marker: &str) -> Proc {
         let mut cmd = Command::new(herd_bin());
         cmd.args(args);
+        // A token in the developer's environment would turn on the admin token check in every test.
+        cmd.env_remove("HERD_ADMIN_TOKEN");
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -207,11 +209,13 @@ impl HerdConfig {
             .collect();
         let links: Vec<String> = links.iter().map(|(a, b)| format!(r#"["{a}", "{b}"]"#)).collect();
         let extra = if extra.is_empty() { String::new() } else { format!(",\n{extra}") };
+        // `herd up` writes its admin token under run_dir: the scratch directory, never the repository's.
         let text = format!(
-            "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?}{extra}}}",
+            "{{\"servers\": [{}],\n\"links\": [{}],\n\"log_dir\": {:?},\n\"run_dir\": {:?}{extra}}}",
             servers.join(",\n"),
             links.join(", "),
-            dir.path().join("logs").to_string_lossy()
+            dir.path().join("logs").to_string_lossy(),
+            dir.path().join("run").to_string_lossy()
         );
         let path = dir.path().join("herd.json");
         std::fs::write(&path, text).unwrap();
@@ -560,12 +564,25 @@ pub fn split_whatsat(reply: &[u8]) -> (String, serde_json::Value, String) {
     (at.to_string(), value, json)
 }
 
-/// A GET to a server's admin port; returns (status, body).
+/// A GET to a server's admin port; returns (status, body), the body decoded when it is chunked.
 pub fn admin_get(port: u16, path: &str) -> (u16, String) {
     let mut s = connect(port);
     s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
     let text = String::from_utf8(read_to_end(&mut s)).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_string())
+    if !head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+        let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+        if size == 0 {
+            return (status, out);
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").expect("CRLF after a chunk");
+    }
 }

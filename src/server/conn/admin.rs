@@ -1,22 +1,44 @@
 //! The admin listener: a small HTTP/1.1 endpoint served by the same loop, for operators and tests.
 //!
 //! * `GET /metrics`: the loop's counters and gauges in the Prometheus text format.
-//! * `GET /records`: the record table as JSON, `[{"client_id": ..., "at": "AT ..."}, ...]`.
+//! * `GET /records`: the record table as JSON, `[{"client_id": ..., "at": "AT ..."}, ...]`, streamed.
 //!
-//! One request per connection (`Connection: close`): read the head (at most 16 KiB), answer, close.
-//! Like every other connection it is a state machine driven by readiness, and its reply is written
-//! at the end of the turn.
+//! One request per connection (`Connection: close`): read the head (at most 16 KiB), check who asks
+//! (`admin_auth.rs`: the Host header, then the bearer token when one is configured; 403 or 401
+//! otherwise), answer, close. Like every other connection it is a state machine driven by readiness,
+//! and its reply is written at the end of the turn.
+//!
+//! `/records` is never built whole: with 200,000 records that took the loop 170 ms per fetch, and every
+//! fetch that was not read held a copy of the table. It goes out in chunks (HTTP/1.1 chunked transfer
+//! encoding) of about [`CHUNK`] bytes, at most one chunk per connection per loop turn and at most
+//! [`RECORDS_BYTES_PER_TURN`] for all of them, and the next chunk is made only when the socket has taken
+//! the last one, into a send buffer of [`ADMIN_SNDBUF`]. A reader that stops reading costs one chunk of
+//! memory and no loop time, and one that takes nothing for [`ADMIN_DEADLINE`] is closed. The stream walks the table
+//! by position while the table keeps changing: each client appears once, with its record as it was
+//! when its chunk was made (records are replaced in place and never removed).
 
 use super::{Connection, Delivery};
+use crate::server::admin_auth::Refusal;
 use crate::server::ctx::{CloseReason, Ctx, Gauges, OutLink};
+use crate::server::timer::Timer;
 use mio::net::TcpStream;
 use mio::Token;
 use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 const MAX_REQUEST: usize = 16 * 1024;
-/// An admin connection has this long to send its request and take the answer.
-pub const ADMIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// An admin connection has this long to send its request, and then between two writes that make
+/// progress: a reader that takes nothing for this long is closed.
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(5);
+/// The body bytes of one `/records` chunk (about 150 records; the last record may pass it).
+pub const CHUNK: usize = 16 * 1024;
+/// `/records` bytes made per loop turn, for all admin connections together: however many fetch at once,
+/// a turn spends a bounded time on them (a few chunks), and clients wait no longer for it.
+pub const RECORDS_BYTES_PER_TURN: usize = 64 * 1024;
+/// The kernel send buffer of an admin socket: a reader that stops reading is fed this much and one chunk,
+/// not the megabytes loopback's autotuned buffers would take.
+pub const ADMIN_SNDBUF: usize = 64 * 1024;
 
 pub struct Admin {
     pub stream: TcpStream,
@@ -29,10 +51,14 @@ pub struct Admin {
     closed: bool,
     writable: bool,
     dirty: bool,
+    /// `/records` is being streamed: the position of the next record.
+    streaming: Option<usize>,
+    /// When it is closed unless it makes progress (extended by every write the kernel takes).
+    deadline: Instant,
 }
 
 impl Admin {
-    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token) -> Admin {
+    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant) -> Admin {
         Admin {
             stream,
             addr,
@@ -44,6 +70,8 @@ impl Admin {
             closed: false,
             writable: true,
             dirty: false,
+            streaming: None,
+            deadline: now + ADMIN_DEADLINE,
         }
     }
 
@@ -51,19 +79,70 @@ impl Admin {
         let reason = match status {
             200 => "OK",
             400 => "Bad Request",
+            401 => "Unauthorized",
+            403 => "Forbidden",
             404 => "Not Found",
             405 => "Method Not Allowed",
             _ => "Request Header Fields Too Large",
         };
+        // A 401 says which scheme it wants (RFC 6750).
+        let challenge = if status == 401 { "WWW-Authenticate: Bearer realm=\"herd admin\"\r\n" } else { "" };
         let _ = write!(
             self.out,
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{challenge}\
+             Connection: close\r\n\r\n",
             body.len()
         );
         self.out.extend_from_slice(body);
         self.answered = true;
         self.input = Vec::new();
         self.mark_dirty(ctx);
+    }
+
+    /// Starts streaming `/records`: the head now, the chunks as the socket takes them (`flush`).
+    fn start_records(&mut self, ctx: &mut Ctx) {
+        self.out.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+              Connection: close\r\n\r\n",
+        );
+        self.streaming = Some(0);
+        self.answered = true;
+        self.input = Vec::new();
+        self.mark_dirty(ctx);
+    }
+
+    /// Appends the next chunk of `/records` to `out`: records from the stream's position until about
+    /// [`CHUNK`] bytes, and after the last record the closing `]` and the last chunk.
+    fn next_chunk(&mut self, ctx: &mut Ctx) {
+        let Some(mut at) = self.streaming else { return };
+        let mut body = Vec::with_capacity(CHUNK + 512);
+        if at == 0 {
+            body.push(b'[');
+        }
+        while body.len() < CHUNK {
+            let Some(r) = ctx.records().at(at) else { break };
+            if at > 0 {
+                body.push(b',');
+            }
+            let line = r.line().strip_suffix(b"\n").unwrap_or(r.line());
+            body.extend_from_slice(b"{\"client_id\":");
+            let _ = serde_json::to_writer(&mut body, &String::from_utf8_lossy(r.client_id()));
+            body.extend_from_slice(b",\"at\":");
+            let _ = serde_json::to_writer(&mut body, &String::from_utf8_lossy(line));
+            body.push(b'}');
+            at += 1;
+        }
+        let done = ctx.records().at(at).is_none();
+        if done {
+            body.push(b']');
+        }
+        let _ = write!(self.out, "{:x}\r\n", body.len());
+        self.out.extend_from_slice(&body);
+        self.out.extend_from_slice(b"\r\n");
+        if done {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.streaming = if done { None } else { Some(at) };
     }
 
     fn mark_dirty(&mut self, ctx: &mut Ctx) {
@@ -79,7 +158,7 @@ impl Connection for Admin {
     fn on_event(&mut self, ev: &mio::event::Event, ctx: &mut Ctx, scratch: &mut [u8]) {
         if ev.is_writable() {
             self.writable = true;
-            if self.sent < self.out.len() {
+            if self.sent < self.out.len() || self.streaming.is_some() {
                 self.mark_dirty(ctx);
             }
         }
@@ -114,6 +193,16 @@ impl Connection for Admin {
             Ok(httparse::Status::Partial) => self.closed = eof,
             Err(_) => self.respond(400, "text/plain", b"bad request\n", ctx),
             Ok(httparse::Status::Complete(_)) => {
+                // Who asks comes first: a refused request learns nothing, not even which paths exist.
+                if let Err(refusal) = ctx.admin_guard.check(request.headers) {
+                    ctx.counters.admin_refused += 1;
+                    let (status, body): (u16, &[u8]) = match refusal {
+                        Refusal::Host => (403, b"forbidden: the Host header must name this host\n"),
+                        Refusal::Token => (401, b"unauthorized: send Authorization: Bearer <token>\n"),
+                    };
+                    ctx.log.event(format_args!("admin request from {} refused: {status}", self.addr));
+                    return self.respond(status, "text/plain", body, ctx);
+                }
                 let (method, path) = (request.method.unwrap_or(""), request.path.unwrap_or(""));
                 let path = path.split('?').next().unwrap_or("");
                 match (method, path) {
@@ -121,10 +210,7 @@ impl Connection for Admin {
                         let body = metrics(ctx, ctx.gauges);
                         self.respond(200, "text/plain; version=0.0.4", body.as_bytes(), ctx)
                     }
-                    ("GET", "/records") => {
-                        let body = records(ctx);
-                        self.respond(200, "application/json", &body, ctx)
-                    }
+                    ("GET", "/records") => self.start_records(ctx),
                     ("GET", _) => self.respond(404, "text/plain", b"not found: try /metrics or /records\n", ctx),
                     _ => self.respond(405, "text/plain", b"method not allowed\n", ctx),
                 }
@@ -132,26 +218,53 @@ impl Connection for Admin {
         }
     }
 
-    /// Everything happens on events: reading the request, answering it into `out`.
-    fn drive(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
-
-    /// Its deadline passed (see `ADMIN_DEADLINE`): whatever it was doing, it ends now.
-    fn on_timer(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {
-        self.closed = true;
+    /// Driven again the turn after a chunk went out whole: the next chunk, if the socket still takes bytes.
+    fn drive(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
+        if self.streaming.is_some() && self.writable && self.sent == self.out.len() {
+            self.mark_dirty(ctx);
+        }
     }
 
-    /// End of turn: write the answer; close once it is all out.
-    fn flush(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {
+    /// Its deadline passed (see `ADMIN_DEADLINE`): it ends now, unless it made progress meanwhile.
+    fn on_timer(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
+        if ctx.now >= self.deadline {
+            self.closed = true;
+        } else {
+            ctx.timers.add(self.deadline, Timer::Conn(self.token));
+        }
+    }
+
+    /// End of turn: write the answer, or the next chunk of `/records` once the last one is all out (one
+    /// chunk per turn, so a fast reader of a large table shares the loop with everyone else); close once
+    /// everything is out.
+    fn flush(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
         self.dirty = false;
+        if self.sent == self.out.len() && self.streaming.is_some() && self.writable && ctx.admin_budget > 0 {
+            self.out.clear();
+            self.sent = 0;
+            let before = self.out.len();
+            self.next_chunk(ctx);
+            ctx.admin_budget = ctx.admin_budget.saturating_sub(self.out.len() - before);
+        }
         while self.sent < self.out.len() && self.writable {
             match self.stream.write(&self.out[self.sent..]) {
-                Ok(n) => self.sent += n,
+                Ok(n) => {
+                    self.sent += n;
+                    self.deadline = ctx.now + ADMIN_DEADLINE;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => self.closed = true,
+                Err(_) => {
+                    self.closed = true;
+                    return;
+                }
             }
         }
-        if self.answered && self.sent == self.out.len() {
+        if self.sent == self.out.len() && self.streaming.is_some() && self.writable {
+            // The chunk is out and the socket takes more: the next one next turn, after the others.
+            ctx.again.push(self.token);
+        }
+        if self.answered && self.sent == self.out.len() && self.streaming.is_none() {
             let _ = self.stream.shutdown(std::net::Shutdown::Write);
             self.closed = true;
         }
@@ -159,7 +272,7 @@ impl Connection for Admin {
 
     fn deliver(&mut self, _what: Delivery<'_>, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
 
-    /// A request already read is still answered.
+    /// A request already read is still answered (a `/records` stream runs on until the grace period).
     fn shut_down(&mut self, _ctx: &mut Ctx, _scratch: &mut [u8]) {}
 
     fn is_closed(&self) -> bool {
@@ -175,7 +288,11 @@ impl Connection for Admin {
     }
 
     fn state_name(&self) -> String {
-        (if self.closed { "Closed" } else { "Open" }).to_string()
+        match (self.closed, self.streaming) {
+            (true, _) => "Closed".to_string(),
+            (false, Some(at)) => format!("Streaming({at})"),
+            (false, None) => "Open".to_string(),
+        }
     }
 }
 
@@ -196,6 +313,13 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("events_total", "counter", "Readiness events handled.", &one(c.events));
     metric("stale_events_total", "counter", "Events for connections already gone.", &one(c.stale_events));
     metric("accepts_total", "counter", "Client connections accepted.", &one(c.accepts));
+    metric("admin_refused_total", "counter", "Admin requests answered 401 or 403.", &one(c.admin_refused));
+    metric(
+        "clients_refused_total",
+        "counter",
+        "Client connections closed at once, by reason.",
+        &[("reason=\"per_ip\"".to_string(), c.refused_per_ip)],
+    );
     let closes: Vec<(String, u64)> =
         CloseReason::ALL.iter().zip(c.closes).map(|(r, n)| (format!("reason=\"{}\"", r.name()), n)).collect();
     metric("client_closes_total", "counter", "Client connections closed, by reason.", &closes);
@@ -259,6 +383,17 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
             ("kind=\"resolve\"".to_string(), pc.errors_resolve),
         ];
         metric("places_errors_total", "counter", "Places failures, by kind.", &errors);
+        let refused = vec![
+            ("bound=\"client\"".to_string(), pc.refused_client),
+            ("bound=\"bytes\"".to_string(), pc.refused_bytes),
+        ];
+        metric(
+            "places_refused_total",
+            "counter",
+            "WHATSATs answered at once with the failure object, by the bound that was reached.",
+            &refused,
+        );
+        metric("places_pending_bytes", "gauge", "Bytes held by pending Places work.", &one(p.pending_bytes() as u64));
         metric("places_cached", "gauge", "Answers in the cache.", &one(p.cache_len() as u64));
         metric(
             "places_upstream_latency_microseconds_sum",
@@ -274,19 +409,4 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
         );
     }
     out
-}
-
-/// The record table as JSON (client ids and lines that are not UTF-8 are shown lossily).
-fn records(ctx: &Ctx) -> Vec<u8> {
-    let list: Vec<serde_json::Value> = ctx
-        .records()
-        .iter()
-        .map(|r| {
-            serde_json::json!({
-                "client_id": String::from_utf8_lossy(r.client_id()),
-                "at": String::from_utf8_lossy(r.line().strip_suffix(b"\n").unwrap_or(r.line())),
-            })
-        })
-        .collect();
-    serde_json::to_vec(&list).unwrap_or_default()
 }

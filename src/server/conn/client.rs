@@ -36,11 +36,12 @@ mod waits;
 
 use super::{Connection, Delivery};
 use crate::protocol::{self, Command};
+use crate::server::admission::BUMP_EVERY;
 use crate::server::ctx::{CloseReason, Ctx, READS_PER_TURN};
 use crate::server::herd::Whatsat;
 use crate::server::log::AddrText;
 use crate::server::timer::Timer;
-use crate::server::token::{TokenName, TRACE};
+use crate::server::token::{self, TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
 use std::collections::VecDeque;
@@ -93,6 +94,9 @@ pub struct Client {
     out: Vec<u8>,
     sent: usize,
     waiting: VecDeque<Pending>,
+    /// `Pending::Places` slots in `waiting`: WHATSATs of this connection waiting on Places (bounded by
+    /// `limits.max_pending_places_per_client`).
+    places_waiting: usize,
     /// Bytes held in `waiting`'s ready buffers (for the output bounds).
     waiting_bytes: usize,
     readable: bool,
@@ -102,6 +106,10 @@ pub struct Client {
     dirty: bool,
     /// When the connection counts as idle, if nothing happens before (while lingering: when to give up).
     pub idle_at: Instant,
+    /// When it last sent a byte (or was accepted): exact, for admission at `max_clients`.
+    last_read: Instant,
+    /// When a read next moves it in the loop's idle list (`admission::BUMP_EVERY`).
+    bump_at: Instant,
     /// Bytes discarded while lingering.
     lingered: usize,
     /// When the partial line in `input` started arriving.
@@ -146,7 +154,7 @@ enum ReadOutcome {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, idle_at: Instant) -> Client {
+    pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant, idle_at: Instant) -> Client {
         Client {
             stream,
             addr,
@@ -159,6 +167,7 @@ impl Client {
             out: Vec::new(),
             sent: 0,
             waiting: VecDeque::new(),
+            places_waiting: 0,
             waiting_bytes: 0,
             readable: false,
             // A new socket can take bytes: write optimistically, wait for an event only after WouldBlock.
@@ -166,6 +175,8 @@ impl Client {
             hup: false,
             dirty: false,
             idle_at,
+            last_read: now,
+            bump_at: now + BUMP_EVERY,
             lingered: 0,
             line_started: None,
             blocked_since: None,
@@ -181,6 +192,27 @@ impl Client {
     /// Whether the connection still owes the client anything.
     fn owes(&self) -> bool {
         !self.waiting.is_empty() || self.sent < self.out.len()
+    }
+
+    /// When it last sent anything (or was accepted).
+    pub fn last_read(&self) -> Instant {
+        self.last_read
+    }
+
+    /// Whether it may be closed to admit a new client at `max_clients`: open, and owed nothing (a
+    /// client waiting for a reply is not idle, however long ago it spoke). Its idle time is checked
+    /// by the caller, from [`last_read`](Self::last_read).
+    pub fn evictable(&self) -> bool {
+        self.state == State::Open && !self.owes()
+    }
+
+    /// Closed at `max_clients` to admit a new client. Its slot is counted free at once, so the client
+    /// it makes room for is admitted in the same turn; the loop frees it at the end of the turn.
+    pub fn evict(&mut self, ctx: &mut Ctx) {
+        ctx.log.event(format_args!("client {} closed to admit a new client: idlest at max_clients", self.addr));
+        self.state = State::Closed(CloseReason::Evicted);
+        ctx.gauges.clients -= 1;
+        ctx.idle_clients.remove(token::split(self.token).0);
     }
 
     fn read(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> ReadOutcome {
@@ -328,6 +360,7 @@ impl Client {
         ctx.log.command(&self.addr_text, line);
         let queued = !self.waiting.is_empty();
         let token = self.token;
+        let places_waiting = self.places_waiting;
         let buf = self.reply_buf();
         let start = buf.len();
         match protocol::parse_command(line) {
@@ -351,7 +384,7 @@ impl Client {
             }
             Command::WhatsAt(cmd) => {
                 ctx.counters.whatsat += 1;
-                match ctx.whatsat(&cmd, token, buf) {
+                match ctx.whatsat(&cmd, token, places_waiting, buf) {
                     Whatsat::Answered => {}
                     Whatsat::UnknownClient => {
                         ctx.counters.invalid += 1;
@@ -359,6 +392,7 @@ impl Client {
                     }
                     Whatsat::Pending { ticket, at_line } => {
                         self.waiting.push_back(Pending::Places { ticket, at_line, bound: cmd.bound });
+                        self.places_waiting += 1;
                         return;
                     }
                     Whatsat::AwaitRecord { ticket, deadline } => {
@@ -518,6 +552,11 @@ impl Connection for Client {
                         ReadOutcome::Data(n) => {
                             ctx.counters.bytes_in += n as u64;
                             self.idle_at = ctx.now + ctx.idle_timeout;
+                            self.last_read = ctx.now;
+                            if ctx.now >= self.bump_at {
+                                self.bump_at = ctx.now + BUMP_EVERY;
+                                ctx.idle_clients.touch(token::split(self.token).0, self.token, ctx.now);
+                            }
                             self.take_input(&scratch[..n], ctx);
                         }
                         ReadOutcome::Eof => self.end_of_input(ctx),
@@ -673,7 +712,12 @@ impl Connection for Client {
         };
         ctx.counters.closed(reason);
         ctx.log.event(format_args!("client {} closed: {}", self.addr, reason.name()));
-        ctx.gauges.clients -= 1;
+        if reason != CloseReason::Evicted {
+            // An evicted client was counted out when it was evicted.
+            ctx.gauges.clients -= 1;
+            ctx.idle_clients.remove(token::split(self.token).0);
+        }
+        ctx.per_address.release(self.addr.ip());
     }
 
     fn socket(&mut self) -> &mut TcpStream {

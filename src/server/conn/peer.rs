@@ -9,16 +9,21 @@
 //!  dialer:   Connecting ──connected──▶ AwaitWelcome ──WELCOME ok, PROOF sent──▶ Live (send records)
 //!  acceptor: AwaitHello ──HELLO from a neighbour, WELCOME sent──▶ AwaitProof ──PROOF ok──▶ Live (receive)
 //!  any state ──EOF, reset, bad message, failed proof, output bound, handshake deadline──▶ Closed
+//!  Live ──nothing heard for limits.peer_dead_after_ms──▶ Closed (silent)
 //! ```
 //!
 //! The handshake is one line each way, HELLO, WELCOME (or REFUSED), PROOF: `auth.rs` reads and writes
 //! those lines and computes and checks the proofs; this machine decides what each means in its state.
-//! After the proof, the dialer sends `AT ...` lines only.
+//! After the proof, the dialer sends `AT ...` lines and `PING` lines, and the acceptor answers each
+//! `PING` with `PONG`: the heartbeat (`heartbeat.rs`) by which each side notices within
+//! `limits.peer_dead_after_ms` that the other has gone silent.
 
 use super::{Connection, Delivery};
 use crate::protocol;
 use crate::server::auth::{self, Handshake};
 use crate::server::ctx::{Ctx, READS_PER_TURN};
+use crate::server::heartbeat::{self, Beat, Heartbeat};
+use crate::server::timer::Timer;
 use crate::server::token::{TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
@@ -67,6 +72,8 @@ pub enum PeerClose {
     /// The neighbour cannot keep up: dropped, resynced when it relinks.
     OutputBound,
     HandshakeTimeout,
+    /// Nothing heard from the other side for `limits.peer_dead_after_ms`.
+    Silent,
     Shutdown,
 }
 
@@ -80,6 +87,7 @@ impl PeerClose {
             PeerClose::Refused => "refused",
             PeerClose::OutputBound => "output_bound",
             PeerClose::HandshakeTimeout => "handshake_timeout",
+            PeerClose::Silent => "silent",
             PeerClose::Shutdown => "shutdown",
         }
     }
@@ -105,6 +113,12 @@ pub struct Peer {
     pub deadline: Instant,
     /// The neighbour an accepted link proved to be (kept after it closes, for the bookkeeping).
     pub identified: Option<usize>,
+    /// Once Live: when the other side was last heard, when to ping (the dialer), when it is dead.
+    heartbeat: Option<Heartbeat>,
+    /// The heartbeat check armed in the loop's timers (later entries for this link are stale).
+    beat_at: Option<Instant>,
+    /// The last write hit `WouldBlock`: the next writable edge means the neighbour's kernel took data.
+    write_blocked: bool,
 }
 
 enum ReadOutcome {
@@ -140,6 +154,56 @@ impl Peer {
             close_when_flushed: false,
             deadline: now + HANDSHAKE_DEADLINE,
             identified: None,
+            heartbeat: None,
+            beat_at: None,
+            write_blocked: false,
+        }
+    }
+
+    /// The link is Live: its heartbeat starts (the dialer pings, the acceptor answers).
+    fn start_heartbeat(&mut self, ctx: &mut Ctx) {
+        let dead_after = Duration::from_millis(ctx.limits.peer_dead_after_ms);
+        let pings = matches!(self.role, Role::Dialer(_));
+        let hb = Heartbeat::new(dead_after, pings, ctx.now);
+        self.arm_beat(hb.next_check(), ctx);
+        self.heartbeat = Some(hb);
+    }
+
+    fn arm_beat(&mut self, at: Instant, ctx: &mut Ctx) {
+        if self.beat_at.is_none_or(|t| at < t) {
+            self.beat_at = Some(at);
+            ctx.timers.add(at, Timer::Conn(self.token));
+        }
+    }
+
+    /// A heartbeat check came due: drop a link that has gone silent, ping, and arm the next check.
+    fn check_heartbeat(&mut self, ctx: &mut Ctx) {
+        if !self.is_live() || self.beat_at.is_some_and(|t| t > ctx.now) {
+            return; // not live, or a stale entry: the armed check is later
+        }
+        self.beat_at = None;
+        let Some(mut hb) = self.heartbeat else { return };
+        match hb.check(ctx.now) {
+            Beat::Dead => {
+                let ms = ctx.limits.peer_dead_after_ms;
+                return self.close(PeerClose::Silent, ctx, format_args!("nothing heard for {ms} ms"));
+            }
+            Beat::Ping => {
+                // Between whole lines: `out` only ever holds whole lines.
+                self.out.extend_from_slice(heartbeat::PING);
+                self.mark_dirty(ctx);
+                hb.pinged(ctx.now);
+            }
+            Beat::Quiet => {}
+        }
+        self.heartbeat = Some(hb);
+        self.arm_beat(hb.next_check(), ctx);
+    }
+
+    /// The other side showed it is alive.
+    fn heard(&mut self, now: Instant) {
+        if let Some(hb) = &mut self.heartbeat {
+            hb.heard(now);
         }
     }
 
@@ -222,12 +286,21 @@ impl Peer {
     /// One line from the other side, final LF included.
     fn line(&mut self, line: &[u8], ctx: &mut Ctx) {
         let text = line.strip_suffix(b"\n").unwrap_or(line);
+        if self.is_live() {
+            self.heard(ctx.now);
+        }
         match (&self.state, self.role) {
+            (PeerState::Live { .. }, Role::Acceptor) if line == heartbeat::PING => {
+                self.out.extend_from_slice(heartbeat::PONG);
+                self.mark_dirty(ctx);
+            }
             (&PeerState::Live { neighbour }, Role::Acceptor) => self.on_record(neighbour, line, ctx),
+            // The answer to our PING: heard (above), nothing more.
+            (PeerState::Live { .. }, Role::Dialer(_)) if line == heartbeat::PONG => {}
             (PeerState::AwaitHello, _) => self.on_hello(text, ctx),
             (PeerState::AwaitProof { .. }, _) => self.on_proof(text, ctx),
             (PeerState::AwaitWelcome { .. }, _) => self.on_welcome(text, ctx),
-            // A sending link receives nothing after WELCOME.
+            // A sending link receives nothing after WELCOME but PONG.
             (PeerState::Live { .. }, Role::Dialer(_)) => {
                 self.close(PeerClose::Protocol, ctx, format_args!("unexpected line on a sending link"))
             }
@@ -276,6 +349,7 @@ impl Peer {
         }
         self.state = PeerState::Live { neighbour };
         self.identified = Some(neighbour);
+        self.start_heartbeat(ctx);
         ctx.on_link_in(neighbour);
         let name = &ctx.neighbours[neighbour].name;
         ctx.log.event(format_args!("peer link from {name} ({}) up: receiving", self.addr));
@@ -300,6 +374,7 @@ impl Peer {
                 let proof = ctx.auth.mac("dialer", &me, &name, &nonce, &nonce_a);
                 self.out.extend_from_slice(auth::proof(&proof).as_bytes());
                 self.state = PeerState::Live { neighbour };
+                self.start_heartbeat(ctx);
                 // Anti-entropy: everything we hold goes out first, in batches; floods follow.
                 self.sync = Some(0);
                 self.mark_dirty(ctx);
@@ -405,6 +480,11 @@ impl Connection for Peer {
         }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             self.writable = true;
+            if std::mem::take(&mut self.write_blocked) && ev.is_writable() && !ev.is_error() {
+                // Room again in a send buffer that was full: the neighbour's kernel acknowledged data,
+                // so it is alive, only busy (a long sync must not look like silence).
+                self.heard(ctx.now);
+            }
             if self.sent < self.out.len() || self.sync.is_some() {
                 self.mark_dirty(ctx);
             }
@@ -459,11 +539,13 @@ impl Connection for Peer {
         }
     }
 
-    /// The handshake deadline: a link that is not Live in time is dropped. (Armed once, at the deadline.)
+    /// The handshake deadline: a link that is not Live in time is dropped (armed once, at the deadline).
+    /// Once Live, the heartbeat's checks.
     fn on_timer(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
         if !self.is_closed() && !self.is_live() && ctx.now >= self.deadline {
             self.close(PeerClose::HandshakeTimeout, ctx, format_args!(""));
         }
+        self.check_heartbeat(ctx);
     }
 
     /// End of turn: write what is queued, then the next sync batches while the socket takes them.
@@ -480,7 +562,10 @@ impl Connection for Peer {
                         self.sent += n;
                         ctx.counters.peer_bytes_out += n as u64;
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.writable = false;
+                        self.write_blocked = true;
+                    }
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
                     Err(e) => self.close(PeerClose::Reset, ctx, format_args!("{e}")),
                 }

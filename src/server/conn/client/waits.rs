@@ -32,6 +32,7 @@ impl Client {
             return;
         };
         let Pending::Places { at_line, .. } = slot else { unreachable!() };
+        self.places_waiting -= 1;
         let mut reply = std::mem::take(at_line);
         reply.extend_from_slice(json);
         reply.extend_from_slice(b"\n\n");
@@ -66,14 +67,17 @@ impl Client {
         let line = line.clone();
         let Command::WhatsAt(cmd) = protocol::parse_command(&line) else { unreachable!("it parsed before") };
         let mut reply = Vec::new();
-        self.waiting[i] = match ctx.whatsat(&cmd, self.token, &mut reply) {
+        self.waiting[i] = match ctx.whatsat(&cmd, self.token, self.places_waiting, &mut reply) {
             Whatsat::Answered => {
                 ctx.counters.replies += 1;
                 ctx.log.reply(&self.addr_text, &reply);
                 self.waiting_bytes += reply.len();
                 Pending::Ready(reply)
             }
-            Whatsat::Pending { ticket, at_line } => Pending::Places { ticket, at_line, bound: cmd.bound },
+            Whatsat::Pending { ticket, at_line } => {
+                self.places_waiting += 1;
+                Pending::Places { ticket, at_line, bound: cmd.bound }
+            }
             // Cannot happen (the record was just stored), but answer rather than hang.
             Whatsat::UnknownClient | Whatsat::AwaitRecord { .. } => {
                 protocol::write_invalid(&mut reply, &line);
