@@ -24,6 +24,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{CertificateError, ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,10 +49,16 @@ pub enum Refusal {
     Tls,
     /// The `HELLO` names a server that is not a configured neighbour.
     NotNeighbour,
+    /// The `HELLO` is addressed to another server than this one.
+    WrongServer,
+    /// A failed proof of the herd secret.
+    BadProof,
+    /// More peer connections than neighbours can explain: turned away at accept.
+    TooMany,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::Expired,
         Refusal::UnknownCa,
         Refusal::BadName,
@@ -61,6 +68,9 @@ impl Refusal {
         Refusal::PeerAlert,
         Refusal::Tls,
         Refusal::NotNeighbour,
+        Refusal::WrongServer,
+        Refusal::BadProof,
+        Refusal::TooMany,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -74,7 +84,15 @@ impl Refusal {
             Refusal::PeerAlert => "peer_alert",
             Refusal::Tls => "tls_error",
             Refusal::NotNeighbour => "not_neighbour",
+            Refusal::WrongServer => "wrong_server",
+            Refusal::BadProof => "bad_proof",
+            Refusal::TooMany => "too_many",
         }
+    }
+
+    /// Its index in [`Refusal::ALL`], for a counter array.
+    pub fn index(self) -> usize {
+        Refusal::ALL.iter().position(|&r| r == self).expect("listed")
     }
 
     /// The refusal a failed handshake stands for.
@@ -113,6 +131,144 @@ pub fn peer_is(conn: &rustls::CommonState, name: &str) -> Result<(), Refusal> {
         None => Err(Refusal::NoCertificate),
         Some(cert) if names(cert, name) => Ok(()),
         Some(_) => Err(Refusal::BadName),
+    }
+}
+
+/// What one read from a peer link gave.
+#[derive(Debug)]
+pub enum IoRead {
+    /// Plaintext bytes, at the start of the buffer.
+    Data(usize),
+    /// The other side closed (TCP EOF, or TLS close_notify).
+    Eof,
+    /// Nothing more until the socket is readable again.
+    WouldBlock,
+    Failed(std::io::Error),
+    /// The TLS handshake or a record failed: the link is refused for this reason.
+    Refused(Refusal, rustls::Error),
+}
+
+/// The byte layer under the peer line protocol: the socket itself, or TLS over it.
+///
+/// Both behave like a non-blocking socket to the peer state machine: [`PeerIo::read`] gives plaintext or
+/// `WouldBlock`, [`PeerIo::write`] takes what it can. TLS adds one duty: rustls may have records to send
+/// that no plaintext write asked for (handshake messages after a read, an alert), so after reading the
+/// caller checks [`PeerIo::wants_write`] and flushes, with an empty write if it has nothing of its own.
+pub enum PeerIo {
+    Plain,
+    Tls(Box<rustls::Connection>),
+}
+
+impl PeerIo {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, PeerIo::Tls(_))
+    }
+
+    /// Reads plaintext into `buf` (non-empty): what rustls already decrypted first, then more TLS records
+    /// from the socket as long as it has them.
+    pub fn read<S: Read + Write>(&mut self, stream: &mut S, buf: &mut [u8]) -> IoRead {
+        use std::io::ErrorKind;
+        let tls = match self {
+            PeerIo::Plain => loop {
+                return match stream.read(buf) {
+                    Ok(0) => IoRead::Eof,
+                    Ok(n) => IoRead::Data(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => IoRead::WouldBlock,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => IoRead::Failed(e),
+                };
+            },
+            PeerIo::Tls(tls) => tls,
+        };
+        loop {
+            match tls.reader().read(buf) {
+                Ok(0) => return IoRead::Eof, // close_notify
+                Ok(n) => return IoRead::Data(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {} // needs more records
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return IoRead::Eof, // EOF without close_notify
+                Err(e) => return IoRead::Failed(e),
+            }
+            match tls.read_tls(stream) {
+                Ok(0) => return IoRead::Eof,
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return IoRead::WouldBlock,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return IoRead::Failed(e),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                // Best effort: the alert rustls queued tells the other side why (bad certificate, ...).
+                let _ = tls.write_tls(stream);
+                return IoRead::Refused(Refusal::of(&e), e);
+            }
+        }
+    }
+
+    /// Writes plaintext like a non-blocking socket: `Ok(n)` for the bytes taken (TLS: encrypted and
+    /// pushed to the socket as far as it takes them), `Err(WouldBlock)` when the socket is full and the
+    /// caller must wait for WRITABLE. With TLS, records left over from earlier go first, and `Ok(0)` for a
+    /// non-empty `buf` means rustls holds all it may before the handshake ends: wait for a read, not for
+    /// WRITABLE. An empty `buf` only pushes what rustls has queued.
+    pub fn write<S: Write>(&mut self, stream: &mut S, buf: &[u8]) -> std::io::Result<usize> {
+        use std::io::ErrorKind;
+        let tls = match self {
+            PeerIo::Plain => return if buf.is_empty() { Ok(0) } else { stream.write(buf) },
+            PeerIo::Tls(tls) => tls,
+        };
+        let push = |tls: &mut rustls::Connection, stream: &mut S| -> std::io::Result<()> {
+            while tls.wants_write() {
+                match tls.write_tls(stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        push(tls, stream)?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = tls.writer().write(buf)?;
+        match push(tls, stream) {
+            // Taken; the rest of the records go out first on the next call, which sees the WouldBlock.
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+            Ok(()) => Ok(n),
+        }
+    }
+
+    /// Whether rustls has records to send (handshake, alerts, or encrypted data the socket did not take).
+    pub fn wants_write(&self) -> bool {
+        match self {
+            PeerIo::Plain => false,
+            PeerIo::Tls(tls) => tls.wants_write(),
+        }
+    }
+
+    /// Whether the TLS handshake is still going on (never for plaintext).
+    pub fn is_handshaking(&self) -> bool {
+        match self {
+            PeerIo::Plain => false,
+            PeerIo::Tls(tls) => tls.is_handshaking(),
+        }
+    }
+
+    /// Whether the verified peer certificate names `name` (see [`peer_is`]); a plaintext link has none.
+    pub fn certificate_names(&self, name: &str) -> Result<(), Refusal> {
+        match self {
+            PeerIo::Plain => Err(Refusal::NoCertificate),
+            PeerIo::Tls(tls) => peer_is(tls, name),
+        }
+    }
+
+    /// Closing: a TLS close_notify, best effort (the socket closes right after).
+    pub fn close<S: Write>(&mut self, stream: &mut S) {
+        if let PeerIo::Tls(tls) = self {
+            if !tls.is_handshaking() {
+                tls.send_close_notify();
+            }
+            let _ = tls.write_tls(stream);
+        }
     }
 }
 
@@ -181,6 +337,16 @@ impl PeerTls {
         let name =
             ServerName::try_from(neighbour.to_string()).map_err(|_| format!("{neighbour:?} is not a DNS name"))?;
         ClientConnection::new(self.client.clone(), name).map_err(|e| format!("TLS: {e}"))
+    }
+
+    /// [`PeerTls::accept`] as the byte layer of a peer link.
+    pub fn accept_io(&self) -> Result<PeerIo, String> {
+        Ok(PeerIo::Tls(Box::new(self.accept()?.into())))
+    }
+
+    /// [`PeerTls::dial`] as the byte layer of a peer link.
+    pub fn dial_io(&self, neighbour: &str) -> Result<PeerIo, String> {
+        Ok(PeerIo::Tls(Box::new(self.dial(neighbour)?.into())))
     }
 }
 
@@ -526,6 +692,108 @@ mod tests {
         let kept = bailey.server_config().clone();
         assert!(bailey.reload().unwrap_err().contains("herd certs"));
         assert!(Arc::ptr_eq(&kept, bailey.server_config()));
+    }
+
+    /// A connected pair of non-blocking loopback sockets.
+    fn socket_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (b, _) = listener.accept().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    type End<'a> = (&'a mut PeerIo, &'a mut std::net::TcpStream);
+
+    /// Both ends as the peer state machine drives them: each step writes what is queued (an empty write
+    /// when only rustls has something) and reads what came, until everything sent has arrived, or a read
+    /// says something else than data or WouldBlock.
+    fn pump<'b>(
+        d: End<'_>,
+        a: End<'_>,
+        mut d_out: &'b [u8],
+        mut a_out: &'b [u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), IoRead> {
+        let ((d_io, d_sock), (a_io, a_sock)) = (d, a);
+        let (want_a, want_d) = (d_out.len(), a_out.len());
+        let (mut at_a, mut at_d) = (Vec::new(), Vec::new());
+        let mut buf = [0u8; 4096];
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while at_a.len() < want_a || at_d.len() < want_d || d_io.wants_write() || a_io.wants_write() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck: {} of {want_a}, {} of {want_d}",
+                at_a.len(),
+                at_d.len()
+            );
+            for (io, sock, out) in [(&mut *d_io, &mut *d_sock, &mut d_out), (&mut *a_io, &mut *a_sock, &mut a_out)] {
+                match io.write(sock, out) {
+                    Ok(n) => *out = &out[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+            }
+            for (io, sock, got) in [(&mut *a_io, &mut *a_sock, &mut at_a), (&mut *d_io, &mut *d_sock, &mut at_d)] {
+                loop {
+                    match io.read(sock, &mut buf) {
+                        IoRead::Data(n) => got.extend_from_slice(&buf[..n]),
+                        IoRead::WouldBlock => break,
+                        other => return Err(other),
+                    }
+                }
+            }
+            std::thread::yield_now();
+        }
+        Ok((at_a, at_d))
+    }
+
+    #[test]
+    fn peer_io_carries_lines_both_ways_over_tls_and_plain() {
+        let herd = Herd::new("io");
+        let (bailey, bona) = (herd.server("Bailey"), herd.server("Bona"));
+        // More than rustls buffers before the handshake ends and more than a socket takes at once.
+        let big: Vec<u8> = (0..300_000u32).flat_map(|i| format!("AT Bona +0.1 c{i} +1+1 1\n").into_bytes()).collect();
+        for tls in [true, false] {
+            let (mut d_sock, mut a_sock) = socket_pair();
+            let (mut d_io, mut a_io) = if tls {
+                (bona.dial_io("Bailey").unwrap(), bailey.accept_io().unwrap())
+            } else {
+                (PeerIo::Plain, PeerIo::Plain)
+            };
+            let hello = [&b"HELLO Bona Bailey n1 v=2\n"[..], &big].concat();
+            let (at_a, at_d) =
+                pump((&mut d_io, &mut d_sock), (&mut a_io, &mut a_sock), &hello, b"WELCOME Bailey n2 -\n").unwrap();
+            assert!(at_a == hello, "tls={tls}: {} bytes of {}", at_a.len(), hello.len());
+            assert_eq!(at_d, b"WELCOME Bailey n2 -\n");
+            assert_eq!(a_io.certificate_names("Bona").is_ok(), tls);
+            let wrong = if tls { Refusal::BadName } else { Refusal::NoCertificate };
+            assert_eq!(a_io.certificate_names("Clark"), Err(wrong));
+            // Closing: the other side reads an end of stream.
+            d_io.close(&mut d_sock);
+            drop(d_sock);
+            let mut buf = [0u8; 64];
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match a_io.read(&mut a_sock, &mut buf) {
+                    IoRead::Eof => break,
+                    IoRead::WouldBlock => assert!(std::time::Instant::now() < deadline, "no EOF"),
+                    other => panic!("tls={tls}: {other:?}"),
+                }
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    #[test]
+    fn peer_io_refuses_plaintext_at_a_tls_acceptor() {
+        let herd = Herd::new("io-plain");
+        let bailey = herd.server("Bailey");
+        let (mut d_sock, mut a_sock) = socket_pair();
+        let mut a_io = bailey.accept_io().unwrap();
+        let forged = b"HELLO Bona Bailey x\nPROOF -\n";
+        let err = pump((&mut PeerIo::Plain, &mut d_sock), (&mut a_io, &mut a_sock), forged, b"").unwrap_err();
+        assert!(matches!(err, IoRead::Refused(Refusal::NotTls, _)), "{err:?}");
     }
 
     #[test]
