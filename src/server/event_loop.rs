@@ -28,6 +28,7 @@ use super::ctx::{Counters, Ctx, Neighbour, OutLink};
 use super::error::ServerError;
 use super::handoff::HandOff;
 use super::log::{self as server_log, ServerLog};
+use super::peer_tls::PeerTls;
 use super::places_client::PlacesClient;
 use super::sockets::{self, Listeners};
 use super::timer::Timer;
@@ -95,12 +96,17 @@ impl Server {
         }
         let admin_addr = me.admin_port.map(|port| SocketAddr::new(config.admin_host, port));
         let mut listeners = Listeners::bind(name, client_addr, peer_addr, admin_addr)?;
+        // Before the log file: a server that cannot present its certificate must not start at all.
+        let peer_tls = match &config.peer_tls {
+            Some(tls) => Some(PeerTls::load(tls, &config.path, name).map_err(ServerError::PeerTls)?),
+            None => None,
+        };
         let log = ServerLog::open(&config.log_file(name), &config.log)?;
 
         let poll = Poll::new().map_err(ServerError::io("cannot create poll"))?;
         let registry = poll.registry().try_clone().map_err(ServerError::io("cannot clone registry"))?;
         listeners.register(&registry, name)?;
-        // SIGTERM and SIGINT stop the server; SIGHUP reopens its log file.
+        // SIGTERM and SIGINT stop the server; SIGHUP reopens its log file and rereads the peer certificate.
         let mut signals =
             Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::io("cannot install signal handlers"))?;
         registry
@@ -120,7 +126,8 @@ impl Server {
             u64::from_le_bytes(b)
         };
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-        let ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
+        let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
+        ctx.peer_tls = peer_tls;
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -385,13 +392,11 @@ impl Core {
         }
     }
 
+    /// Signal dispatch: SIGHUP reloads, SIGTERM and SIGINT stop the server.
     fn on_signal(&mut self) {
         let mut signals: Vec<i32> = self.signals.pending().collect();
-        // SIGHUP never stops the server: it reopens the log file (external rotation).
         if signals.contains(&SIGHUP) {
-            log::info!("SIGHUP: reopening the log file");
-            self.ctx.log.event(format_args!("SIGHUP: reopening the log file"));
-            self.ctx.log.reopen();
+            self.on_hangup();
             signals.retain(|&s| s != SIGHUP);
         }
         if signals.is_empty() {
@@ -406,6 +411,15 @@ impl Core {
         log::info!("signal {}: shutting down", signals[0]);
         self.ctx.log.event(format_args!("signal {}: shutting down, answering what was received", signals[0]));
         self.begin_shutdown();
+    }
+
+    /// SIGHUP never stops the server: it reopens the log file (external rotation) and rereads the peer
+    /// certificate, key and CA (renewal), without dropping anything.
+    fn on_hangup(&mut self) {
+        log::info!("SIGHUP: reopening the log file");
+        self.ctx.log.event(format_args!("SIGHUP: reopening the log file"));
+        self.ctx.log.reopen();
+        self.ctx.reload_peer_tls();
     }
 
     /// Stops accepting, answers everything already received (including bytes still in the kernel's

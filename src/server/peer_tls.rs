@@ -55,10 +55,12 @@ pub enum Refusal {
     BadProof,
     /// More peer connections than neighbours can explain: turned away at accept.
     TooMany,
+    /// A malformed `HELLO` field (an over-long nonce).
+    BadHello,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 12] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Expired,
         Refusal::UnknownCa,
         Refusal::BadName,
@@ -71,6 +73,7 @@ impl Refusal {
         Refusal::WrongServer,
         Refusal::BadProof,
         Refusal::TooMany,
+        Refusal::BadHello,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -87,6 +90,7 @@ impl Refusal {
             Refusal::WrongServer => "wrong_server",
             Refusal::BadProof => "bad_proof",
             Refusal::TooMany => "too_many",
+            Refusal::BadHello => "bad_hello",
         }
     }
 
@@ -156,7 +160,28 @@ pub enum IoRead {
 /// caller checks [`PeerIo::wants_write`] and flushes, with an empty write if it has nothing of its own.
 pub enum PeerIo {
     Plain,
-    Tls(Box<rustls::Connection>),
+    Tls(Box<TlsIo>),
+}
+
+/// Socket bytes read per read(2) on a TLS link: as much as a plaintext link reads at once. rustls's own
+/// `read_tls` from the socket reads 4 KiB at a time, which would cost a TLS link several times the read
+/// calls of a plaintext one under load; reading into this buffer and feeding rustls from it does not.
+const STAGE: usize = 64 * 1024;
+
+/// A rustls connection and the socket bytes read but not yet handed to it.
+pub struct TlsIo {
+    conn: rustls::Connection,
+    /// Allocated at the first read (a link refused at once never needs it).
+    stage: Vec<u8>,
+    /// `stage[start..end]` is still to be given to rustls.
+    start: usize,
+    end: usize,
+}
+
+impl TlsIo {
+    fn new(conn: rustls::Connection) -> TlsIo {
+        TlsIo { conn, stage: Vec::new(), start: 0, end: 0 }
+    }
 }
 
 impl PeerIo {
@@ -181,23 +206,35 @@ impl PeerIo {
             PeerIo::Tls(tls) => tls,
         };
         loop {
-            match tls.reader().read(buf) {
+            // Plaintext rustls already has first: it is never asked to buffer more than one read's worth.
+            match tls.conn.reader().read(buf) {
                 Ok(0) => return IoRead::Eof, // close_notify
                 Ok(n) => return IoRead::Data(n),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {} // needs more records
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return IoRead::Eof, // EOF without close_notify
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return IoRead::Eof,
                 Err(e) => return IoRead::Failed(e),
             }
-            match tls.read_tls(stream) {
-                Ok(0) => return IoRead::Eof,
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return IoRead::WouldBlock,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            if tls.start == tls.end {
+                if tls.stage.is_empty() {
+                    tls.stage = vec![0; STAGE];
+                }
+                match stream.read(&mut tls.stage) {
+                    Ok(0) => return IoRead::Eof, // TCP EOF (without close_notify: rustls would say the same)
+                    Ok(n) => (tls.start, tls.end) = (0, n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => return IoRead::WouldBlock,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return IoRead::Failed(e),
+                }
+            }
+            // rustls takes what fits its record buffer (a record or more); the rest waits in `stage`.
+            let mut staged = &tls.stage[tls.start..tls.end];
+            match tls.conn.read_tls(&mut staged) {
+                Ok(n) => tls.start += n,
                 Err(e) => return IoRead::Failed(e),
             }
-            if let Err(e) = tls.process_new_packets() {
+            if let Err(e) = tls.conn.process_new_packets() {
                 // Best effort: the alert rustls queued tells the other side why (bad certificate, ...).
-                let _ = tls.write_tls(stream);
+                let _ = tls.conn.write_tls(stream);
                 return IoRead::Refused(Refusal::of(&e), e);
             }
         }
@@ -224,6 +261,7 @@ impl PeerIo {
             }
             Ok(())
         };
+        let tls = &mut tls.conn;
         push(tls, stream)?;
         if buf.is_empty() {
             return Ok(0);
@@ -241,7 +279,7 @@ impl PeerIo {
     pub fn wants_write(&self) -> bool {
         match self {
             PeerIo::Plain => false,
-            PeerIo::Tls(tls) => tls.wants_write(),
+            PeerIo::Tls(tls) => tls.conn.wants_write(),
         }
     }
 
@@ -249,7 +287,7 @@ impl PeerIo {
     pub fn is_handshaking(&self) -> bool {
         match self {
             PeerIo::Plain => false,
-            PeerIo::Tls(tls) => tls.is_handshaking(),
+            PeerIo::Tls(tls) => tls.conn.is_handshaking(),
         }
     }
 
@@ -257,17 +295,17 @@ impl PeerIo {
     pub fn certificate_names(&self, name: &str) -> Result<(), Refusal> {
         match self {
             PeerIo::Plain => Err(Refusal::NoCertificate),
-            PeerIo::Tls(tls) => peer_is(tls, name),
+            PeerIo::Tls(tls) => peer_is(&tls.conn, name),
         }
     }
 
     /// Closing: a TLS close_notify, best effort (the socket closes right after).
     pub fn close<S: Write>(&mut self, stream: &mut S) {
         if let PeerIo::Tls(tls) = self {
-            if !tls.is_handshaking() {
-                tls.send_close_notify();
+            if !tls.conn.is_handshaking() {
+                tls.conn.send_close_notify();
             }
-            let _ = tls.write_tls(stream);
+            let _ = tls.conn.write_tls(stream);
         }
     }
 }
@@ -341,12 +379,12 @@ impl PeerTls {
 
     /// [`PeerTls::accept`] as the byte layer of a peer link.
     pub fn accept_io(&self) -> Result<PeerIo, String> {
-        Ok(PeerIo::Tls(Box::new(self.accept()?.into())))
+        Ok(PeerIo::Tls(Box::new(TlsIo::new(self.accept()?.into()))))
     }
 
     /// [`PeerTls::dial`] as the byte layer of a peer link.
     pub fn dial_io(&self, neighbour: &str) -> Result<PeerIo, String> {
-        Ok(PeerIo::Tls(Box::new(self.dial(neighbour)?.into())))
+        Ok(PeerIo::Tls(Box::new(TlsIo::new(self.dial(neighbour)?.into()))))
     }
 }
 
