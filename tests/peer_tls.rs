@@ -361,6 +361,12 @@ fn herd_up_generates_missing_certificates_on_first_start() {
     // And the herd it started links over TLS: a record floods from Bailey to Jaquez.
     let reply = ask(config.port("Bailey"), format!("IAMAT up1 +1+1 {}\n", now_text()).as_bytes());
     wait_record(config.port("Jaquez"), "up1", String::from_utf8(reply).unwrap().trim_end(), Duration::from_secs(2));
+    // SIGHUP to `herd up` reaches every server, which reloads and keeps running.
+    up.signal(libc::SIGHUP);
+    up.wait_stderr("SIGHUP: peer certificate reloaded", config.members.len(), Duration::from_secs(5));
+    let reply = ask(config.port("Bailey"), format!("IAMAT up2 +1+1 {}\n", now_text()).as_bytes());
+    wait_record(config.port("Jaquez"), "up2", String::from_utf8(reply).unwrap().trim_end(), Duration::from_secs(2));
+    assert!(up.is_running());
     up.signal(libc::SIGTERM);
     assert!(up.wait_exit(Duration::from_secs(5)).is_some());
 }
