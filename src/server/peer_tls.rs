@@ -205,16 +205,30 @@ impl PeerIo {
             },
             PeerIo::Tls(tls) => tls,
         };
+        // Fill `buf` from as many records as the staged socket bytes hold, so that one call gives a TLS
+        // link as much as one read(2) gives a plaintext link (the loop's read budget counts calls).
+        let mut filled = 0;
         loop {
+            if filled == buf.len() {
+                return IoRead::Data(filled);
+            }
+            let data_or = |r: IoRead| if filled > 0 { IoRead::Data(filled) } else { r };
             // Plaintext rustls already has first: it is never asked to buffer more than one read's worth.
-            match tls.conn.reader().read(buf) {
-                Ok(0) => return IoRead::Eof, // close_notify
-                Ok(n) => return IoRead::Data(n),
+            match tls.conn.reader().read(&mut buf[filled..]) {
+                Ok(0) => return data_or(IoRead::Eof), // close_notify (rustls says so again next call)
+                Ok(n) => {
+                    filled += n;
+                    continue;
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {} // needs more records
-                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return IoRead::Eof,
-                Err(e) => return IoRead::Failed(e),
+                Err(e) if e.kind() == ErrorKind::UnexpectedEof => return data_or(IoRead::Eof),
+                Err(e) => return data_or(IoRead::Failed(e)),
             }
             if tls.start == tls.end {
+                if filled > 0 {
+                    // One read(2) per call, as for plaintext; the next call reads the socket again.
+                    return IoRead::Data(filled);
+                }
                 if tls.stage.is_empty() {
                     tls.stage = vec![0; STAGE];
                 }
@@ -230,10 +244,12 @@ impl PeerIo {
             let mut staged = &tls.stage[tls.start..tls.end];
             match tls.conn.read_tls(&mut staged) {
                 Ok(n) => tls.start += n,
-                Err(e) => return IoRead::Failed(e),
+                Err(e) => return data_or(IoRead::Failed(e)),
             }
             if let Err(e) = tls.conn.process_new_packets() {
                 // Best effort: the alert rustls queued tells the other side why (bad certificate, ...).
+                // The link is refused; plaintext decrypted before the bad record goes with it (a
+                // neighbour's records come back by anti-entropy when it relinks).
                 let _ = tls.conn.write_tls(stream);
                 return IoRead::Refused(Refusal::of(&e), e);
             }
