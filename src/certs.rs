@@ -236,6 +236,18 @@ pub fn run(config: &Config, layout: &Layout, opts: Options) -> Result<Report, St
     // Which server pairs need issuing; the CA key is read only if one does.
     let ca_exists = layout.ca_cert.exists() || layout.ca_key.exists();
     let new_ca = opts.force || !ca_exists;
+    if new_ca && !opts.force {
+        // Server files without their CA were issued by a CA that is gone (or kept elsewhere): a new CA
+        // would have to replace them, and existing files are replaced only when asked.
+        if let Some(s) = config.servers.iter().find(|s| layout.cert(&s.name).exists() || layout.key(&s.name).exists()) {
+            return Err(format!(
+                "{} is missing but {} exists; `herd certs --force` makes a new CA and re-issues every server \
+                 certificate",
+                layout.ca_cert.display(),
+                layout.cert(&s.name).display()
+            ));
+        }
+    }
     let mut todo = Vec::new();
     let existing_ca = if new_ca { None } else { Some(read_cert(&layout.ca_cert)?) };
     for s in &config.servers {
@@ -546,6 +558,23 @@ mod tests {
         check(&dir, "B", "B").unwrap();
         fs::remove_dir_all(&dir).unwrap();
         fs::remove_dir_all(&other).unwrap();
+    }
+
+    #[test]
+    fn server_files_without_their_ca_are_kept_unless_forced() {
+        let dir = tempdir("orphans");
+        let l = Layout::in_dir(&dir);
+        run(&config(&["A"]), &l, Options::default()).unwrap();
+        let a = fs::read(l.cert("A")).unwrap();
+        fs::remove_file(&l.ca_cert).unwrap();
+        fs::remove_file(&l.ca_key).unwrap();
+        let err = run(&config(&["A"]), &l, Options::default()).unwrap_err();
+        assert!(err.contains("ca.pem is missing") && err.contains("--force"), "{err}");
+        assert_eq!(fs::read(l.cert("A")).unwrap(), a, "kept");
+        assert!(!l.ca_cert.exists());
+        run(&config(&["A"]), &l, Options { force: true, ..Options::default() }).unwrap();
+        check(&dir, "A", "A").unwrap();
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
