@@ -362,9 +362,9 @@ impl Peer {
             ctx.refused(refusal);
             // Written at once rather than through `out` and the end-of-turn flush: the link closes in
             // this turn, and the send buffer of a socket that has sent nothing has room for one line.
-            // Best effort: a dialer that never reads it just sees the close.
+            // Best effort: a dialer that never reads it just sees the close. (With TLS, `PeerIo::write`
+            // encrypts the line and pushes the record at once.)
             let _ = self.io.write(&mut self.stream, auth::refused(&reason).as_bytes());
-            let _ = self.io.write(&mut self.stream, b"");
             return self.close(PeerClose::Refused, ctx, format_args!("{}: {reason}", refusal.reason()));
         }
         let neighbour = neighbour.expect("checked");
