@@ -19,7 +19,8 @@ depth=${4:-1}
 cargo build --release -q
 herd=target/release/herd
 dir=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$dir"' EXIT
+# `|| true`: under `set -e` a failing kill (no jobs left) would end the trap before the rm.
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
 python3 - "$dir" <<'PY'
 import json, sys
 d = sys.argv[1]
@@ -44,7 +45,9 @@ start() { # plain|tls: starts the herd, waits until its 12 directed links are up
     done
     echo "the $1 herd did not link" >&2; exit 1
 }
-stop() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; }
+# Each run logs every command, reply and record (the default log_detail), gigabytes a round: the logs
+# go as soon as the herd has stopped.
+stop() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$dir"/logs-*; }
 has_perf=0
 perf stat -e task-clock true >/dev/null 2>&1 && has_perf=1
 load() { # base port
