@@ -54,6 +54,10 @@ pub enum Problem {
     NoServers,
     /// `limits.client_output_hard` is below `limits.client_output_soft`.
     HardBelowSoft,
+    /// With `peer_tls`, a server name that a certificate cannot carry as its DNS name.
+    NotDnsLabel { name: String },
+    /// With `peer_tls`, two server names that differ only in case (certificate names ignore case).
+    CaseCollision { name: String, other: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -84,6 +88,14 @@ impl fmt::Display for Problem {
             Problem::DuplicateLink => f.write_str("duplicate link"),
             Problem::NoServers => f.write_str("the herd needs at least one server"),
             Problem::HardBelowSoft => f.write_str("must be at least limits.client_output_soft"),
+            Problem::NotDnsLabel { name } => write!(
+                f,
+                "{name:?} is not a DNS label (letters, digits and '-', at most 63, not all digits), which \
+                 peer_tls needs to name it in a certificate"
+            ),
+            Problem::CaseCollision { name, other } => {
+                write!(f, "{name:?} differs from {other:?} only in case, and certificate names ignore case")
+            }
         }
     }
 }
@@ -133,6 +145,46 @@ pub struct Config {
     pub limits: Limits,
     /// The log file's rotation and detail (`log_max_bytes`, `log_keep`, `log_detail`).
     pub log: LogOptions,
+    /// Mutual TLS on peer links; `None` keeps them plaintext (for trusted networks only).
+    pub peer_tls: Option<PeerTlsConfig>,
+}
+
+/// `"peer_tls": {"ca_file": F, "cert_dir": D}`: the herd CA every peer certificate must chain to, and the
+/// directory holding each server's `NAME.pem` and `NAME.key` (as `herd certs` writes them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsConfig {
+    pub ca_file: PathBuf,
+    pub cert_dir: PathBuf,
+}
+
+impl PeerTlsConfig {
+    /// The CA's private key: `ca.key` beside `ca.pem` (only `herd certs` and `herd up` read it).
+    pub fn ca_key_file(&self) -> PathBuf {
+        self.ca_file.with_extension("key")
+    }
+
+    /// Server `name`'s certificate chain (PEM).
+    pub fn cert_file(&self, name: &str) -> PathBuf {
+        self.cert_dir.join(format!("{name}.pem"))
+    }
+
+    /// Server `name`'s private key (PEM, mode 0600).
+    pub fn key_file(&self, name: &str) -> PathBuf {
+        self.cert_dir.join(format!("{name}.key"))
+    }
+}
+
+/// Whether `name` can be a certificate's DNS name on its own: one label of ASCII letters, digits and `-`,
+/// 1 to 63 bytes, not starting or ending with `-`, and not all digits (which a verifier would take for part
+/// of an IP address). Certificates name servers by DNS name, so only such names can be bound to one.
+pub fn is_dns_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+        && !b.iter().all(u8::is_ascii_digit)
 }
 
 /// How much the log keeps: every command, reply and record (`io`), or only what happens to connections,
@@ -443,6 +495,7 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         "admin_token_env",
         "run_dir",
         "limits",
+        "peer_tls",
     ])?;
 
     let servers_value = top.require("servers")?;
@@ -511,6 +564,11 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         }
     }
 
+    let peer_tls = top.get("peer_tls").map(parse_peer_tls).transpose()?;
+    if peer_tls.is_some() {
+        check_certificate_names(&servers)?;
+    }
+
     let places = top.get("places").map(parse_places).transpose()?;
     let local_places = match top.get("local_places") {
         None => None,
@@ -546,7 +604,30 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         run_dir: top.string("run_dir")?.unwrap_or_else(|| "run".into()).into(),
         limits,
         log: parse_log_options(&top)?,
+        peer_tls,
     })
+}
+
+fn parse_peer_tls(v: &Value) -> Result<PeerTlsConfig, FieldError> {
+    let o = Obj::new(v, "peer_tls")?;
+    o.only(&["ca_file", "cert_dir"])?;
+    Ok(PeerTlsConfig { ca_file: o.required_string("ca_file")?.into(), cert_dir: o.required_string("cert_dir")?.into() })
+}
+
+/// With `peer_tls`, a certificate names each server: every name must be a DNS label, and no two may differ
+/// only in case (certificate names compare case-insensitively, so one certificate would name both).
+fn check_certificate_names(servers: &[ServerConfig]) -> Result<(), FieldError> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for (i, s) in servers.iter().enumerate() {
+        if !is_dns_label(&s.name) {
+            return Err(bad(format!("servers[{i}].name"), Problem::NotDnsLabel { name: s.name.clone() }));
+        }
+        if let Some(other) = seen.insert(s.name.to_ascii_lowercase(), &s.name) {
+            let problem = Problem::CaseCollision { name: s.name.clone(), other: other.to_string() };
+            return Err(bad(format!("servers[{i}].name"), problem));
+        }
+    }
+    Ok(())
 }
 
 fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, FieldError> {
@@ -667,6 +748,41 @@ mod tests {
         assert_eq!((c.admin_token_var(), c.run_dir.to_str()), ("HERD_ADMIN_TOKEN", Some("run")));
     }
 
+    fn with_tls(text: &str) -> String {
+        text.replace(
+            r#""log_dir""#,
+            r#""peer_tls": {"ca_file": "run/certs/ca.pem", "cert_dir": "run/certs"}, "log_dir""#,
+        )
+    }
+
+    #[test]
+    fn peer_tls_reads_and_names_its_files() {
+        assert_eq!(parse(GOOD).unwrap().peer_tls, None);
+        let tls = parse(&with_tls(GOOD)).unwrap().peer_tls.unwrap();
+        assert_eq!(tls.ca_file, Path::new("run/certs/ca.pem"));
+        assert_eq!(tls.ca_key_file(), Path::new("run/certs/ca.key"));
+        assert_eq!(tls.cert_file("B"), Path::new("run/certs/B.pem"));
+        assert_eq!(tls.key_file("B"), Path::new("run/certs/B.key"));
+        // Without peer_tls, names that no certificate could carry are still fine.
+        let odd = GOOD.replace(r#""name": "C""#, r#""name": "c_1""#).replace(r#"["C", "B"]"#, r#"["c_1", "B"]"#);
+        assert!(parse(&odd).is_ok());
+        let (field, problem) = invalid(
+            &GOOD.replace(r#""log_dir""#, r#""peer_tls": {"ca_file": "a", "cert_dir": "d", "x": 1}, "log_dir""#),
+        );
+        assert_eq!(field, "peer_tls.x");
+        assert!(matches!(problem, Problem::UnknownField { .. }), "{problem:?}");
+    }
+
+    #[test]
+    fn dns_labels_by_the_rules() {
+        for good in ["Bailey", "a", "x-1", "9lives", "A1", &"a".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in ["", "-a", "a-", "a.b", "a_b", "123", "é", &"a".repeat(64), "a b"] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+    }
+
     /// The field and problem of an `Invalid` error (panics on any other kind).
     fn invalid(text: &str) -> (String, Problem) {
         match parse(text) {
@@ -721,6 +837,23 @@ mod tests {
                 found("an integer from 0 to 31622400", "-1"),
             ),
             (r#"{"servers": []}"#.into(), "servers", Problem::NoServers),
+            (
+                GOOD.replace(r#""log_dir""#, r#""peer_tls": {"ca_file": "ca.pem"}, "log_dir""#),
+                "peer_tls.cert_dir",
+                Problem::Missing,
+            ),
+            (
+                with_tls(&GOOD.replace(r#""name": "C""#, r#""name": "b""#).replace(r#"["C", "B"]"#, r#"["b", "B"]"#)),
+                "servers[2].name",
+                Problem::CaseCollision { name: "b".into(), other: "B".into() },
+            ),
+            (
+                with_tls(
+                    &GOOD.replace(r#""name": "C""#, r#""name": "C_1""#).replace(r#"["C", "B"]"#, r#"["C_1", "B"]"#),
+                ),
+                "servers[2].name",
+                Problem::NotDnsLabel { name: "C_1".into() },
+            ),
             ("[]".into(), "top level", found("an object", "[]")),
             (
                 GOOD.replace(
@@ -768,6 +901,17 @@ mod tests {
             (GOOD.replace(r#""log_dir""#, r#""log_dri""#), "c.json: log_dri: unknown field (known: servers, links, "),
             (GOOD.replace(r#""new""#, r#""old""#), "c.json: places.api: expected \"legacy\" or \"new\", found \"old\""),
             (r#"{"servers": []}"#.into(), "c.json: servers: the herd needs at least one server"),
+            (
+                with_tls(&GOOD.replace(r#""name": "C""#, r#""name": "b""#).replace(r#"["C", "B"]"#, r#"["b", "B"]"#)),
+                "c.json: servers[2].name: \"b\" differs from \"B\" only in case, and certificate names ignore case",
+            ),
+            (
+                with_tls(
+                    &GOOD.replace(r#""name": "C""#, r#""name": "C_1""#).replace(r#"["C", "B"]"#, r#"["C_1", "B"]"#),
+                ),
+                "c.json: servers[2].name: \"C_1\" is not a DNS label (letters, digits and '-', at most 63, not all \
+                 digits), which peer_tls needs to name it in a certificate",
+            ),
             ("[]".into(), "c.json: top level: expected an object, found []"),
             (
                 GOOD.replace(

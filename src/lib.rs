@@ -4,6 +4,7 @@
 //! unit-tested, property-tested and measured with criterion. Everything that waits for the kernel lives
 //! under [`server`], in one loop per process.
 
+pub mod certs;
 pub mod config;
 pub mod gjson;
 pub mod http;

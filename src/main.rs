@@ -1,4 +1,4 @@
-//! The `herd` command line (PROTOCOL section 8): `up`, `serve`, `places`, `load`.
+//! The `herd` command line (PROTOCOL section 8): `up`, `serve`, `places`, `load`, `certs`.
 //!
 //! Every layer returns its own error type ([`ConfigError`], [`UpError`], the server's error, and the
 //! `places` and `load` commands' own); this file only turns them into one line on stderr and an exit
@@ -17,6 +17,8 @@ usage:
   herd serve NAME [--config FILE]              run one server in the foreground
   herd places --listen ADDR --ca-out FILE      run the local Places-compatible HTTPS service
   herd load [OPTIONS]                          the load generator (herd load --help)
+  herd certs [--config FILE] --out DIR         the herd CA and each server's certificate for peer_tls
+             [--renew] [--force] [--days N]    (keeps existing files; herd certs --help)
 
 --config defaults to config/herd.json. Logging to stderr follows RUST_LOG (default: info).";
 
@@ -28,6 +30,7 @@ fn main() -> ExitCode {
         Some("up") => up(&args[1..]),
         Some("places") => herd::places_service::cli(&args[1..]),
         Some("load") => herd::load::cli(&args[1..]),
+        Some("certs") => herd::certs::cli(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             0

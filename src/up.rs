@@ -41,6 +41,8 @@ pub enum UpError {
     Config(ConfigError),
     /// A port the herd needs is in use (or not ours to bind): nothing was started.
     CannotListen { addr: SocketAddr, what: String, source: std::io::Error },
+    /// With `peer_tls`, the missing certificates could not be written (the message says which file).
+    PeerCerts(String),
     /// SIGTERM and SIGINT could not be caught.
     Signals(std::io::Error),
     /// The path of the running `herd` executable, needed to start the children, is unknown.
@@ -78,6 +80,7 @@ impl fmt::Display for UpError {
         match self {
             UpError::Config(e) => e.fmt(f),
             UpError::CannotListen { addr, what, source } => write!(f, "cannot listen on {addr} ({what}): {source}"),
+            UpError::PeerCerts(e) => write!(f, "peer_tls: {e}"),
             UpError::Signals(e) => write!(f, "cannot install signal handlers: {e}"),
             UpError::OwnExecutable(e) => write!(f, "cannot find my own executable: {e}"),
             UpError::Spawn { name, source } => write!(f, "cannot start {name}: {source}"),
@@ -102,7 +105,7 @@ impl std::error::Error for UpError {
             | UpError::TokenFile { source, .. } => Some(source),
             UpError::Signals(e) | UpError::OwnExecutable(e) => Some(e),
             UpError::ExitedDuringStartup { .. } | UpError::StartTimeout { .. } => None,
-            UpError::Interrupted | UpError::AllExited | UpError::NoRandomness => None,
+            UpError::Interrupted | UpError::AllExited | UpError::NoRandomness | UpError::PeerCerts(_) => None,
         }
     }
 }
@@ -113,10 +116,26 @@ impl From<ConfigError> for UpError {
     }
 }
 
+/// With `peer_tls`, the first start writes the herd's CA and certificates where the config says (files
+/// that exist are kept, as by `herd certs`), so the default herd runs with mutual TLS without a setup step.
+fn ensure_peer_certs(config: &Config) -> Result<(), UpError> {
+    let Some(tls) = &config.peer_tls else { return Ok(()) };
+    let report = crate::certs::run(config, &crate::certs::Layout::of_config(tls), crate::certs::Options::default())
+        .map_err(UpError::PeerCerts)?;
+    for line in report.lines.iter().filter(|l| !l.ends_with(": kept")) {
+        println!("herd: {line}");
+    }
+    for w in &report.warnings {
+        eprintln!("herd: warning: {w}");
+    }
+    Ok(())
+}
+
 /// Runs the herd until a signal (`Ok`), or until it cannot start or dies out (`Err`). Either way every
 /// child it started has exited when this returns.
 pub fn run(config: &Config) -> Result<(), UpError> {
     check_ports(config)?;
+    ensure_peer_certs(config)?;
     let (tx, rx) = mpsc::channel();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -224,8 +243,8 @@ pub fn run(config: &Config) -> Result<(), UpError> {
         loop {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(Msg::Signal(signal_hook::consts::SIGHUP)) => {
-                    // Log rotation: every server reopens its log file; nothing stops. (The local Places
-                    // service, started first, keeps no log file.)
+                    // Every server reopens its log file (rotation) and rereads its peer certificate (renewal);
+                    // nothing stops. (The local Places service, started first, keeps no log file.)
                     for m in members.iter().skip(first_server).filter(|m| !m.exited) {
                         // SAFETY: kill(2) with a pid we spawned and have not reaped.
                         unsafe { libc::kill(m.child.id() as libc::pid_t, libc::SIGHUP) };

@@ -174,7 +174,7 @@ fn create(cert_file: &Path, key_file: &Path) -> Result<Ca, CertError> {
 
 /// Writes `bytes` to a temporary file beside `path` with `mode`, then renames it over `path`, so a
 /// reader never sees half a file.
-fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
     let file_name = path.file_name().ok_or_else(|| CertError::NotAFileName { path: path.to_path_buf() })?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(file_name);

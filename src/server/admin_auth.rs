@@ -163,6 +163,30 @@ pub fn write_token_file(path: &std::path::Path, token: &str) -> std::io::Result<
     file.sync_all()
 }
 
+/// The admin listener's token: from `admin_token_env`, or `HERD_ADMIN_TOKEN` (which `herd up` sets) when
+/// the config names none. A config that names a variable must have it set: the operator asked for a
+/// token, and a listener without one would be open.
+pub fn admin_token(
+    config: &crate::config::Config,
+    index: usize,
+) -> Result<Option<String>, crate::server::error::ServerError> {
+    let me = &config.servers[index];
+    if me.admin_port.is_none() {
+        return Ok(None);
+    }
+    let var = config.admin_token_var();
+    match std::env::var(var) {
+        Ok(t) if !t.is_empty() => Ok(Some(t)),
+        _ if config.admin_token_env.is_some() => {
+            Err(crate::server::error::ServerError::AdminToken { var: var.to_string() })
+        }
+        _ => {
+            log::warn!("{}: the admin listener has no token ({var} is not set): Host checks only", me.name);
+            Ok(None)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

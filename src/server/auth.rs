@@ -109,6 +109,16 @@ impl std::fmt::Debug for Secret {
 }
 
 impl Secret {
+    /// The herd secret from the environment variable `herd_secret_env` names, if the config names one.
+    /// A named variable that is unset or empty stops the start: peers would otherwise go unauthenticated.
+    pub fn from_env(var: Option<&str>) -> Result<Option<Secret>, crate::server::error::ServerError> {
+        let Some(var) = var else { return Ok(None) };
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Ok(Some(Secret::new(v.as_bytes()))),
+            _ => Err(crate::server::error::ServerError::Secret { var: var.to_string() }),
+        }
+    }
+
     pub fn new(secret: &[u8]) -> Secret {
         Secret(hmac::Key::new(hmac::HMAC_SHA256, secret))
     }

@@ -14,6 +14,7 @@ use super::admin_auth::AdminGuard;
 use super::admission::{IdleList, PerAddress};
 use super::auth::Auth;
 use super::log::ServerLog;
+use super::peer_tls::{PeerIo, PeerTls, Refusal};
 use super::places_client::PlacesClient;
 use super::timer::Timers;
 use crate::config::Limits;
@@ -69,6 +70,8 @@ pub struct Ctx {
     pub outbox: Outbox,
     /// How this server proves itself to its neighbours, and checks them.
     pub auth: Auth,
+    /// Mutual TLS on peer links, when the config has `peer_tls` (set by `Server::bind`).
+    pub peer_tls: Option<PeerTls>,
     /// This server's neighbours, in config order.
     pub neighbours: Vec<Neighbour>,
     /// The Places client, when the config has `places`.
@@ -158,6 +161,14 @@ impl Ctx {
     /// A context with an empty record table, at the present time. `herd` names every server of the
     /// config; `seed` seeds the redial jitter.
     #[allow(clippy::too_many_arguments)]
+    /// A seed for the redial jitter (xorshift: not for secrets; nonces come from the system each time).
+    pub fn random_seed() -> Result<u64, crate::server::error::ServerError> {
+        use ring::rand::SecureRandom;
+        let mut b = [0u8; 8];
+        ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| crate::server::error::ServerError::NoRandomness)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
     pub fn new(
         name: &str,
         herd: &[&str],
@@ -189,6 +200,7 @@ impl Ctx {
             again: Vec::new(),
             outbox: Outbox::default(),
             auth,
+            peer_tls: None,
             neighbours,
             places,
             per_address: PerAddress::new(limits.max_clients_per_ip, limits.per_ip_exempt_loopback),
@@ -204,6 +216,39 @@ impl Ctx {
     }
 
     /// The record table, read-only: WHATSAT answers, the anti-entropy sync, `/records`.
+    /// A peer refused, for `reason`: counted (`herd_peers_refused_total{reason=...}`); the caller logs it.
+    pub fn refused(&mut self, reason: Refusal) {
+        self.counters.peers_refused += 1;
+        self.counters.peers_refused_by[reason.index()] += 1;
+    }
+
+    /// The byte layer of a new peer link: TLS when the config has `peer_tls` (dialing neighbour `dial`,
+    /// or accepting when None), the socket itself otherwise.
+    pub fn peer_io(&self, dial: Option<usize>) -> Result<PeerIo, String> {
+        match (&self.peer_tls, dial) {
+            (None, _) => Ok(PeerIo::Plain),
+            (Some(tls), Some(n)) => tls.dial_io(&self.neighbours[n].name),
+            (Some(tls), None) => tls.accept_io(),
+        }
+    }
+
+    /// SIGHUP: the peer certificate, its key and the CA are read again. Links that are up keep the
+    /// session they have; links made from now on use the new files. A failed reload changes nothing.
+    pub fn reload_peer_tls(&mut self) {
+        let Some(tls) = &mut self.peer_tls else { return };
+        match tls.reload() {
+            Ok(()) => {
+                let (cert, ca) = (tls.files().cert.display().to_string(), tls.files().ca.display().to_string());
+                log::info!("SIGHUP: peer certificate reloaded from {cert} (CA {ca})");
+                self.log.event(format_args!("SIGHUP: peer certificate reloaded from {cert} (CA {ca})"));
+            }
+            Err(e) => {
+                log::warn!("SIGHUP: peer certificate not reloaded, keeping the one in use: {e}");
+                self.log.event(format_args!("SIGHUP: peer certificate not reloaded, keeping the one in use: {e}"));
+            }
+        }
+    }
+
     pub fn records(&self) -> &RecordStore {
         &self.records
     }
@@ -333,6 +378,8 @@ pub struct Counters {
     pub links_up: u64,
     pub links_down: u64,
     pub peers_refused: u64,
+    /// `peers_refused` by reason (indexed by `Refusal::index`).
+    pub peers_refused_by: [u64; Refusal::ALL.len()],
     pub peer_bytes_in: u64,
     pub peer_bytes_out: u64,
 }

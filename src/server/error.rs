@@ -28,6 +28,9 @@ pub enum ServerError {
     LogFile { path: PathBuf, source: io::Error },
     /// The Places client cannot be set up: its URL, its CA file, or the TLS configuration.
     Places(String),
+    /// `peer_tls` is configured but this server's certificate, key or the CA cannot be used (the message
+    /// names the file and `herd certs`).
+    PeerTls(String),
     /// A helper thread (log writer, Places resolver or shaper) cannot be started.
     Thread { what: &'static str, source: io::Error },
     /// A system resource of the loop (poll, registration, waker, signal handlers) failed.
@@ -47,7 +50,7 @@ impl std::fmt::Display for ServerError {
                 write!(f, "admin_token_env names {var}, which is not set or empty (the admin listener would be open)")
             }
             ServerError::Config(e) => write!(f, "{e}"),
-            ServerError::Places(message) => f.write_str(message),
+            ServerError::Places(message) | ServerError::PeerTls(message) => f.write_str(message),
             ServerError::Listen { server, what, addr, source } => {
                 write!(f, "{server}: cannot listen on {addr} ({what}): {source}")
             }

@@ -22,13 +22,14 @@
 //! holds them), `handoff.rs` (delivering the outbox), `sockets.rs` (listening, accepting, dialling),
 //! `herd.rs` and `ctx.rs` (the herd's rules and the state they work on), and the leaves.
 
-use super::admin_auth::AdminGuard;
+use super::admin_auth::{self, AdminGuard};
 use super::auth::{Auth, Secret};
 use super::conn::{Conn, Connection, Conns, Delivery};
 use super::ctx::{Counters, Ctx, Neighbour, OutLink};
 use super::error::ServerError;
 use super::handoff::HandOff;
 use super::log::{self as server_log, ServerLog};
+use super::peer_tls::PeerTls;
 use super::places_client::PlacesClient;
 use super::sockets::{self, Listeners};
 use super::timer::Timer;
@@ -79,32 +80,8 @@ impl Server {
             name: name.to_string(),
             known: config.servers.iter().map(|s| s.name.clone()).collect(),
         })?;
-        let secret = match &config.herd_secret_env {
-            None => None,
-            Some(var) => match std::env::var(var) {
-                Ok(v) if !v.is_empty() => Some(Secret::new(v.as_bytes())),
-                _ => return Err(ServerError::Secret { var: var.clone() }),
-            },
-        };
-        // The admin listener's token: from `admin_token_env`, or `HERD_ADMIN_TOKEN` (which `herd up`
-        // sets) when the config names none. A config that names a variable must have it set: the
-        // operator asked for a token, and a listener without one would be open.
-        let admin_token = match config.servers[index].admin_port {
-            None => None,
-            Some(_) => {
-                let var = config.admin_token_var();
-                match std::env::var(var) {
-                    Ok(t) if !t.is_empty() => Some(t),
-                    _ if config.admin_token_env.is_some() => {
-                        return Err(ServerError::AdminToken { var: var.to_string() })
-                    }
-                    _ => {
-                        log::warn!("{name}: the admin listener has no token ({var} is not set): Host checks only");
-                        None
-                    }
-                }
-            }
-        };
+        let secret = Secret::from_env(config.herd_secret_env.as_deref())?;
+        let admin_token = admin_auth::admin_token(config, index)?;
         let bad = ServerError::Config;
         let me = &config.servers[index];
         let (client_addr, peer_addr) = (me.client_addr().map_err(bad)?, me.peer_addr().map_err(bad)?);
@@ -115,12 +92,17 @@ impl Server {
         }
         let admin_addr = me.admin_port.map(|port| SocketAddr::new(config.admin_host, port));
         let mut listeners = Listeners::bind(name, client_addr, peer_addr, admin_addr)?;
+        // Before the log file: a server that cannot present its certificate must not start at all.
+        let peer_tls = match &config.peer_tls {
+            Some(tls) => Some(PeerTls::load(tls, &config.path, name).map_err(ServerError::PeerTls)?),
+            None => None,
+        };
         let log = ServerLog::open(&config.log_file(name), &config.log)?;
 
         let poll = Poll::new().map_err(ServerError::io("cannot create poll"))?;
         let registry = poll.registry().try_clone().map_err(ServerError::io("cannot clone registry"))?;
         listeners.register(&registry, name)?;
-        // SIGTERM and SIGINT stop the server; SIGHUP reopens its log file.
+        // SIGTERM and SIGINT stop the server; SIGHUP reopens its log file and rereads the peer certificate.
         let mut signals =
             Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(ServerError::io("cannot install signal handlers"))?;
         registry
@@ -133,15 +115,11 @@ impl Server {
             }
             None => None,
         };
-        let seed = {
-            use ring::rand::SecureRandom;
-            let mut b = [0u8; 8];
-            ring::rand::SystemRandom::new().fill(&mut b).map_err(|_| ServerError::NoRandomness)?;
-            u64::from_le_bytes(b)
-        };
+        let seed = Ctx::random_seed()?;
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
         let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
         ctx.admin_guard = AdminGuard::new(&config.admin_host.to_string(), admin_token.as_deref());
+        ctx.peer_tls = peer_tls;
         Ok(Server {
             poll,
             events: Events::with_capacity(1024),
@@ -412,13 +390,11 @@ impl Core {
         }
     }
 
+    /// Signal dispatch: SIGHUP reloads, SIGTERM and SIGINT stop the server.
     fn on_signal(&mut self) {
         let mut signals: Vec<i32> = self.signals.pending().collect();
-        // SIGHUP never stops the server: it reopens the log file (external rotation).
         if signals.contains(&SIGHUP) {
-            log::info!("SIGHUP: reopening the log file");
-            self.ctx.log.event(format_args!("SIGHUP: reopening the log file"));
-            self.ctx.log.reopen();
+            self.on_hangup();
             signals.retain(|&s| s != SIGHUP);
         }
         if signals.is_empty() {
@@ -433,6 +409,15 @@ impl Core {
         log::info!("signal {}: shutting down", signals[0]);
         self.ctx.log.event(format_args!("signal {}: shutting down, answering what was received", signals[0]));
         self.begin_shutdown();
+    }
+
+    /// SIGHUP never stops the server: it reopens the log file (external rotation) and rereads the peer
+    /// certificate, key and CA (renewal), without dropping anything.
+    fn on_hangup(&mut self) {
+        log::info!("SIGHUP: reopening the log file");
+        self.ctx.log.event(format_args!("SIGHUP: reopening the log file"));
+        self.ctx.log.reopen();
+        self.ctx.reload_peer_tls();
     }
 
     /// Stops accepting, answers everything already received (including bytes still in the kernel's

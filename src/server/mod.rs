@@ -9,6 +9,8 @@
 //!   trait, and the slab with generation-checked tokens that holds them.
 //! - `herd`: the herd's rules over `Ctx` (store and flood, WHATSAT decisions, waits, links, Places
 //!   outcomes), testable without sockets.
+//! - `peer_tls` (a leaf): mutual TLS for peer links: rustls configurations, name binding, refusal
+//!   reasons, and `PeerIo`, the byte layer under the peer line protocol.
 //! - `places_client`: the Places cache, coalescing, pool, deadlines and off-loop resolution.
 //! - `ctx`: what every connection may touch: clock, records, counters, dirty lists, outbox.
 //! - leaves: `timer` (deadlines), `log` (the buffered log file), `auth` (peer authentication and the
@@ -27,6 +29,7 @@ pub mod handoff;
 pub mod heartbeat;
 pub mod herd;
 pub mod log;
+pub mod peer_tls;
 pub mod places_client;
 pub mod sockets;
 pub mod timer;

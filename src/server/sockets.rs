@@ -13,6 +13,7 @@ use super::conn::upstream::Upstream;
 use super::conn::{Conn, Conns};
 use super::ctx::{Ctx, OutLink};
 use super::error::ServerError;
+use super::peer_tls::Refusal;
 use super::places_client::{FailKind, Outcome};
 use super::timer::Timer;
 use super::token::{self, ADMIN_LISTENER, CLIENT_LISTENER, PEER_LISTENER};
@@ -161,14 +162,21 @@ impl Listeners {
                     // Two links per neighbour at most, plus room for handshakes: past that, whoever is
                     // dialing is not a well-behaved neighbour, and is turned away before costing anything.
                     if ctx.gauges.peers >= 2 * ctx.neighbours.len() + MAX_HANDSHAKING {
-                        ctx.counters.peers_refused += 1;
+                        ctx.refused(Refusal::TooMany);
                         ctx.log.event(format_args!("peer connection from {addr} refused: too many peer connections"));
                         continue;
                     }
                     let _ = stream.set_nodelay(true);
                     set_keepalive(&stream);
                     let now = ctx.now;
-                    let Ok(token) = conns.add(stream, |s, t| Conn::Peer(Peer::acceptor(s, addr, t, now))) else {
+                    let io = match ctx.peer_io(None) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            ctx.log.event(format_args!("peer connection from {addr} dropped: {e}"));
+                            continue;
+                        }
+                    };
+                    let Ok(token) = conns.add(stream, |s, t| Conn::Peer(Peer::acceptor(s, addr, t, now, io))) else {
                         continue;
                     };
                     ctx.gauges.peers += 1;
@@ -289,7 +297,14 @@ pub fn dial_peer(n: usize, conns: &mut Conns, ctx: &mut Ctx) {
     let _ = stream.set_nodelay(true);
     set_keepalive(&stream);
     let now = ctx.now;
-    let Ok(token) = conns.add(stream, |s, t| Conn::Peer(Peer::dialer(s, addr, t, n, now))) else {
+    let io = match ctx.peer_io(Some(n)) {
+        Ok(io) => io,
+        Err(e) => {
+            ctx.log.event(format_args!("dial {} ({addr}) failed: {e}", ctx.neighbours[n].name));
+            return ctx.schedule_redial(n);
+        }
+    };
+    let Ok(token) = conns.add(stream, |s, t| Conn::Peer(Peer::dialer(s, addr, t, n, now, io))) else {
         return ctx.schedule_redial(n);
     };
     ctx.gauges.peers += 1;

@@ -349,7 +349,11 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("sync_batches_total", "counter", "Anti-entropy batches.", &one(c.sync_batches));
     metric("links_up_total", "counter", "Peer links that came up.", &one(c.links_up));
     metric("links_down_total", "counter", "Sending peer links that went down.", &one(c.links_down));
-    metric("peers_refused_total", "counter", "Peer connections refused.", &one(c.peers_refused));
+    let refused: Vec<(String, u64)> = crate::server::peer_tls::Refusal::ALL
+        .iter()
+        .map(|r| (format!("reason=\"{}\"", r.reason()), c.peers_refused_by[r.index()]))
+        .collect();
+    metric("peers_refused_total", "counter", "Peer connections refused, by reason.", &refused);
     let live: Vec<(String, u64)> = ctx
         .neighbours
         .iter()

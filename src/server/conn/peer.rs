@@ -17,17 +17,24 @@
 //! After the proof, the dialer sends `AT ...` lines and `PING` lines, and the acceptor answers each
 //! `PING` with `PONG`: the heartbeat (`heartbeat.rs`) by which each side notices within
 //! `limits.peer_dead_after_ms` that the other has gone silent.
+//!
+//! With `peer_tls` the same lines travel inside mutual TLS ([`PeerIo`], rustls driven by this state
+//! machine, no thread): the dialer's rustls checks that the acceptor's certificate names the neighbour it
+//! dialed, and the acceptor checks that the dialer's certificate names the server its `HELLO` claims to
+//! be (the TLS handshake is over by the time the `HELLO` line can be read). Bytes that are not TLS fail
+//! the handshake, so a plaintext `HELLO`, `PROOF` or `AT` never reaches the line protocol.
 
 use super::{Connection, Delivery};
 use crate::protocol;
 use crate::server::auth::{self, Handshake};
 use crate::server::ctx::{Ctx, READS_PER_TURN};
 use crate::server::heartbeat::{self, Beat, Heartbeat};
+use crate::server::peer_tls::{IoRead, PeerIo, Refusal};
 use crate::server::timer::Timer;
 use crate::server::token::{TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -119,25 +126,35 @@ pub struct Peer {
     beat_at: Option<Instant>,
     /// The last write hit `WouldBlock`: the next writable edge means the neighbour's kernel took data.
     write_blocked: bool,
-}
-
-enum ReadOutcome {
-    Data(usize),
-    Eof,
-    WouldBlock,
-    Failed,
+    /// The bytes under the lines: the socket itself, or TLS over it.
+    pub io: PeerIo,
 }
 
 impl Peer {
-    pub fn dialer(stream: TcpStream, addr: SocketAddr, token: Token, neighbour: usize, now: Instant) -> Peer {
-        Self::new(stream, addr, token, Role::Dialer(neighbour), PeerState::Connecting, now)
+    pub fn dialer(
+        stream: TcpStream,
+        addr: SocketAddr,
+        token: Token,
+        neighbour: usize,
+        now: Instant,
+        io: PeerIo,
+    ) -> Peer {
+        Self::new(stream, addr, token, Role::Dialer(neighbour), PeerState::Connecting, now, io)
     }
 
-    pub fn acceptor(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant) -> Peer {
-        Self::new(stream, addr, token, Role::Acceptor, PeerState::AwaitHello, now)
+    pub fn acceptor(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant, io: PeerIo) -> Peer {
+        Self::new(stream, addr, token, Role::Acceptor, PeerState::AwaitHello, now, io)
     }
 
-    fn new(stream: TcpStream, addr: SocketAddr, token: Token, role: Role, state: PeerState, now: Instant) -> Peer {
+    fn new(
+        stream: TcpStream,
+        addr: SocketAddr,
+        token: Token,
+        role: Role,
+        state: PeerState,
+        now: Instant,
+        io: PeerIo,
+    ) -> Peer {
         Peer {
             stream,
             addr,
@@ -157,6 +174,7 @@ impl Peer {
             heartbeat: None,
             beat_at: None,
             write_blocked: false,
+            io,
         }
     }
 
@@ -234,19 +252,21 @@ impl Peer {
         if why != PeerClose::ConnectFailed && why != PeerClose::Shutdown {
             log::info!("peer link with {name} ({}) dropped: {} {detail}", self.addr, why.name());
         }
+        if why != PeerClose::ConnectFailed {
+            self.io.close(&mut self.stream);
+        }
         self.state = PeerState::Closed(why);
     }
 
-    fn read(&mut self, scratch: &mut [u8]) -> ReadOutcome {
-        loop {
-            return match self.stream.read(scratch) {
-                Ok(0) => ReadOutcome::Eof,
-                Ok(n) => ReadOutcome::Data(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(_) => ReadOutcome::Failed,
-            };
+    /// The TLS layer refused the link (a certificate that does not chain to the CA, names another
+    /// server, has expired; no certificate; not TLS at all), or the other side refused ours.
+    fn tls_failed(&mut self, reason: Refusal, e: &rustls::Error, ctx: &mut Ctx) {
+        if reason == Refusal::PeerAlert {
+            // Not our refusal: the other side's log and counters say why it refused us.
+            return self.close(PeerClose::Refused, ctx, format_args!("by the other side: {e}"));
         }
+        ctx.refused(reason);
+        self.close(PeerClose::Refused, ctx, format_args!("{}: {e}", reason.reason()))
     }
 
     fn take_input(&mut self, data: &[u8], ctx: &mut Ctx) {
@@ -344,8 +364,8 @@ impl Peer {
             _ => false,
         };
         if !ok {
-            ctx.counters.peers_refused += 1;
-            return self.close(PeerClose::Refused, ctx, format_args!("failed proof of the herd secret"));
+            ctx.refused(Refusal::BadProof);
+            return self.close(PeerClose::Refused, ctx, format_args!("bad_proof: failed proof of the herd secret"));
         }
         self.state = PeerState::Live { neighbour };
         self.identified = Some(neighbour);
@@ -364,11 +384,11 @@ impl Peer {
             Handshake::Welcome { acceptor, nonce: nonce_a, mac } if acceptor == name.as_bytes() => {
                 let nonce_a = String::from_utf8_lossy(nonce_a).to_string();
                 if !ctx.auth.verify("acceptor", &me, &name, &nonce, &nonce_a, mac) {
-                    ctx.counters.peers_refused += 1;
+                    ctx.refused(Refusal::BadProof);
                     return self.close(
                         PeerClose::Refused,
                         ctx,
-                        format_args!("{name} failed its proof of the herd secret"),
+                        format_args!("bad_proof: {name} failed its proof of the herd secret"),
                     );
                 }
                 let proof = ctx.auth.mac("dialer", &me, &name, &nonce, &nonce_a);
@@ -380,8 +400,9 @@ impl Peer {
                 self.mark_dirty(ctx);
                 ctx.on_link_out(neighbour, self.token);
                 let held = ctx.records().len();
-                ctx.log.event(format_args!("peer link to {name} ({}) up: sending {held} records", self.addr));
-                log::info!("linked to {name} ({})", self.addr);
+                let over = if self.io.is_tls() { " over TLS" } else { "" };
+                ctx.log.event(format_args!("peer link to {name} ({}) up{over}: sending {held} records", self.addr));
+                log::info!("linked to {name} ({}){over}", self.addr);
             }
             Handshake::Refused => {
                 let why = String::from_utf8_lossy(text).to_string();
@@ -399,18 +420,27 @@ impl Peer {
         let who = String::from_utf8_lossy(who).to_string();
         let neighbour = ctx.neighbours.iter().position(|n| n.name == who);
         let refuse = match neighbour {
-            _ if to != me.as_bytes() => Some(format!("this is {me}, not {}", String::from_utf8_lossy(to))),
-            None => Some(format!("{who} is not a neighbour of {me}")),
-            Some(_) if nonce_d.len() > 64 => Some("nonce too long".into()),
+            _ if to != me.as_bytes() => {
+                Some((Refusal::WrongServer, format!("this is {me}, not {}", String::from_utf8_lossy(to))))
+            }
+            None => Some((Refusal::NotNeighbour, format!("{who} is not a neighbour of {me}"))),
+            Some(_) if nonce_d.len() > 64 => Some((Refusal::BadHello, "nonce too long".into())),
+            // With peer TLS, the certificate the handshake verified must name the server the HELLO claims
+            // to be: Clark's certificate cannot speak for Bona.
+            Some(_) if ctx.peer_tls.is_some() => match self.io.certificate_names(&who) {
+                Ok(()) => None,
+                Err(r) => Some((r, format!("the certificate does not name {who}"))),
+            },
             Some(_) => None,
         };
-        if let Some(reason) = refuse {
-            ctx.counters.peers_refused += 1;
+        if let Some((refusal, reason)) = refuse {
+            ctx.refused(refusal);
             // Written at once rather than through `out` and the end-of-turn flush: the link closes in
             // this turn, and the send buffer of a socket that has sent nothing has room for one line.
-            // Best effort: a dialer that never reads it just sees the close.
-            let _ = self.stream.write(auth::refused(&reason).as_bytes());
-            return self.close(PeerClose::Refused, ctx, format_args!("{reason}"));
+            // Best effort: a dialer that never reads it just sees the close. (With TLS, `PeerIo::write`
+            // encrypts the line and pushes the record at once.)
+            let _ = self.io.write(&mut self.stream, auth::refused(&reason).as_bytes());
+            return self.close(PeerClose::Refused, ctx, format_args!("{}: {reason}", refusal.reason()));
         }
         let neighbour = neighbour.expect("checked");
         let nonce_d = String::from_utf8_lossy(nonce_d).to_string();
@@ -485,7 +515,7 @@ impl Connection for Peer {
                 // so it is alive, only busy (a long sync must not look like silence).
                 self.heard(ctx.now);
             }
-            if self.sent < self.out.len() || self.sync.is_some() {
+            if self.sent < self.out.len() || self.sync.is_some() || self.io.wants_write() {
                 self.mark_dirty(ctx);
             }
         }
@@ -527,15 +557,20 @@ impl Connection for Peer {
                 return;
             }
             reads += 1;
-            match self.read(scratch) {
-                ReadOutcome::Data(n) => {
+            match self.io.read(&mut self.stream, scratch) {
+                IoRead::Data(n) => {
                     ctx.counters.peer_bytes_in += n as u64;
                     self.take_input(&scratch[..n], ctx);
                 }
-                ReadOutcome::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
-                ReadOutcome::WouldBlock => self.readable = false,
-                ReadOutcome::Failed => self.close(PeerClose::Reset, ctx, format_args!("")),
+                IoRead::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
+                IoRead::WouldBlock => self.readable = false,
+                IoRead::Failed(_) => self.close(PeerClose::Reset, ctx, format_args!("")),
+                IoRead::Refused(reason, e) => self.tls_failed(reason, &e, ctx),
             }
+        }
+        // TLS handshake messages (or an alert) that the reads produced go out at the end of the turn.
+        if self.io.wants_write() && !self.is_closed() {
+            self.mark_dirty(ctx);
         }
     }
 
@@ -553,8 +588,12 @@ impl Connection for Peer {
         self.dirty = false;
         let mut batches = 0;
         loop {
-            while self.sent < self.out.len() && self.writable && !self.is_closed() {
-                match self.stream.write(&self.out[self.sent..]) {
+            // With TLS, rustls may hold records of its own (handshake, or data the socket did not take)
+            // even when `out` is empty: an empty write pushes them.
+            while (self.sent < self.out.len() || self.io.wants_write()) && self.writable && !self.is_closed() {
+                match self.io.write(&mut self.stream, &self.out[self.sent..]) {
+                    // rustls holds all it may until the handshake ends: the next read moves it on.
+                    Ok(0) if self.sent < self.out.len() => break,
                     Ok(n) => {
                         if ctx.trace {
                             log::trace!(target: TRACE, "peer{}: wrote {n} bytes", TokenName(self.token));
@@ -574,7 +613,7 @@ impl Connection for Peer {
                 self.out.clear();
                 self.sent = 0;
             }
-            if self.is_closed() || !self.writable || self.sent != 0 {
+            if self.is_closed() || !self.writable || self.sent != 0 || self.io.is_handshaking() {
                 break;
             }
             if self.sync.is_some() && batches == SYNC_BATCHES_PER_TURN {
@@ -588,7 +627,7 @@ impl Connection for Peer {
             }
             batches += 1;
         }
-        if self.close_when_flushed && self.out.is_empty() && self.sync.is_none() {
+        if self.close_when_flushed && self.out.is_empty() && self.sync.is_none() && !self.io.wants_write() {
             self.close(PeerClose::Shutdown, ctx, format_args!(""));
         }
         if self.out.capacity() > 1 << 20 && self.out.is_empty() {
