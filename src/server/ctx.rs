@@ -158,9 +158,6 @@ pub struct Gauges {
 }
 
 impl Ctx {
-    /// A context with an empty record table, at the present time. `herd` names every server of the
-    /// config; `seed` seeds the redial jitter.
-    #[allow(clippy::too_many_arguments)]
     /// A seed for the redial jitter (xorshift: not for secrets; nonces come from the system each time).
     pub fn random_seed() -> Result<u64, crate::server::error::ServerError> {
         use ring::rand::SecureRandom;
@@ -169,6 +166,9 @@ impl Ctx {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// A context with an empty record table, at the present time. `herd` names every server of the
+    /// config; `seed` seeds the redial jitter.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         herd: &[&str],
