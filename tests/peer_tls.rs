@@ -127,9 +127,8 @@ fn forged_lines(claim: &str, id: &str) -> String {
 
 /// Bailey's `herd_peers_refused_total` by reason, from its admin port.
 fn refused(herd: &Herd, server: &str) -> std::collections::HashMap<String, u64> {
-    let mut s = connect(herd.config.member(server).admin_port);
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: herd\r\nConnection: close\r\n\r\n").unwrap();
-    let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+    let (status, text) = admin_get(herd.config.member(server).admin_port, "/metrics");
+    assert_eq!(status, 200, "{text}");
     text.lines()
         .filter(|l| l.starts_with("herd_peers_refused_total{"))
         .map(|l| {
