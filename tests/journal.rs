@@ -39,10 +39,7 @@ fn records(admin_port: u16) -> HashMap<String, String> {
 fn metric(admin_port: u16, name: &str) -> f64 {
     let (_, body) = admin_get(admin_port, "/metrics");
     let prefix = format!("herd_{name}{{");
-    body.lines()
-        .filter(|l| l.starts_with(&prefix))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
+    body.lines().filter(|l| l.starts_with(&prefix)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum()
 }
 
 fn wait_metric(admin_port: u16, name: &str, at_least: f64, limit: Duration) -> f64 {
@@ -142,8 +139,7 @@ fn every_acknowledged_iamat_survives_a_sigkill_of_the_whole_herd() {
                     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { continue };
                     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                     let time = now_text();
-                    let batch: String =
-                        (n..n + 20).map(|i| format!("IAMAT k{c}-{i} +1.5-2.5 {time}\n")).collect();
+                    let batch: String = (n..n + 20).map(|i| format!("IAMAT k{c}-{i} +1.5-2.5 {time}\n")).collect();
                     n += 20;
                     if s.write_all(batch.as_bytes()).is_err() {
                         continue;
