@@ -49,7 +49,7 @@
 //!   or `no`: entries acknowledged but not yet fsynced may be gone.
 //!
 //! After an unclean stop of an `always` journal the id stays: everything acknowledged was fsynced. The seq
-//! counter then resumes `UNCLEAN_SKIP` (2^32) past the greatest seq on disk, beyond any seq handed out and
+//! counter then resumes `UNCLEAN_SKIP` (2^30) past the greatest seq on disk, beyond any seq handed out and
 //! flooded but not yet written when the process died, so a neighbour's offset never covers a seq that
 //! will be reused. After a clean close it resumes right after the greatest seq.
 
