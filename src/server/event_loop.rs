@@ -28,6 +28,7 @@ use super::conn::{Conn, Connection, Conns, Delivery};
 use super::ctx::{Counters, Ctx, Neighbour, OutLink};
 use super::error::ServerError;
 use super::handoff::HandOff;
+use super::herd;
 use super::journal;
 use super::log::{self as server_log, ServerLog};
 use super::peer_tls::PeerTls;
@@ -82,6 +83,9 @@ struct Core {
     durable_ready: Vec<Token>,
     /// The journal got somewhere while this turn was ending: the next poll must not sleep.
     journal_again: bool,
+    /// A `Timer::Journal` is armed; the seq stored last when it last fired (an idle server is not woken).
+    journal_tick_armed: bool,
+    journal_tick_seq: u64,
 }
 
 impl Server {
@@ -163,6 +167,8 @@ impl Server {
                 journal_opts,
                 durable_ready: Vec::new(),
                 journal_again: false,
+                journal_tick_armed: false,
+                journal_tick_seq: 0,
             },
         })
     }
@@ -192,6 +198,7 @@ impl Server {
         if let Some((opts, waker)) = core.journal_opts.take() {
             core.ctx.open_journal(&opts, waker).map_err(ServerError::Journal)?;
             core.ctx.timers.add(core.ctx.now, Timer::Journal);
+            core.journal_tick_armed = true;
         }
         // Dial every neighbour at once: those already up link within a round trip.
         for n in 0..core.ctx.neighbours.len() {
@@ -284,6 +291,11 @@ impl Core {
     /// Hands the journal this turn's records and releases the replies and acknowledgements whose records
     /// are now durable (or failed to be written).
     fn journal_turn(&mut self) -> bool {
+        if self.ctx.journal.is_some() && !self.journal_tick_armed && self.ctx.last_seq != self.journal_tick_seq {
+            // Records were stored since the journal was last looked at: look again in a while.
+            self.journal_tick_armed = true;
+            self.ctx.timers.add(self.ctx.now + herd::JOURNAL_TICK, Timer::Journal);
+        }
         let mut ready = std::mem::take(&mut self.durable_ready);
         self.ctx.journal_turn(&mut ready);
         for &token in &ready {
@@ -387,8 +399,14 @@ impl Core {
                     self.listeners.accept_admin(conns, ctx);
                 }
                 Timer::Journal => {
+                    // Re-armed only while a rewrite runs; otherwise by the next record stored.
+                    self.journal_tick_armed = false;
+                    self.journal_tick_seq = self.ctx.last_seq;
                     if let Some(next) = self.ctx.journal_housekeeping() {
-                        self.ctx.timers.add(self.ctx.now + next, Timer::Journal);
+                        if next < herd::JOURNAL_TICK {
+                            self.journal_tick_armed = true;
+                            self.ctx.timers.add(self.ctx.now + next, Timer::Journal);
+                        }
                     }
                 }
                 Timer::ShutdownDeadline => {

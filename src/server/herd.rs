@@ -250,8 +250,9 @@ impl Ctx {
 
 /// Records handed to a rewrite of the journal per step (a step per loop turn, or per tick of the timer).
 const REWRITE_STEP: usize = 4096;
-/// How often the loop looks at the journal when nothing else wakes it: whether to rewrite it.
-pub const JOURNAL_TICK: Duration = Duration::from_secs(1);
+/// How soon after records were stored the loop looks at the journal (whether to rewrite it). Not armed
+/// while nothing is stored: an idle server is not woken.
+pub const JOURNAL_TICK: Duration = Duration::from_millis(100);
 /// ... and while a rewrite walks the table.
 pub const JOURNAL_TICK_REWRITING: Duration = Duration::from_millis(2);
 
@@ -262,6 +263,9 @@ impl Ctx {
     /// says (see `journal`'s replication id rule). Returns a one-line error (a corrupt middle).
     pub fn open_journal(&mut self, opts: &journal::Options, waker: Arc<mio::Waker>) -> Result<(), String> {
         let started = Instant::now();
+        // Room for the table up front: growing the index on the way rehashes every id each time.
+        let expected = journal::Journal::estimate_entries(&opts.dir) as usize;
+        self.records.reserve(expected.min(1 << 26));
         let records = &mut self.records;
         let mut unreadable = 0u64;
         let (journal, replayed) = journal::Journal::open(opts, waker, &mut |seq, line| match protocol::parse_at(line)
