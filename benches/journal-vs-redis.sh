@@ -4,11 +4,15 @@
 # pinned to core 0 and the load to core 1. Also herd with `everysec` against herd without a journal.
 # The journal and the AOF go to the same disk-backed directory (the filesystem type is printed: not tmpfs).
 #
-#     benches/journal-vs-redis.sh [SECONDS] [DIR]   (needs redis-server: apt-get install -y redis-server)
+# ROUNDS interleaved rounds at 50 connections, depth 1 and 16, and the medians: the machine is shared
+# and noisy, and so is its disk.
+#
+#     benches/journal-vs-redis.sh [ROUNDS] [SECONDS] [DIR]   (needs redis-server: apt-get install -y redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-secs=${1:-5}
-base=${2:-/var/tmp}
+rounds=${1:-5}
+secs=${2:-4}
+base=${3:-/var/tmp}
 cargo build --release -q
 herd=target/release/herd
 dir=$(mktemp -d "$base/herd-journal-bench.XXXXXX")
@@ -32,19 +36,28 @@ run() { # target extra-args...
         python3 -c "import json,sys;r=json.load(sys.stdin);l=r['latency_us'];print('%.0f %.0f %.0f %d'%(r['throughput_rps'],l['p50'],l['p99'],r['errors_total']))"
 }
 redis() { run "$1" --workload raw --template 'SET k{i} v' --expect +OK "${@:2}"; }
+results=$dir/results
 echo
-echo "| conns | depth | herd always IAMAT/s | p50/p99 µs | redis always SET/s | p50/p99 µs | herd/redis | herd everysec | herd no journal | everysec/none | redis everysec |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
-for conns in 1 50; do
-    for depth in 1 16; do
-        read -r a ap50 ap99 aerr < <(run 31700 --connections $conns --depth $depth)
-        read -r r rp50 rp99 rerr < <(redis 16380 --connections $conns --depth $depth)
-        read -r e ep50 ep99 eerr < <(run 31710 --connections $conns --depth $depth)
-        read -r n np50 np99 nerr < <(run 31720 --connections $conns --depth $depth)
-        read -r re rep50 rep99 reerr < <(redis 16381 --connections $conns --depth $depth)
-        r1=$(python3 -c "print(f'{$a/$r:.2f}')")
-        r2=$(python3 -c "print(f'{$e/$n:.2f}')")
-        echo "| $conns | $depth | $a | $ap50/$ap99 | $r | $rp50/$rp99 | $r1 | $e | $n | $r2 | $re |"
-        [ "$aerr$rerr$eerr$nerr$reerr" = "00000" ] || echo "errors: $aerr $rerr $eerr $nerr $reerr" >&2
+echo "Interleaved rounds at 50 connections (medians below): herd always, redis always, herd everysec, herd without a journal"
+for depth in 1 16; do
+    for round in $(seq "$rounds"); do
+        read -r a ap50 ap99 aerr < <(run 31700 --connections 50 --depth $depth)
+        read -r r rp50 rp99 rerr < <(redis 16380 --connections 50 --depth $depth)
+        read -r e ep50 ep99 eerr < <(run 31710 --connections 50 --depth $depth)
+        read -r n np50 np99 nerr < <(run 31720 --connections 50 --depth $depth)
+        echo "depth $depth round $round: herd always $a ($ap50/$ap99 µs)  redis always $r ($rp50/$rp99 µs)  herd everysec $e  herd no journal $n"
+        echo "$depth $a $r $e $n $ap50 $ap99 $rp50 $rp99" >> "$results"
+        [ "$aerr$rerr$eerr$nerr" = "0000" ] || echo "errors: $aerr $rerr $eerr $nerr" >&2
     done
 done
+python3 - "$results" <<'PY'
+import sys, statistics as st
+rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
+print()
+print("| depth | herd always IAMAT/s | p50/p99 µs | redis always SET/s | p50/p99 µs | herd/redis (median of rounds) | herd everysec | herd no journal | everysec/none (median of rounds) |")
+print("|---|---|---|---|---|---|---|---|---|")
+for d in (1, 16):
+    r = [x for x in rows if x[0] == d]
+    m = lambda i: st.median(x[i] for x in r)
+    print(f"| {d} | {m(1):.0f} | {m(5):.0f}/{m(6):.0f} | {m(2):.0f} | {m(7):.0f}/{m(8):.0f} | {st.median(x[1]/x[2] for x in r):.2f} | {m(3):.0f} | {m(4):.0f} | {st.median(x[3]/x[4] for x in r):.2f} |")
+PY
