@@ -434,6 +434,45 @@ mod tests {
         assert_eq!(ctx.counters.records_stored, 2);
     }
 
+    /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer
+    /// has made it durable, and the writer wakes the poll for it; the journal replays into a new context.
+    #[test]
+    fn stored_records_are_journalled_and_waits_end_once_durable() {
+        let dir = std::env::temp_dir().join(format!("herd-herd-rules-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(0)).unwrap());
+        let opts = journal::Options::new(dir.clone(), journal::FsyncMode::Always);
+        let mut first = ctx(100);
+        first.open_journal(&opts, Arc::clone(&waker)).unwrap();
+        assert!(first.holds_replies());
+        let (line, fields) = at("kiwi", "1520023934.9");
+        assert!(first.store_and_flood(&line, fields, None));
+        assert_eq!(first.last_seq, 1);
+        first.await_durable(1, Token(7));
+        first.await_durable(1, Token(7));
+        assert_eq!(first.durable_waiters.len(), 1, "a run of waits of one connection is one entry");
+        let mut ready = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = mio::Events::with_capacity(4);
+        loop {
+            first.journal_turn(&mut ready);
+            if !ready.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the writer never made seq 1 durable");
+            poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
+        }
+        assert_eq!(ready, vec![Token(7)]);
+        assert!(first.durable >= 1);
+        first.journal.as_mut().unwrap().close();
+        let mut second = ctx(100);
+        second.open_journal(&opts, waker).unwrap();
+        assert_eq!(second.records().get(b"kiwi").unwrap().line(), &line[..]);
+        assert_eq!((second.records().max_seq(), second.rid.clone()), (1, first.rid.clone()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn a_whatsat_for_an_unknown_client_waits_only_while_a_neighbour_is_linked() {
         let mut ctx = ctx(100);
