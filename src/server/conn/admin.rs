@@ -479,4 +479,3 @@ fn out_histogram(metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]), st
     metric("journal_fsync_microseconds_sum", "counter", "fsync latency of the journal, sum.", &sum);
     metric("journal_fsync_seconds_count", "counter", "fsyncs timed.", &[(String::new(), st.fsyncs)]);
 }
-
