@@ -639,7 +639,6 @@ fn parse_journal(v: &Value) -> Result<JournalConfig, FieldError> {
         Some(other) => return Err(expected("journal.rewrite_ratio", "a number from 1.1 to 1000", describe(other))),
     };
     Ok(JournalConfig { dir: o.required_string("dir")?.into(), fsync, rewrite_ratio, truncate_corrupt: false })
-
 }
 
 fn parse_peer_tls(v: &Value) -> Result<PeerTlsConfig, FieldError> {
