@@ -147,6 +147,8 @@ pub struct Config {
     pub log: LogOptions,
     /// Mutual TLS on peer links; `None` keeps them plaintext (for trusted networks only).
     pub peer_tls: Option<PeerTlsConfig>,
+    /// `journal` (issue 15): every stored record appended to `dir/NAME/` and replayed at start.
+    pub journal: Option<JournalConfig>,
 }
 
 /// `"peer_tls": {"ca_file": F, "cert_dir": D}`: the herd CA every peer certificate must chain to, and the
@@ -496,6 +498,7 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         "run_dir",
         "limits",
         "peer_tls",
+        "journal",
     ])?;
 
     let servers_value = top.require("servers")?;
@@ -605,7 +608,37 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         limits,
         log: parse_log_options(&top)?,
         peer_tls,
+        journal: top.get("journal").map(parse_journal).transpose()?,
     })
+}
+
+/// `"journal": {"dir": D, "fsync": "always" | "everysec" | "no", "rewrite_ratio": R}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalConfig {
+    pub dir: PathBuf,
+    /// `always`, `everysec` or `no` (checked here; the server maps it to its mode).
+    pub fsync: String,
+    /// Rewrite when the journal holds more than this many entries per live record (default 2).
+    pub rewrite_ratio: f64,
+    /// `herd serve --journal-truncate-corrupt`: keep what precedes a corrupt entry in the middle.
+    pub truncate_corrupt: bool,
+}
+
+fn parse_journal(v: &Value) -> Result<JournalConfig, FieldError> {
+    let o = Obj::new(v, "journal")?;
+    o.only(&["dir", "fsync", "rewrite_ratio"])?;
+    let fsync = o.string("fsync")?.unwrap_or_else(|| "everysec".into());
+    if !["always", "everysec", "no"].contains(&fsync.as_str()) {
+        return Err(expected("journal.fsync", "\"always\", \"everysec\" or \"no\"", format!("{fsync:?}")));
+    }
+    let rewrite_ratio = match o.get("rewrite_ratio") {
+        None => 2.0,
+        Some(Value::Number(n)) if n.as_f64().is_some_and(|r| (1.1..=1000.0).contains(&r)) => {
+            n.as_f64().expect("checked")
+        }
+        Some(other) => return Err(expected("journal.rewrite_ratio", "a number from 1.1 to 1000", describe(other))),
+    };
+    Ok(JournalConfig { dir: o.required_string("dir")?.into(), fsync, rewrite_ratio, truncate_corrupt: false })
 }
 
 fn parse_peer_tls(v: &Value) -> Result<PeerTlsConfig, FieldError> {

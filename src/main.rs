@@ -14,7 +14,9 @@ use std::process::ExitCode;
 const USAGE: &str = "\
 usage:
   herd up [--config FILE]                      run every server of the config (and the local Places service)
-  herd serve NAME [--config FILE]              run one server in the foreground
+  herd serve NAME [--config FILE] [--journal-truncate-corrupt]
+                                               run one server in the foreground; the flag keeps what
+                                               precedes a corrupt journal entry instead of refusing to start
   herd places --listen ADDR --ca-out FILE      run the local Places-compatible HTTPS service
   herd load [OPTIONS]                          the load generator (herd load --help)
   herd certs [--config FILE] --out DIR         the herd CA and each server's certificate for peer_tls
@@ -77,17 +79,22 @@ fn load_config(path: &Path) -> Result<Config, i32> {
 }
 
 fn serve(args: &[String]) -> i32 {
-    let (path, names) = match config_and_names(args) {
+    let truncate_corrupt = args.iter().any(|a| a == "--journal-truncate-corrupt");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--journal-truncate-corrupt").cloned().collect();
+    let (path, names) = match config_and_names(&args) {
         Ok(v) => v,
         Err(e) => return usage_error(&e),
     };
     let [name] = names.as_slice() else {
         return usage_error("serve takes exactly one server NAME");
     };
-    let config = match load_config(&path) {
+    let mut config = match load_config(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    if let Some(j) = config.journal.as_mut() {
+        j.truncate_corrupt = truncate_corrupt;
+    }
     match herd::server::serve(&config, name) {
         Ok(()) => 0,
         Err(e) => start_failed(&e),

@@ -13,6 +13,7 @@
 use super::admin_auth::AdminGuard;
 use super::admission::{IdleList, PerAddress};
 use super::auth::Auth;
+use super::journal::Journal;
 use super::log::ServerLog;
 use super::peer_tls::{PeerIo, PeerTls, Refusal};
 use super::places_client::PlacesClient;
@@ -21,7 +22,7 @@ use crate::config::Limits;
 use crate::protocol::{AtFields, Timestamp};
 use crate::record::RecordStore;
 use mio::Token;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,34 @@ pub struct Ctx {
     pub(super) unknown_grace: Duration,
     /// WHATSATs waiting for a record, by client id: (client connection, ticket).
     pub(super) awaiting_record: HashMap<Box<[u8]>, Vec<(Token, u64)>>,
+    /// The journal (config `journal`): every record stored is appended to it (`offer_record`).
+    pub journal: Option<Journal>,
+    /// This server's replication id: its stream of seqs means something to a neighbour under this id
+    /// only. The journal's; without a journal, a fresh one each start.
+    pub rid: String,
+    /// Per neighbour (by name): its replication id and the offset of its stream this server holds all
+    /// of (acknowledged, and persisted in the journal's meta file).
+    pub peer_offsets: HashMap<String, (String, u64)>,
+    /// What the journal has made durable, and what failed to be written, as of this turn (`u64::MAX`
+    /// and 0 without a journal): see `herd::journal_turn`.
+    pub durable: u64,
+    pub failed: u64,
+    /// Connections waiting for `durable` to reach a seq: held IAMAT replies, peer acknowledgements.
+    pub durable_waiters: VecDeque<(u64, Token)>,
+    /// The seq of the record stored last.
+    pub last_seq: u64,
+    /// What the start-up replay did (for `/metrics`).
+    pub replay: ReplayStats,
+    /// The slot cursor of a journal rewrite walking the table, while one runs.
+    pub(super) rewrite_cursor: Option<usize>,
+}
+
+/// The journal replay at start-up.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReplayStats {
+    pub seconds: f64,
+    pub entries: u64,
+    pub cut_bytes: u64,
 }
 
 /// What handlers leave for others: the loop empties it after every handler (`handoff.rs`), so all of
@@ -129,11 +158,13 @@ pub struct Neighbour {
     pub(super) backoff: Duration,
     /// Identified links from this neighbour (normally 0 or 1).
     pub links_in: usize,
+    /// The offset of this server's stream the neighbour last acknowledged (`ACK` lines).
+    pub acked: u64,
 }
 
 impl Neighbour {
     pub fn new(name: String, addr: SocketAddr) -> Neighbour {
-        Neighbour { name, addr, link: OutLink::Backoff, backoff: BACKOFF_FIRST, links_in: 0 }
+        Neighbour { name, addr, link: OutLink::Backoff, backoff: BACKOFF_FIRST, links_in: 0, acked: 0 }
     }
 }
 
@@ -153,6 +184,8 @@ pub struct Gauges {
     pub clients: usize,
     pub peers: usize,
     pub admins: usize,
+    /// IAMAT replies held until their record is durable (`journal.fsync` = `always`).
+    pub replies_waiting_fsync: usize,
     /// Every connection in the loop's slab.
     pub connections: usize,
 }
@@ -212,6 +245,15 @@ impl Ctx {
             next_ticket: 0,
             unknown_grace: Duration::from_millis(limits.unknown_client_grace_ms),
             awaiting_record: HashMap::new(),
+            journal: None,
+            rid: super::journal::new_rid(),
+            peer_offsets: HashMap::new(),
+            durable: u64::MAX,
+            failed: 0,
+            durable_waiters: VecDeque::new(),
+            last_seq: 0,
+            replay: ReplayStats::default(),
+            rewrite_cursor: None,
         }
     }
 
@@ -255,8 +297,15 @@ impl Ctx {
 
     /// Offers a record to the table: true if it is the newest of its client and was stored. The one
     /// way records get in (`herd::store_and_flood` calls it), so a journal or a store has one seam.
+    /// Every record stored gets the next seq and is appended to the journal (made durable at the end of
+    /// the turn, by the journal's writer thread).
     pub(super) fn offer_record(&mut self, line: &[u8], fields: AtFields) -> bool {
-        self.records.offer(line, fields)
+        let Some(seq) = self.records.offer_seq(line, fields) else { return false };
+        self.last_seq = seq;
+        if let Some(j) = self.journal.as_mut() {
+            j.append(seq, line);
+        }
+        true
     }
 
     /// The latest client time a record may carry now: the clock plus `limits.max_clock_skew_s`.
@@ -316,10 +365,13 @@ pub enum CloseReason {
     Evicted,
     /// The server is shutting down.
     Shutdown,
+    /// An IAMAT's record could not be written to the journal (disk full): no reply, and the connection
+    /// closes after the replies owed before it.
+    NotDurable,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 9] = [
         CloseReason::Eof,
         CloseReason::Reset,
         CloseReason::LineTooLong,
@@ -328,6 +380,7 @@ impl CloseReason {
         CloseReason::Idle,
         CloseReason::Evicted,
         CloseReason::Shutdown,
+        CloseReason::NotDurable,
     ];
 
     pub fn name(self) -> &'static str {
@@ -340,6 +393,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Evicted => "evicted",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::NotDurable => "not_durable",
         }
     }
 }
@@ -382,6 +436,13 @@ pub struct Counters {
     pub peers_refused_by: [u64; Refusal::ALL.len()],
     pub peer_bytes_in: u64,
     pub peer_bytes_out: u64,
+    /// Link-ups that sent only what changed since the neighbour's offset, and those that sent the table.
+    pub delta_syncs: u64,
+    pub full_syncs: u64,
+    /// `ACK` lines sent to neighbours.
+    pub acks_sent: u64,
+    /// IAMATs whose journal write failed: no reply, connection closed.
+    pub not_durable: u64,
 }
 
 impl Counters {

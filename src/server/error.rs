@@ -37,6 +37,8 @@ pub enum ServerError {
     Io { what: String, source: io::Error },
     /// No system randomness for the handshake nonces and jitter.
     NoRandomness,
+    /// The journal cannot be opened or replayed (a corrupt entry in the middle names its file and offset).
+    Journal(String),
 }
 
 impl std::fmt::Display for ServerError {
@@ -50,7 +52,9 @@ impl std::fmt::Display for ServerError {
                 write!(f, "admin_token_env names {var}, which is not set or empty (the admin listener would be open)")
             }
             ServerError::Config(e) => write!(f, "{e}"),
-            ServerError::Places(message) | ServerError::PeerTls(message) => f.write_str(message),
+            ServerError::Places(message) | ServerError::PeerTls(message) | ServerError::Journal(message) => {
+                f.write_str(message)
+            }
             ServerError::Listen { server, what, addr, source } => {
                 write!(f, "{server}: cannot listen on {addr} ({what}): {source}")
             }

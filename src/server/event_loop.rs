@@ -28,6 +28,8 @@ use super::conn::{Conn, Connection, Conns, Delivery};
 use super::ctx::{Counters, Ctx, Neighbour, OutLink};
 use super::error::ServerError;
 use super::handoff::HandOff;
+use super::herd;
+use super::journal;
 use super::log::{self as server_log, ServerLog};
 use super::peer_tls::PeerTls;
 use super::places_client::PlacesClient;
@@ -42,10 +44,14 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 * 1024;
+/// A journal is not rewritten before it holds this many entries (then: past `journal.rewrite_ratio` times
+/// the table).
+const JOURNAL_REWRITE_MIN: u64 = 10_000;
 /// How long a graceful shut-down may take before the loop gives up on slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -71,6 +77,15 @@ struct Core {
     log_flush_armed: bool,
     /// The allocation a token queue gets while a pass takes its tokens (`take_queue`).
     spare_tokens: Vec<Token>,
+    /// The journal to open (and replay) when the loop starts, and the waker its writer thread uses.
+    journal_opts: Option<(journal::Options, Arc<mio::Waker>)>,
+    /// Connections whose wait for the journal ended this turn.
+    durable_ready: Vec<Token>,
+    /// The journal got somewhere while this turn was ending: the next poll must not sleep.
+    journal_again: bool,
+    /// A `Timer::Journal` is armed; the seq stored last when it last fired (an idle server is not woken).
+    journal_tick_armed: bool,
+    journal_tick_seq: u64,
 }
 
 impl Server {
@@ -108,12 +123,28 @@ impl Server {
         registry
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(ServerError::io(format!("{name}: cannot register")))?;
-        let places = match &config.places {
-            Some(pc) => {
-                let waker = mio::Waker::new(poll.registry(), WAKER).map_err(ServerError::io("cannot create waker"))?;
-                Some(PlacesClient::new(pc, std::sync::Arc::new(waker))?)
+        // One waker per poll: the Places helper threads and the journal's writer share it.
+        let waker = match config.places.is_some() || config.journal.is_some() {
+            true => {
+                Some(Arc::new(mio::Waker::new(poll.registry(), WAKER).map_err(ServerError::io("cannot create waker"))?))
             }
-            None => None,
+            false => None,
+        };
+        let places = match (&config.places, &waker) {
+            (Some(pc), Some(waker)) => Some(PlacesClient::new(pc, Arc::clone(waker))?),
+            _ => None,
+        };
+        let journal_opts = match (&config.journal, &waker) {
+            (Some(jc), Some(waker)) => {
+                let fsync = journal::FsyncMode::parse(&jc.fsync)
+                    .ok_or_else(|| ServerError::Journal(format!("journal.fsync: {:?}", jc.fsync)))?;
+                let mut opts = journal::Options::new(jc.dir.join(name), fsync);
+                opts.rewrite_ratio = jc.rewrite_ratio;
+                opts.rewrite_min_entries = JOURNAL_REWRITE_MIN;
+                opts.truncate_corrupt = jc.truncate_corrupt;
+                Some((opts, Arc::clone(waker)))
+            }
+            _ => None,
         };
         let seed = Ctx::random_seed()?;
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
@@ -133,6 +164,11 @@ impl Server {
                 finished: false,
                 log_flush_armed: false,
                 spare_tokens: Vec::new(),
+                journal_opts,
+                durable_ready: Vec::new(),
+                journal_again: false,
+                journal_tick_armed: false,
+                journal_tick_seq: 0,
             },
         })
     }
@@ -158,12 +194,22 @@ impl Server {
         core.ctx.log.set_time(core.ctx.wall);
         let name = String::from_utf8_lossy(&core.ctx.name).to_string();
         core.ctx.log.event(format_args!("start: {name} listening for clients on {client} and peers on {peer}"));
+        // The journal is replayed before the first accept (connections wait in the listen backlog).
+        if let Some((opts, waker)) = core.journal_opts.take() {
+            core.ctx.open_journal(&opts, waker).map_err(ServerError::Journal)?;
+            core.ctx.timers.add(core.ctx.now, Timer::Journal);
+            core.journal_tick_armed = true;
+        }
         // Dial every neighbour at once: those already up link within a round trip.
         for n in 0..core.ctx.neighbours.len() {
             sockets::dial_peer(n, &mut core.conns, &mut core.ctx);
         }
         while !self.core.finished {
             self.turn()?;
+        }
+        if let Some(j) = self.core.ctx.journal.as_mut() {
+            // Clean close: everything written and fsynced, and the meta file says so.
+            j.close();
         }
         let summary = self.core.ctx.summary();
         self.core.ctx.log.event(format_args!("stop: {summary}"));
@@ -175,8 +221,8 @@ impl Server {
     /// One loop turn (see the module documentation for the order of its steps).
     pub fn turn(&mut self) -> Result<(), ServerError> {
         let core = &mut self.core;
-        let timeout =
-            if core.ctx.again.is_empty() { core.ctx.timers.timeout(core.ctx.now) } else { Some(Duration::ZERO) };
+        let busy = !core.ctx.again.is_empty() || std::mem::take(&mut core.journal_again);
+        let timeout = if busy { Some(Duration::ZERO) } else { core.ctx.timers.timeout(core.ctx.now) };
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != ErrorKind::Interrupted {
                 return Err(ServerError::Io { what: "poll failed".into(), source: e });
@@ -211,8 +257,15 @@ impl Server {
         }
         core.conns.cause = "timer";
         core.fire_timers();
+        core.conns.cause = "journal";
+        core.journal_turn();
         core.conns.cause = "flush";
         core.flush_dirty();
+        // Records stored while flushing (held-back lines answered) go to the writer now, not next turn;
+        // replies released now are written next turn, which must not sleep.
+        if core.journal_turn() || core.ctx.durable_ready() {
+            core.journal_again = true;
+        }
         core.conns.cause = "close";
         core.close_finished();
 
@@ -235,6 +288,27 @@ impl Server {
 }
 
 impl Core {
+    /// Hands the journal this turn's records and releases the replies and acknowledgements whose records
+    /// are now durable (or failed to be written).
+    fn journal_turn(&mut self) -> bool {
+        if self.ctx.journal.is_some() && !self.journal_tick_armed && self.ctx.last_seq != self.journal_tick_seq {
+            // Records were stored since the journal was last looked at: look again in a while.
+            self.journal_tick_armed = true;
+            self.ctx.timers.add(self.ctx.now + herd::JOURNAL_TICK, Timer::Journal);
+        }
+        let mut ready = std::mem::take(&mut self.durable_ready);
+        self.ctx.journal_turn(&mut ready);
+        for &token in &ready {
+            if self.conns.contains(token) {
+                self.handle(token, |conn, ctx, scratch| conn.deliver(Delivery::Durable, ctx, scratch));
+            }
+        }
+        let delivered = !ready.is_empty();
+        ready.clear();
+        self.durable_ready = ready;
+        delivered
+    }
+
     fn is_peer_event(&self, token: Token) -> bool {
         token == PEER_LISTENER || self.conns.is_peer(token)
     }
@@ -323,6 +397,17 @@ impl Core {
                     self.listeners.accept_clients(conns, ctx);
                     self.listeners.accept_peers(conns, ctx);
                     self.listeners.accept_admin(conns, ctx);
+                }
+                Timer::Journal => {
+                    // Re-armed only while a rewrite runs; otherwise by the next record stored.
+                    self.journal_tick_armed = false;
+                    self.journal_tick_seq = self.ctx.last_seq;
+                    if let Some(next) = self.ctx.journal_housekeeping() {
+                        if next < herd::JOURNAL_TICK {
+                            self.journal_tick_armed = true;
+                            self.ctx.timers.add(self.ctx.now + next, Timer::Journal);
+                        }
+                    }
                 }
                 Timer::ShutdownDeadline => {
                     log::warn!("shut-down grace period over: closing {} connections", self.conns.len());

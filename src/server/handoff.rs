@@ -72,6 +72,8 @@ impl HandOff {
                         c.deliver(Delivery::Record(line), ctx, s);
                         sent_to += 1;
                     });
+                } else {
+                    conns.with(token, ctx, scratch, |c, ctx, s| c.deliver(Delivery::Advanced, ctx, s));
                 }
             }
             if sent_to > 0 {

@@ -7,11 +7,13 @@
 //! right after the handler (`handoff.rs`). So every rule here can be tested with a `Ctx` alone (see the
 //! tests at the end).
 
-use super::ctx::{Ctx, OutLink, BACKOFF_CAP, BACKOFF_FIRST};
+use super::ctx::{Ctx, OutLink, ReplayStats, BACKOFF_CAP, BACKOFF_FIRST};
+use super::journal;
 use super::places_client::{Outcome, PlacesClient, Replies, Waiter, IDLE_KEEP};
 use super::timer::Timer;
 use crate::protocol::{self, AtFields, WhatsAt};
 use mio::Token;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What a WHATSAT got from the herd.
@@ -44,8 +46,9 @@ impl Ctx {
                 self.outbox.records_arrived.extend(waiters);
             }
         }
-        let any_link =
-            self.neighbours.iter().enumerate().any(|(i, n)| Some(i) != from && matches!(n.link, OutLink::Live(_)));
+        // Every live link hears of it: the others get the record, the one it came from only that this
+        // server's stream moved on (its offset, for catch-up by delta).
+        let any_link = self.neighbours.iter().any(|n| matches!(n.link, OutLink::Live(_)));
         if any_link {
             let floods = &mut self.outbox.floods;
             let start = floods.len() as u32;
@@ -245,6 +248,139 @@ impl Ctx {
     }
 }
 
+/// Records handed to a rewrite of the journal per step (a step per loop turn, or per tick of the timer).
+const REWRITE_STEP: usize = 4096;
+/// How soon after records were stored the loop looks at the journal (whether to rewrite it). Not armed
+/// while nothing is stored: an idle server is not woken.
+pub const JOURNAL_TICK: Duration = Duration::from_millis(100);
+/// ... and while a rewrite walks the table.
+pub const JOURNAL_TICK_REWRITING: Duration = Duration::from_millis(2);
+
+/// The journal's rules: replay at start, replies and acknowledgements that wait for the disk, rewrites.
+impl Ctx {
+    /// Opens the journal and replays it into the record table, before the first accept. Each entry is
+    /// offered as a record with the seq it was stored with; the seq counter resumes where the journal
+    /// says (see `journal`'s replication id rule). Returns a one-line error (a corrupt middle).
+    pub fn open_journal(&mut self, opts: &journal::Options, waker: Arc<mio::Waker>) -> Result<(), String> {
+        let started = Instant::now();
+        // Room for the table up front: growing the index on the way rehashes every id each time.
+        let expected = journal::Journal::estimate_entries(&opts.dir) as usize;
+        self.records.reserve(expected.min(1 << 26));
+        let records = &mut self.records;
+        let mut unreadable = 0u64;
+        let (journal, replayed) = journal::Journal::open(opts, waker, &mut |seq, line| match protocol::parse_at(line)
+            .filter(|_| line.last() == Some(&b'\n'))
+        {
+            Some(fields) => {
+                records.offer_with_seq(line, fields, seq);
+            }
+            None => unreadable += 1,
+        })?;
+        self.records.resume_seq_after(replayed.next_seq - 1);
+        self.rid = replayed.rid.clone();
+        self.peer_offsets = replayed.peers.into_iter().collect();
+        self.durable = journal.durable();
+        self.failed = journal.failed();
+        let seconds = started.elapsed().as_secs_f64();
+        self.replay = ReplayStats { seconds, entries: replayed.entries, cut_bytes: replayed.cut_bytes };
+        let held = self.records.len();
+        log::info!(
+            "journal {}: replayed {} entries in {seconds:.3} s: {held} records, next seq {}, replication id {}",
+            opts.dir.display(),
+            replayed.entries,
+            replayed.next_seq,
+            self.rid
+        );
+        if unreadable > 0 {
+            log::warn!("journal {}: {unreadable} entries are not AT lines (skipped)", opts.dir.display());
+        }
+        self.log.event(format_args!(
+            "journal: replayed {} entries in {seconds:.3} s, {held} records, replication id {}",
+            replayed.entries, self.rid
+        ));
+        self.journal = Some(journal);
+        Ok(())
+    }
+
+    /// With `journal.fsync` = `always`, an IAMAT's reply is held until its record is durable.
+    pub fn holds_replies(&self) -> bool {
+        self.journal.as_ref().is_some_and(|j| j.mode() == journal::FsyncMode::Always)
+    }
+
+    /// Connection `token` waits until the journal has made durable every record up to `seq`. Waiters stay
+    /// in seq order (seqs only grow); a run of waits of one connection is one entry.
+    pub fn await_durable(&mut self, seq: u64, token: Token) {
+        if let Some(back) = self.durable_waiters.back_mut() {
+            if back.1 == token && back.0 <= seq {
+                back.0 = seq;
+                return;
+            }
+        }
+        self.durable_waiters.push_back((seq, token));
+    }
+
+    /// Once per turn after the handlers: hands the journal what was appended (it never waits for the disk),
+    /// reads how far it is durable (or failed), and puts the connections whose wait is over in `ready`.
+    /// When some still wait, the writer thread is asked to wake the loop at its next fsync.
+    pub fn journal_turn(&mut self, ready: &mut Vec<Token>) {
+        let Some(j) = self.journal.as_mut() else { return };
+        j.flush();
+        if !self.durable_waiters.is_empty() {
+            // Asked before reading, so an fsync that ends in between still wakes the loop.
+            j.want_wake();
+        }
+        self.durable = j.durable();
+        self.failed = j.failed();
+        let reach = self.durable.max(self.failed);
+        while let Some(&(seq, token)) = self.durable_waiters.front() {
+            if seq > reach {
+                break;
+            }
+            self.durable_waiters.pop_front();
+            ready.push(token);
+        }
+    }
+
+    /// Whether a connection's wait could end now (the writer got there between two checks this turn).
+    pub fn durable_ready(&self) -> bool {
+        let Some(j) = self.journal.as_ref() else { return false };
+        self.durable_waiters.front().is_some_and(|&(seq, _)| seq <= j.durable().max(j.failed()))
+    }
+
+    /// Starts a rewrite of the journal when it has grown past `rewrite_ratio` times the table, and walks
+    /// the table into it a step at a time while one runs. Returns when to look again.
+    pub fn journal_housekeeping(&mut self) -> Option<Duration> {
+        let j = self.journal.as_mut()?;
+        let Some(mut cursor) = self.rewrite_cursor else {
+            if j.wants_rewrite(self.records.len() as u64) {
+                j.start_rewrite();
+                self.rewrite_cursor = Some(0);
+                self.log.event(format_args!("journal: rewriting to the {} live records", self.records.len()));
+                return Some(JOURNAL_TICK_REWRITING);
+            }
+            return Some(JOURNAL_TICK);
+        };
+        if !j.rewrite_room() {
+            return Some(JOURNAL_TICK_REWRITING);
+        }
+        for _ in 0..REWRITE_STEP {
+            match (self.records.at(cursor), self.records.seq_at(cursor)) {
+                (Some(record), Some(seq)) => {
+                    j.rewrite_record(seq, record.line());
+                    cursor += 1;
+                }
+                _ => {
+                    j.finish_rewrite();
+                    self.rewrite_cursor = None;
+                    return Some(JOURNAL_TICK);
+                }
+            }
+        }
+        self.rewrite_cursor = Some(cursor);
+        Some(JOURNAL_TICK_REWRITING)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +432,45 @@ mod tests {
         assert_eq!(ctx.outbox.flood_marks.len(), 1, "nor flooded");
         assert_eq!(ctx.records().get(b"kiwi").unwrap().line(), &newer[..]);
         assert_eq!(ctx.counters.records_stored, 2);
+    }
+
+    /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer
+    /// has made it durable, and the writer wakes the poll for it; the journal replays into a new context.
+    #[test]
+    fn stored_records_are_journalled_and_waits_end_once_durable() {
+        let dir = std::env::temp_dir().join(format!("herd-herd-rules-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut poll = mio::Poll::new().unwrap();
+        let waker = Arc::new(mio::Waker::new(poll.registry(), Token(0)).unwrap());
+        let opts = journal::Options::new(dir.clone(), journal::FsyncMode::Always);
+        let mut first = ctx(100);
+        first.open_journal(&opts, Arc::clone(&waker)).unwrap();
+        assert!(first.holds_replies());
+        let (line, fields) = at("kiwi", "1520023934.9");
+        assert!(first.store_and_flood(&line, fields, None));
+        assert_eq!(first.last_seq, 1);
+        first.await_durable(1, Token(7));
+        first.await_durable(1, Token(7));
+        assert_eq!(first.durable_waiters.len(), 1, "a run of waits of one connection is one entry");
+        let mut ready = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = mio::Events::with_capacity(4);
+        loop {
+            first.journal_turn(&mut ready);
+            if !ready.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the writer never made seq 1 durable");
+            poll.poll(&mut events, Some(Duration::from_secs(1))).unwrap();
+        }
+        assert_eq!(ready, vec![Token(7)]);
+        assert!(first.durable >= 1);
+        first.journal.as_mut().unwrap().close();
+        let mut second = ctx(100);
+        second.open_journal(&opts, waker).unwrap();
+        assert_eq!(second.records().get(b"kiwi").unwrap().line(), &line[..]);
+        assert_eq!((second.records().max_seq(), second.rid.clone()), (1, first.rid.clone()));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

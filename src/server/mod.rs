@@ -16,7 +16,8 @@
 //! - leaves: `timer` (deadlines), `log` (the buffered log file), `auth` (peer authentication and the
 //!   handshake lines), `token` (token encoding, names for the trace), `error` (`ServerError`),
 //!   `admin_auth` (the admin listener's Host check and bearer token), `admission` (the per-address cap
-//!   and the clients in order of idleness), `heartbeat` (when a peer link pings, when it is dead).
+//!   and the clients in order of idleness), `heartbeat` (when a peer link pings, when it is dead),
+//!   `journal` (the append-only journal of stored records: fsync on its own thread, replay, rewrite).
 
 pub mod admin_auth;
 pub mod admission;
@@ -28,6 +29,7 @@ pub mod event_loop;
 pub mod handoff;
 pub mod heartbeat;
 pub mod herd;
+pub mod journal;
 pub mod log;
 pub mod peer_tls;
 pub mod places_client;

@@ -27,6 +27,8 @@ pub enum Timer {
     ShutdownDeadline,
     /// The deadline of a Places request.
     Places(u64),
+    /// Look at the journal: start or continue a rewrite.
+    Journal,
 }
 
 #[derive(Default)]

@@ -20,6 +20,7 @@
 use super::{Connection, Delivery};
 use crate::server::admin_auth::Refusal;
 use crate::server::ctx::{CloseReason, Ctx, Gauges, OutLink};
+use crate::server::journal;
 use crate::server::timer::Timer;
 use mio::net::TcpStream;
 use mio::Token;
@@ -372,6 +373,56 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
         "Log lines dropped because the log disk fell behind.",
         &one(ctx.log.dropped_total()),
     );
+    metric(
+        "peer_delta_syncs_total",
+        "counter",
+        "Link-ups that sent only what changed since the neighbour's offset.",
+        &one(c.delta_syncs),
+    );
+    metric("peer_full_syncs_total", "counter", "Link-ups that sent the whole table.", &one(c.full_syncs));
+    metric("peer_acks_sent_total", "counter", "ACK lines sent to neighbours.", &one(c.acks_sent));
+    let acked: Vec<(String, u64)> =
+        ctx.neighbours.iter().map(|n| (format!("neighbour=\"{}\"", n.name), n.acked)).collect();
+    metric("peer_acked_offset", "gauge", "The offset of this server's stream each neighbour acknowledged.", &acked);
+    metric("journal_last_seq", "gauge", "The seq of the record stored last.", &one(ctx.records().max_seq()));
+    if let Some(j) = &ctx.journal {
+        let st = j.stats();
+        metric("journal_bytes", "gauge", "Bytes in the journal's files.", &one(st.bytes));
+        metric("journal_entries", "gauge", "Entries in the journal's files (or on their way).", &one(st.entries));
+        metric("journal_durable_seq", "gauge", "Every record up to this seq is durable.", &one(st.durable));
+        metric("journal_fsyncs_total", "counter", "fsyncs of the journal.", &one(st.fsyncs));
+        out_histogram(&mut metric, &st);
+        metric(
+            "journal_replies_waiting",
+            "gauge",
+            "IAMAT replies held until their record is on disk.",
+            &one(g.replies_waiting_fsync as u64),
+        );
+        metric("journal_write_errors_total", "counter", "Failed journal writes or fsyncs.", &one(st.write_errors));
+        metric("journal_failing", "gauge", "1 while journal writes fail.", &one(u64::from(st.failing)));
+        metric(
+            "journal_not_durable_total",
+            "counter",
+            "IAMATs unanswered: their record could not be written.",
+            &one(c.not_durable),
+        );
+        metric("journal_dropped_total", "counter", "Entries dropped: the disk was too far behind.", &one(st.dropped));
+        metric("journal_rewrites_total", "counter", "Journal rewrites installed.", &one(st.rewrites));
+        metric("journal_rewrite_failures_total", "counter", "Journal rewrites given up.", &one(st.rewrite_failures));
+        metric("journal_replayed_entries", "gauge", "Entries replayed at start.", &one(ctx.replay.entries));
+        metric(
+            "journal_replay_microseconds",
+            "gauge",
+            "Time the start-up replay took.",
+            &one((ctx.replay.seconds * 1e6) as u64),
+        );
+        metric(
+            "journal_cut_bytes",
+            "gauge",
+            "Bytes cut from a torn or corrupt tail at start.",
+            &one(ctx.replay.cut_bytes),
+        );
+    }
     if let Some(p) = &ctx.places {
         let pc = &p.counters;
         metric("places_cache_hits_total", "counter", "WHATSATs answered from the cache.", &one(pc.hits));
@@ -413,4 +464,18 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
         );
     }
     out
+}
+
+/// The fsync latency histogram in Prometheus form: `_bucket{le=...}` (cumulative), `_sum`, `_count`.
+fn out_histogram(metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]), st: &journal::Stats) {
+    let mut buckets: Vec<(String, u64)> = journal::FSYNC_BUCKETS_US
+        .iter()
+        .zip(&st.fsync_buckets)
+        .map(|(us, n)| (format!("le=\"{}\"", *us as f64 / 1e6), *n))
+        .collect();
+    buckets.push(("le=\"+Inf\"".to_string(), st.fsyncs));
+    metric("journal_fsync_seconds_bucket", "histogram", "fsync latency of the journal.", &buckets);
+    let sum = [(String::new(), (st.fsync_seconds * 1e6) as u64)];
+    metric("journal_fsync_microseconds_sum", "counter", "fsync latency of the journal, sum.", &sum);
+    metric("journal_fsync_seconds_count", "counter", "fsyncs timed.", &[(String::new(), st.fsyncs)]);
 }

@@ -75,6 +75,9 @@ enum Pending {
     AwaitRecord { ticket: u64, line: Vec<u8>, deadline: Instant },
     /// Replies already made for later commands, coalesced into one buffer.
     Ready(Vec<u8>),
+    /// IAMAT replies (`count` of them, coalesced) held until the journal has made durable every record up
+    /// to `seq` (`journal.fsync` = `always`): acknowledged means durable.
+    Durable { seq: u64, reply: Vec<u8>, count: u32 },
 }
 
 pub struct Client {
@@ -99,6 +102,8 @@ pub struct Client {
     places_waiting: usize,
     /// Bytes held in `waiting`'s ready buffers (for the output bounds).
     waiting_bytes: usize,
+    /// The buffer of the last held reply slot released, kept for the next one.
+    spare: Vec<u8>,
     readable: bool,
     writable: bool,
     /// The peer half-closed: read to EOF even after a short read.
@@ -169,6 +174,7 @@ impl Client {
             waiting: VecDeque::new(),
             places_waiting: 0,
             waiting_bytes: 0,
+            spare: Vec::new(),
             readable: false,
             // A new socket can take bytes: write optimistically, wait for an event only after WouldBlock.
             writable: true,
@@ -358,12 +364,18 @@ impl Client {
     /// Answers one command.
     fn command(&mut self, line: &[u8], ctx: &mut Ctx) {
         ctx.log.command(&self.addr_text, line);
+        let command = protocol::parse_command(line);
+        if let Command::IAmAt(cmd) = &command {
+            if ctx.holds_replies() && protocol::time_at_most(cmd.client_time, ctx.latest_client_time()) {
+                return self.iamat_held(cmd, ctx);
+            }
+        }
         let queued = !self.waiting.is_empty();
         let token = self.token;
         let places_waiting = self.places_waiting;
         let buf = self.reply_buf();
         let start = buf.len();
-        match protocol::parse_command(line) {
+        match command {
             Command::Blank => {
                 ctx.counters.blank += 1;
                 return;
@@ -404,6 +416,31 @@ impl Client {
             }
         }
         self.replied(start, queued, ctx);
+    }
+
+    /// An IAMAT whose reply waits until its record is durable (`journal.fsync` = `always`). The reply
+    /// goes into the `Durable` slot at the back of the queue, one slot for a run of IAMATs: they share the
+    /// fsync anyway, and a pipelined burst costs one slot, not one per command.
+    fn iamat_held(&mut self, cmd: &protocol::IAmAt<'_>, ctx: &mut Ctx) {
+        ctx.counters.iamat += 1;
+        if !matches!(self.waiting.back(), Some(Pending::Durable { .. })) {
+            let reply = std::mem::take(&mut self.spare);
+            self.waiting.push_back(Pending::Durable { seq: 0, reply, count: 0 });
+        }
+        let Some(Pending::Durable { seq, reply, count }) = self.waiting.back_mut() else { unreachable!("just pushed") };
+        let start = reply.len();
+        let fields = protocol::write_at(reply, &ctx.name, ctx.wall, cmd);
+        // A record not newer than the one held is not stored: its reply waits only for what precedes it.
+        if ctx.store_and_flood(&reply[start..], fields, None) {
+            *seq = ctx.last_seq;
+            ctx.await_durable(*seq, self.token);
+        }
+        *count += 1;
+        ctx.gauges.replies_waiting_fsync += 1;
+        ctx.counters.replies += 1;
+        ctx.log.reply(&self.addr_text, &reply[start..]);
+        self.waiting_bytes += reply.len() - start;
+        self.release_ready(ctx);
     }
 
     /// Bookkeeping after a reply was appended at `start` of the reply buffer.
@@ -661,9 +698,10 @@ impl Connection for Client {
 
     fn deliver(&mut self, what: Delivery<'_>, ctx: &mut Ctx, _scratch: &mut [u8]) {
         match what {
+            Delivery::Durable => self.release_ready(ctx),
             Delivery::RecordArrived { ticket } => self.record_arrived(ticket, ctx),
             Delivery::PlacesAnswer { ticket, json } => self.places_answered(ticket, json, ctx),
-            Delivery::Record(_) | Delivery::Request { .. } | Delivery::Abort => {}
+            Delivery::Record(_) | Delivery::Advanced | Delivery::Request { .. } | Delivery::Abort => {}
         }
     }
 
@@ -706,6 +744,11 @@ impl Connection for Client {
     /// Freed: forget its waits, count and log why it closed.
     fn on_closed(&mut self, ctx: &mut Ctx) {
         self.forget_waits(ctx);
+        for slot in &self.waiting {
+            if let Pending::Durable { count, .. } = slot {
+                ctx.gauges.replies_waiting_fsync -= *count as usize;
+            }
+        }
         let reason = match self.state {
             State::Closed(r) => r,
             _ => CloseReason::Shutdown,

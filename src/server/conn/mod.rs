@@ -57,8 +57,14 @@ pub trait Connection {
 
 /// What the loop hands a connection on behalf of the herd, after the handler that produced it.
 pub enum Delivery<'a> {
+    /// To a client or an accepted peer link: the journal made more durable (or failed to): release the
+    /// held replies or acknowledgements that can go now.
+    Durable,
     /// To a sending peer link: a record stored here, to flood.
     Record(&'a [u8]),
+    /// To a sending peer link: a record came from its neighbour and is not sent back, but this server's
+    /// stream moved on: tell the neighbour its offset (an `OFF` line at the end of the turn).
+    Advanced,
     /// To a client: the record its WHATSAT with this ticket waited for has arrived.
     RecordArrived { ticket: u64 },
     /// To a client: Places answered its WHATSAT with this ticket.

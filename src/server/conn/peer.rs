@@ -23,6 +23,18 @@
 //! dialed, and the acceptor checks that the dialer's certificate names the server its `HELLO` claims to
 //! be (the TLS handshake is over by the time the `HELLO` line can be read). Bytes that are not TLS fail
 //! the handshake, so a plaintext `HELLO`, `PROOF` or `AT` never reaches the line protocol.
+//!
+//! Version 2 adds catch-up by delta: the dialer also sends `OFF <seq>` lines, and the acceptor answers
+//! with `ACK <seq>` lines:
+//!
+//! ```text
+//!  HELLO A B n v=2 rid=<A's replication id>
+//!  WELCOME B m mac v=2 rid=<the same> off=<X: the offset of A's stream B holds all of, 0 if none>
+//!  A: rid matches and X <= A's greatest seq? send the records stored after X (delta) : all (full)
+//!  A: OFF <S>   once the sync is done, and after floods: every record of A up to seq S has been sent
+//!  B: ACK <S>   once B holds all of them durably (its journal has fsynced what it stored up to then);
+//!               B records (A's rid, S) in its journal's meta file, for its next HELLO answer
+//! ```
 
 use super::{Connection, Delivery};
 use crate::protocol;
@@ -114,6 +126,17 @@ pub struct Peer {
     dirty: bool,
     /// Next record index of the anti-entropy sync, while it runs.
     sync: Option<usize>,
+    /// The sync sends the records stored after this seq (0: every record).
+    sync_after: u64,
+    /// Dialer: the other side speaks version 2 (offsets), and the sync is done: `OFF` lines may go out.
+    v2: bool,
+    synced: bool,
+    /// The last offset sent in an `OFF` line.
+    off_sent: u64,
+    /// Acceptor: the dialer's replication id (from HELLO), and the offsets it sent that this server has not
+    /// acknowledged yet: (offset, the seq this server must have made durable first).
+    dialer_rid: Option<String>,
+    pending_acks: std::collections::VecDeque<(u64, u64)>,
     /// Close once everything queued is written (graceful shut-down).
     close_when_flushed: bool,
     /// The handshake must be done by then.
@@ -168,6 +191,12 @@ impl Peer {
             writable: false,
             dirty: false,
             sync: None,
+            sync_after: 0,
+            v2: false,
+            synced: false,
+            off_sent: 0,
+            dialer_rid: None,
+            pending_acks: std::collections::VecDeque::new(),
             close_when_flushed: false,
             deadline: now + HANDSHAKE_DEADLINE,
             identified: None,
@@ -314,13 +343,22 @@ impl Peer {
                 self.out.extend_from_slice(heartbeat::PONG);
                 self.mark_dirty(ctx);
             }
+            (&PeerState::Live { neighbour }, Role::Acceptor) if text.starts_with(b"OFF ") => {
+                self.on_offset(neighbour, text, ctx)
+            }
             (&PeerState::Live { neighbour }, Role::Acceptor) => self.on_record(neighbour, line, ctx),
             // The answer to our PING: heard (above), nothing more.
             (PeerState::Live { .. }, Role::Dialer(_)) if line == heartbeat::PONG => {}
+            (PeerState::Live { .. }, Role::Dialer(n)) if text.starts_with(b"ACK ") => {
+                match std::str::from_utf8(&text[4..]).ok().and_then(|t| t.parse::<u64>().ok()) {
+                    Some(off) => ctx.neighbours[n].acked = off,
+                    None => self.close(PeerClose::Protocol, ctx, format_args!("bad ACK line")),
+                }
+            }
             (PeerState::AwaitHello, _) => self.on_hello(text, ctx),
             (PeerState::AwaitProof { .. }, _) => self.on_proof(text, ctx),
             (PeerState::AwaitWelcome { .. }, _) => self.on_welcome(text, ctx),
-            // A sending link receives nothing after WELCOME but PONG.
+            // A sending link receives nothing after WELCOME but PONG and acknowledgements.
             (PeerState::Live { .. }, Role::Dialer(_)) => {
                 self.close(PeerClose::Protocol, ctx, format_args!("unexpected line on a sending link"))
             }
@@ -353,6 +391,55 @@ impl Peer {
         }
     }
 
+    /// `OFF <seq>` from the dialer: every record of its stream up to `seq` has been sent before this
+    /// line, so everything up to it is stored here (or something newer). Acknowledged once this server's
+    /// journal has made durable what it stored up to now; at once without a journal.
+    fn on_offset(&mut self, neighbour: usize, text: &[u8], ctx: &mut Ctx) {
+        let Some(off) = std::str::from_utf8(&text[4..]).ok().and_then(|t| t.parse::<u64>().ok()) else {
+            return self.close(PeerClose::Protocol, ctx, format_args!("bad OFF line"));
+        };
+        let need = ctx.records().max_seq();
+        self.pending_acks.push_back((off, need));
+        if ctx.journal.is_some() {
+            ctx.await_durable(need, self.token);
+        }
+        self.release_acks(neighbour, ctx);
+    }
+
+    /// Sends `ACK` for the greatest offset whose records are durable here, and records it (in memory, and
+    /// in the journal's meta file for the next start).
+    fn release_acks(&mut self, neighbour: usize, ctx: &mut Ctx) {
+        let mut acked = None;
+        while let Some(&(off, need)) = self.pending_acks.front() {
+            if need > ctx.durable {
+                // Not yet (or the journal is failing): wait for the next durable point.
+                ctx.await_durable(need, self.token);
+                break;
+            }
+            self.pending_acks.pop_front();
+            acked = Some(off);
+        }
+        let (Some(off), Some(rid)) = (acked, self.dialer_rid.clone()) else { return };
+        let name = ctx.neighbours[neighbour].name.clone();
+        if let Some(j) = ctx.journal.as_mut() {
+            j.set_peer(&name, &rid, off);
+        }
+        ctx.peer_offsets.insert(name, (rid, off));
+        self.out.extend_from_slice(format!("ACK {off}\n").as_bytes());
+        ctx.counters.acks_sent += 1;
+        self.mark_dirty(ctx);
+    }
+
+    /// Dialer, version 2, sync done: tells the neighbour how far our stream has been sent (all records up
+    /// to our greatest seq are in `out` or were written before).
+    fn note_offset(&mut self, ctx: &mut Ctx) {
+        let seq = ctx.records().max_seq();
+        if self.v2 && self.synced && self.is_live() && seq > self.off_sent {
+            self.off_sent = seq;
+            self.out.extend_from_slice(format!("OFF {seq}\n").as_bytes());
+        }
+    }
+
     fn on_proof(&mut self, text: &[u8], ctx: &mut Ctx) {
         let PeerState::AwaitProof { neighbour, nonce_d, nonce_a } = &self.state else { return };
         let neighbour = *neighbour;
@@ -381,7 +468,7 @@ impl Peer {
         let name = ctx.neighbours[neighbour].name.clone();
         let me = String::from_utf8_lossy(&ctx.name).to_string();
         match auth::parse(text) {
-            Handshake::Welcome { acceptor, nonce: nonce_a, mac } if acceptor == name.as_bytes() => {
+            Handshake::Welcome { acceptor, nonce: nonce_a, mac, ext } if acceptor == name.as_bytes() => {
                 let nonce_a = String::from_utf8_lossy(nonce_a).to_string();
                 if !ctx.auth.verify("acceptor", &me, &name, &nonce, &nonce_a, mac) {
                     ctx.refused(Refusal::BadProof);
@@ -395,13 +482,32 @@ impl Peer {
                 self.out.extend_from_slice(auth::proof(&proof).as_bytes());
                 self.state = PeerState::Live { neighbour };
                 self.start_heartbeat(ctx);
-                // Anti-entropy: everything we hold goes out first, in batches; floods follow.
+                // Anti-entropy: what the neighbour may lack goes out first, in batches; floods follow. With
+                // an offset under our replication id, that is what we stored after it (a delta); else all.
+                self.v2 = ext.get("v") == Some(b"2");
+                let off = ext.number("off").filter(|&off| {
+                    off > 0 && ext.get("rid") == Some(ctx.rid.as_bytes()) && off <= ctx.records().max_seq()
+                });
+                self.sync_after = off.unwrap_or(0);
+                if off.is_some() {
+                    ctx.counters.delta_syncs += 1;
+                } else {
+                    ctx.counters.full_syncs += 1;
+                }
                 self.sync = Some(0);
                 self.mark_dirty(ctx);
                 ctx.on_link_out(neighbour, self.token);
                 let held = ctx.records().len();
                 let over = if self.io.is_tls() { " over TLS" } else { "" };
-                ctx.log.event(format_args!("peer link to {name} ({}) up{over}: sending {held} records", self.addr));
+                match off {
+                    Some(off) => ctx.log.event(format_args!(
+                        "peer link to {name} ({}) up{over}: sending the records stored after offset {off} (delta)",
+                        self.addr
+                    )),
+                    None => ctx
+                        .log
+                        .event(format_args!("peer link to {name} ({}) up{over}: sending {held} records", self.addr)),
+                }
                 log::info!("linked to {name} ({}){over}", self.addr);
             }
             Handshake::Refused => {
@@ -414,7 +520,7 @@ impl Peer {
 
     fn on_hello(&mut self, text: &[u8], ctx: &mut Ctx) {
         let me = String::from_utf8_lossy(&ctx.name).to_string();
-        let Handshake::Hello { dialer: who, acceptor: to, nonce: nonce_d } = auth::parse(text) else {
+        let Handshake::Hello { dialer: who, acceptor: to, nonce: nonce_d, ext } = auth::parse(text) else {
             return self.close(PeerClose::Protocol, ctx, format_args!("expected HELLO"));
         };
         let who = String::from_utf8_lossy(who).to_string();
@@ -446,7 +552,17 @@ impl Peer {
         let nonce_d = String::from_utf8_lossy(nonce_d).to_string();
         let nonce_a = ctx.auth.nonce();
         let mac = ctx.auth.mac("acceptor", &who, &me, &nonce_d, &nonce_a);
-        self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac).as_bytes());
+        // The offset of the dialer's stream we hold all of, if it is under the replication id it has now.
+        let rid = ext.get("rid").filter(|r| r.len() <= 64).map(|r| String::from_utf8_lossy(r).to_string());
+        let ext = match &rid {
+            Some(rid) => {
+                let off = ctx.peer_offsets.get(&who).filter(|(held, _)| held == rid).map_or(0, |(_, off)| *off);
+                format!("v=2 rid={rid} off={off}")
+            }
+            None => "v=2".to_string(),
+        };
+        self.dialer_rid = rid;
+        self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac, &ext).as_bytes());
         self.mark_dirty(ctx);
         self.state = PeerState::AwaitProof { neighbour, nonce_d, nonce_a };
     }
@@ -479,17 +595,28 @@ impl Peer {
     /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
     fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
         let Some(mut cursor) = self.sync else { return false };
+        // Insertion order: records are replaced in place and never removed, so the walk stays exact while
+        // the table changes; a delta skips the records stored at or before `sync_after`.
         let start = cursor;
+        let mut sent = 0u64;
         while self.out.len() < SYNC_BATCH {
-            let Some(record) = ctx.records().at(cursor) else { break };
+            let Some((i, record, _)) = ctx.records().next_since(cursor, self.sync_after) else {
+                cursor = ctx.records().len();
+                break;
+            };
             self.out.extend_from_slice(record.line());
-            cursor += 1;
+            cursor = i + 1;
+            sent += 1;
         }
-        let done = ctx.records().at(cursor).is_none();
+        let done = ctx.records().next_since(cursor, self.sync_after).is_none();
         self.sync = if done { None } else { Some(cursor) };
+        if done {
+            self.synced = true;
+            self.note_offset(ctx);
+        }
         if cursor > start {
             ctx.counters.sync_batches += 1;
-            ctx.counters.records_synced += (cursor - start) as u64;
+            ctx.counters.records_synced += sent;
             if let Some(n) = self.neighbour() {
                 let name = &ctx.neighbours[n].name;
                 ctx.log.event(format_args!(
@@ -545,7 +672,8 @@ impl Connection for Peer {
             }
             let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
             let nonce = ctx.auth.nonce();
-            let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce);
+            let ext = format!("v=2 rid={}", ctx.rid);
+            let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce, &ext);
             self.out.extend_from_slice(hello.as_bytes());
             self.mark_dirty(ctx);
             self.state = PeerState::AwaitWelcome { nonce };
@@ -586,6 +714,7 @@ impl Connection for Peer {
     /// End of turn: write what is queued, then the next sync batches while the socket takes them.
     fn flush(&mut self, ctx: &mut Ctx, _scratch: &mut [u8]) {
         self.dirty = false;
+        self.note_offset(ctx);
         let mut batches = 0;
         loop {
             // With TLS, rustls may hold records of its own (handshake, or data the socket did not take)
@@ -636,8 +765,15 @@ impl Connection for Peer {
     }
 
     fn deliver(&mut self, what: Delivery<'_>, ctx: &mut Ctx, _scratch: &mut [u8]) {
-        if let Delivery::Record(line) = what {
-            self.send_record(line, ctx);
+        match what {
+            Delivery::Record(line) => self.send_record(line, ctx),
+            Delivery::Advanced if self.v2 && self.synced && self.is_live() => self.mark_dirty(ctx),
+            Delivery::Durable => {
+                if let (PeerState::Live { neighbour }, Role::Acceptor) = (&self.state, self.role) {
+                    self.release_acks(*neighbour, ctx);
+                }
+            }
+            _ => {}
         }
     }
 

@@ -279,7 +279,11 @@ impl Connection for Upstream {
         match what {
             Delivery::Request { id, bytes } => self.start(id, bytes, ctx, scratch),
             Delivery::Abort => self.abort(ctx),
-            Delivery::Record(_) | Delivery::RecordArrived { .. } | Delivery::PlacesAnswer { .. } => {}
+            Delivery::Record(_)
+            | Delivery::RecordArrived { .. }
+            | Delivery::PlacesAnswer { .. }
+            | Delivery::Durable
+            | Delivery::Advanced => {}
         }
     }
 

@@ -43,17 +43,64 @@ impl Client {
         self.release_ready(ctx);
     }
 
-    /// Moves the replies at the head of the queue that are ready to `out`, in order.
+    /// Moves the replies at the head of the queue that are ready to `out`, in order: made replies, and
+    /// held IAMAT replies whose records are durable. A held reply whose record failed to be written is
+    /// never sent: the queue from it on is dropped and the connection closes once what precedes it is
+    /// written (its record may have been flooded already; it is not retracted).
     pub(super) fn release_ready(&mut self, ctx: &mut Ctx) {
-        while let Some(Pending::Ready(_)) = self.waiting.front() {
-            let Some(Pending::Ready(buf)) = self.waiting.pop_front() else { unreachable!() };
-            self.waiting_bytes -= buf.len();
-            self.out.extend_from_slice(&buf);
+        loop {
+            match self.waiting.front() {
+                Some(Pending::Ready(_)) => {
+                    let Some(Pending::Ready(buf)) = self.waiting.pop_front() else { unreachable!() };
+                    self.waiting_bytes -= buf.len();
+                    self.out.extend_from_slice(&buf);
+                }
+                Some(Pending::Durable { seq, .. }) if *seq <= ctx.durable => {
+                    let Some(Pending::Durable { mut reply, count, .. }) = self.waiting.pop_front() else {
+                        unreachable!()
+                    };
+                    self.waiting_bytes -= reply.len();
+                    ctx.gauges.replies_waiting_fsync -= count as usize;
+                    self.out.extend_from_slice(&reply);
+                    reply.clear();
+                    if reply.capacity() <= 64 * 1024 {
+                        self.spare = reply;
+                    }
+                }
+                Some(Pending::Durable { seq, .. }) if *seq <= ctx.failed => {
+                    self.not_durable(ctx);
+                    break;
+                }
+                _ => break,
+            }
         }
         self.mark_dirty(ctx);
         if self.unsent() > ctx.limits.client_output_hard {
             self.state = State::Closed(CloseReason::OutputBound);
         }
+    }
+
+    /// The journal could not write the record of the held reply at the head: drop every reply from it on,
+    /// read nothing more, and close once the replies owed before it are written.
+    fn not_durable(&mut self, ctx: &mut Ctx) {
+        self.forget_waits(ctx);
+        let mut unanswered = 0;
+        for slot in self.waiting.drain(..) {
+            if let Pending::Durable { count, .. } = slot {
+                ctx.gauges.replies_waiting_fsync -= count as usize;
+                unanswered += u64::from(count);
+            }
+        }
+        self.waiting_bytes = 0;
+        ctx.counters.not_durable += unanswered;
+        ctx.log.event(format_args!(
+            "client {}: {unanswered} IAMAT replies withheld, the journal could not write their records: closing",
+            self.addr
+        ));
+        self.input = Vec::new();
+        self.held_back = false;
+        self.readable = false;
+        self.state = State::Draining(CloseReason::NotDurable);
     }
 
     /// The record a waiting WHATSAT needed has arrived from the herd: answer the command now.

@@ -1,0 +1,119 @@
+//! The bytes of a journal file, and nothing else: no I/O here, so every decision about a torn or corrupt
+//! file can be tested on a byte slice.
+//!
+//! A file is an 8-byte magic followed by entries:
+//!
+//! ```text
+//!   "HERDJNL1"
+//!   [len u32 LE][crc u32 LE][seq u64 LE][len bytes: one AT line, final LF included] ...
+//! ```
+//!
+//! `crc` is CRC-32 (IEEE, the `crc32fast` crate) over `len`, `seq` and the payload, so a flipped bit in the
+//! length or the sequence number is caught as surely as one in the line. A length is never trusted before its
+//! entry's CRC has been checked: a corrupt length simply makes the entry fail its CRC or run past the end.
+
+/// First bytes of every journal file (segment or snapshot): version 1 of this format.
+pub const MAGIC: &[u8; 8] = b"HERDJNL1";
+/// `len`, `crc` and `seq`.
+pub const HEADER: usize = 16;
+/// No record line comes near this; a larger `len` is corruption, and rejecting it early keeps the scan for
+/// valid entries after a bad one cheap.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Appends one entry for `payload` stored at `seq`.
+pub fn encode(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    debug_assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);
+    let len = (payload.len() as u32).to_le_bytes();
+    let seq = seq.to_le_bytes();
+    out.extend_from_slice(&len);
+    out.extend_from_slice(&checksum(&len, &seq, payload).to_le_bytes());
+    out.extend_from_slice(&seq);
+    out.extend_from_slice(payload);
+}
+
+fn checksum(len: &[u8; 4], seq: &[u8; 8], payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(len);
+    h.update(seq);
+    h.update(payload);
+    h.finalize()
+}
+
+/// What lies at one position of a file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry<'a> {
+    /// A whole entry that passes its CRC; the next one starts at `next`.
+    Good { seq: u64, payload: &'a [u8], next: usize },
+    /// The bytes end before the entry does: all of it may yet arrive (a chunked read) or it was torn.
+    Short,
+    /// Not an entry: impossible length or a CRC mismatch.
+    Bad,
+}
+
+/// Decodes the entry starting at `at` in `bytes`.
+pub fn decode(bytes: &[u8], at: usize) -> Entry<'_> {
+    let Some(head) = bytes.get(at..at + HEADER) else { return Entry::Short };
+    let len_bytes: [u8; 4] = head[0..4].try_into().expect("4 bytes");
+    let crc = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+    let seq_bytes: [u8; 8] = head[8..16].try_into().expect("8 bytes");
+    let len = u32::from_le_bytes(len_bytes) as usize;
+    if len == 0 || len > MAX_PAYLOAD {
+        return Entry::Bad;
+    }
+    let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else { return Entry::Short };
+    if checksum(&len_bytes, &seq_bytes, payload) != crc {
+        return Entry::Bad;
+    }
+    Entry::Good { seq: u64::from_le_bytes(seq_bytes), payload, next: at + HEADER + len }
+}
+
+/// Whether any valid entry starts anywhere in `bytes` at or after `from`: tells corruption in the middle (a
+/// bad entry with good ones after it) from a torn or corrupt tail (nothing good after it). Every byte offset
+/// is tried, since a corrupt length says nothing about where the next entry starts; an offset whose length
+/// is impossible is rejected before any CRC is computed.
+pub fn any_good_after(bytes: &[u8], from: usize) -> Option<usize> {
+    (from..bytes.len().saturating_sub(HEADER - 1)).find(|&at| matches!(decode(bytes, at), Entry::Good { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_every_single_bit_flip_is_caught() {
+        let mut bytes = Vec::new();
+        encode(&mut bytes, 7, b"AT Bona +0.1 kiwi +1+1 5\n");
+        assert_eq!(
+            decode(&bytes, 0),
+            Entry::Good { seq: 7, payload: b"AT Bona +0.1 kiwi +1+1 5\n", next: bytes.len() }
+        );
+        for bit in 0..bytes.len() * 8 {
+            let mut flipped = bytes.clone();
+            flipped[bit / 8] ^= 1 << (bit % 8);
+            // A flip in the length may make the entry look longer than the bytes: Short, never Good.
+            assert!(!matches!(decode(&flipped, 0), Entry::Good { .. }), "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_short_and_an_impossible_length_is_bad() {
+        let mut bytes = Vec::new();
+        encode(&mut bytes, 1, b"x\n");
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut], 0), Entry::Short, "cut at {cut}");
+        }
+        assert_eq!(decode(&[0u8; 32], 0), Entry::Bad, "zeros (a preallocated tail) are not an entry");
+        let mut huge = bytes.clone();
+        huge[0..4].copy_from_slice(&((MAX_PAYLOAD as u32) + 1).to_le_bytes());
+        assert_eq!(decode(&huge, 0), Entry::Bad);
+    }
+
+    #[test]
+    fn the_scan_finds_the_next_good_entry_after_garbage() {
+        let mut bytes = vec![0xAB; 13];
+        let second = bytes.len();
+        encode(&mut bytes, 2, b"AT two\n");
+        assert_eq!(any_good_after(&bytes, 0), Some(second));
+        assert_eq!(any_good_after(&bytes, second + 1), None);
+    }
+}

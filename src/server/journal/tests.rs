@@ -1,0 +1,517 @@
+//! The journal against a real directory under the system temp dir, one per test.
+//!
+//! Expected tables come from a model: each test line names its client and carries its seq as client time,
+//! so "newest wins" is "greatest seq wins", computed here independently of the journal.
+
+use super::disk::Disk;
+use super::*;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("herd-journal-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Loop {
+    poll: mio::Poll,
+    waker: Arc<mio::Waker>,
+}
+
+fn new_loop() -> Loop {
+    let poll = mio::Poll::new().unwrap();
+    let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).unwrap());
+    Loop { poll, waker }
+}
+
+impl Loop {
+    /// Waits, through the writer's wake-ups, until `done` holds (at most 5 s).
+    fn wait(&mut self, journal: &mut Journal, mut done: impl FnMut(&mut Journal) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut events = mio::Events::with_capacity(4);
+        loop {
+            journal.want_wake();
+            if done(journal) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out waiting for the journal");
+            // Bounded so that conditions the writer does not wake us for (meta written) are seen too.
+            self.poll.poll(&mut events, Some(left.min(Duration::from_millis(50)))).unwrap();
+        }
+    }
+}
+
+fn line(client: u64, seq: u64) -> Vec<u8> {
+    format!("AT Bona +0.000000001 c{client} +1+1 {seq}\n").into_bytes()
+}
+
+fn client_of(line: &[u8]) -> String {
+    String::from_utf8_lossy(line).split(' ').nth(3).unwrap().to_string()
+}
+
+type Entries = Vec<(u64, Vec<u8>)>;
+
+fn open(opts: &Options, lp: &Loop) -> Result<(Journal, Replayed, Entries), String> {
+    let mut seen = Vec::new();
+    let (j, r) = Journal::open(opts, Arc::clone(&lp.waker), &mut |seq, l| seen.push((seq, l.to_vec())))?;
+    Ok((j, r, seen))
+}
+
+fn replay(opts: &Options) -> Result<(Replayed, Entries), String> {
+    let mut seen = Vec::new();
+    let (disk, r) = Disk::open(&opts.dir, opts.fsync, opts.truncate_corrupt, Arc::default(), &mut |seq, l| {
+        seen.push((seq, l.to_vec()))
+    })?;
+    drop(disk);
+    Ok((r, seen))
+}
+
+/// The newest line per client, as a table.
+fn table(entries: &[(u64, Vec<u8>)]) -> HashMap<String, (u64, Vec<u8>)> {
+    let mut t: HashMap<String, (u64, Vec<u8>)> = HashMap::new();
+    for (seq, l) in entries {
+        let held = t.entry(client_of(l)).or_insert((0, Vec::new()));
+        if *seq > held.0 {
+            *held = (*seq, l.clone());
+        }
+    }
+    t
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("seg-"))
+        .collect();
+    v.sort();
+    v
+}
+
+use std::path::Path;
+
+#[test]
+fn entries_replay_in_order_after_a_clean_close_and_the_id_stays() {
+    let tmp = TempDir::new("clean");
+    let mut lp = new_loop();
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let (mut j, r, seen) = open(&opts, &lp).unwrap();
+    assert!(seen.is_empty());
+    assert_eq!((r.next_seq, r.new_rid), (1, Some("new journal")));
+    assert_eq!(r.rid.len(), 40);
+    let rid = r.rid.clone();
+    let want: Entries = (1..=500).map(|s| (s, line(s % 37, s))).collect();
+    for (s, l) in &want {
+        j.append(*s, l);
+        if s % 7 == 0 {
+            j.flush();
+        }
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == 500);
+    j.set_peer("Bailey", "ab12", 77);
+    j.close();
+    let (mut j, r, seen) = open(&opts, &lp).unwrap();
+    assert_eq!(seen, want);
+    assert_eq!((r.rid.as_str(), r.new_rid, r.next_seq, r.entries), (rid.as_str(), None, 501, 500));
+    assert_eq!(r.peers.get("Bailey"), Some(&("ab12".to_string(), 77)));
+    assert_eq!(r.cut_bytes, 0);
+    j.close();
+}
+
+#[test]
+fn many_acknowledgements_share_one_fsync() {
+    let tmp = TempDir::new("group");
+    let mut lp = new_loop();
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    opts.faults.sync_delay_ms.store(20, Ordering::Relaxed); // a slow disk: 20 ms per fsync
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    // One flush per entry, as a loop turn per IAMAT would.
+    for s in 1..=1000 {
+        j.append(s, &line(s, s));
+        j.flush();
+    }
+    lp.wait(&mut j, |j| j.durable() == 1000);
+    let fsyncs = j.stats().fsyncs;
+    assert!((1..=20).contains(&fsyncs), "1000 entries took {fsyncs} fsyncs");
+    j.close();
+}
+
+#[test]
+fn everysec_fsyncs_about_once_a_second_and_no_never() {
+    let tmp = TempDir::new("everysec");
+    let mut lp = new_loop();
+    let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    let started = Instant::now();
+    for s in 1..=200 {
+        j.append(s, &line(s, s));
+        j.flush();
+    }
+    lp.wait(&mut j, |j| j.durable() == 200);
+    let (took, fsyncs) = (started.elapsed(), j.stats().fsyncs);
+    assert!(took < Duration::from_millis(1500), "durable after {took:?}");
+    assert!(fsyncs <= 2, "{fsyncs} fsyncs");
+    j.close();
+
+    let tmp = TempDir::new("no");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::No);
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    for s in 1..=200 {
+        j.append(s, &line(s, s));
+        j.flush();
+    }
+    lp.wait(&mut j, |j| j.durable() == 200);
+    assert_eq!(j.stats().fsyncs, 0);
+    j.close();
+    let (_, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), 200);
+}
+
+/// Writes `n` entries through the journal and closes it cleanly; returns the tail segment's path.
+fn write_clean(opts: &Options, n: u64) -> PathBuf {
+    let mut lp = new_loop();
+    let (mut j, _, _) = open(opts, &lp).unwrap();
+    for s in 1..=n {
+        j.append(s, &line(s, s));
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == n);
+    j.crash(); // unclean: a torn tail then is what a crash leaves
+    segments(&opts.dir).pop().unwrap()
+}
+
+#[test]
+fn a_torn_tail_is_cut_at_the_last_good_entry_wherever_it_tears() {
+    let tmp = TempDir::new("torn");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_clean(&opts, 20);
+    let whole = std::fs::read(&seg).unwrap();
+    let last = whole.len() - (format::HEADER + line(20, 20).len());
+    for cut in last..whole.len() {
+        std::fs::write(&seg, &whole[..cut]).unwrap();
+        let (r, seen) = replay(&opts).unwrap();
+        assert_eq!(seen.len(), 19, "torn at {cut}");
+        assert_eq!(r.cut_bytes, (cut - last) as u64, "torn at {cut}");
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), last as u64, "the file is truncated");
+        // An `always` journal keeps its id: nothing acknowledged was torn.
+        assert_eq!(r.new_rid, None);
+    }
+    // Garbage after the last entry (a preallocated or half-written block) is cut too.
+    let mut garbage = whole.clone();
+    garbage.extend_from_slice(&[0u8; 4096]);
+    garbage.extend_from_slice(&[0xEE; 100]);
+    std::fs::write(&seg, &garbage).unwrap();
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!((seen.len(), r.cut_bytes), (20, 4196));
+}
+
+#[test]
+fn a_corrupt_last_entry_is_a_tail_and_is_cut() {
+    let tmp = TempDir::new("badtail");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_clean(&opts, 20);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0x20;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), 19);
+    assert!(r.cut_at.as_ref().unwrap().0.starts_with("seg-"));
+}
+
+#[test]
+fn corruption_in_the_middle_stops_the_start_unless_told_to_truncate() {
+    let tmp = TempDir::new("middle");
+    let mut opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_clean(&opts, 20);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Entry 8 (seq 8) starts after the magic and seven entries.
+    let at: usize = MAGIC_LEN + (1..=7).map(|s| format::HEADER + line(s, s).len()).sum::<usize>();
+    bytes[at + format::HEADER + 5] ^= 1;
+    std::fs::write(&seg, &bytes).unwrap();
+    let err = replay(&opts).unwrap_err();
+    assert!(err.contains(&seg.display().to_string()), "{err}");
+    assert!(err.contains(&format!("at byte {at}")), "{err}");
+    assert!(err.contains("--journal-truncate-corrupt"), "{err}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bytes, "a refused start changes nothing");
+
+    opts.truncate_corrupt = true;
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=7).collect::<Vec<_>>());
+    assert!(r.new_rid.is_some(), "acknowledged entries were cut: a new replication id");
+    assert!(r.peers.is_empty());
+    opts.truncate_corrupt = false;
+    assert_eq!(replay(&opts).unwrap().1.len(), 7, "the cut is on disk");
+}
+
+const MAGIC_LEN: usize = format::MAGIC.len();
+
+#[test]
+fn the_replication_id_rule() {
+    let mut lp = new_loop();
+    // Unclean stop with `always`: same id, counter past the skip.
+    let tmp = TempDir::new("rid-always");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let (mut j, r0, _) = open(&opts, &lp).unwrap();
+    j.set_peer("Bailey", "ab12", 5);
+    j.append(1, &line(1, 1));
+    j.append(2, &line(2, 2));
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == 2);
+    lp.wait(&mut j, |_| std::fs::read_to_string(tmp.0.join("meta")).unwrap().contains("peer Bailey ab12 5"));
+    j.crash();
+    let (mut j, r, seen) = open(&opts, &lp).unwrap();
+    assert_eq!(seen.len(), 2);
+    assert_eq!((r.rid.as_str(), r.new_rid, r.next_seq), (r0.rid.as_str(), None, 2 + UNCLEAN_SKIP));
+    assert_eq!(r.peers.get("Bailey"), Some(&("ab12".to_string(), 5)));
+    j.close();
+    // ... and a clean close after it resumes right after the greatest seq handed out.
+    let (j, r, _) = open(&opts, &lp).unwrap();
+    assert_eq!((r.next_seq, r.new_rid), (2 + UNCLEAN_SKIP, None));
+    drop(j);
+
+    // Unclean stop with `everysec`: a new id.
+    let tmp = TempDir::new("rid-everysec");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
+    let (mut j, r0, _) = open(&opts, &lp).unwrap();
+    j.append(1, &line(1, 1));
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == 1);
+    j.crash();
+    let (j, r, _) = open(&opts, &lp).unwrap();
+    assert_ne!(r.rid, r0.rid);
+    assert!(r.new_rid.unwrap().contains("unclean"));
+    assert_eq!(r.next_seq, 2);
+    drop(j);
+}
+
+#[test]
+fn failed_writes_are_reported_retried_and_resume_by_themselves() {
+    for (what, fault) in [("write", 0), ("fsync", 1)] {
+        let tmp = TempDir::new("fail");
+        let mut lp = new_loop();
+        let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+        let (mut j, _, _) = open(&opts, &lp).unwrap();
+        j.append(1, &line(1, 1));
+        j.flush();
+        lp.wait(&mut j, |j| j.durable() == 1);
+        let flag = if fault == 0 { &opts.faults.fail_writes } else { &opts.faults.fail_syncs };
+        flag.store(true, Ordering::Relaxed);
+        for s in 2..=10 {
+            j.append(s, &line(s, s));
+            j.flush();
+        }
+        lp.wait(&mut j, |j| j.failed() == 10);
+        assert!(j.failing(), "{what}");
+        assert_eq!(j.durable(), 1, "{what}: nothing failed is reported durable");
+        assert!(j.stats().write_errors >= 1);
+        flag.store(false, Ordering::Relaxed);
+        lp.wait(&mut j, |j| j.durable() == 10);
+        assert!(!j.failing());
+        j.append(11, &line(11, 11));
+        j.close();
+        let (_, seen) = replay(&opts).unwrap();
+        assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=11).collect::<Vec<_>>(), "{what}: once each");
+    }
+}
+
+/// Appends `n` updates to `clients` clients from seq `from`, into the journal and the model.
+fn churn(j: &mut Journal, model: &mut Entries, from: u64, n: u64, clients: u64) {
+    for s in from..from + n {
+        let l = line(s * 7 % clients, s);
+        j.append(s, &l);
+        model.push((s, l));
+        if s % 50 == 0 {
+            j.flush();
+        }
+    }
+    j.flush();
+}
+
+#[test]
+fn a_rewrite_keeps_the_live_table_while_records_keep_coming() {
+    let tmp = TempDir::new("rewrite");
+    let mut lp = new_loop();
+    let mut opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    opts.rewrite_min_entries = 1000;
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    let mut model = Vec::new();
+    churn(&mut j, &mut model, 1, 5000, 100);
+    lp.wait(&mut j, |j| j.durable() == 5000);
+    assert!(j.wants_rewrite(100));
+    assert!(!j.wants_rewrite(5000), "not when the journal is no bigger than ratio x table");
+    let before = j.stats().bytes;
+    // A slow disk, busy with an fsync when the rewrite starts: the records that follow the rotation are
+    // queued while it is still pending, and must land in the new segment, since the snapshot (taken
+    // below from the table as it was) does not hold them.
+    opts.faults.sync_delay_ms.store(30, Ordering::Relaxed);
+    churn(&mut j, &mut model, 5001, 10, 100);
+    let live: Vec<(u64, Vec<u8>)> = table(&model).into_values().collect();
+    j.start_rewrite();
+    churn(&mut j, &mut model, 5011, 10, 1_000_000); // new clients, in no snapshot
+    opts.faults.sync_delay_ms.store(0, Ordering::Relaxed);
+    // The live table as the loop walks it, while new records interleave with the walk.
+    let mut next = 5021;
+    for (i, (seq, l)) in live.iter().enumerate() {
+        lp.wait(&mut j, |j| j.rewrite_room());
+        j.rewrite_record(*seq, l);
+        if i % 10 == 0 {
+            churn(&mut j, &mut model, next, 20, 100);
+            next += 20;
+        }
+    }
+    j.finish_rewrite();
+    lp.wait(&mut j, |j| !j.rewriting());
+    let stats = j.stats();
+    assert_eq!((stats.rewrites, stats.rewrite_failures), (1, 0));
+    assert!(stats.bytes < before / 2, "{} bytes after, {before} before", stats.bytes);
+    assert!(!j.wants_rewrite(100));
+    churn(&mut j, &mut model, next, 10, 100);
+    j.close();
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(table(&seen), table(&model));
+    assert_eq!(r.next_seq, next + 10);
+    let files: Vec<String> =
+        std::fs::read_dir(&tmp.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(files.iter().filter(|f| f.starts_with("snap-")).count(), 1, "{files:?}");
+}
+
+#[test]
+fn a_crash_at_any_step_of_a_rewrite_loses_nothing() {
+    for stop_after in 0..=5 {
+        let tmp = TempDir::new("crashpoint");
+        let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+        let mut model = Vec::new();
+        let append = |disk: &mut Disk, model: &mut Entries, from: u64, n: u64| {
+            let mut buf = Vec::new();
+            for s in from..from + n {
+                let l = line(s % 10, s);
+                format::encode(&mut buf, s, &l);
+                model.push((s, l));
+            }
+            disk.append(&buf).unwrap();
+            disk.sync().unwrap();
+        };
+        let (mut disk, _) = Disk::open(&tmp.0, FsyncMode::Always, false, Arc::default(), &mut |_, _| {}).unwrap();
+        append(&mut disk, &mut model, 1, 100);
+        type Step<'a> = &'a dyn Fn(&mut Disk, &mut Entries, &mut Option<String>, &mut Vec<String>);
+        let steps: [Step; 5] = [
+            &|d, _, _, _| d.rotate().unwrap(),
+            &|d, m, _, _| {
+                append(d, m, 101, 30); // entries after the rotation, in the new tail
+                let mut chunk = Vec::new();
+                for (seq, l) in table(&m[..100]).into_values() {
+                    format::encode(&mut chunk, seq, &l);
+                }
+                d.snapshot_write(&chunk).unwrap();
+            },
+            &|d, _, name, _| *name = Some(d.snapshot_seal().unwrap()),
+            &|d, _, name, old| *old = d.snapshot_install(name.as_ref().unwrap()).unwrap(),
+            &|d, _, _, old| d.remove_old(old).unwrap(),
+        ];
+        let (mut name, mut old) = (None, Vec::new());
+        for step in &steps[..stop_after] {
+            step(&mut disk, &mut model, &mut name, &mut old);
+        }
+        drop(disk); // the crash: no clean close
+        let (r, seen) = replay(&opts).unwrap();
+        assert_eq!(table(&seen), table(&model), "crash after step {stop_after}");
+        assert_eq!(r.new_rid, None, "crash after step {stop_after}");
+        let files: Vec<String> =
+            std::fs::read_dir(&tmp.0).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(!files.iter().any(|f| f.ends_with(".tmp")), "debris removed: {files:?}");
+        let meta = std::fs::read_to_string(tmp.0.join("meta")).unwrap();
+        for f in files.iter().filter(|f| f.ends_with(".log")) {
+            assert!(meta.contains(f.as_str()), "unlisted {f} left after crash at step {stop_after}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_rewrite_is_given_up_and_the_journal_goes_on() {
+    let tmp = TempDir::new("rewritefail");
+    let mut lp = new_loop();
+    let mut opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    opts.rewrite_min_entries = 10;
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    let mut model = Vec::new();
+    churn(&mut j, &mut model, 1, 100, 5);
+    lp.wait(&mut j, |j| j.durable() == 100);
+    j.start_rewrite();
+    lp.wait(&mut j, |j| j.stats().bytes > 0 && segments(&opts.dir).len() == 2);
+    opts.faults.fail_writes.store(true, Ordering::Relaxed);
+    for (seq, l) in table(&model).into_values() {
+        j.rewrite_record(seq, &l);
+    }
+    j.finish_rewrite();
+    lp.wait(&mut j, |j| !j.rewriting());
+    assert_eq!(j.stats().rewrite_failures, 1);
+    assert!(!j.wants_rewrite(5), "paused after a failure");
+    opts.faults.fail_writes.store(false, Ordering::Relaxed);
+    churn(&mut j, &mut model, 101, 10, 5);
+    lp.wait(&mut j, |j| j.durable() == 110);
+    j.close();
+    let (_, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), 110, "nothing lost, nothing doubled");
+    assert_eq!(table(&seen), table(&model));
+}
+
+#[test]
+fn a_meta_file_without_it_data_files_is_refused() {
+    let tmp = TempDir::new("nometa");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    write_clean(&opts, 3);
+    std::fs::remove_file(tmp.0.join("meta")).unwrap();
+    let err = replay(&opts).unwrap_err();
+    assert!(err.contains("no meta file"), "{err}");
+}
+
+/// `cargo test --release --lib journal::tests::replay_speed -- --ignored --nocapture`: the figure for a
+/// journal of 1,000,000 records (the server must serve such a journal within 2 s of start).
+#[test]
+#[ignore = "a measurement: run in release mode"]
+fn replay_speed() {
+    let tmp = TempDir::new("speed");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::No);
+    let n = 1_000_000u64;
+    {
+        let (mut disk, _) = Disk::open(&tmp.0, FsyncMode::No, false, Arc::default(), &mut |_, _| {}).unwrap();
+        let mut buf = Vec::with_capacity(8 << 20);
+        for s in 1..=n {
+            let l = format!("AT Bona +0.263873386 client-{s:07} +34.068930-118.445127 1520023934.918963997\n");
+            format::encode(&mut buf, s, l.as_bytes());
+            if buf.len() > (4 << 20) {
+                disk.append(&buf).unwrap();
+                buf.clear();
+            }
+        }
+        disk.append(&buf).unwrap();
+        disk.sync().unwrap();
+    }
+    let started = Instant::now();
+    let (mut count, mut bytes) = (0u64, 0usize);
+    let (_disk, r) = Disk::open(&opts.dir, opts.fsync, false, Arc::default(), &mut |_, l| {
+        count += 1;
+        bytes += l.len();
+    })
+    .unwrap();
+    let took = started.elapsed();
+    eprintln!("replayed {count} entries ({} bytes of lines, {} bytes of journal) in {took:?}", bytes, r.bytes);
+    assert_eq!(count, n);
+    assert!(took < Duration::from_secs(1), "replay took {took:?}");
+}
