@@ -3,11 +3,16 @@
 //! A record is the whole `AT` line a server answered to an IAMAT, kept byte for byte so that every server
 //! of the herd can hand it out unchanged. Ordering is exact and total: client time compared as decimals,
 //! then (server name, location) bytewise, so every server keeps the same record whatever order updates
-//! arrive in. No I/O and no clock here.
+//! arrive in. No I/O and no clock here: the table of records, [`RecordStore`], is in `record/store.rs`.
 
 use crate::protocol::{self, AtFields};
 use std::cmp::Ordering;
-use std::collections::HashMap;
+
+mod arena;
+mod order;
+pub mod store;
+
+pub use store::{cmp_order, Evicted, Offer, RecordRef, RecordStore, Retention, StoreCounters};
 
 /// One stored `AT` line and where its fields are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,77 +80,6 @@ impl<'a> RecencyKey<'a> {
         protocol::cmp_time(self.client_time, other.client_time)
             .then_with(|| self.server.cmp(other.server))
             .then_with(|| self.location.cmp(other.location))
-    }
-}
-
-/// The record table: one record per client id, in insertion order so that a sync can walk it with a
-/// plain index while the table keeps changing (records are replaced in place and never removed).
-#[derive(Default)]
-pub struct RecordStore {
-    records: Vec<Record>,
-    index: HashMap<Box<[u8]>, u32>,
-}
-
-impl RecordStore {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
-    }
-
-    pub fn get(&self, client_id: &[u8]) -> Option<&Record> {
-        self.index.get(client_id).map(|&i| &self.records[i as usize])
-    }
-
-    /// The record at position `i` of insertion order (for anti-entropy cursors).
-    pub fn at(&self, i: usize) -> Option<&Record> {
-        self.records.get(i)
-    }
-
-    /// Offers a validated `AT` line (final LF included) whose fields are `fields`. Stores it when it is more
-    /// recent than the record held for its client, reusing that record's buffer, and returns whether it
-    /// was stored.
-    pub fn offer(&mut self, line: &[u8], fields: AtFields) -> bool {
-        let candidate = |r: (u32, u32)| &line[r.0 as usize..r.1 as usize];
-        let key = RecencyKey {
-            client_time: candidate(fields.client_time),
-            server: candidate(fields.server),
-            location: candidate(fields.location),
-        };
-        let id = candidate(fields.client_id);
-        match self.index.get(id) {
-            Some(&i) => {
-                let held = &mut self.records[i as usize];
-                if key.cmp_recency(&RecencyKey::of(held)) != Ordering::Greater {
-                    return false;
-                }
-                held.line.clear();
-                held.line.extend_from_slice(line);
-                held.fields = fields;
-                true
-            }
-            None => {
-                self.index.insert(id.into(), self.records.len() as u32);
-                self.records.push(Record { line: line.to_vec(), fields });
-                true
-            }
-        }
-    }
-
-    /// Offers a line that still has to be validated (from a peer). `None` when it is not a valid `AT` line.
-    pub fn offer_line(&mut self, line: &[u8]) -> Option<bool> {
-        let fields = protocol::parse_at(line)?;
-        (line.last() == Some(&b'\n')).then(|| self.offer(line, fields))
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Record> {
-        self.records.iter()
     }
 }
 

@@ -256,7 +256,7 @@ impl Ctx {
     /// Offers a record to the table: true if it is the newest of its client and was stored. The one
     /// way records get in (`herd::store_and_flood` calls it), so a journal or a store has one seam.
     pub(super) fn offer_record(&mut self, line: &[u8], fields: AtFields) -> bool {
-        self.records.offer(line, fields)
+        self.records.offer(line, fields, self.wall).is_stored()
     }
 
     /// The latest client time a record may carry now: the clock plus `limits.max_clock_skew_s`.

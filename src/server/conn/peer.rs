@@ -479,17 +479,21 @@ impl Peer {
     /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
     fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
         let Some(mut cursor) = self.sync else { return false };
+        // A slot cursor: a record keeps its slot while it lives, so the walk stays exact while records are
+        // evicted (see record::store).
         let start = cursor;
+        let mut sent = 0u64;
         while self.out.len() < SYNC_BATCH {
-            let Some(record) = ctx.records().at(cursor) else { break };
+            let Some((next, record)) = ctx.records().next_from(cursor as u32) else { break };
             self.out.extend_from_slice(record.line());
-            cursor += 1;
+            cursor = next as usize;
+            sent += 1;
         }
-        let done = ctx.records().at(cursor).is_none();
+        let done = ctx.records().next_from(cursor as u32).is_none();
         self.sync = if done { None } else { Some(cursor) };
         if cursor > start {
             ctx.counters.sync_batches += 1;
-            ctx.counters.records_synced += (cursor - start) as u64;
+            ctx.counters.records_synced += sent;
             if let Some(n) = self.neighbour() {
                 let name = &ctx.neighbours[n].name;
                 ctx.log.event(format_args!(
