@@ -100,7 +100,7 @@ mod tests {
             for l in order {
                 store.offer_line(l).unwrap();
             }
-            assert_eq!(store.get(b"c").unwrap().line(), &newer[..]);
+            assert_eq!(store.get(b"c").unwrap().to_line(), newer);
             assert_eq!(store.len(), 1);
         }
     }
@@ -114,7 +114,7 @@ mod tests {
         assert_eq!(store.offer_line(&c), Some(true));
         assert_eq!(store.offer_line(&a), Some(false));
         assert_eq!(store.offer_line(&b), Some(false));
-        assert_eq!(store.get(b"c").unwrap().line(), &c[..]);
+        assert_eq!(store.get(b"c").unwrap().to_line(), c);
         assert_eq!(store.offer_line(&c), Some(false), "the same record again is not more recent");
     }
 

@@ -4,7 +4,8 @@
 //!
 //! A record lives in a *slot* (an index into `headers`) for as long as it is held. Its parts:
 //!
-//! * its `AT` line, once, in the [`LineArena`] (size-classed chunks; see `arena.rs`);
+//! * its `AT` line, once, in the [`LineArena`] (size-classed chunks; see `arena.rs`), without the `AT `
+//!   and the final LF that every line has: [`RecordRef::write_line`] puts them back;
 //! * a 12-byte [`Header`]: the line's chunk and length, and the record's `seq` (48 bits);
 //! * an entry in the eviction order, an indexed min-heap (see `order.rs`): 12 bytes of entry (slot and
 //!   compact time key) and 4 bytes of position;
@@ -16,14 +17,15 @@
 //!
 //! | part | bytes |
 //! |---|---|
-//! | line chunk (75 rounded up to 4) | 76 |
+//! | line chunk (75 less "AT " and LF, rounded up to 2) | 72 |
 //! | header | 12 |
 //! | heap entry + position | 16 |
 //! | index: 2^21 buckets of 4 bytes + 1 control byte, for 10^6 records | 10.5 |
-//! | total | about 115 |
+//! | total | about 110 |
 //!
-//! against about 162 for redis-server holding the same keys and values (0.71x). The index's share moves
-//! between 5.7 and 11.4 bytes with the table's power-of-two size; the rest is per record.
+//! against about 162 for redis-server holding the same keys and values (0.68x). The index's share moves
+//! between 5.7 and 11.4 bytes with the table's power-of-two size (see `make_room_in_index` for how churn
+//! is kept from doubling it); the rest is per record.
 //!
 //! # Ordering
 //!
@@ -62,7 +64,7 @@
 //! Every record stored gets the next value of the store's `seq` counter (from 1; 0 means nothing), kept in
 //! its header: [`RecordStore::next_since`] walks records stored after a given seq (a slot scan).
 
-use super::arena::{LineArena, MAX_LINE};
+use super::arena::{LineArena, MAX_LEN, MIN_LEN};
 use super::order::{Entry, OrderHeap};
 use super::{RecencyKey, Record};
 use crate::protocol::{self, AtFields, Timestamp};
@@ -93,8 +95,8 @@ pub enum Offer {
     RefusedBelowEvicted,
     /// Older than `max_age_s` on arrival: answered, neither stored nor flooded.
     RefusedOld,
-    /// Not a line the store can hold: longer than `MAX_LINE` or without its final LF. (Lines that obey the
-    /// protocol's field limits never are.)
+    /// Not a line the store can hold: not `AT ` .. LF, or longer than the arena's chunks. (Lines that obey
+    /// the protocol's field limits never are.)
     Invalid,
 }
 
@@ -154,24 +156,54 @@ const NO_SLOT: u32 = u32::MAX;
 /// A record as a reader sees it: its line, fields, seq and slot, borrowed from the store.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordRef<'a> {
-    line: &'a [u8],
+    /// The stored text: the line without its leading `AT ` and its final LF.
+    body: &'a [u8],
+    /// Field ranges inside `body`.
     fields: AtFields,
     seq: u64,
     slot: u32,
 }
 
 impl<'a> RecordRef<'a> {
-    /// The whole line, final LF included.
-    pub fn line(&self) -> &'a [u8] {
-        self.line
+    /// Appends the whole line, `AT ` to the final LF.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        out.reserve(self.line_len());
+        out.extend_from_slice(b"AT ");
+        out.extend_from_slice(self.body);
+        out.push(b'\n');
     }
 
+    /// The whole line, final LF included, in a new vector.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = Vec::new();
+        self.write_line(&mut line);
+        line
+    }
+
+    /// The length of the whole line, final LF included.
+    pub fn line_len(&self) -> usize {
+        self.body.len() + 4
+    }
+
+    /// The line as stored: without its leading `AT ` and its final LF.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// The fields, as ranges into the whole line (as [`protocol::parse_at`] gives them).
     pub fn fields(&self) -> AtFields {
-        self.fields
+        let shift = |r: (u32, u32)| (r.0 + 3, r.1 + 3);
+        let f = self.fields;
+        AtFields {
+            server: shift(f.server),
+            client_id: shift(f.client_id),
+            location: shift(f.location),
+            client_time: shift(f.client_time),
+        }
     }
 
     fn field(&self, r: (u32, u32)) -> &'a [u8] {
-        &self.line[r.0 as usize..r.1 as usize]
+        &self.body[r.0 as usize..r.1 as usize]
     }
 
     pub fn server(&self) -> &'a [u8] {
@@ -211,7 +243,7 @@ impl<'a> RecordRef<'a> {
 
     /// An owned copy.
     pub fn to_record(&self) -> Record {
-        Record::parse(self.line).expect("a stored line is valid")
+        Record::parse(&self.to_line()).expect("a stored line is valid")
     }
 }
 
@@ -368,13 +400,17 @@ impl RecordStore {
     }
 
     fn offer_at(&mut self, line: &[u8], fields: AtFields, now: Timestamp, given_seq: Option<u64>) -> Offer {
-        if line.len() > MAX_LINE || line.last() != Some(&b'\n') {
-            self.counters.invalid += 1;
-            return Offer::Invalid;
-        }
+        let body = match line.strip_prefix(b"AT ").and_then(|l| l.strip_suffix(b"\n")) {
+            Some(body) if (MIN_LEN..=MAX_LEN).contains(&body.len()) => body,
+            _ => {
+                self.counters.invalid += 1;
+                return Offer::Invalid;
+            }
+        };
         let field = |r: (u32, u32)| &line[r.0 as usize..r.1 as usize];
         let (id, time) = (field(fields.client_id), field(fields.client_time));
-        debug_assert_eq!(fields_in(line), fields, "fields must be the line's own");
+        debug_assert_eq!(id_in(body), id, "fields must be the line's own");
+        debug_assert_eq!(time_in(body), time, "fields must be the line's own");
         let key = time_key(time);
         if self.age_limit(now).is_some_and(|limit| key < limit) {
             self.counters.refused_old += 1;
@@ -392,8 +428,8 @@ impl RecordStore {
             }
             let seq = self.next_seq(given_seq);
             let h = self.headers[slot as usize];
-            let chunk = self.arena.replace(h.chunk, usize::from(h.len), line);
-            self.headers[slot as usize] = header(chunk, line.len(), seq);
+            let chunk = self.arena.replace(h.chunk, usize::from(h.len), body);
+            self.headers[slot as usize] = header(chunk, body.len(), seq);
             self.order.update(slot, key, |a, b| order_cmp(&self.headers, &self.arena, a, b));
             self.counters.stored += 1;
             return Offer::Stored { seq };
@@ -421,8 +457,8 @@ impl RecordStore {
             }
         }
         let seq = self.next_seq(given_seq);
-        let chunk = self.arena.alloc(line);
-        let slot = self.take_slot(header(chunk, line.len(), seq));
+        let chunk = self.arena.alloc(body);
+        let slot = self.take_slot(header(chunk, body.len(), seq));
         if self.index.len() == self.index.capacity() {
             self.make_room_in_index();
         }
@@ -539,14 +575,15 @@ impl RecordStore {
         seq
     }
 
+    /// The stored text of `slot`'s record (its line without `AT ` and LF).
     #[inline]
     fn line(&self, slot: u32) -> &[u8] {
         line_of(&self.headers, &self.arena, slot)
     }
 
     fn record(&self, slot: u32) -> RecordRef<'_> {
-        let line = self.line(slot);
-        RecordRef { line, fields: fields_in(line), seq: self.headers[slot as usize].seq(), slot }
+        let body = self.line(slot);
+        RecordRef { body, fields: fields_in(body), seq: self.headers[slot as usize].seq(), slot }
     }
 }
 
@@ -608,39 +645,40 @@ pub fn time_key(time: &[u8]) -> u64 {
     secs << 31 | nanos << 1 | u64::from(inexact)
 }
 
-/// The client id of a stored line: its fourth field ("AT", server, time-diff, id), between single spaces.
+// A stored text is an `AT` line without its `AT ` and its LF: `server time-diff id location time`, five
+// fields between single spaces (validated before it was stored).
+
+/// The client id of a stored text: its third field.
 #[inline]
-fn id_in(line: &[u8]) -> &[u8] {
-    let mut start = 3; // past "AT "
+fn id_in(body: &[u8]) -> &[u8] {
+    let mut start = 0;
     for _ in 0..2 {
-        start += memchr(b' ', &line[start..]).expect("a stored line has six fields") + 1;
+        start += memchr(b' ', &body[start..]).expect("a stored line has six fields") + 1;
     }
-    let end = start + memchr(b' ', &line[start..]).expect("a stored line has six fields");
-    &line[start..end]
+    let end = start + memchr(b' ', &body[start..]).expect("a stored line has six fields");
+    &body[start..end]
 }
 
-/// The client time of a stored line: its last field, before the LF.
+/// The client time of a stored text: its last field.
 #[inline]
-fn time_in(line: &[u8]) -> &[u8] {
-    let body = &line[..line.len() - 1];
+fn time_in(body: &[u8]) -> &[u8] {
     &body[memrchr(b' ', body).expect("a stored line has six fields") + 1..]
 }
 
-/// The fields of a stored (validated) line.
-fn fields_in(line: &[u8]) -> AtFields {
-    let mut spaces = [0u32; 5];
+/// The fields of a stored text, as ranges into it.
+fn fields_in(body: &[u8]) -> AtFields {
+    let mut spaces = [0u32; 4];
     let mut at = 0;
     for s in &mut spaces {
-        at += memchr(b' ', &line[at..]).expect("a stored line has six fields");
+        at += memchr(b' ', &body[at..]).expect("a stored line has six fields");
         *s = at as u32;
         at += 1;
     }
-    let end = (line.len() - 1) as u32;
     AtFields {
-        server: (spaces[0] + 1, spaces[1]),
-        client_id: (spaces[2] + 1, spaces[3]),
-        location: (spaces[3] + 1, spaces[4]),
-        client_time: (spaces[4] + 1, end),
+        server: (0, spaces[0]),
+        client_id: (spaces[1] + 1, spaces[2]),
+        location: (spaces[2] + 1, spaces[3]),
+        client_time: (spaces[3] + 1, body.len() as u32),
     }
 }
 

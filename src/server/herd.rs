@@ -91,20 +91,20 @@ impl Ctx {
             return Whatsat::AwaitRecord { ticket, deadline };
         };
         let Some(places) = self.places.as_mut() else {
-            out.extend_from_slice(record.line());
+            record.write_line(out);
             out.extend_from_slice(&self.places_unconfigured);
             out.extend_from_slice(b"\n\n");
             return Whatsat::Answered;
         };
         let key = PlacesClient::key_for(record.location(), cmd.radius_km);
         if let Some(json) = places.cached(&key, cmd.bound, self.now) {
-            out.extend_from_slice(record.line());
+            record.write_line(out);
             out.extend_from_slice(json);
             out.extend_from_slice(b"\n\n");
             return Whatsat::Answered;
         }
         if let Err(json) = places.admit(places_waiting, self.limits.max_pending_places_per_client) {
-            out.extend_from_slice(record.line());
+            record.write_line(out);
             out.extend_from_slice(json);
             out.extend_from_slice(b"\n\n");
             return Whatsat::Answered;
@@ -115,7 +115,7 @@ impl Ctx {
         if let Some(id) = places.join_or_create(key, record.location(), cmd.radius_km, waiter, self.now) {
             self.timers.add(self.now + places.timeout, Timer::Places(id));
         }
-        Whatsat::Pending { ticket, at_line: record.line().to_vec() }
+        Whatsat::Pending { ticket, at_line: record.to_line() }
     }
 
     /// A wait for `client_id`'s record ended without it: forget the waiter.
@@ -294,7 +294,7 @@ mod tests {
         let (older, fields) = at("kiwi", "1520023934.0");
         assert!(!ctx.store_and_flood(&older, fields, None), "an older record is not stored");
         assert_eq!(ctx.outbox.flood_marks.len(), 1, "nor flooded");
-        assert_eq!(ctx.records().get(b"kiwi").unwrap().line(), &newer[..]);
+        assert_eq!(ctx.records().get(b"kiwi").unwrap().to_line(), &newer[..]);
         assert_eq!(ctx.counters.records_stored, 2);
     }
 

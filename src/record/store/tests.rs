@@ -23,7 +23,7 @@ fn bounded(max: usize) -> RecordStore {
 }
 
 fn held_lines(s: &RecordStore) -> BTreeSet<Vec<u8>> {
-    s.iter().map(|r| r.line().to_vec()).collect()
+    s.iter().map(|r| r.to_line()).collect()
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn updates_of_a_held_client_follow_newest_wins_not_the_bound() {
     assert!(offer(&mut s, &at("B", "k", "+1+1", "10"), EPOCH).is_stored(), "greater server on a tie");
     assert!(offer(&mut s, &at("B", "k", "+1+1", "11"), EPOCH).is_stored());
     assert_eq!(s.len(), 1);
-    assert_eq!(s.get(b"k").unwrap().line(), &at("B", "k", "+1+1", "11")[..]);
+    assert_eq!(s.get(b"k").unwrap().to_line(), at("B", "k", "+1+1", "11"));
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn the_sweep_drops_the_oldest_first_and_at_most_its_budget_per_call() {
 fn a_line_the_arena_cannot_hold_is_invalid() {
     let mut s = RecordStore::new();
     let long = at("A", &"i".repeat(255), &format!("+1.{}+1", "0".repeat(800)), "1");
-    assert!(long.len() > MAX_LINE);
+    assert!(long.len() > MAX_LEN + 4);
     assert_eq!(offer(&mut s, &long, EPOCH), Offer::Invalid);
     assert!(s.is_empty());
 }
@@ -237,7 +237,9 @@ fn stored_lines_come_back_with_their_fields() {
     let l = b"AT Bona +12.500000000 kiwi -33.8587+151.2100 1700000000.25\n";
     assert_eq!(offer(&mut s, l, EPOCH), Offer::Stored { seq: 1 });
     let r = s.get(b"kiwi").unwrap();
-    assert_eq!(r.line(), l);
+    assert_eq!(r.to_line(), l);
+    assert_eq!(r.line_len(), l.len());
+    assert_eq!(r.body(), &l[3..l.len() - 1]);
     assert_eq!(r.fields(), protocol::parse_at(l).unwrap());
     assert_eq!(
         (r.server(), r.client_id(), r.location(), r.client_time(), r.seq()),
@@ -413,7 +415,7 @@ proptest! {
             let model_set: BTreeSet<Vec<u8>> = m.held.iter().map(Rec::line).collect();
             prop_assert_eq!(held_lines(&s), model_set);
             let least = m.held.iter().min_by(|a, b| a.order(&b.time, &b.id)).map(Rec::line);
-            prop_assert_eq!(s.least().map(|r| r.line().to_vec()), least);
+            prop_assert_eq!(s.least().map(|r| r.to_line()), least);
         }
     }
 

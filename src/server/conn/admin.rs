@@ -119,20 +119,24 @@ impl Admin {
         if at == 0 {
             body.push(b'[');
         }
+        // A slot cursor (record::store): a record keeps its slot while it lives, so the stream stays exact
+        // while records are evicted between chunks. The first chunk always holds the first record.
+        let mut first = at == 0;
         while body.len() < CHUNK {
-            let Some(r) = ctx.records().at(at) else { break };
-            if at > 0 {
+            let Some((next, r)) = ctx.records().next_from(at as u32) else { break };
+            if !first {
                 body.push(b',');
             }
-            let line = r.line().strip_suffix(b"\n").unwrap_or(r.line());
+            first = false;
             body.extend_from_slice(b"{\"client_id\":");
             let _ = serde_json::to_writer(&mut body, &String::from_utf8_lossy(r.client_id()));
             body.extend_from_slice(b",\"at\":");
-            let _ = serde_json::to_writer(&mut body, &String::from_utf8_lossy(line));
+            let line = format!("AT {}", String::from_utf8_lossy(r.body()));
+            let _ = serde_json::to_writer(&mut body, &line);
             body.push(b'}');
-            at += 1;
+            at = next as usize;
         }
-        let done = ctx.records().at(at).is_none();
+        let done = ctx.records().next_from(at as u32).is_none();
         if done {
             body.push(b']');
         }

@@ -485,7 +485,7 @@ impl Peer {
         let mut sent = 0u64;
         while self.out.len() < SYNC_BATCH {
             let Some((next, record)) = ctx.records().next_from(cursor as u32) else { break };
-            self.out.extend_from_slice(record.line());
+            record.write_line(&mut self.out);
             cursor = next as usize;
             sent += 1;
         }
