@@ -15,7 +15,20 @@ fn ts(secs: u64) -> Timestamp {
 }
 
 fn offer(s: &mut RecordStore, line: &[u8], now: Timestamp) -> Offer {
-    s.offer(line, protocol::parse_at(line).expect("valid test line"), now)
+    s.offer(line, split_fields(line), now)
+}
+
+/// The fields of a test line, found by its spaces alone: the store trusts the fields it is given (the
+/// server validated them), so tests may use lines longer than the protocol allows.
+fn split_fields(line: &[u8]) -> AtFields {
+    let spaces: Vec<u32> = line.iter().enumerate().filter(|(_, &b)| b == b' ').map(|(i, _)| i as u32).collect();
+    assert_eq!(spaces.len(), 5, "{}", String::from_utf8_lossy(line));
+    AtFields {
+        server: (spaces[0] + 1, spaces[1]),
+        client_id: (spaces[2] + 1, spaces[3]),
+        location: (spaces[3] + 1, spaces[4]),
+        client_time: (spaces[4] + 1, line.len() as u32 - 1),
+    }
 }
 
 fn bounded(max: usize) -> RecordStore {
