@@ -215,6 +215,13 @@ impl Ctx {
         }
     }
 
+    /// The same context with a record table that keeps records as `retention` says (`records` in the
+    /// config); `new` makes an unbounded one.
+    pub fn with_retention(mut self, retention: crate::record::Retention) -> Ctx {
+        self.records = RecordStore::with_retention(retention);
+        self
+    }
+
     /// The record table, read-only: WHATSAT answers, the anti-entropy sync, `/records`.
     /// A peer refused, for `reason`: counted (`herd_peers_refused_total{reason=...}`); the caller logs it.
     pub fn refused(&mut self, reason: Refusal) {

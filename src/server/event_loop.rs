@@ -117,7 +117,8 @@ impl Server {
         };
         let seed = Ctx::random_seed()?;
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-        let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
+        let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed)
+            .with_retention(config.records);
         ctx.admin_guard = AdminGuard::new(&config.admin_host.to_string(), admin_token.as_deref());
         ctx.peer_tls = peer_tls;
         Ok(Server {
