@@ -12,7 +12,7 @@ mod arena;
 mod order;
 pub mod store;
 
-pub use store::{cmp_order, Evicted, Offer, RecordRef, RecordStore, Retention, StoreCounters};
+pub use store::{cmp_order, Evicted, Offer, OrderPoint, RecordRef, RecordStore, Retention, StoreCounters};
 
 /// One stored `AT` line and where its fields are.
 #[derive(Debug, Clone, PartialEq, Eq)]

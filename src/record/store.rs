@@ -357,6 +357,16 @@ impl RecordStore {
         self.order.peek().map(|e| self.record(e.slot))
     }
 
+    /// What this store states in a handshake as `least=`: its least record, only while it is full (then a
+    /// new client's record at or below it would be refused at once; while there is room, none would).
+    pub fn least_when_full(&self) -> Option<OrderPoint> {
+        let max = self.retention.max?;
+        if self.live < max {
+            return None;
+        }
+        self.least().map(|r| OrderPoint::of(&r))
+    }
+
     /// The first record at slot `cursor` or after, and the cursor that follows it.
     pub fn next_from(&self, cursor: u32) -> Option<(u32, RecordRef<'_>)> {
         let start = (cursor as usize).min(self.headers.len());
@@ -618,6 +628,52 @@ fn cmp_time_keyed(ka: u64, ta: &[u8], kb: u64, tb: &[u8]) -> Ordering {
 /// Retention's order on (client time, client id), for records that are not in a store (a peer's `least=`).
 pub fn cmp_order(a_time: &[u8], a_id: &[u8], b_time: &[u8], b_id: &[u8]) -> Ordering {
     protocol::cmp_time(a_time, b_time).then_with(|| a_id.cmp(b_id))
+}
+
+/// A place in retention's order, (client time, client id), as a full peer states its least record in the
+/// handshake: `least=<client-time>,<client-id-hex>` (the id in hex, since an id may hold any byte but
+/// whitespace, commas included). A record at or below it would be refused by that peer at once, so a
+/// catch-up does not send it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderPoint {
+    pub time: Vec<u8>,
+    pub id: Vec<u8>,
+}
+
+impl OrderPoint {
+    pub fn of(r: &RecordRef<'_>) -> Self {
+        OrderPoint { time: r.client_time().to_vec(), id: r.client_id().to_vec() }
+    }
+
+    /// The handshake value: `<client-time>,<client-id-hex>`.
+    pub fn encode(&self) -> String {
+        let mut s = String::from_utf8_lossy(&self.time).into_owned();
+        s.push(',');
+        for b in &self.id {
+            s.push_str(&format!("{b:02x}"));
+        }
+        s
+    }
+
+    /// Reads a handshake value; `None` unless it is a valid client time and a valid client id in hex.
+    pub fn parse(value: &[u8]) -> Option<Self> {
+        let comma = memchr(b',', value)?;
+        let (time, hex) = (&value[..comma], &value[comma + 1..]);
+        if time.len() > protocol::MAX_CLIENT_TIME || !protocol::valid_time(time) {
+            return None;
+        }
+        if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * protocol::MAX_CLIENT_ID {
+            return None;
+        }
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        let id = hex.chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect::<Option<Vec<u8>>>()?;
+        Some(OrderPoint { time: time.to_vec(), id })
+    }
+
+    /// Whether `r` comes after this point (a full peer whose least record this is would take it).
+    pub fn is_below(&self, r: &RecordRef<'_>) -> bool {
+        cmp_order(&self.time, &self.id, r.client_time(), r.client_id()) == Ordering::Less
+    }
 }
 
 const SECS_BITS: u32 = 33;

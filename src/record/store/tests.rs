@@ -284,6 +284,29 @@ fn time_keys_follow_a_table() {
     }
 }
 
+#[test]
+fn the_handshake_states_the_least_record_only_when_full() {
+    let mut s = bounded(2);
+    assert_eq!(s.least_when_full(), None);
+    offer(&mut s, &at("A", "a,b", "+1+1", "10.5"), EPOCH);
+    assert_eq!(s.least_when_full(), None, "room left: nothing would be refused");
+    offer(&mut s, &at("A", "z", "+1+1", "11"), EPOCH);
+    let least = s.least_when_full().unwrap();
+    assert_eq!(least.encode(), "10.5,612c62", "the id in hex (it holds a comma)");
+    assert_eq!(OrderPoint::parse(b"10.5,612c62"), Some(least.clone()));
+    for bad in [&b"10.5"[..], b"10.5,", b"10.5,6", b"10.5,zz", b"1e3,61", b",61", b"10.5,612c6"] {
+        assert_eq!(OrderPoint::parse(bad), None, "{}", String::from_utf8_lossy(bad));
+    }
+    let mut other = RecordStore::new();
+    for (id, t, below) in
+        [("a,b", "10.5", false), ("a,a", "10.5", false), ("a,c", "10.5", true), ("b", "10.50001", true)]
+    {
+        offer(&mut other, &at("B", id, "+1+1", t), EPOCH);
+        assert_eq!(least.is_below(&other.get(id.as_bytes()).unwrap()), below, "{id} {t}");
+    }
+    assert!(RecordStore::new().least_when_full().is_none(), "an unbounded store is never full");
+}
+
 // ---- Property tests against a model ----
 
 /// The naive model of the rules, written from the text: a list scanned in full.
