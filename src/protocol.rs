@@ -34,6 +34,11 @@ impl<'a> Fields<'a> {
     pub fn new(line: &'a [u8]) -> Self {
         Fields { rest: line }
     }
+
+    /// What is left after the fields taken so far.
+    pub fn clone_rest(&self) -> &'a [u8] {
+        self.rest
+    }
 }
 
 impl<'a> Iterator for Fields<'a> {

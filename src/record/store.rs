@@ -504,6 +504,23 @@ impl RecordStore {
         }
     }
 
+    /// How long from `now` until [`sweep`](Self::sweep) has something to drop (zero: now), or `None` when
+    /// nothing ever will (no `max_age_s`, or no record). Read from the least record's time key, so it is
+    /// at most a nanosecond early for times with more than nine fraction digits: the sweep then finds
+    /// nothing yet and the caller asks again.
+    pub fn sweep_due_in(&self, now: Timestamp) -> Option<std::time::Duration> {
+        let max_age = self.retention.max_age_s?;
+        let key = self.order.peek()?.key();
+        if key == u64::MAX {
+            return None; // past the year 2242
+        }
+        let (secs, nanos) = (key >> 31, (key >> 1) & ((1 << 30) - 1));
+        // Old once now - max_age passes the time: at time + max_age (+1 ns when the time had more digits).
+        let due = std::time::Duration::new(secs + max_age, nanos as u32) + std::time::Duration::from_nanos(key & 1);
+        let now = std::time::Duration::new(now.secs, now.nanos);
+        Some(due.saturating_sub(now))
+    }
+
     /// The key below which a client time is too old at `now`, when `max_age_s` is set.
     fn age_limit(&self, now: Timestamp) -> Option<u64> {
         let secs = now.secs.checked_sub(self.retention.max_age_s?)?;

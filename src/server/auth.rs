@@ -6,10 +6,14 @@
 //! and a TLS identity can later replace the MACs here without touching the machine.
 //!
 //! ```text
-//!  dialer → acceptor   HELLO <dialer> <acceptor> <nonce_d>
-//!  acceptor → dialer   WELCOME <acceptor> <nonce_a> <mac_a>      (or REFUSED <reason>)
+//!  dialer → acceptor   HELLO <dialer> <acceptor> <nonce_d> [key=value ...]
+//!  acceptor → dialer   WELCOME <acceptor> <nonce_a> <mac_a> [key=value ...]     (or REFUSED <reason>)
 //!  dialer → acceptor   PROOF <mac_d>
 //! ```
+//!
+//! The `key=value` tokens after the fixed fields are the handshake's extensions (README, "The peer
+//! protocol"): `v` the protocol version, `rid`/`off` the replication id and offset of catch-up by delta.
+//! They are read here, in one place ([`Ext`]); unknown keys are ignored.
 //!
 //! With a herd secret, `mac_a = HMAC-SHA256(secret, "herd acceptor " + dialer + " " + acceptor + " " +
 //! nonce_d + " " + nonce_a)` and `mac_d` the same with `"herd dialer "`, hex-encoded; without one both
@@ -55,11 +59,13 @@ pub enum Handshake<'a> {
         dialer: &'a [u8],
         acceptor: &'a [u8],
         nonce: &'a [u8],
+        ext: Ext<'a>,
     },
     Welcome {
         acceptor: &'a [u8],
         nonce: &'a [u8],
         mac: &'a [u8],
+        ext: Ext<'a>,
     },
     Proof {
         mac: &'a [u8],
@@ -72,23 +78,52 @@ pub enum Handshake<'a> {
 
 pub fn parse(text: &[u8]) -> Handshake<'_> {
     let mut f = Fields::new(text);
-    match (f.next(), f.next(), f.next(), f.next(), f.next()) {
-        (Some(b"HELLO"), Some(dialer), Some(acceptor), Some(nonce), None) => {
-            Handshake::Hello { dialer, acceptor, nonce }
+    let fixed = (f.next(), f.next(), f.next(), f.next());
+    let rest = Ext::after(f);
+    match (fixed, rest) {
+        ((Some(b"HELLO"), Some(dialer), Some(acceptor), Some(nonce)), Some(ext)) => {
+            Handshake::Hello { dialer, acceptor, nonce, ext }
         }
-        (Some(b"WELCOME"), Some(acceptor), Some(nonce), Some(mac), None) => Handshake::Welcome { acceptor, nonce, mac },
-        (Some(b"PROOF"), Some(mac), None, ..) => Handshake::Proof { mac },
-        (Some(b"REFUSED"), ..) => Handshake::Refused,
+        ((Some(b"WELCOME"), Some(acceptor), Some(nonce), Some(mac)), Some(ext)) => {
+            Handshake::Welcome { acceptor, nonce, mac, ext }
+        }
+        ((Some(b"PROOF"), Some(mac), None, None), _) => Handshake::Proof { mac },
+        ((Some(b"REFUSED"), ..), _) => Handshake::Refused,
         _ => Handshake::Other,
     }
 }
 
-pub fn hello(dialer: &str, acceptor: &str, nonce: &str) -> String {
-    format!("HELLO {dialer} {acceptor} {nonce}\n")
+/// The `key=value` tokens after a handshake line's fixed fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ext<'a>(&'a [u8]);
+
+impl<'a> Ext<'a> {
+    /// The tokens left in `f`, if every one is `key=value` (anything else makes the line malformed).
+    fn after(f: Fields<'a>) -> Option<Ext<'a>> {
+        let rest = f.clone_rest();
+        Fields::new(rest).all(|t| t.iter().position(|&b| b == b'=').is_some_and(|i| i > 0)).then_some(Ext(rest))
+    }
+
+    /// The value of `key`, if present (the first one).
+    pub fn get(&self, key: &str) -> Option<&'a [u8]> {
+        Fields::new(self.0).find_map(|t| t.strip_prefix(key.as_bytes())?.strip_prefix(b"="))
+    }
+
+    /// The value of `key` as a number.
+    pub fn number(&self, key: &str) -> Option<u64> {
+        std::str::from_utf8(self.get(key)?).ok()?.parse().ok()
+    }
 }
 
-pub fn welcome(acceptor: &str, nonce: &str, mac: &str) -> String {
-    format!("WELCOME {acceptor} {nonce} {mac}\n")
+/// `ext`: extension tokens (`key=value ...`), or empty.
+pub fn hello(dialer: &str, acceptor: &str, nonce: &str, ext: &str) -> String {
+    let sep = if ext.is_empty() { "" } else { " " };
+    format!("HELLO {dialer} {acceptor} {nonce}{sep}{ext}\n")
+}
+
+pub fn welcome(acceptor: &str, nonce: &str, mac: &str, ext: &str) -> String {
+    let sep = if ext.is_empty() { "" } else { " " };
+    format!("WELCOME {acceptor} {nonce} {mac}{sep}{ext}\n")
 }
 
 pub fn proof(mac: &str) -> String {
@@ -199,14 +234,19 @@ mod tests {
     #[test]
     fn handshake_lines_parse_only_with_their_exact_fields() {
         assert_eq!(
-            parse(hello("A", "B", "n").trim_end().as_bytes()),
-            Handshake::Hello { dialer: b"A", acceptor: b"B", nonce: b"n" }
+            parse(hello("A", "B", "n", "").trim_end().as_bytes()),
+            Handshake::Hello { dialer: b"A", acceptor: b"B", nonce: b"n", ext: Ext(b"") }
         );
         assert_eq!(parse(b"HELLO A B"), Handshake::Other);
-        assert_eq!(parse(b"HELLO A B n extra"), Handshake::Other);
+        assert_eq!(parse(b"HELLO A B n extra"), Handshake::Other, "extensions are key=value");
+        assert_eq!(parse(b"HELLO A B n =x"), Handshake::Other);
+        let line = hello("A", "B", "n", "v=2 rid=ab12 off=7 new=x");
+        let Handshake::Hello { ext, .. } = parse(line.trim_end().as_bytes()) else { panic!("a HELLO with extensions") };
+        assert_eq!((ext.get("v"), ext.get("rid"), ext.number("off")), (Some(&b"2"[..]), Some(&b"ab12"[..]), Some(7)));
+        assert_eq!((ext.get("ri"), ext.number("rid")), (None, None));
         assert_eq!(
-            parse(welcome("B", "n", "-").trim_end().as_bytes()),
-            Handshake::Welcome { acceptor: b"B", nonce: b"n", mac: b"-" }
+            parse(welcome("B", "n", "-", "").trim_end().as_bytes()),
+            Handshake::Welcome { acceptor: b"B", nonce: b"n", mac: b"-", ext: Ext(b"") }
         );
         assert_eq!(parse(proof("ab").trim_end().as_bytes()), Handshake::Proof { mac: b"ab" });
         assert_eq!(parse(b"PROOF a b"), Handshake::Other);

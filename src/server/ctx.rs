@@ -25,6 +25,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Records an age sweep may drop per loop turn: a few hundred microseconds of work at most.
+pub const SWEEP_BUDGET: usize = 256;
+/// The age sweep looks at least this often.
+pub const SWEEP_IDLE: Duration = Duration::from_secs(1);
 /// Reads one connection may do per event before it yields to the others (fairness under floods):
 /// 256 KiB, a few thousand pipelined commands. With 16 (1 MiB a turn), a client pouring garbage into a
 /// lingering close pushed others' p99 to 4.8× its calm value in one of three runs of tests/abuse.rs;
@@ -222,6 +226,25 @@ impl Ctx {
         self
     }
 
+    /// Drops the records that `records.max_age_s` says are too old, at most [`SWEEP_BUDGET`] of them,
+    /// and says when to sweep next: at once (next turn) when the budget ran out, when the least record
+    /// turns too old otherwise, and at least every [`SWEEP_IDLE`] (records keep arriving). `None` without
+    /// `max_age_s`.
+    pub fn sweep_records(&mut self) -> Option<Instant> {
+        self.records.retention().max_age_s?;
+        let dropped = self.records.sweep(self.wall, SWEEP_BUDGET);
+        if dropped > 0 {
+            let held = self.records.len();
+            self.log.event(format_args!("records: {dropped} too old dropped, {held} held"));
+        }
+        let wait = if dropped == SWEEP_BUDGET {
+            Duration::from_millis(1)
+        } else {
+            self.records.sweep_due_in(self.wall).map_or(SWEEP_IDLE, |d| d.min(SWEEP_IDLE))
+        };
+        Some(self.now + wait)
+    }
+
     /// The record table, read-only: WHATSAT answers, the anti-entropy sync, `/records`.
     /// A peer refused, for `reason`: counted (`herd_peers_refused_total{reason=...}`); the caller logs it.
     pub fn refused(&mut self, reason: Refusal) {
@@ -381,6 +404,8 @@ pub struct Counters {
     pub records_refused: u64,
     pub records_forwarded: u64,
     pub records_synced: u64,
+    /// Records a catch-up passed over because the neighbour, full, would have refused them at once.
+    pub records_sync_skipped: u64,
     pub sync_batches: u64,
     pub links_up: u64,
     pub links_down: u64,

@@ -163,6 +163,9 @@ impl Server {
         for n in 0..core.ctx.neighbours.len() {
             sockets::dial_peer(n, &mut core.conns, &mut core.ctx);
         }
+        if core.ctx.records().retention().max_age_s.is_some() {
+            core.ctx.timers.add(core.ctx.now, Timer::RecordSweep);
+        }
         while !self.core.finished {
             self.turn()?;
         }
@@ -212,6 +215,15 @@ impl Server {
         }
         core.conns.cause = "timer";
         core.fire_timers();
+        if core.ctx.timers.needs_compaction() {
+            // Entries of connections that are gone (a token names one generation of a slab key) can no
+            // longer matter; without this, connection churn grows the heap for a whole idle timeout.
+            let conns = &core.conns;
+            core.ctx.timers.compact(|_, what| match what {
+                Timer::Conn(token) => conns.contains(token),
+                _ => true,
+            });
+        }
         core.conns.cause = "flush";
         core.flush_dirty();
         core.conns.cause = "close";
@@ -299,6 +311,11 @@ impl Core {
                 Timer::Redial(n) => {
                     if self.ctx.neighbours[n].link == OutLink::Backoff {
                         sockets::dial_peer(n, &mut self.conns, &mut self.ctx);
+                    }
+                }
+                Timer::RecordSweep => {
+                    if let Some(next) = self.ctx.sweep_records() {
+                        self.ctx.timers.add(next, Timer::RecordSweep);
                     }
                 }
                 Timer::Places(id) => {

@@ -34,6 +34,8 @@ pub enum Timer {
     ShutdownDeadline,
     /// The deadline of a Places request.
     Places(u64),
+    /// Drop records older than `records.max_age_s` (a bounded slice of them).
+    RecordSweep,
 }
 
 /// Below this many entries the heap is never compacted: not worth a pass.

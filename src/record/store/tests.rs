@@ -5,6 +5,7 @@
 use super::*;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 fn at(server: &str, id: &str, loc: &str, time: &str) -> Vec<u8> {
     format!("AT {server} +0.000000000 {id} {loc} {time}\n").into_bytes()
@@ -126,6 +127,23 @@ fn the_sweep_drops_the_oldest_first_and_at_most_its_budget_per_call() {
     assert_eq!(s.counters().evicted_age, 6);
     // An age sweep sets no bound: an aged-out client comes back with any time that is young enough.
     assert!(offer(&mut s, &at("A", "c0", "+1+1", "107"), ts(116)).is_stored());
+}
+
+#[test]
+fn the_next_sweep_is_due_when_the_least_record_turns_too_old() {
+    let mut s = RecordStore::with_retention(Retention { max: None, max_age_s: Some(60) });
+    assert_eq!(s.sweep_due_in(ts(1000)), None, "nothing held");
+    offer(&mut s, &at("A", "a", "+1+1", "990.25"), ts(1000));
+    offer(&mut s, &at("A", "b", "+1+1", "995"), ts(1000));
+    // a turns too old once the clock passes 990.25 + 60 = 1050.25.
+    assert_eq!(s.sweep_due_in(ts(1000)), Some(Duration::from_millis(50_250)));
+    let at_due = Timestamp { secs: 1050, nanos: 250_000_000 };
+    assert_eq!(s.sweep_due_in(at_due), Some(Duration::ZERO));
+    assert_eq!(s.sweep(at_due, 10), 0, "exactly 60 s old is not more than 60 s old");
+    let after = Timestamp { secs: 1050, nanos: 250_000_001 };
+    assert_eq!(s.sweep(after, 10), 1);
+    assert_eq!(s.sweep_due_in(after), Some(Duration::from_millis(4750) - Duration::from_nanos(1)));
+    assert_eq!(RecordStore::new().sweep_due_in(ts(1)), None, "no max_age_s");
 }
 
 #[test]

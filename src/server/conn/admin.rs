@@ -339,6 +339,17 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("client_bytes_out_total", "counter", "Bytes written to clients.", &one(c.bytes_out));
     metric("client_writes_total", "counter", "write(2) calls to clients.", &one(c.writes));
     metric("records", "gauge", "Records held.", &one(ctx.records().len() as u64));
+    let store = ctx.records().counters();
+    metric("record_bytes", "gauge", "Bytes the record table has allocated.", &one(ctx.records().bytes() as u64));
+    let evicted =
+        vec![("reason=\"full\"".to_string(), store.evicted_full), ("reason=\"age\"".to_string(), store.evicted_age)];
+    metric("records_evicted_total", "counter", "Records dropped by retention, by reason.", &evicted);
+    let declined = vec![
+        ("reason=\"too_old\"".to_string(), store.refused_old),
+        ("reason=\"full\"".to_string(), store.refused_full),
+        ("reason=\"below_evicted\"".to_string(), store.refused_below_evicted),
+    ];
+    metric("records_declined_total", "counter", "Updates answered but not kept by retention, by reason.", &declined);
     metric("records_stored_total", "counter", "Records stored (newer than the one held).", &one(c.records_stored));
     metric("records_received_total", "counter", "Records received from peers.", &one(c.records_received));
     metric("records_duplicate_total", "counter", "Records from peers not newer.", &one(c.records_duplicate));
@@ -350,6 +361,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     );
     metric("records_forwarded_total", "counter", "Records queued to peer links.", &one(c.records_forwarded));
     metric("records_synced_total", "counter", "Records sent by anti-entropy.", &one(c.records_synced));
+    metric(
+        "records_sync_skipped_total",
+        "counter",
+        "Records a catch-up passed over: the full neighbour would have refused them.",
+        &one(c.records_sync_skipped),
+    );
     metric("sync_batches_total", "counter", "Anti-entropy batches.", &one(c.sync_batches));
     metric("links_up_total", "counter", "Peer links that came up.", &one(c.links_up));
     metric("links_down_total", "counter", "Sending peer links that went down.", &one(c.links_down));

@@ -23,9 +23,14 @@
 //! dialed, and the acceptor checks that the dialer's certificate names the server its `HELLO` claims to
 //! be (the TLS handshake is over by the time the `HELLO` line can be read). Bytes that are not TLS fail
 //! the handshake, so a plaintext `HELLO`, `PROOF` or `AT` never reaches the line protocol.
+//!
+//! HELLO and WELCOME carry `v=2` and the sender's retention (issue 14): `max=N` when its table is bounded,
+//! and `least=<client-time>,<client-id-hex>` while it is full. A dialer whose acceptor stated `least=`
+//! leaves out of its catch-up every record at or below it: the acceptor would refuse those at once.
 
 use super::{Connection, Delivery};
 use crate::protocol;
+use crate::record::OrderPoint;
 use crate::server::auth::{self, Handshake};
 use crate::server::ctx::{Ctx, READS_PER_TURN};
 use crate::server::heartbeat::{self, Beat, Heartbeat};
@@ -43,6 +48,8 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
 const SYNC_BATCHES_PER_TURN: usize = 4;
+/// Records looked at per sync batch, sent or passed over.
+const SYNC_VISITS: u64 = 4096;
 /// Longest peer line. Every record is at most [`protocol::MAX_AT_LINE`] bytes by construction (each field is
 /// bounded), and handshake lines are shorter still, so this does not depend on the client line limit.
 pub const MAX_PEER_LINE: usize = 4096;
@@ -112,8 +119,11 @@ pub struct Peer {
     readable: bool,
     writable: bool,
     dirty: bool,
-    /// Next record index of the anti-entropy sync, while it runs.
+    /// Next slot of the anti-entropy sync, while it runs.
     sync: Option<usize>,
+    /// Dialer: the acceptor's least record, stated while its table is full; the sync skips what is not
+    /// above it.
+    peer_least: Option<OrderPoint>,
     /// Close once everything queued is written (graceful shut-down).
     close_when_flushed: bool,
     /// The handshake must be done by then.
@@ -168,6 +178,7 @@ impl Peer {
             writable: false,
             dirty: false,
             sync: None,
+            peer_least: None,
             close_when_flushed: false,
             deadline: now + HANDSHAKE_DEADLINE,
             identified: None,
@@ -381,7 +392,7 @@ impl Peer {
         let name = ctx.neighbours[neighbour].name.clone();
         let me = String::from_utf8_lossy(&ctx.name).to_string();
         match auth::parse(text) {
-            Handshake::Welcome { acceptor, nonce: nonce_a, mac } if acceptor == name.as_bytes() => {
+            Handshake::Welcome { acceptor, nonce: nonce_a, mac, ext } if acceptor == name.as_bytes() => {
                 let nonce_a = String::from_utf8_lossy(nonce_a).to_string();
                 if !ctx.auth.verify("acceptor", &me, &name, &nonce, &nonce_a, mac) {
                     ctx.refused(Refusal::BadProof);
@@ -395,13 +406,23 @@ impl Peer {
                 self.out.extend_from_slice(auth::proof(&proof).as_bytes());
                 self.state = PeerState::Live { neighbour };
                 self.start_heartbeat(ctx);
-                // Anti-entropy: everything we hold goes out first, in batches; floods follow.
+                // Anti-entropy: everything we hold goes out first, in batches; floods follow. What a full
+                // neighbour would refuse at once stays here.
+                self.peer_least = ext.get("least").and_then(OrderPoint::parse);
                 self.sync = Some(0);
                 self.mark_dirty(ctx);
                 ctx.on_link_out(neighbour, self.token);
                 let held = ctx.records().len();
                 let over = if self.io.is_tls() { " over TLS" } else { "" };
-                ctx.log.event(format_args!("peer link to {name} ({}) up{over}: sending {held} records", self.addr));
+                let above = match (&self.peer_least, ext.get("least")) {
+                    (Some(least), _) => format!(" above its least record {}", least.encode()),
+                    (None, Some(bad)) => format!(" (its least= {:?} is not understood)", String::from_utf8_lossy(bad)),
+                    (None, None) => String::new(),
+                };
+                ctx.log.event(format_args!(
+                    "peer link to {name} ({}) up{over}: sending {held} records{above}",
+                    self.addr
+                ));
                 log::info!("linked to {name} ({}){over}", self.addr);
             }
             Handshake::Refused => {
@@ -414,7 +435,7 @@ impl Peer {
 
     fn on_hello(&mut self, text: &[u8], ctx: &mut Ctx) {
         let me = String::from_utf8_lossy(&ctx.name).to_string();
-        let Handshake::Hello { dialer: who, acceptor: to, nonce: nonce_d } = auth::parse(text) else {
+        let Handshake::Hello { dialer: who, acceptor: to, nonce: nonce_d, .. } = auth::parse(text) else {
             return self.close(PeerClose::Protocol, ctx, format_args!("expected HELLO"));
         };
         let who = String::from_utf8_lossy(who).to_string();
@@ -446,7 +467,7 @@ impl Peer {
         let nonce_d = String::from_utf8_lossy(nonce_d).to_string();
         let nonce_a = ctx.auth.nonce();
         let mac = ctx.auth.mac("acceptor", &who, &me, &nonce_d, &nonce_a);
-        self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac).as_bytes());
+        self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac, &handshake_ext(ctx)).as_bytes());
         self.mark_dirty(ctx);
         self.state = PeerState::AwaitProof { neighbour, nonce_d, nonce_a };
     }
@@ -480,13 +501,18 @@ impl Peer {
     fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
         let Some(mut cursor) = self.sync else { return false };
         // A slot cursor: a record keeps its slot while it lives, so the walk stays exact while records are
-        // evicted (see record::store).
+        // evicted (see record::store). Records the neighbour would refuse at once are passed over, at most
+        // SYNC_VISITS per batch, so a batch's work stays bounded even when it sends nothing.
         let start = cursor;
-        let mut sent = 0u64;
-        while self.out.len() < SYNC_BATCH {
+        let (mut sent, mut skipped) = (0u64, 0u64);
+        while self.out.len() < SYNC_BATCH && sent + skipped < SYNC_VISITS {
             let Some((next, record)) = ctx.records().next_from(cursor as u32) else { break };
-            record.write_line(&mut self.out);
             cursor = next as usize;
+            if self.peer_least.as_ref().is_some_and(|least| !least.is_below(&record)) {
+                skipped += 1;
+                continue;
+            }
+            record.write_line(&mut self.out);
             sent += 1;
         }
         let done = ctx.records().next_from(cursor as u32).is_none();
@@ -494,16 +520,30 @@ impl Peer {
         if cursor > start {
             ctx.counters.sync_batches += 1;
             ctx.counters.records_synced += sent;
+            ctx.counters.records_sync_skipped += skipped;
             if let Some(n) = self.neighbour() {
                 let name = &ctx.neighbours[n].name;
                 ctx.log.event(format_args!(
-                    "sync to {name}: records {start}..{cursor}{}",
+                    "sync to {name}: slots {start}..{cursor}, {sent} records sent, {skipped} below its least{}",
                     if done { " (done)" } else { "" }
                 ));
             }
         }
         cursor > start
     }
+}
+
+/// The `key=value` tokens of this server's HELLO and WELCOME: the peer protocol version and its retention
+/// (`max=N` when bounded, `least=...` while full; see the module documentation).
+fn handshake_ext(ctx: &Ctx) -> String {
+    let mut ext = String::from("v=2");
+    if let Some(max) = ctx.records().retention().max {
+        ext.push_str(&format!(" max={max}"));
+    }
+    if let Some(least) = ctx.records().least_when_full() {
+        ext.push_str(&format!(" least={}", least.encode()));
+    }
+    ext
 }
 
 /// The duties every connection has (see `conn/mod.rs`).
@@ -549,7 +589,8 @@ impl Connection for Peer {
             }
             let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
             let nonce = ctx.auth.nonce();
-            let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce);
+            let ext = handshake_ext(ctx);
+            let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce, &ext);
             self.out.extend_from_slice(hello.as_bytes());
             self.mark_dirty(ctx);
             self.state = PeerState::AwaitWelcome { nonce };
