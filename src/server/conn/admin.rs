@@ -388,6 +388,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("peer_connections", "gauge", "Open peer connections.", &one(g.peers as u64));
     metric("connections", "gauge", "Connections in the loop's slab.", &one(g.connections as u64));
     metric(
+        "timer_entries",
+        "gauge",
+        "Deadlines in the loop's timer heap, stale ones included.",
+        &one(ctx.timers.len() as u64),
+    );
+    metric(
         "log_lines_dropped_total",
         "counter",
         "Log lines dropped because the log disk fell behind.",
