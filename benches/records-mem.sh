@@ -2,7 +2,8 @@
 # Bytes per record held: one `herd serve` against redis-server holding the same ids as keys with values as
 # long as herd's AT lines, in one run, both driven by `herd load` (raw template, distinct ids c0, c1, ...).
 # Figure: RSS growth of the server process (from /proc/PID/status, before and after the load) divided by
-# the records it holds afterwards (herd's admin /metrics `herd_records`, redis DBSIZE).
+# the records it holds afterwards (herd's admin /metrics `herd_records`, redis DBSIZE). herd runs with
+# `records.max` = N (as the shipped config bounds it) and its default logging.
 #
 #     benches/records-mem.sh [N]        N distinct clients (default 1000000); needs redis-server
 #                                       (apt-get install -y redis-server)
@@ -26,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 cat > "$dir/herd.json" <<JSON
 {"servers": [{"name": "Jaquez", "port": $hport, "peer_port": 31701, "admin_port": $aport}],
- "log_dir": "$dir/logs"}
+ "log_dir": "$dir/logs", "records": {"max": $n}}
 JSON
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
 rss() { awk '/^VmRSS:/ {print $2 * 1024}' "/proc/$1/status"; }
