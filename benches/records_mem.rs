@@ -7,7 +7,7 @@
 //!
 //! Prints `key value` lines.
 
-use herd::protocol::{self, Timestamp};
+use herd::protocol::{AtFields, Timestamp};
 use herd::record::{RecordStore, Retention};
 use std::time::Instant;
 
@@ -24,8 +24,16 @@ fn rss() -> u64 {
     kib * 1024
 }
 
+/// Offers a line with its fields found by its spaces: the store trusts the fields it is given (the server
+/// validated them), and the reuse run pads time-diffs past the protocol's bound to reach 300 bytes.
 fn offer(store: &mut RecordStore, line: &[u8]) -> bool {
-    let fields = protocol::parse_at(line).expect("valid line");
+    let sp: Vec<u32> = line.iter().enumerate().filter(|(_, &b)| b == b' ').map(|(i, _)| i as u32).collect();
+    let fields = AtFields {
+        server: (sp[0] + 1, sp[1]),
+        client_id: (sp[2] + 1, sp[3]),
+        location: (sp[3] + 1, sp[4]),
+        client_time: (sp[4] + 1, line.len() as u32 - 1),
+    };
     store.offer(line, fields, NOW).is_stored()
 }
 
