@@ -402,6 +402,22 @@ impl RecordStore {
         self.offer_at(line, fields, now, Some(seq))
     }
 
+    /// Makes room for `additional` more records without growing the index on the way (a journal replay
+    /// knows about how many are coming; each growth rehashes every id, which dominated a replay).
+    pub fn reserve(&mut self, additional: usize) {
+        self.headers.reserve(additional);
+        let (headers, arena, hasher) = (&self.headers, &self.arena, &self.hasher);
+        self.index.reserve(additional, |&s| hasher.hash_one(id_in(line_of(headers, arena, s))));
+        self.index_full = self.index_full.max(self.index.capacity());
+    }
+
+    /// After a journal replay: the next seq given is greater than `seq` (a journal resumes past the greatest
+    /// seq it replayed after an unclean stop; see `server::journal`).
+    pub fn resume_seq_after(&mut self, seq: u64) {
+        assert!(seq < SEQ_LIMIT, "sequence numbers are 48 bits");
+        self.seq = self.seq.max(seq);
+    }
+
     /// Offers a line that still has to be validated. `None` when it is not a valid `AT` line; otherwise
     /// whether it was stored. No clock: `max_age_s` refuses nothing here (tests and benchmarks).
     pub fn offer_line(&mut self, line: &[u8]) -> Option<bool> {

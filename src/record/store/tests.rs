@@ -186,6 +186,19 @@ fn seq_rises_by_one_per_store_and_next_since_finds_exactly_the_later_ones() {
 }
 
 #[test]
+fn a_replay_keeps_each_records_seq_and_the_counter_resumes_after_the_greatest() {
+    let mut s = RecordStore::new();
+    s.reserve(10);
+    for (id, seq) in [("a", 7), ("b", 3), ("c", 12)] {
+        let line = at("A", id, "+1+1", "5");
+        assert_eq!(s.offer_with_seq(&line, split_fields(&line), EPOCH, seq), Offer::Stored { seq });
+    }
+    assert_eq!((s.get(b"b").unwrap().seq(), s.max_seq()), (3, 12));
+    s.resume_seq_after(20);
+    assert_eq!(offer(&mut s, &at("A", "d", "+1+1", "5"), EPOCH), Offer::Stored { seq: 21 });
+}
+
+#[test]
 fn a_cursor_walk_visits_every_record_held_throughout_exactly_once() {
     let mut s = bounded(100);
     // Fifty anchors too recent to be evicted, fifty old records that go first.
