@@ -419,10 +419,8 @@ impl Peer {
                     (None, Some(bad)) => format!(" (its least= {:?} is not understood)", String::from_utf8_lossy(bad)),
                     (None, None) => String::new(),
                 };
-                ctx.log.event(format_args!(
-                    "peer link to {name} ({}) up{over}: sending {held} records{above}",
-                    self.addr
-                ));
+                ctx.log
+                    .event(format_args!("peer link to {name} ({}) up{over}: sending {held} records{above}", self.addr));
                 log::info!("linked to {name} ({}){over}", self.addr);
             }
             Handshake::Refused => {
