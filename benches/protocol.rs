@@ -69,16 +69,16 @@ fn records(c: &mut Criterion) {
         b.iter_batched_ref(
             || {
                 let mut s = RecordStore::new();
-                s.offer(older, f_old);
+                s.offer(older, f_old, NOW);
                 s
             },
-            |s| black_box(s.offer(newer, f_new)),
+            |s| black_box(s.offer(newer, f_new, NOW)),
             BatchSize::SmallInput,
         )
     });
     let mut store = RecordStore::new();
-    store.offer(newer, f_new);
-    g.bench_function("offer_stale", |b| b.iter(|| black_box(store.offer(black_box(older), f_old))));
+    store.offer(newer, f_new, NOW);
+    g.bench_function("offer_stale", |b| b.iter(|| black_box(store.offer(black_box(older), f_old, NOW))));
     g.finish();
 }
 

@@ -145,6 +145,9 @@ pub struct Config {
     pub limits: Limits,
     /// The log file's rotation and detail (`log_max_bytes`, `log_keep`, `log_detail`).
     pub log: LogOptions,
+    /// How many records a server keeps and for how long (`records.max`, `records.max_age_s`; absent:
+    /// unbounded).
+    pub records: crate::record::Retention,
     /// Mutual TLS on peer links; `None` keeps them plaintext (for trusted networks only).
     pub peer_tls: Option<PeerTlsConfig>,
     /// `journal` (issue 15): every stored record appended to `dir/NAME/` and replayed at start.
@@ -499,6 +502,7 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         "limits",
         "peer_tls",
         "journal",
+        "records",
     ])?;
 
     let servers_value = top.require("servers")?;
@@ -609,6 +613,21 @@ fn from_value(value: &Value) -> Result<Config, FieldError> {
         log: parse_log_options(&top)?,
         peer_tls,
         journal: top.get("journal").map(parse_journal).transpose()?,
+        records: match top.get("records") {
+            None => crate::record::Retention::default(),
+            Some(v) => parse_records(v)?,
+        },
+    })
+}
+
+/// `"records": {"max": N, "max_age_s": S}`, both optional. A slot is a `u32`, so N stays below 2^32;
+/// S up to 100 years.
+fn parse_records(v: &Value) -> Result<crate::record::Retention, FieldError> {
+    let o = Obj::new(v, "records")?;
+    o.only(&["max", "max_age_s"])?;
+    Ok(crate::record::Retention {
+        max: o.integer("max", 1, u64::from(u32::MAX - 1))?.map(|n| n as usize),
+        max_age_s: o.integer("max_age_s", 1, 100 * 365 * 86_400)?,
     })
 }
 
@@ -779,6 +798,7 @@ mod tests {
         assert_eq!((l.max_pending_places_per_client, l.max_clients_per_ip, l.peer_dead_after_ms), (8, 1024, 3000));
         assert!(l.per_ip_exempt_loopback);
         assert_eq!((c.admin_token_var(), c.run_dir.to_str()), ("HERD_ADMIN_TOKEN", Some("run")));
+        assert_eq!(c.records, crate::record::Retention { max: None, max_age_s: None }, "unbounded by default");
     }
 
     fn with_tls(text: &str) -> String {
@@ -814,6 +834,17 @@ mod tests {
         for bad in ["", "-a", "a-", "a.b", "a_b", "123", "é", &"a".repeat(64), "a b"] {
             assert!(!is_dns_label(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn retention_reads_and_the_shipped_config_is_bounded() {
+        let c = parse(&GOOD.replace(r#""log_dir""#, r#""records": {"max": 100000, "max_age_s": 86400}, "log_dir""#))
+            .unwrap();
+        assert_eq!(c.records, crate::record::Retention { max: Some(100_000), max_age_s: Some(86_400) });
+        let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/herd.json")).unwrap();
+        let c = parse(&shipped).unwrap();
+        assert!(c.records.max.is_some_and(|n| n >= 1_000_000), "herd up is bounded by default");
+        assert_eq!(c.records.max_age_s, None);
     }
 
     /// The field and problem of an `Invalid` error (panics on any other kind).
@@ -982,6 +1013,19 @@ mod tests {
                 GOOD.replace(r#""log_dir""#, r#""admin_token_env": "", "log_dir""#),
                 "c.json: admin_token_env: expected a non-empty string",
             ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""records": {"max": 0}, "log_dir""#),
+                "c.json: records.max: expected an integer from 1 to 4294967294, found 0",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""records": {"max_age": 5}, "log_dir""#),
+                "c.json: records.max_age: unknown field",
+            ),
+            (
+                GOOD.replace(r#""log_dir""#, r#""records": {"max_age_s": 1.5}, "log_dir""#),
+                "c.json: records.max_age_s: expected an integer",
+            ),
+            (GOOD.replace(r#""log_dir""#, r#""records": 5, "log_dir""#), "c.json: records: expected an object"),
         ];
         for (text, want) in cases {
             let err = parse(&text).unwrap_err().to_string();

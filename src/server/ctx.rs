@@ -26,6 +26,10 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Records an age sweep may drop per loop turn: a few hundred microseconds of work at most.
+pub const SWEEP_BUDGET: usize = 256;
+/// The age sweep looks at least this often.
+pub const SWEEP_IDLE: Duration = Duration::from_secs(1);
 /// Reads one connection may do per event before it yields to the others (fairness under floods):
 /// 256 KiB, a few thousand pipelined commands. With 16 (1 MiB a turn), a client pouring garbage into a
 /// lingering close pushed others' p99 to 4.8× its calm value in one of three runs of tests/abuse.rs;
@@ -113,7 +117,7 @@ pub struct Ctx {
     /// What the start-up replay did (for `/metrics`).
     pub replay: ReplayStats,
     /// The slot cursor of a journal rewrite walking the table, while one runs.
-    pub(super) rewrite_cursor: Option<usize>,
+    pub(super) rewrite_cursor: Option<u32>,
 }
 
 /// The journal replay at start-up.
@@ -257,6 +261,32 @@ impl Ctx {
         }
     }
 
+    /// The same context with a record table that keeps records as `retention` says (`records` in the
+    /// config); `new` makes an unbounded one.
+    pub fn with_retention(mut self, retention: crate::record::Retention) -> Ctx {
+        self.records = RecordStore::with_retention(retention);
+        self
+    }
+
+    /// Drops the records that `records.max_age_s` says are too old, at most [`SWEEP_BUDGET`] of them,
+    /// and says when to sweep next: at once (next turn) when the budget ran out, when the least record
+    /// turns too old otherwise, and at least every [`SWEEP_IDLE`] (records keep arriving). `None` without
+    /// `max_age_s`.
+    pub fn sweep_records(&mut self) -> Option<Instant> {
+        self.records.retention().max_age_s?;
+        let dropped = self.records.sweep(self.wall, SWEEP_BUDGET);
+        if dropped > 0 {
+            let held = self.records.len();
+            self.log.event(format_args!("records: {dropped} too old dropped, {held} held"));
+        }
+        let wait = if dropped == SWEEP_BUDGET {
+            Duration::from_millis(1)
+        } else {
+            self.records.sweep_due_in(self.wall).map_or(SWEEP_IDLE, |d| d.min(SWEEP_IDLE))
+        };
+        Some(self.now + wait)
+    }
+
     /// The record table, read-only: WHATSAT answers, the anti-entropy sync, `/records`.
     /// A peer refused, for `reason`: counted (`herd_peers_refused_total{reason=...}`); the caller logs it.
     pub fn refused(&mut self, reason: Refusal) {
@@ -300,7 +330,9 @@ impl Ctx {
     /// Every record stored gets the next seq and is appended to the journal (made durable at the end of
     /// the turn, by the journal's writer thread).
     pub(super) fn offer_record(&mut self, line: &[u8], fields: AtFields) -> bool {
-        let Some(seq) = self.records.offer_seq(line, fields) else { return false };
+        let crate::record::Offer::Stored { seq } = self.records.offer(line, fields, self.wall) else {
+            return false;
+        };
         self.last_seq = seq;
         if let Some(j) = self.journal.as_mut() {
             j.append(seq, line);
@@ -428,6 +460,8 @@ pub struct Counters {
     pub records_refused: u64,
     pub records_forwarded: u64,
     pub records_synced: u64,
+    /// Records a catch-up passed over because the neighbour, full, would have refused them at once.
+    pub records_sync_skipped: u64,
     pub sync_batches: u64,
     pub links_up: u64,
     pub links_down: u64,

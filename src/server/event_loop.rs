@@ -148,7 +148,8 @@ impl Server {
         };
         let seed = Ctx::random_seed()?;
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
-        let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed);
+        let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed)
+            .with_retention(config.records);
         ctx.admin_guard = AdminGuard::new(&config.admin_host.to_string(), admin_token.as_deref());
         ctx.peer_tls = peer_tls;
         Ok(Server {
@@ -203,6 +204,9 @@ impl Server {
         // Dial every neighbour at once: those already up link within a round trip.
         for n in 0..core.ctx.neighbours.len() {
             sockets::dial_peer(n, &mut core.conns, &mut core.ctx);
+        }
+        if core.ctx.records().retention().max_age_s.is_some() {
+            core.ctx.timers.add(core.ctx.now, Timer::RecordSweep);
         }
         while !self.core.finished {
             self.turn()?;
@@ -259,6 +263,15 @@ impl Server {
         core.fire_timers();
         core.conns.cause = "journal";
         core.journal_turn();
+        if core.ctx.timers.needs_compaction() {
+            // Entries of connections that are gone (a token names one generation of a slab key) can no
+            // longer matter; without this, connection churn grows the heap for a whole idle timeout.
+            let conns = &core.conns;
+            core.ctx.timers.compact(|_, what| match what {
+                Timer::Conn(token) => conns.contains(token),
+                _ => true,
+            });
+        }
         core.conns.cause = "flush";
         core.flush_dirty();
         // Records stored while flushing (held-back lines answered) go to the writer now, not next turn;
@@ -372,6 +385,11 @@ impl Core {
                 Timer::Redial(n) => {
                     if self.ctx.neighbours[n].link == OutLink::Backoff {
                         sockets::dial_peer(n, &mut self.conns, &mut self.ctx);
+                    }
+                }
+                Timer::RecordSweep => {
+                    if let Some(next) = self.ctx.sweep_records() {
+                        self.ctx.timers.add(next, Timer::RecordSweep);
                     }
                 }
                 Timer::Places(id) => {

@@ -94,20 +94,20 @@ impl Ctx {
             return Whatsat::AwaitRecord { ticket, deadline };
         };
         let Some(places) = self.places.as_mut() else {
-            out.extend_from_slice(record.line());
+            record.write_line(out);
             out.extend_from_slice(&self.places_unconfigured);
             out.extend_from_slice(b"\n\n");
             return Whatsat::Answered;
         };
         let key = PlacesClient::key_for(record.location(), cmd.radius_km);
         if let Some(json) = places.cached(&key, cmd.bound, self.now) {
-            out.extend_from_slice(record.line());
+            record.write_line(out);
             out.extend_from_slice(json);
             out.extend_from_slice(b"\n\n");
             return Whatsat::Answered;
         }
         if let Err(json) = places.admit(places_waiting, self.limits.max_pending_places_per_client) {
-            out.extend_from_slice(record.line());
+            record.write_line(out);
             out.extend_from_slice(json);
             out.extend_from_slice(b"\n\n");
             return Whatsat::Answered;
@@ -118,7 +118,7 @@ impl Ctx {
         if let Some(id) = places.join_or_create(key, record.location(), cmd.radius_km, waiter, self.now) {
             self.timers.add(self.now + places.timeout, Timer::Places(id));
         }
-        Whatsat::Pending { ticket, at_line: record.line().to_vec() }
+        Whatsat::Pending { ticket, at_line: record.to_line() }
     }
 
     /// A wait for `client_id`'s record ended without it: forget the waiter.
@@ -267,12 +267,14 @@ impl Ctx {
         let expected = journal::Journal::estimate_entries(&opts.dir) as usize;
         self.records.reserve(expected.min(1 << 26));
         let records = &mut self.records;
+        // Retention applies to replayed records as to any: one past `max_age_s` by now is not kept.
+        let now = self.wall;
         let mut unreadable = 0u64;
         let (journal, replayed) = journal::Journal::open(opts, waker, &mut |seq, line| match protocol::parse_at(line)
             .filter(|_| line.last() == Some(&b'\n'))
         {
             Some(fields) => {
-                records.offer_with_seq(line, fields, seq);
+                records.offer_with_seq(line, fields, now, seq);
             }
             None => unreadable += 1,
         })?;
@@ -363,13 +365,18 @@ impl Ctx {
         if !j.rewrite_room() {
             return Some(JOURNAL_TICK_REWRITING);
         }
+        // Slot order: a record keeps its slot while it lives, and one stored or replaced behind the cursor
+        // is in the journal's live tail, which the rewrite keeps.
+        let mut line = Vec::with_capacity(protocol::MAX_AT_LINE);
         for _ in 0..REWRITE_STEP {
-            match (self.records.at(cursor), self.records.seq_at(cursor)) {
-                (Some(record), Some(seq)) => {
-                    j.rewrite_record(seq, record.line());
-                    cursor += 1;
+            match self.records.next_from(cursor) {
+                Some((next, record)) => {
+                    line.clear();
+                    record.write_line(&mut line);
+                    j.rewrite_record(record.seq(), &line);
+                    cursor = next;
                 }
-                _ => {
+                None => {
                     j.finish_rewrite();
                     self.rewrite_cursor = None;
                     return Some(JOURNAL_TICK);
@@ -430,7 +437,7 @@ mod tests {
         let (older, fields) = at("kiwi", "1520023934.0");
         assert!(!ctx.store_and_flood(&older, fields, None), "an older record is not stored");
         assert_eq!(ctx.outbox.flood_marks.len(), 1, "nor flooded");
-        assert_eq!(ctx.records().get(b"kiwi").unwrap().line(), &newer[..]);
+        assert_eq!(ctx.records().get(b"kiwi").unwrap().to_line(), &newer[..]);
         assert_eq!(ctx.counters.records_stored, 2);
     }
 
@@ -468,7 +475,7 @@ mod tests {
         first.journal.as_mut().unwrap().close();
         let mut second = ctx(100);
         second.open_journal(&opts, waker).unwrap();
-        assert_eq!(second.records().get(b"kiwi").unwrap().line(), &line[..]);
+        assert_eq!(second.records().get(b"kiwi").unwrap().to_line(), line);
         assert_eq!((second.records().max_seq(), second.rid.clone()), (1, first.rid.clone()));
         let _ = std::fs::remove_dir_all(&dir);
     }

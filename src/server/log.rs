@@ -252,6 +252,11 @@ impl Writer {
                 };
                 sink.write(&buf);
                 buf.clear();
+                // A backlog grew this buffer far past its usual size while the disk was behind: give that
+                // memory back instead of keeping it for the life of the process.
+                if buf.capacity() > FLUSH_AT * 4 {
+                    buf = Vec::with_capacity(FLUSH_AT * 2);
+                }
                 theirs.slots().empty.push(buf);
             })
             .map_err(|source| ServerError::Thread { what: "log writer", source })?;
@@ -622,6 +627,46 @@ mod tests {
             let want = format!("2018-03-02T20:52:14.000000Z recv 127.0.0.1:4000 IAMAT {i:>90}");
             assert_eq!(String::from_utf8_lossy(line), want);
         }
+    }
+
+    /// After a burst that the disk could not keep up with, the buffers that held the backlog are given
+    /// back: the log's memory does not stay at its high-water mark.
+    #[test]
+    fn a_backlog_does_not_keep_its_memory() {
+        use std::io::Read;
+        let (mut reader, writer) = std::io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(writer));
+        let mut log = ServerLog::to_file(file, Path::new("pipe"), &Options::default()).unwrap();
+        log.set_time(Timestamp { secs: 1_520_023_934, nanos: 0 });
+        let addr = AddrText::new("127.0.0.1:4000".parse().unwrap());
+        for i in 0..60_000u64 {
+            log.command(&addr, format!("IAMAT {i:>90}").as_bytes());
+            if i % 1000 == 0 {
+                log.flush();
+            }
+        }
+        assert!(log.buf.capacity() > FLUSH_AT * 4, "the backlog is in the loop's buffer");
+        let reading = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).unwrap();
+        });
+        // The disk is back: keep handing buffers over until the big one has been through the writer.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // All four buffers accounted for: the loop's, and every other one back from the writer.
+        let small = |log: &ServerLog| {
+            let slots = log.writer.as_ref().unwrap().mailbox.slots();
+            log.buf.capacity() <= FLUSH_AT * 2
+                && slots.empty.len() == BUFFERS - 1
+                && slots.empty.iter().all(|b| b.capacity() <= FLUSH_AT * 2)
+        };
+        while !small(&log) {
+            assert!(std::time::Instant::now() < deadline, "buffers still large: {}", log.buf.capacity());
+            log.event(format_args!("tick"));
+            log.flush();
+            std::thread::yield_now();
+        }
+        log.close();
+        reading.join().unwrap();
     }
 
     #[test]

@@ -120,20 +120,24 @@ impl Admin {
         if at == 0 {
             body.push(b'[');
         }
+        // A slot cursor (record::store): a record keeps its slot while it lives, so the stream stays exact
+        // while records are evicted between chunks. The first chunk always holds the first record.
+        let mut first = at == 0;
         while body.len() < CHUNK {
-            let Some(r) = ctx.records().at(at) else { break };
-            if at > 0 {
+            let Some((next, r)) = ctx.records().next_from(at as u32) else { break };
+            if !first {
                 body.push(b',');
             }
-            let line = r.line().strip_suffix(b"\n").unwrap_or(r.line());
+            first = false;
             body.extend_from_slice(b"{\"client_id\":");
             let _ = serde_json::to_writer(&mut body, &String::from_utf8_lossy(r.client_id()));
             body.extend_from_slice(b",\"at\":");
-            let _ = serde_json::to_writer(&mut body, &String::from_utf8_lossy(line));
+            let line = format!("AT {}", String::from_utf8_lossy(r.body()));
+            let _ = serde_json::to_writer(&mut body, &line);
             body.push(b'}');
-            at += 1;
+            at = next as usize;
         }
-        let done = ctx.records().at(at).is_none();
+        let done = ctx.records().next_from(at as u32).is_none();
         if done {
             body.push(b']');
         }
@@ -336,6 +340,17 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("client_bytes_out_total", "counter", "Bytes written to clients.", &one(c.bytes_out));
     metric("client_writes_total", "counter", "write(2) calls to clients.", &one(c.writes));
     metric("records", "gauge", "Records held.", &one(ctx.records().len() as u64));
+    let store = ctx.records().counters();
+    metric("record_bytes", "gauge", "Bytes the record table has allocated.", &one(ctx.records().bytes() as u64));
+    let evicted =
+        vec![("reason=\"full\"".to_string(), store.evicted_full), ("reason=\"age\"".to_string(), store.evicted_age)];
+    metric("records_evicted_total", "counter", "Records dropped by retention, by reason.", &evicted);
+    let declined = vec![
+        ("reason=\"too_old\"".to_string(), store.refused_old),
+        ("reason=\"full\"".to_string(), store.refused_full),
+        ("reason=\"below_evicted\"".to_string(), store.refused_below_evicted),
+    ];
+    metric("records_declined_total", "counter", "Updates answered but not kept by retention, by reason.", &declined);
     metric("records_stored_total", "counter", "Records stored (newer than the one held).", &one(c.records_stored));
     metric("records_received_total", "counter", "Records received from peers.", &one(c.records_received));
     metric("records_duplicate_total", "counter", "Records from peers not newer.", &one(c.records_duplicate));
@@ -347,6 +362,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     );
     metric("records_forwarded_total", "counter", "Records queued to peer links.", &one(c.records_forwarded));
     metric("records_synced_total", "counter", "Records sent by anti-entropy.", &one(c.records_synced));
+    metric(
+        "records_sync_skipped_total",
+        "counter",
+        "Records a catch-up passed over: the full neighbour would have refused them.",
+        &one(c.records_sync_skipped),
+    );
     metric("sync_batches_total", "counter", "Anti-entropy batches.", &one(c.sync_batches));
     metric("links_up_total", "counter", "Peer links that came up.", &one(c.links_up));
     metric("links_down_total", "counter", "Sending peer links that went down.", &one(c.links_down));
@@ -367,6 +388,12 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("clients", "gauge", "Open client connections.", &one(g.clients as u64));
     metric("peer_connections", "gauge", "Open peer connections.", &one(g.peers as u64));
     metric("connections", "gauge", "Connections in the loop's slab.", &one(g.connections as u64));
+    metric(
+        "timer_entries",
+        "gauge",
+        "Deadlines in the loop's timer heap, stale ones included.",
+        &one(ctx.timers.len() as u64),
+    );
     metric(
         "log_lines_dropped_total",
         "counter",

@@ -35,9 +35,13 @@
 //!  B: ACK <S>   once B holds all of them durably (its journal has fsynced what it stored up to then);
 //!               B records (A's rid, S) in its journal's meta file, for its next HELLO answer
 //! ```
+//! HELLO and WELCOME carry `v=2` and the sender's retention (issue 14): `max=N` when its table is bounded,
+//! and `least=<client-time>,<client-id-hex>` while it is full. A dialer whose acceptor stated `least=`
+//! leaves out of its catch-up every record at or below it: the acceptor would refuse those at once.
 
 use super::{Connection, Delivery};
 use crate::protocol;
+use crate::record::OrderPoint;
 use crate::server::auth::{self, Handshake};
 use crate::server::ctx::{Ctx, READS_PER_TURN};
 use crate::server::heartbeat::{self, Beat, Heartbeat};
@@ -55,6 +59,8 @@ pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
 const SYNC_BATCHES_PER_TURN: usize = 4;
+/// Records looked at per sync batch, sent or passed over.
+const SYNC_VISITS: u64 = 4096;
 /// Longest peer line. Every record is at most [`protocol::MAX_AT_LINE`] bytes by construction (each field is
 /// bounded), and handshake lines are shorter still, so this does not depend on the client line limit.
 pub const MAX_PEER_LINE: usize = 4096;
@@ -124,7 +130,7 @@ pub struct Peer {
     readable: bool,
     writable: bool,
     dirty: bool,
-    /// Next record index of the anti-entropy sync, while it runs.
+    /// Next slot of the anti-entropy sync, while it runs.
     sync: Option<usize>,
     /// The sync sends the records stored after this seq (0: every record).
     sync_after: u64,
@@ -137,6 +143,9 @@ pub struct Peer {
     /// acknowledged yet: (offset, the seq this server must have made durable first).
     dialer_rid: Option<String>,
     pending_acks: std::collections::VecDeque<(u64, u64)>,
+    /// Dialer: the acceptor's least record, stated while its table is full; the sync skips what is not
+    /// above it.
+    peer_least: Option<OrderPoint>,
     /// Close once everything queued is written (graceful shut-down).
     close_when_flushed: bool,
     /// The handshake must be done by then.
@@ -197,6 +206,7 @@ impl Peer {
             off_sent: 0,
             dialer_rid: None,
             pending_acks: std::collections::VecDeque::new(),
+            peer_least: None,
             close_when_flushed: false,
             deadline: now + HANDSHAKE_DEADLINE,
             identified: None,
@@ -494,19 +504,28 @@ impl Peer {
                 } else {
                     ctx.counters.full_syncs += 1;
                 }
+                // What a full neighbour would refuse at once stays here.
+                self.peer_least = ext.get("least").and_then(OrderPoint::parse);
                 self.sync = Some(0);
                 self.mark_dirty(ctx);
                 ctx.on_link_out(neighbour, self.token);
                 let held = ctx.records().len();
                 let over = if self.io.is_tls() { " over TLS" } else { "" };
+                let above = match (&self.peer_least, ext.get("least")) {
+                    (Some(least), _) => format!(" above its least record {}", least.encode()),
+                    (None, Some(bad)) => format!(" (its least= {:?} is not understood)", String::from_utf8_lossy(bad)),
+                    (None, None) => String::new(),
+                };
                 match off {
                     Some(off) => ctx.log.event(format_args!(
-                        "peer link to {name} ({}) up{over}: sending the records stored after offset {off} (delta)",
+                        "peer link to {name} ({}) up{over}: sending the records stored after offset {off} \
+                         (delta){above}",
                         self.addr
                     )),
-                    None => ctx
-                        .log
-                        .event(format_args!("peer link to {name} ({}) up{over}: sending {held} records", self.addr)),
+                    None => ctx.log.event(format_args!(
+                        "peer link to {name} ({}) up{over}: sending {held} records{above}",
+                        self.addr
+                    )),
                 }
                 log::info!("linked to {name} ({}){over}", self.addr);
             }
@@ -557,9 +576,9 @@ impl Peer {
         let ext = match &rid {
             Some(rid) => {
                 let off = ctx.peer_offsets.get(&who).filter(|(held, _)| held == rid).map_or(0, |(_, off)| *off);
-                format!("v=2 rid={rid} off={off}")
+                format!("{} rid={rid} off={off}", handshake_ext(ctx))
             }
-            None => "v=2".to_string(),
+            None => handshake_ext(ctx),
         };
         self.dialer_rid = rid;
         self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac, &ext).as_bytes());
@@ -595,20 +614,26 @@ impl Peer {
     /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
     fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
         let Some(mut cursor) = self.sync else { return false };
-        // Insertion order: records are replaced in place and never removed, so the walk stays exact while
-        // the table changes; a delta skips the records stored at or before `sync_after`.
+        // A slot cursor: a record keeps its slot while it lives, so the walk stays exact while records are
+        // evicted (see record::store); a delta skips the records stored at or before `sync_after`. Records
+        // the neighbour would refuse at once are passed over, at most SYNC_VISITS per batch, so a batch's
+        // work stays bounded even when it sends nothing.
         let start = cursor;
-        let mut sent = 0u64;
-        while self.out.len() < SYNC_BATCH {
-            let Some((i, record, _)) = ctx.records().next_since(cursor, self.sync_after) else {
-                cursor = ctx.records().len();
+        let (mut sent, mut skipped) = (0u64, 0u64);
+        while self.out.len() < SYNC_BATCH && sent + skipped < SYNC_VISITS {
+            let Some((next, record)) = ctx.records().next_since(cursor as u32, self.sync_after) else {
+                cursor = ctx.records().slots() as usize;
                 break;
             };
-            self.out.extend_from_slice(record.line());
-            cursor = i + 1;
+            cursor = next as usize;
+            if self.peer_least.as_ref().is_some_and(|least| !least.is_below(&record)) {
+                skipped += 1;
+                continue;
+            }
+            record.write_line(&mut self.out);
             sent += 1;
         }
-        let done = ctx.records().next_since(cursor, self.sync_after).is_none();
+        let done = ctx.records().next_since(cursor as u32, self.sync_after).is_none();
         self.sync = if done { None } else { Some(cursor) };
         if done {
             self.synced = true;
@@ -617,16 +642,30 @@ impl Peer {
         if cursor > start {
             ctx.counters.sync_batches += 1;
             ctx.counters.records_synced += sent;
+            ctx.counters.records_sync_skipped += skipped;
             if let Some(n) = self.neighbour() {
                 let name = &ctx.neighbours[n].name;
                 ctx.log.event(format_args!(
-                    "sync to {name}: records {start}..{cursor}{}",
+                    "sync to {name}: slots {start}..{cursor}, {sent} records sent, {skipped} below its least{}",
                     if done { " (done)" } else { "" }
                 ));
             }
         }
         cursor > start
     }
+}
+
+/// The `key=value` tokens of this server's HELLO and WELCOME: the peer protocol version and its retention
+/// (`max=N` when bounded, `least=...` while full; see the module documentation).
+fn handshake_ext(ctx: &Ctx) -> String {
+    let mut ext = String::from("v=2");
+    if let Some(max) = ctx.records().retention().max {
+        ext.push_str(&format!(" max={max}"));
+    }
+    if let Some(least) = ctx.records().least_when_full() {
+        ext.push_str(&format!(" least={}", least.encode()));
+    }
+    ext
 }
 
 /// The duties every connection has (see `conn/mod.rs`).
@@ -672,7 +711,7 @@ impl Connection for Peer {
             }
             let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
             let nonce = ctx.auth.nonce();
-            let ext = format!("v=2 rid={}", ctx.rid);
+            let ext = format!("{} rid={}", handshake_ext(ctx), ctx.rid);
             let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce, &ext);
             self.out.extend_from_slice(hello.as_bytes());
             self.mark_dirty(ctx);
