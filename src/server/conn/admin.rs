@@ -493,16 +493,17 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     out
 }
 
-/// The fsync latency histogram in Prometheus form: `_bucket{le=...}` (cumulative), `_sum`, `_count`.
+/// The fsync latency histogram in Prometheus form: `_bucket{le=...}` (cumulative), `_sum`, `_count`, all
+/// in one unit, microseconds (the samples here are integers, and a microsecond resolves an fsync).
 fn out_histogram(metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]), st: &journal::Stats) {
     let mut buckets: Vec<(String, u64)> = journal::FSYNC_BUCKETS_US
         .iter()
         .zip(&st.fsync_buckets)
-        .map(|(us, n)| (format!("le=\"{}\"", *us as f64 / 1e6), *n))
+        .map(|(us, n)| (format!("le=\"{us}\""), *n))
         .collect();
     buckets.push(("le=\"+Inf\"".to_string(), st.fsyncs));
-    metric("journal_fsync_seconds_bucket", "histogram", "fsync latency of the journal.", &buckets);
+    metric("journal_fsync_microseconds_bucket", "histogram", "fsync latency of the journal.", &buckets);
     let sum = [(String::new(), (st.fsync_seconds * 1e6) as u64)];
     metric("journal_fsync_microseconds_sum", "counter", "fsync latency of the journal, sum.", &sum);
-    metric("journal_fsync_seconds_count", "counter", "fsyncs timed.", &[(String::new(), st.fsyncs)]);
+    metric("journal_fsync_microseconds_count", "counter", "fsyncs timed.", &[(String::new(), st.fsyncs)]);
 }
