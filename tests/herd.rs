@@ -167,6 +167,18 @@ fn raw_peer(port: u16) -> (BufReader<std::net::TcpStream>, std::net::TcpStream) 
     (BufReader::new(s.try_clone().unwrap()), s)
 }
 
+/// The server must close (FIN) or reset this connection without sending a byte. A read that times out
+/// (`IO_TIMEOUT`) is a failure: a server that hangs on to the connection has not dropped it.
+fn assert_closed(r: &mut BufReader<std::net::TcpStream>, after: &str) {
+    let mut rest = Vec::new();
+    match r.read_until(b'\n', &mut rest) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(_) => panic!("after {after}: the server sent {:?} instead of closing", String::from_utf8_lossy(&rest)),
+        Err(e) => panic!("after {after}: the connection is still open ({e}): the server did not drop it"),
+    }
+}
+
 #[test]
 fn unidentified_peers_and_client_sent_at_lines_change_nothing() {
     let herd = Herd::start(HerdConfig::from_shipped("config/herd.json", ""));
@@ -180,8 +192,7 @@ fn unidentified_peers_and_client_sent_at_lines_change_nothing() {
     // Straight to the peer port without a HELLO: dropped.
     let (mut r, mut w) = raw_peer(bailey_peer);
     w.write_all(forged.as_bytes()).unwrap();
-    let mut line = String::new();
-    assert_eq!(r.read_line(&mut line).unwrap_or(0), 0, "closed without a word: {line:?}");
+    assert_closed(&mut r, "an AT line without a HELLO");
 
     // A name that is not a neighbour (Clark is not Bailey's): refused.
     let (mut r, mut w) = raw_peer(bailey_peer);
@@ -206,8 +217,7 @@ fn unidentified_peers_and_client_sent_at_lines_change_nothing() {
     assert!(line.starts_with("WELCOME Bailey "), "{line}");
     w.write_all(b"PROOF 0123\n").unwrap();
     w.write_all(forged.as_bytes()).unwrap();
-    let mut rest = String::new();
-    assert_eq!(r.read_line(&mut rest).unwrap_or(0), 0);
+    assert_closed(&mut r, "a bad proof");
 
     // A neighbour that identifies itself and then sends garbage is dropped.
     let (mut r, mut w) = raw_peer(bailey_peer);
@@ -216,8 +226,7 @@ fn unidentified_peers_and_client_sent_at_lines_change_nothing() {
     r.read_line(&mut line).unwrap();
     assert!(line.starts_with("WELCOME"), "{line}");
     w.write_all(b"PROOF -\nthis is not a record\nAT Bona +0.000000001 late +1+1 1\n").unwrap();
-    let mut rest = String::new();
-    assert_eq!(r.read_line(&mut rest).unwrap_or(0), 0, "dropped: {rest:?}");
+    assert_closed(&mut r, "garbage after the handshake");
 
     for m in &herd.config.members {
         for id in ["forged", "late"] {
@@ -307,8 +316,7 @@ fn with_a_herd_secret_peers_must_prove_they_hold_it() {
     assert_eq!(fields[3].len(), 64, "an HMAC-SHA256 proof, not the secret: {line}");
     assert!(!line.contains("s3cr3t"));
     w.write_all(b"PROOF -\nAT Bona +0.000000001 impostor +1+1 1\n").unwrap();
-    let mut rest = String::new();
-    assert_eq!(r.read_line(&mut rest).unwrap_or(0), 0);
+    assert_closed(&mut r, "an impostor's proof");
     assert!(whatsat_first_line(herd.port("Bailey"), "impostor").starts_with("? "));
 
     // A real server with the wrong secret is refused, and nothing it stores crosses.

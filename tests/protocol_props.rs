@@ -1,5 +1,10 @@
 //! Property tests of the pure protocol core: parsing never panics, formatting round-trips, and the
 //! time arithmetic agrees with an independent exact computation.
+//!
+//! Every expected value comes from a reference model written here, never from the crate: the AT line
+//! is built with `format!` from the reference time difference (i128 arithmetic), and newest-wins is
+//! decided by comparing client times as digit strings (any length: PROTOCOL allows 40 bytes, more than
+//! an i128 holds), then (server, location) bytewise, as PROTOCOL section 2 words it.
 
 use herd::protocol::{self, Command, Timestamp};
 use herd::record::{Record, RecordStore};
@@ -25,11 +30,62 @@ fn coordinate(limit: u32) -> impl Strategy<Value = String> {
     )
 }
 
+/// A client time small enough for the i128 reference of the time difference.
 fn client_time() -> impl Strategy<Value = String> {
     (digits(1, 12), proptest::option::of(digits(1, 15))).prop_map(|(i, f)| match f {
         Some(f) => format!("{i}.{f}"),
         None => i,
     })
+}
+
+/// A client time of any length PROTOCOL allows (40 bytes), leading and trailing zeros included.
+fn long_client_time() -> impl Strategy<Value = String> {
+    prop_oneof![
+        client_time(),
+        (digits(1, 20), proptest::option::of(digits(1, 19))).prop_map(|(i, f)| match f {
+            Some(f) => format!("{i}.{f}"),
+            None => i,
+        }),
+    ]
+}
+
+/// Reference: a decimal as its integer digits without leading zeros and its fraction digits without
+/// trailing zeros, so equal values have equal strings.
+fn normal(t: &str) -> (&str, &str) {
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    (int.trim_start_matches('0'), frac.trim_end_matches('0'))
+}
+
+/// Reference: exact comparison of two decimals by their digit strings: the longer integer part is the
+/// greater, then digit by digit; then the fractions digit by digit (a missing digit is a zero, and a
+/// trimmed fraction that is a prefix of the other is the smaller).
+fn ref_cmp_time(a: &str, b: &str) -> Ordering {
+    let ((ai, af), (bi, bf)) = (normal(a), normal(b));
+    ai.len().cmp(&bi.len()).then_with(|| ai.cmp(bi)).then_with(|| af.cmp(bf))
+}
+
+/// Reference: the AT line's time difference, `now - time` truncated toward zero to nanoseconds. Both
+/// are scaled to 10^max(9, fraction digits) and divided with Rust's truncating integer division.
+fn ref_time_diff(secs: u64, nanos: u32, time: &str) -> String {
+    let (num, places) = exact(time);
+    let scale_places = places.max(9);
+    let now_scaled = (i128::from(secs) * 1_000_000_000 + i128::from(nanos)) * 10i128.pow(scale_places - 9);
+    let t_scaled = num * 10i128.pow(scale_places - places);
+    let diff_ns = (now_scaled - t_scaled) / 10i128.pow(scale_places - 9);
+    let sign = if diff_ns < 0 { '-' } else { '+' };
+    let abs = diff_ns.unsigned_abs();
+    format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
+}
+
+#[test]
+fn the_reference_comparison_agrees_with_protocol_examples() {
+    // PROTOCOL section 2's own examples, so the model is checked against the contract, not the crate.
+    assert_eq!(ref_cmp_time("1700000300.0000000001", "1700000300"), Ordering::Greater);
+    assert_eq!(ref_cmp_time("1.5", "1.50"), Ordering::Equal);
+    assert_eq!(ref_cmp_time("0009", "10"), Ordering::Less);
+    assert_eq!(ref_cmp_time("2.05", "2.5"), Ordering::Less);
+    assert_eq!(ref_time_diff(10, 0, "12.0000000019"), "-2.000000001");
+    assert_eq!(ref_time_diff(1, 263_873_386, "1"), "+0.263873386");
 }
 
 /// A client time as an exact rational: (numerator, power of ten of the denominator).
@@ -75,14 +131,18 @@ proptest! {
         let Command::IAmAt(cmd) = protocol::parse_command(line.as_bytes()) else {
             panic!("valid IAMAT refused: {line}");
         };
-        // The server writes an AT line only for a time within the allowed skew of its clock (it answers
-        // `?` otherwise), so only those lines must round-trip.
-        let now = Timestamp { secs, nanos };
-        prop_assume!(protocol::time_at_most(time.as_bytes(), now.plus_secs(300)));
+        // The server writes an AT line only for a time within the allowed skew of its clock (300 s by
+        // default; it answers `?` otherwise), so only those lines must round-trip. Decided by the
+        // reference comparison, not the crate's.
+        prop_assume!(ref_cmp_time(&time, &format!("{}.{nanos:09}", secs + 300)) != Ordering::Greater);
         let mut out = Vec::new();
-        let fields = protocol::write_at(&mut out, b"Srv", now, &cmd);
+        let fields = protocol::write_at(&mut out, b"Srv", Timestamp { secs, nanos }, &cmd);
+        // The expected line, built here from the reference time difference.
+        let want = format!("AT Srv {} {id} {loc} {time}\n", ref_time_diff(secs, nanos, &time));
+        prop_assert_eq!(String::from_utf8_lossy(&out), want);
         prop_assert_eq!(protocol::parse_at(&out), Some(fields));
         let record = Record::parse(&out).unwrap();
+        prop_assert_eq!(record.server(), b"Srv");
         prop_assert_eq!(record.client_id(), id.as_bytes());
         prop_assert_eq!(record.location(), loc.as_bytes());
         prop_assert_eq!(record.client_time(), time.as_bytes());
@@ -97,49 +157,35 @@ proptest! {
     ) {
         let mut out = Vec::new();
         protocol::write_time_diff(&mut out, Timestamp { secs, nanos }, time.as_bytes());
-        let text = String::from_utf8(out).unwrap();
-
-        // Independent reference: scale both to 10^max(9, fraction digits) and divide with Rust's
-        // truncating integer division.
-        let (num, places) = exact(&time);
-        let scale_places = places.max(9);
-        let now_scaled = (i128::from(secs) * 1_000_000_000 + i128::from(nanos)) * 10i128.pow(scale_places - 9);
-        let t_scaled = num * 10i128.pow(scale_places - places);
-        let diff_ns = (now_scaled - t_scaled) / 10i128.pow(scale_places - 9);
-        let sign = if diff_ns < 0 { '-' } else { '+' };
-        let abs = diff_ns.unsigned_abs();
-        let want = format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000);
-        prop_assert_eq!(text, want);
+        prop_assert_eq!(String::from_utf8(out).unwrap(), ref_time_diff(secs, nanos, &time));
     }
 
     #[test]
-    fn client_times_compare_as_exact_rationals(a in client_time(), b in client_time()) {
-        let (na, pa) = exact(&a);
-        let (nb, pb) = exact(&b);
-        let p = pa.max(pb);
-        let want = (na * 10i128.pow(p - pa)).cmp(&(nb * 10i128.pow(p - pb)));
-        prop_assert_eq!(protocol::cmp_time(a.as_bytes(), b.as_bytes()), want);
+    fn client_times_compare_as_exact_decimals(a in long_client_time(), b in long_client_time()) {
+        prop_assert_eq!(protocol::cmp_time(a.as_bytes(), b.as_bytes()), ref_cmp_time(&a, &b));
         // Trailing zeros and leading zeros change nothing.
         let padded = if a.contains('.') { format!("00{a}000") } else { format!("00{a}.000") };
         prop_assert_eq!(protocol::cmp_time(padded.as_bytes(), a.as_bytes()), Ordering::Equal);
     }
 
     #[test]
-    fn the_store_keeps_the_maximum_whatever_the_order(
-        records in proptest::collection::vec((client_time(), 0usize..3, coordinate(90)), 1..12),
+    fn the_store_keeps_the_newest_whatever_the_order(
+        records in proptest::collection::vec((long_client_time(), 0usize..3, coordinate(90)), 1..12),
         seed in any::<u64>(),
     ) {
         let servers = ["Bailey", "Bona", "Clark"];
-        let lines: Vec<Vec<u8>> = records
+        let lines: Vec<String> = records
             .iter()
-            .map(|(t, s, lat)| format!("AT {} +0.000000000 id {lat}+0 {t}\n", servers[*s]).into_bytes())
+            .map(|(t, s, lat)| format!("AT {} +0.000000000 id {lat}+0 {t}\n", servers[*s]))
             .collect();
-        let newest = lines
-            .iter()
-            .map(|l| Record::parse(l).unwrap())
-            .max_by(|a, b| a.cmp_recency(b))
-            .unwrap();
-        // Two different arrival orders give the same stored record.
+        // The reference newest-wins order: client time exactly, then (server, location) bytewise.
+        let newer = |a: usize, b: usize| {
+            let ((ta, sa, la), (tb, sb, lb)) = (&records[a], &records[b]);
+            ref_cmp_time(ta, tb)
+                .then_with(|| servers[*sa].as_bytes().cmp(servers[*sb].as_bytes()))
+                .then_with(|| format!("{la}+0").into_bytes().cmp(&format!("{lb}+0").into_bytes()))
+        };
+        // Two different arrival orders.
         let mut order: Vec<usize> = (0..lines.len()).collect();
         let mut x = seed | 1;
         for i in (1..order.len()).rev() {
@@ -148,12 +194,20 @@ proptest! {
             x ^= x << 17;
             order.swap(i, (x % (i as u64 + 1)) as usize);
         }
-        for ord in [order.clone(), order.into_iter().rev().collect()] {
+        for ord in [order.clone(), order.into_iter().rev().collect::<Vec<_>>()] {
+            // Expected: the first line to arrive among the greatest (a later equal one is not more
+            // recent, so it is not stored), and whether each offer stores.
+            let mut held: Option<usize> = None;
             let mut store = RecordStore::new();
-            for i in ord {
-                store.offer_line(&lines[i]).unwrap();
+            for &i in &ord {
+                let stores = held.is_none_or(|h| newer(i, h) == Ordering::Greater);
+                if stores {
+                    held = Some(i);
+                }
+                prop_assert_eq!(store.offer_line(lines[i].as_bytes()), Some(stores), "offering {}", lines[i]);
             }
-            prop_assert_eq!(store.get(b"id").unwrap().cmp_recency(&newest), Ordering::Equal);
+            let want = &lines[held.unwrap()];
+            prop_assert_eq!(String::from_utf8_lossy(store.get(b"id").unwrap().line()), want.as_str());
         }
     }
 
