@@ -33,8 +33,6 @@ use std::time::{Duration, Instant};
 
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
-/// Bytes of cached answers kept at most (a 20-result answer with its parsed tree is about 200 KB).
-const CACHE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a request on an upstream connection ended (the connection reports it; this client decides).
 pub enum Outcome {
@@ -212,6 +210,9 @@ pub struct PlacesClient {
     shaped: mpsc::Receiver<(u64, PlacesAnswer)>,
     cache: HashMap<Key, CacheEntry>,
     cache_bytes: usize,
+    /// Bytes of cached answers kept at most (`places.cache_max_bytes`; a 20-result answer with its
+    /// parsed tree is about 200 KB).
+    cache_max_bytes: usize,
     pub requests: HashMap<u64, Request>,
     by_key: HashMap<Key, u64>,
     pub queue: VecDeque<u64>,
@@ -319,6 +320,7 @@ impl PlacesClient {
             server_name,
             timeout: Duration::from_millis(config.timeout_ms),
             ttl: Duration::from_secs(config.cache_ttl_s),
+            cache_max_bytes: config.cache_max_bytes,
             pool_size: config.pool_size,
             max_conns: config.pool_size.max(1) * 4,
             address: Address::Resolving,
@@ -708,10 +710,10 @@ impl PlacesClient {
         }
         // The answer's bytes plus its parsed tree, roughly: bound the cache by bytes, not entries.
         let size = answer.body(places::MAX_RESULTS).len() * 6 + key.size() + 64;
-        if self.cache_bytes + size > CACHE_MAX_BYTES {
+        if self.cache_bytes + size > self.cache_max_bytes {
             self.evict(now);
         }
-        if self.cache_bytes + size > CACHE_MAX_BYTES {
+        if self.cache_bytes + size > self.cache_max_bytes {
             return;
         }
         self.cache_bytes += size;
@@ -731,7 +733,7 @@ impl PlacesClient {
             keep
         });
         self.cache_bytes -= freed;
-        while self.cache_bytes > CACHE_MAX_BYTES / 2 {
+        while self.cache_bytes > self.cache_max_bytes / 2 {
             let Some(k) = self.cache.keys().next().cloned() else { break };
             let e = self.cache.remove(&k).expect("present");
             self.cache_bytes -= e.size;
@@ -782,6 +784,7 @@ mod tests {
             timeout_ms: 1000,
             pool_size: 1,
             cache_ttl_s: 60,
+            cache_max_bytes: 64 << 20,
         };
         (poll, PlacesClient::new(&config, waker).unwrap())
     }
