@@ -182,7 +182,7 @@ fn report(
     abused.p99.as_secs_f64() <= ratio_bound * calm.p99.as_secs_f64() + allowance.as_secs_f64()
 }
 
-/// The server's command budget per connection and turn (`COMMANDS_PER_TURN` in src/server/client.rs).
+/// The server's command budget per connection and turn (`COMMANDS_PER_TURN` in src/server/conn/client.rs).
 const COMMAND_BUDGET: usize = 256;
 
 /// How long this build of the server takes to answer one command budget: the median, over 15 tries, of
@@ -448,7 +448,7 @@ fn a_peer_that_sends_garbage_after_identifying() {
 /// loop turn's time (formatted once per turn, microseconds), so the `recv` lines that share a stamp are
 /// one turn's commands. By design a connection runs `COMMAND_BUDGET` commands per `drive` call, and a
 /// turn drives it a bounded number of times: from the `again` list, for its events, and in each of up
-/// to three flush rounds that free its output (src/server/event_loop.rs). Measured at 490b0fd: at most
+/// to three flush rounds that free its output (src/server/event_loop.rs). Measured on both sides of the server redesign (at 490b0fd, and rebased on bae10a9): at most
 /// 9 budgets (2,304 commands) in one turn, so 10 are allowed. A server that answers all a drive reads
 /// (four 64 KiB reads: 4,800 commands, or 3,700 until the output bound throttles it) fails, on any
 /// machine, where the probe's latency above can only show it on a quiet one.
