@@ -97,7 +97,10 @@ fn exact(t: &str) -> (i128, u32) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // 2,000 cases; PROPTEST_CASES overrides (the mutation runs in TESTING.md use 256 per mutant).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+    ))]
 
     #[test]
     fn parsing_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
