@@ -132,7 +132,22 @@ fn ns_ask(ns: &str, ip: &'static str, port: u16, bytes: &[u8]) -> String {
 
 /// Whether `herd_link_up{neighbour=…}` is 1 on the admin port (127.0.0.1 inside `ns`).
 fn ns_link_up(ns: &str, admin: u16, neighbour: &str) -> bool {
-    let text = ns_ask(ns, "127.0.0.1", admin, b"GET /metrics HTTP/1.1\r\nHost: h\r\n\r\n");
+    let raw = ns_ask(ns, "127.0.0.1", admin, b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let (head, mut rest) = raw.split_once("\r\n\r\n").expect("an HTTP head");
+    let mut text = String::new();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        loop {
+            let (size, after) = rest.split_once("\r\n").expect("a chunk size line");
+            let size = usize::from_str_radix(size.trim(), 16).expect("a hex chunk size");
+            if size == 0 {
+                break;
+            }
+            text.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+    } else {
+        text.push_str(rest);
+    }
     let label = format!("neighbour=\"{neighbour}\"");
     text.lines().any(|l| l.starts_with("herd_link_up{") && l.contains(&label) && l.ends_with(" 1"))
 }

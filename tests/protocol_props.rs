@@ -77,6 +77,22 @@ fn ref_time_diff(secs: u64, nanos: u32, time: &str) -> String {
     format!("{sign}{}.{:09}", abs / 1_000_000_000, abs % 1_000_000_000)
 }
 
+/// A refused peer record is logged and counted under the name of what broke: the names are part of the
+/// log and metrics an operator reads, written out here by hand.
+#[test]
+fn refused_records_are_named_by_the_field_that_broke() {
+    let cases: [(&[u8], &str); 4] = [
+        (b"this is not a record\n", "not_a_record"),
+        (b"AT Bona +0.000000001 c\x1b +1+1 1\n", "client_id"),
+        (b"AT Bona +0.000000001 c +91+1 1\n", "location"),
+        (b"AT Bona +0.000000001 c +1+1 1e9\n", "client_time"),
+    ];
+    for (line, name) in cases {
+        let refusal = protocol::check_at(line).expect_err("refused");
+        assert_eq!(refusal.name(), name, "{}", String::from_utf8_lossy(line));
+    }
+}
+
 #[test]
 fn the_reference_comparison_agrees_with_protocol_examples() {
     // PROTOCOL section 2's own examples, so the model is checked against the contract, not the crate.
@@ -211,7 +227,36 @@ proptest! {
             }
             let want = &lines[held.unwrap()];
             prop_assert_eq!(String::from_utf8_lossy(store.get(b"id").unwrap().line()), want.as_str());
+            prop_assert_eq!((store.len(), store.is_empty()), (1, false), "one client, one record");
         }
+    }
+
+    /// The clock-skew bound (PROTOCOL section 2: not more than `max_clock_skew_s` ahead) compared
+    /// exactly: client times at, just under and just over a limit, with trailing zeros and digits past
+    /// the ninth, against the reference digit-string comparison.
+    #[test]
+    fn the_clock_skew_bound_is_compared_exactly(
+        secs in 1u64..4_000_000_000,
+        nanos in 0u32..1_000_000_000,
+        shape in 0usize..8,
+        zeros in 0usize..4,
+        digit in 1u8..10,
+    ) {
+        let limit = Timestamp { secs, nanos };
+        let exact = format!("{secs}.{nanos:09}");
+        let z = "0".repeat(zeros);
+        let t = match shape {
+            0 => exact.clone(),
+            1 => format!("{exact}{z}"),
+            2 => format!("{exact}{z}{digit}"),
+            3 => format!("{}", secs),
+            4 => format!("{}", secs + 1),
+            5 => format!("{}.999999999{z}{digit}", secs - 1),
+            6 => format!("{secs}.{:09}{z}", nanos.saturating_sub(1)),
+            _ => format!("{secs}.{:09}{z}", (nanos + 1).min(999_999_999)),
+        };
+        let want = ref_cmp_time(&t, &exact) != Ordering::Greater;
+        prop_assert_eq!(protocol::time_at_most(t.as_bytes(), limit), want, "{} against {}", t, exact);
     }
 
     #[test]
