@@ -159,7 +159,6 @@ fn ns_record(ns: &str, ip: &'static str, port: u16, id: &str) -> String {
 }
 
 #[test]
-#[ignore = "needs the peer heartbeat (issue 16.5)"]
 fn a_silent_partition_is_noticed_served_through_and_healed() {
     let net = match Net::build() {
         Ok(net) => net,
