@@ -448,7 +448,7 @@ fn a_peer_that_sends_garbage_after_identifying() {
 /// loop turn's time (formatted once per turn, microseconds), so the `recv` lines that share a stamp are
 /// one turn's commands. By design a connection runs `COMMAND_BUDGET` commands per `drive` call, and a
 /// turn drives it a bounded number of times: from the `again` list, for its events, and in each of up
-/// to three flush rounds that free its output (src/server/event_loop.rs). Measured on both sides of the server redesign (at 490b0fd, and rebased on bae10a9): at most
+/// to three flush rounds that free its output (src/server/event_loop.rs). Measured on both sides of the server redesign (on main at 51a77f4 and at bae10a9): at most
 /// 9 budgets (2,304 commands) in one turn, so 10 are allowed. A server that answers all a drive reads
 /// (four 64 KiB reads: 4,800 commands, or 3,700 until the output bound throttles it) fails, on any
 /// machine, where the probe's latency above can only show it on a quiet one.
