@@ -242,7 +242,7 @@ pub mod peer_messages {
     //! - `parse_at` ranges lie inside the line, in order, and hold valid fields; it agrees on the line with
     //!   and without its LF;
     //! - `offer_line` is `None` exactly when the line is not a valid `AT` line ending in LF; a stored line is
-    //!   held byte for byte and its `line()` parses again; a line not stored loses to the held record; the same
+    //!   held byte for byte and its line parses again; a line not stored loses to the held record; the same
     //!   line offered twice is `Some(false)` the second time.
     //!
     //! At the end every held record parses again and is found under its own client id.
@@ -258,11 +258,12 @@ pub mod peer_messages {
             check_fields(line);
             check_record(&mut store, line);
         }
-        for (i, record) in store.iter().enumerate() {
-            let fields = protocol::parse_at(record.line()).expect("a held record no longer parses");
-            check_at_fields(record.line(), fields);
-            assert_eq!(store.get(record.client_id()), Some(record), "record not found under its client id");
-            assert_eq!(store.at(i), Some(record));
+        for record in store.iter() {
+            let line = record.to_line();
+            let fields = protocol::parse_at(&line).expect("a held record no longer parses");
+            check_at_fields(&line, fields);
+            let found = store.get(record.client_id()).map(|r| r.to_line());
+            assert_eq!(found.as_deref(), Some(&line[..]), "record not found under its client id");
         }
         assert_eq!(store.iter().count(), store.len());
     }
@@ -335,14 +336,15 @@ pub mod peer_messages {
         let candidate = Record::parse(line).expect("offered a valid line");
         let held = store.get(candidate.client_id()).expect("no record for an offered client id");
         if stored {
-            assert_eq!(held.line(), line, "stored line not held byte for byte");
-            assert_eq!(held, &candidate);
-            let f = protocol::parse_at(held.line()).expect("a stored record's line() does not parse again");
+            let held_line = held.to_line();
+            assert_eq!(held_line, line, "stored line not held byte for byte");
+            assert_eq!(held.to_record(), candidate);
+            let f = protocol::parse_at(&held_line).expect("a stored record's line does not parse again");
             assert_eq!(Some(f), parsed);
             assert!(store.len() == before || store.len() == before + 1);
         } else {
             assert_eq!(store.len(), before);
-            assert_ne!(candidate.cmp_recency(held), Ordering::Greater, "a more recent record was not stored");
+            assert_ne!(held.cmp_recency(&candidate), Ordering::Less, "a more recent record was not stored");
         }
         // Newest wins: the same line again is never stored.
         let after = store.len();

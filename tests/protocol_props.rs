@@ -226,7 +226,8 @@ proptest! {
                 prop_assert_eq!(store.offer_line(lines[i].as_bytes()), Some(stores), "offering {}", lines[i]);
             }
             let want = &lines[held.unwrap()];
-            prop_assert_eq!(String::from_utf8_lossy(store.get(b"id").unwrap().line()), want.as_str());
+            let held_line = store.get(b"id").unwrap().to_line();
+            prop_assert_eq!(String::from_utf8_lossy(&held_line), want.as_str());
             prop_assert_eq!((store.len(), store.is_empty()), (1, false), "one client, one record");
         }
     }
