@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the seed corpus of the fuzz targets into fuzz/corpus/<target>/ (ignored by git).
+"""Writes the seed corpus of the fuzz targets into fuzz/corpus/<target>/ (committed: `cargo test --test
+fuzz_corpus` replays every file there through the targets' checks, src/fuzzing.rs).
 
 Seeds are realistic inputs: the examples of PROTOCOL.md (commands, AT lines, peer handshake lines) and
 tests/fixtures/nearby-legacy-20.json framed as HTTP responses (Content-Length, chunked, close-delimited,
@@ -48,6 +49,8 @@ AT_LINES = [
     b"AT Clark +1.5 kiwi +12-118 1\n",
     b"AT Bona +0.000000001 forged +1+1 1\n",
     b"AT Jaquez -99999999999999.000000000 a +90-180 99999999999999999999999.5\n",
+    b"AT Bona +0.000000000 long +0+0 0000000000000000001700000000.00000000000\n",
+    b"AT Bona +0.000000000 " + b"i" * 255 + b" +90.000000-180.000000 1700000000\n",
 ]
 
 HANDSHAKE = [
@@ -56,6 +59,8 @@ HANDSHAKE = [
     b"WELCOME Bailey 7c1e 5d41402abc4b2a76b9719d911017c592\n",
     b"PROOF 5d41402abc4b2a76b9719d911017c592\n",
     b"REFUSED Mallory is not a neighbour of Bailey\n",
+    b"HELLO Bona Bailey 3f9a0c61d2e847b5 v=2 max=100000 least=1700000000.5,6b697769 rid=9f2e off=42\n",
+    b"WELCOME Bailey 7c1e 5d41402abc4b2a76b9719d911017c592 v=2 rid=77aa off=0 future=yes\n",
 ]
 
 

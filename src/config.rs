@@ -282,6 +282,8 @@ pub struct PlacesConfig {
     pub pool_size: usize,
     /// How long a Places answer may be served from the cache; 0 turns the cache off.
     pub cache_ttl_s: u64,
+    /// Bytes of cached answers kept at most (each counted with its parsed tree, about 6× its JSON).
+    pub cache_max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -697,7 +699,7 @@ fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, FieldError> {
 
 fn parse_places(v: &Value) -> Result<PlacesConfig, FieldError> {
     let o = Obj::new(v, "places")?;
-    o.only(&["api", "url", "key_env", "ca_file", "timeout_ms", "pool_size", "cache_ttl_s"])?;
+    o.only(&["api", "url", "key_env", "ca_file", "timeout_ms", "pool_size", "cache_ttl_s", "cache_max_bytes"])?;
     let api = match o.string("api")?.as_deref() {
         None | Some("legacy") => PlacesApi::Legacy,
         Some("new") => PlacesApi::New,
@@ -715,6 +717,7 @@ fn parse_places(v: &Value) -> Result<PlacesConfig, FieldError> {
         timeout_ms: o.integer("timeout_ms", 1, 600_000)?.unwrap_or(3000),
         pool_size: o.integer("pool_size", 0, 64)?.unwrap_or(4) as usize,
         cache_ttl_s: o.integer("cache_ttl_s", 0, 86_400)?.unwrap_or(300),
+        cache_max_bytes: o.integer("cache_max_bytes", 0, 1 << 40)?.unwrap_or(64 << 20) as usize,
     })
 }
 

@@ -152,6 +152,30 @@ mod tests {
     }
 
     #[test]
+    fn every_escape_is_written_as_json_spells_it() {
+        // Expected text written out by hand (RFC 8259 section 7 and Google's `\u003c`), one byte each.
+        let cases: [(&str, &str); 12] = [
+            ("\"", r#""\"""#),
+            ("\\", r#""\\""#),
+            ("\n", r#""\n""#),
+            ("\r", r#""\r""#),
+            ("\t", r#""\t""#),
+            ("\u{8}", r#""\b""#),
+            ("\u{c}", r#""\f""#),
+            ("<", r#""\u003c""#),
+            (">", r#""\u003e""#),
+            ("\u{0}", r#""\u0000""#),
+            ("\u{1f}", r#""\u001f""#),
+            ("\u{7f}", r#""\u007f""#),
+        ];
+        for (raw, want) in cases {
+            let mut out = Vec::new();
+            write_string(&mut out, raw);
+            assert_eq!(String::from_utf8(out).unwrap(), want, "{raw:?}");
+        }
+    }
+
+    #[test]
     fn nested_arrays_go_one_per_line() {
         let value = serde_json::json!([[1], []]);
         assert_eq!(String::from_utf8(to_vec(&value)).unwrap(), "[\n   [ 1 ],\n   []\n]");

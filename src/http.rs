@@ -941,6 +941,18 @@ mod tests {
         ]
     }
 
+    /// The chunk-extension bytes `frame` writes for a body of `len` bytes.
+    fn extension_bytes(len: usize, framing: &Framing) -> usize {
+        let Framing::Chunked { sizes, ext, .. } = framing else { return 0 };
+        let (mut rest, mut i, mut total) = (len, 0, 0);
+        while rest > 0 {
+            rest -= sizes[i % sizes.len()].min(rest);
+            total += ext[i % ext.len()].map_or(0, str::len);
+            i += 1;
+        }
+        total
+    }
+
     /// Frames `body` as a response; returns the bytes and whether the connection stays alive.
     fn frame(body: &[u8], framing: &Framing, interim: bool) -> (Vec<u8>, bool) {
         let mut out = Vec::new();
@@ -1046,6 +1058,10 @@ mod tests {
             interim in any::<bool>(),
             split in split(),
         ) {
+            // The parser bounds a body's chunk extensions in all to `max_head` (a deliberate limit,
+            // tested on its own above): a framing whose extensions pass it is not a case for this test
+            // (one-byte chunks of a 35 KB body, each with `;foo=bar`, are 280 KB of extensions).
+            prop_assume!(extension_bytes(body.len(), &framing) <= 4096 / 2);
             let (wire, keep_alive) = frame(&body, &framing, interim);
             let mut p = ResponseParser::new(4096, FIXTURE.len() + 1);
             let cuts = cuts(wire.len(), &split);

@@ -6,6 +6,8 @@
 
 pub mod certs;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gjson;
 pub mod http;
 pub mod load;

@@ -611,3 +611,52 @@ fn the_trace_shows_every_event_transition_write_and_turn_of_a_session() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// PROTOCOL section 1: "A final command without LF is still a command when the client half-closes".
+/// Until the half-close the unfinished line is not a command (no reply to it, checked with a read that
+/// must time out), and at the half-close it is answered like any other, after the replies before it,
+/// and then the server closes (EOF, not a time-out): for an IAMAT, a WHATSAT waiting on Places, an
+/// invalid command (echoed exactly) and a blank line (no reply).
+#[test]
+fn a_final_command_without_lf_is_answered_at_the_half_close() {
+    let service = PlacesService::start(&["--fault", "delay=200"]);
+    let config = HerdConfig::new(&["Solo"], &[], &service.config("legacy", "HC_KEY", 3000));
+    let _server = config.serve_env("Solo", &[("HC_KEY", "k")]);
+    let port = config.port("Solo");
+
+    // An IAMAT after a complete one, sent before the half-close in a separate write.
+    let mut s = connect(port);
+    s.write_all(b"IAMAT first +1+1 1\nIAMAT last +34.068930-118.445127 1700000000.5").unwrap();
+    let first = read_until(&mut s, b"\n");
+    check_at(std::str::from_utf8(&first).unwrap(), "Solo", "first", "+1+1", "1");
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("an unfinished line was answered before the half-close: {other:?} {:?}", &buf[..8]),
+    }
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let rest = read_to_end(&mut s); // EOF after the reply: a time-out fails here
+    check_at(std::str::from_utf8(&rest).unwrap(), "Solo", "last", "+34.068930-118.445127", "1700000000.5");
+
+    // A WHATSAT that waits 200 ms on Places, unfinished at the half-close: answered, then closed.
+    let out = ask(port, b"WHATSAT last 10 3");
+    let (at, value, _) = split_whatsat(&out);
+    assert_eq!(format!("{at}\n").as_bytes(), &rest[..]);
+    assert_eq!(value["status"], "OK");
+    assert_eq!(value["results"].as_array().unwrap().len(), 3);
+
+    // After a pipelined pair, an invalid final command is echoed exactly, in order.
+    let out = ask(port, b"IAMAT x +1+1 1\nWHATSAT nobody 1 1\nnot a \xffcommand");
+    let text = String::from_utf8_lossy(&out);
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    assert_eq!(lines.len(), 3, "{text:?}");
+    assert!(lines[0].starts_with("AT Solo "), "{text:?}");
+    assert_eq!(lines[1], "? WHATSAT nobody 1 1\n");
+    assert_eq!(&out[out.len() - 17..], b"? not a \xffcommand\n");
+
+    // A final blank line gets no reply: just the earlier one, then EOF.
+    let out = ask(port, b"IAMAT y +1+1 1\n \t");
+    assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "{:?}", String::from_utf8_lossy(&out));
+}

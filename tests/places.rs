@@ -347,3 +347,169 @@ fn answers_shaped_off_the_loop_are_complete_counted_and_survive_a_shut_down() {
     assert!(stop.contains("hits=0 misses=12 coalesced=0 requests=12 retries=0 cached=12"), "{stop}");
     assert!(stop.contains("errors: timeout=0 connect=0 tls=0 http=0 closed=0 resolve=0"), "{stop}");
 }
+
+/// The `places` config object of `service` with extra keys (`"cache_ttl_s": 2`, ...).
+fn places_with(service: &PlacesService, extra: &str) -> String {
+    let base = service.config("legacy", KEY_ENV, 3000);
+    format!("{}, {extra}}}", base.strip_suffix('}').unwrap())
+}
+
+/// A metric's value from a server's `/metrics`.
+fn metric(admin_port: u16, name: &str) -> u64 {
+    let (_, text) = admin_get(admin_port, "/metrics");
+    let line =
+        text.lines().find(|l| l.starts_with(&format!("{name}{{"))).unwrap_or_else(|| panic!("no {name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// PROTOCOL section 3: "A cached Places answer younger than the cache TTL may be served, also while
+/// Places is down", and not once it is older. TTL 2 s: answers asked within it cost nothing upstream;
+/// past it, the next WHATSAT asks again; a fresh answer is served with the service gone, and once it
+/// is past the TTL the service's absence shows.
+#[test]
+fn cached_answers_are_served_within_the_ttl_even_with_places_down_and_not_after_it() {
+    const TTL: Duration = Duration::from_secs(2);
+    let service = PlacesService::start(&[]);
+    let config = HerdConfig::new(&["Solo"], &[], &places_with(&service, r#""cache_ttl_s": 2"#));
+    let mut service = service;
+    let _server = config.serve_env("Solo", &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT ttl {UCLA} 1\n").as_bytes());
+    let base = service.requests();
+    let whatsat = |bound: usize| {
+        let (_, value, _) = split_whatsat(&ask(port, format!("WHATSAT ttl 10 {bound}\n").as_bytes()));
+        value
+    };
+
+    // Asked before the first answer is stored: the entry expires no earlier than TTL after this.
+    let asked = Instant::now();
+    check_places(&whatsat(5), 5, 10.0);
+    assert_eq!(service.requests() - base, 1, "a miss asks upstream");
+    check_places(&whatsat(20), 20, 10.0);
+    assert!(asked.elapsed() < TTL, "this machine took {:?} for two WHATSATs: cannot test a 2 s TTL", asked.elapsed());
+    assert_eq!(service.requests() - base, 1, "within the TTL the cache answers");
+
+    // Past the TTL (from when the answer was stored, at most now): asked again.
+    std::thread::sleep(TTL + Duration::from_millis(100));
+    let asked = Instant::now();
+    check_places(&whatsat(3), 3, 10.0);
+    assert_eq!(service.requests() - base, 2, "an expired answer is not served");
+
+    // Places goes away; the fresh answer is still served, with Google's OK.
+    service.proc.kill();
+    let value = whatsat(4);
+    assert!(asked.elapsed() < TTL, "this machine is too slow to test a 2 s TTL");
+    assert_eq!(check_places(&value, 4, 10.0), 4, "served from the cache while Places is down");
+
+    // Once that answer is past the TTL, the failure shows.
+    std::thread::sleep(TTL + Duration::from_millis(100));
+    let value = whatsat(4);
+    assert_eq!(value["status"], "UNKNOWN_ERROR", "{value}");
+    assert_eq!(value["results"], serde_json::json!([]));
+}
+
+/// `places.cache_max_bytes` bounds the cache: sixty distinct places, each answer bigger than a tenth
+/// of the budget, never leave more answers cached than the budget holds even counting each by its
+/// JSON alone (the cache counts its parsed tree too, so it holds fewer), and the earliest ones have
+/// to be asked again.
+#[test]
+fn the_places_cache_keeps_to_its_byte_budget() {
+    const BUDGET: u64 = 150_000;
+    const PLACES: usize = 60;
+    let service = PlacesService::start(&[]);
+    let config = HerdConfig::new(&["Solo"], &[], &places_with(&service, &format!(r#""cache_max_bytes": {BUDGET}"#)));
+    let admin = config.member("Solo").admin_port;
+    let _server = config.serve_env("Solo", &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    let base = service.requests();
+    let mut smallest = usize::MAX;
+    let mut most_cached = 0;
+    for i in 0..PLACES {
+        // Points about 140 m apart in central Los Angeles: each a distinct question with an answer.
+        let loc = format!("+34.{:06}-118.{:06}", 20_000 + i * 1_000, 250_000 + i * 1_000);
+        let reply = ask(port, format!("IAMAT p{i} {loc} 1\nWHATSAT p{i} 20 20\n").as_bytes());
+        let text = String::from_utf8(reply).unwrap();
+        let (_, whatsat) = text.split_once('\n').unwrap();
+        let (_, value, json) = split_whatsat(whatsat.as_bytes());
+        assert!(!value["results"].as_array().unwrap().is_empty(), "{loc}: an answer with places: {value}");
+        smallest = smallest.min(json.len());
+        most_cached = most_cached.max(metric(admin, "herd_places_cached"));
+    }
+    assert_eq!(service.requests() - base, PLACES as u64, "every place asked once");
+    let fits = BUDGET / smallest as u64;
+    assert!(PLACES as u64 > 2 * fits, "answers of {smallest} bytes: {PLACES} places do not overflow the budget");
+    assert!(most_cached <= fits, "{most_cached} answers of at least {smallest} bytes cached; the budget holds {fits}");
+    assert!(most_cached > 0, "nothing cached at all");
+    // The first places were evicted: asking them again costs requests.
+    for i in 0..PLACES / 2 {
+        ask(port, format!("WHATSAT p{i} 20 1\n").as_bytes());
+    }
+    assert!(service.requests() - base > PLACES as u64, "no early answer was evicted");
+}
+
+/// Twenty WHATSATs for one place join one request; the service sends the head and half the body, then
+/// resets the connection. Every waiter gets the failure object (not a hang, not a half answer), the
+/// failure is not cached (the next WHATSAT asks again), and the server serves on.
+#[test]
+fn coalesced_waiters_all_get_the_failure_when_the_upstream_fails_mid_response() {
+    let service = PlacesService::start(&["--fault", "delay=300", "--fault", "reset"]);
+    let (config, _server) = single_server(&service, "legacy", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT a {UCLA} 1\n").as_bytes());
+    let before = service.requests();
+    let started = Instant::now();
+    let mut conns: Vec<_> = (0..20)
+        .map(|i| {
+            let mut s = connect(port);
+            s.write_all(format!("WHATSAT a 10 {}\n", i % 21).as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    for s in conns.iter_mut() {
+        let reply = read_until(s, b"}\n\n");
+        let (_, value, _) = split_whatsat(&reply);
+        assert_eq!(value["status"], "UNKNOWN_ERROR", "{value}");
+        assert_eq!(value["results"], serde_json::json!([]));
+        assert!(value["error_message"].is_string(), "{value}");
+    }
+    assert!(started.elapsed() < Duration::from_millis(3000), "answered within the deadline: {:?}", started.elapsed());
+    let asked = service.requests() - before;
+    assert!((1..=2).contains(&asked), "twenty waiters, one request (and at most one retry): {asked}");
+    // Not cached: the next WHATSAT asks again.
+    let reply = ask(port, b"WHATSAT a 10 1\n");
+    assert_eq!(split_whatsat(&reply).1["status"], "UNKNOWN_ERROR");
+    assert!(service.requests() - before > asked, "a failure was cached");
+    assert!(ask(port, b"IAMAT b +1+1 1\n").starts_with(b"AT Solo "));
+}
+
+/// WHATSAT end to end against the upstream's own answer: for each (radius, bound), the JSON a client
+/// receives equals the local Places service's answer for that position and radius, asked directly
+/// over HTTPS by this test, with `results` cut to the first `bound`: result for result, key for key,
+/// number text for number text. Nothing of herd's computes the expectation.
+#[test]
+fn whatsat_answers_the_first_bound_results_the_upstream_serves_for_that_place() {
+    let service = PlacesService::start(&[]);
+    let (config, _server) = single_server(&service, "legacy", 3000, &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    for (loc, lat_lng) in [(UCLA, "34.068930,-118.445127"), ("-33.8587+151.2100", "-33.8587,151.2100")] {
+        ask(port, format!("IAMAT e2e {loc} 1\n").as_bytes());
+        for (radius, metres, bound) in
+            [("10", 10_000, 5), ("2.5", 2_500, 20), ("50", 50_000, 1), ("1", 1_000, 0), ("10", 10_000, 20)]
+        {
+            let reply = ask(port, format!("WHATSAT e2e {radius} {bound}\n").as_bytes());
+            let (_, got, _) = split_whatsat(&reply);
+            let direct = https_get(
+                service.port,
+                &service.ca,
+                &format!("/maps/api/place/nearbysearch/json?location={lat_lng}&radius={metres}&key=k"),
+            );
+            let mut want: serde_json::Value = serde_json::from_slice(&direct).expect("the service's JSON");
+            let results = want["results"].as_array_mut().unwrap();
+            if radius == "10" {
+                assert!(results.len() >= 5, "{loc} {radius} km: the gazetteer has places there: {want}");
+            }
+            results.truncate(bound);
+            assert_eq!(got, want, "{loc}, {radius} km, bound {bound}");
+        }
+    }
+}

@@ -33,8 +33,6 @@ use std::time::{Duration, Instant};
 
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
-/// Bytes of cached answers kept at most (a 20-result answer with its parsed tree is about 200 KB).
-const CACHE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// How a request on an upstream connection ended (the connection reports it; this client decides).
 pub enum Outcome {
@@ -212,6 +210,9 @@ pub struct PlacesClient {
     shaped: mpsc::Receiver<(u64, PlacesAnswer)>,
     cache: HashMap<Key, CacheEntry>,
     cache_bytes: usize,
+    /// Bytes of cached answers kept at most (`places.cache_max_bytes`; a 20-result answer with its
+    /// parsed tree is about 200 KB).
+    cache_max_bytes: usize,
     pub requests: HashMap<u64, Request>,
     by_key: HashMap<Key, u64>,
     pub queue: VecDeque<u64>,
@@ -319,6 +320,7 @@ impl PlacesClient {
             server_name,
             timeout: Duration::from_millis(config.timeout_ms),
             ttl: Duration::from_secs(config.cache_ttl_s),
+            cache_max_bytes: config.cache_max_bytes,
             pool_size: config.pool_size,
             max_conns: config.pool_size.max(1) * 4,
             address: Address::Resolving,
@@ -708,10 +710,10 @@ impl PlacesClient {
         }
         // The answer's bytes plus its parsed tree, roughly: bound the cache by bytes, not entries.
         let size = answer.body(places::MAX_RESULTS).len() * 6 + key.size() + 64;
-        if self.cache_bytes + size > CACHE_MAX_BYTES {
+        if self.cache_bytes + size > self.cache_max_bytes {
             self.evict(now);
         }
-        if self.cache_bytes + size > CACHE_MAX_BYTES {
+        if self.cache_bytes + size > self.cache_max_bytes {
             return;
         }
         self.cache_bytes += size;
@@ -731,7 +733,7 @@ impl PlacesClient {
             keep
         });
         self.cache_bytes -= freed;
-        while self.cache_bytes > CACHE_MAX_BYTES / 2 {
+        while self.cache_bytes > self.cache_max_bytes / 2 {
             let Some(k) = self.cache.keys().next().cloned() else { break };
             let e = self.cache.remove(&k).expect("present");
             self.cache_bytes -= e.size;
@@ -782,6 +784,7 @@ mod tests {
             timeout_ms: 1000,
             pool_size: 1,
             cache_ttl_s: 60,
+            cache_max_bytes: 64 << 20,
         };
         (poll, PlacesClient::new(&config, waker).unwrap())
     }
@@ -801,6 +804,17 @@ mod tests {
         assert_eq!(c.queue.pop_front(), Some(id));
         c.assign(id, Token(2)).expect("present");
         (id, key)
+    }
+
+    fn json(body: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+    }
+
+    /// The fixture's JSON with `results` cut to its first `n` entries (the expected answer for bound n).
+    fn first_results(n: usize) -> serde_json::Value {
+        let mut v = json(FIXTURE);
+        v["results"].as_array_mut().unwrap().truncate(n);
+        v
     }
 
     fn response(body: &[u8]) -> Outcome {
@@ -824,15 +838,22 @@ mod tests {
         let done = c.take_shaped(t0 + Duration::from_millis(500));
         assert_eq!(done.len(), 1);
         let (replies, line) = &done[0];
-        let mut inline = PlacesAnswer::from_response(Api::Legacy, 200, FIXTURE);
         assert_eq!(replies.len(), 2);
-        assert_eq!((replies[0].0.client, replies[0].1.as_slice()), (Token(1), inline.body(5)));
-        assert_eq!((replies[1].0.client, replies[1].1.as_slice()), (Token(3), inline.body(20)));
+        assert_eq!((replies[0].0.client, replies[1].0.client), (Token(1), Token(3)));
+        // Expected bodies from the fixture itself, not from the shaping code: bound 20 cuts nothing, so
+        // the body is Google's own bytes (no run of LFs in this fixture, trailing LFs removed); bound 5
+        // is the same JSON with its results cut to the first five.
+        let own = FIXTURE.strip_suffix(b"\n").unwrap_or(FIXTURE);
+        assert!(!own.windows(2).any(|w| w == b"\n\n") && !own.ends_with(b"\n"));
+        assert_eq!(replies[1].1.as_slice(), own);
+        assert_eq!(json(&replies[0].1), first_results(5));
+        assert!(!replies[0].1.windows(2).any(|w| w == b"\n\n"), "no empty line inside the JSON");
         // The time logged is the upstream's, not the shaping's.
         assert!(line.contains(": OK (20 results) in 40.0 ms for 2 waiters"), "{line}");
         assert!(c.requests.is_empty() && c.by_key.is_empty());
         // And it is cached like any answer.
-        assert_eq!(c.cached(&key, 3, t0 + Duration::from_secs(1)), Some(inline.body(3)));
+        let cached = c.cached(&key, 3, t0 + Duration::from_secs(1)).expect("cached").to_vec();
+        assert_eq!(json(&cached), first_results(3));
     }
 
     #[test]

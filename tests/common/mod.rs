@@ -258,7 +258,13 @@ pub fn grader(port: u16, bytes: &[u8]) -> Vec<u8> {
     s.write_all(bytes).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     let mut buf = vec![0u8; 1 << 20];
-    let n = s.read(&mut buf).expect("read");
+    // One read, as the grader does; a signal to this test process (EINTR) is not the server's doing.
+    let n = loop {
+        match s.read(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r.expect("read"),
+        }
+    };
     buf.truncate(n);
     buf
 }
