@@ -496,11 +496,8 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
 /// The fsync latency histogram in Prometheus form: `_bucket{le=...}` (cumulative), `_sum`, `_count`, all
 /// in one unit, microseconds (the samples here are integers, and a microsecond resolves an fsync).
 fn out_histogram(metric: &mut impl FnMut(&str, &str, &str, &[(String, u64)]), st: &journal::Stats) {
-    let mut buckets: Vec<(String, u64)> = journal::FSYNC_BUCKETS_US
-        .iter()
-        .zip(&st.fsync_buckets)
-        .map(|(us, n)| (format!("le=\"{us}\""), *n))
-        .collect();
+    let mut buckets: Vec<(String, u64)> =
+        journal::FSYNC_BUCKETS_US.iter().zip(&st.fsync_buckets).map(|(us, n)| (format!("le=\"{us}\""), *n)).collect();
     buckets.push(("le=\"+Inf\"".to_string(), st.fsyncs));
     metric("journal_fsync_microseconds_bucket", "histogram", "fsync latency of the journal.", &buckets);
     let sum = [(String::new(), (st.fsync_seconds * 1e6) as u64)];
