@@ -30,7 +30,7 @@ pub enum ServerError {
     Places(String),
     /// `peer_tls` is configured but this server's certificate, key or the CA cannot be used (the message
     /// names the file and `herd certs`).
-    PeerTls(String),
+    PeerTls(super::peer_tls::TlsError),
     /// A helper thread (log writer, Places resolver or shaper) cannot be started.
     Thread { what: &'static str, source: io::Error },
     /// A system resource of the loop (poll, registration, waker, signal handlers) failed.
@@ -52,7 +52,8 @@ impl std::fmt::Display for ServerError {
                 write!(f, "admin_token_env names {var}, which is not set or empty (the admin listener would be open)")
             }
             ServerError::Config(e) => write!(f, "{e}"),
-            ServerError::Places(message) | ServerError::PeerTls(message) => f.write_str(message),
+            ServerError::Places(message) => f.write_str(message),
+            ServerError::PeerTls(e) => write!(f, "{e}"),
             ServerError::Journal(e) => write!(f, "{e}"),
             ServerError::Listen { server, what, addr, source } => {
                 write!(f, "{server}: cannot listen on {addr} ({what}): {source}")
@@ -80,6 +81,7 @@ impl std::error::Error for ServerError {
             | ServerError::Io { source, .. } => Some(source),
             ServerError::Config(e) => Some(e),
             ServerError::Journal(e) => Some(e),
+            ServerError::PeerTls(e) => Some(e),
             _ => None,
         }
     }
