@@ -42,7 +42,7 @@ pub enum UpError {
     /// A port the herd needs is in use (or not ours to bind): nothing was started.
     CannotListen { addr: SocketAddr, what: String, source: std::io::Error },
     /// With `peer_tls`, the missing certificates could not be written (the message says which file).
-    PeerCerts(String),
+    PeerCerts(crate::certs::CertsError),
     /// SIGTERM and SIGINT could not be caught.
     Signals(std::io::Error),
     /// The path of the running `herd` executable, needed to start the children, is unknown.
@@ -105,7 +105,8 @@ impl std::error::Error for UpError {
             | UpError::TokenFile { source, .. } => Some(source),
             UpError::Signals(e) | UpError::OwnExecutable(e) => Some(e),
             UpError::ExitedDuringStartup { .. } | UpError::StartTimeout { .. } => None,
-            UpError::Interrupted | UpError::AllExited | UpError::NoRandomness | UpError::PeerCerts(_) => None,
+            UpError::PeerCerts(e) => Some(e),
+            UpError::Interrupted | UpError::AllExited | UpError::NoRandomness => None,
         }
     }
 }

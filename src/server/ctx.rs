@@ -296,7 +296,7 @@ impl Ctx {
 
     /// The byte layer of a new peer link: TLS when the config has `peer_tls` (dialing neighbour `dial`,
     /// or accepting when None), the socket itself otherwise.
-    pub fn peer_io(&self, dial: Option<usize>) -> Result<PeerIo, String> {
+    pub fn peer_io(&self, dial: Option<usize>) -> Result<PeerIo, super::peer_tls::TlsError> {
         match (&self.peer_tls, dial) {
             (None, _) => Ok(PeerIo::Plain),
             (Some(tls), Some(n)) => tls.dial_io(&self.neighbours[n].name),

@@ -2,7 +2,7 @@
 //!
 //! Every variant prints the same one line the server always printed (`herd: ...` on stderr, exit status
 //! 2), so scripts that read the text keep working, while tests and callers can match the variant.
-//! A leaf: it imports nothing of the server (only the config layer below it).
+//! Near a leaf: it imports only the error types of the leaves below it (config, journal, peer TLS).
 
 use std::io;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ pub enum ServerError {
     Places(String),
     /// `peer_tls` is configured but this server's certificate, key or the CA cannot be used (the message
     /// names the file and `herd certs`).
-    PeerTls(String),
+    PeerTls(super::peer_tls::TlsError),
     /// A helper thread (log writer, Places resolver or shaper) cannot be started.
     Thread { what: &'static str, source: io::Error },
     /// A system resource of the loop (poll, registration, waker, signal handlers) failed.
@@ -38,7 +38,7 @@ pub enum ServerError {
     /// No system randomness for the handshake nonces and jitter.
     NoRandomness,
     /// The journal cannot be opened or replayed (a corrupt entry in the middle names its file and offset).
-    Journal(String),
+    Journal(super::journal::JournalError),
 }
 
 impl std::fmt::Display for ServerError {
@@ -52,9 +52,9 @@ impl std::fmt::Display for ServerError {
                 write!(f, "admin_token_env names {var}, which is not set or empty (the admin listener would be open)")
             }
             ServerError::Config(e) => write!(f, "{e}"),
-            ServerError::Places(message) | ServerError::PeerTls(message) | ServerError::Journal(message) => {
-                f.write_str(message)
-            }
+            ServerError::Places(message) => f.write_str(message),
+            ServerError::PeerTls(e) => write!(f, "{e}"),
+            ServerError::Journal(e) => write!(f, "{e}"),
             ServerError::Listen { server, what, addr, source } => {
                 write!(f, "{server}: cannot listen on {addr} ({what}): {source}")
             }
@@ -80,6 +80,8 @@ impl std::error::Error for ServerError {
             | ServerError::Thread { source, .. }
             | ServerError::Io { source, .. } => Some(source),
             ServerError::Config(e) => Some(e),
+            ServerError::Journal(e) => Some(e),
+            ServerError::PeerTls(e) => Some(e),
             _ => None,
         }
     }

@@ -137,7 +137,7 @@ impl Server {
         let journal_opts = match (&config.journal, &waker) {
             (Some(jc), Some(waker)) => {
                 let fsync = journal::FsyncMode::parse(&jc.fsync)
-                    .ok_or_else(|| ServerError::Journal(format!("journal.fsync: {:?}", jc.fsync)))?;
+                    .ok_or_else(|| ServerError::Journal(journal::JournalError::UnknownFsync(jc.fsync.clone())))?;
                 let mut opts = journal::Options::new(jc.dir.join(name), fsync);
                 opts.rewrite_ratio = jc.rewrite_ratio;
                 opts.rewrite_min_entries = JOURNAL_REWRITE_MIN;

@@ -260,8 +260,12 @@ pub const JOURNAL_TICK_REWRITING: Duration = Duration::from_millis(2);
 impl Ctx {
     /// Opens the journal and replays it into the record table, before the first accept. Each entry is
     /// offered as a record with the seq it was stored with; the seq counter resumes where the journal
-    /// says (see `journal`'s replication id rule). Returns a one-line error (a corrupt middle).
-    pub fn open_journal(&mut self, opts: &journal::Options, waker: Arc<mio::Waker>) -> Result<(), String> {
+    /// says (see `journal`'s replication id rule). Fails as the journal does (a corrupt middle, say).
+    pub fn open_journal(
+        &mut self,
+        opts: &journal::Options,
+        waker: Arc<mio::Waker>,
+    ) -> Result<(), journal::JournalError> {
         let started = Instant::now();
         // Room for the table up front: growing the index on the way rehashes every id each time.
         let expected = journal::Journal::estimate_entries(&opts.dir) as usize;

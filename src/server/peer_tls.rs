@@ -327,6 +327,113 @@ impl PeerIo {
 }
 
 /// The files one server's peer TLS is built from.
+/// Why peer TLS cannot be set up (at start, or on a SIGHUP reload) or a link's TLS side cannot be made.
+/// Each variant prints the one line it always printed: a missing or unusable file names it and the
+/// `herd certs` command that makes it.
+#[derive(Debug)]
+pub enum TlsError {
+    /// A file cannot be read (most often: missing); `remedy` is the `herd certs` command to run.
+    Read { what: &'static str, path: PathBuf, source: std::io::Error, remedy: String },
+    /// A file is not the PEM it should be.
+    BadPem { path: PathBuf, expected: Pem, source: rustls::pki_types::pem::Error },
+    /// The certificate file holds no certificate.
+    NoCertificate { path: PathBuf },
+    /// Our own certificate would be refused by our neighbours (expired, another CA, another name).
+    /// (`why` is boxed to keep the error, and `ServerError` with it, small.)
+    Refused { cert: PathBuf, ca: PathBuf, own: String, why: Box<webpki::Error>, remedy: String },
+    /// The files are read but rustls refuses to build a configuration from them.
+    Build { cert: PathBuf, source: BuildError },
+    /// A neighbour's name that is not a DNS name (the config refuses those, so only by misuse).
+    NotDnsName(String),
+    /// rustls refuses to start a connection.
+    Rustls(rustls::Error),
+}
+
+/// What a PEM file should hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pem {
+    /// The CA file: one certificate.
+    Certificate,
+    /// A server's certificate file: a chain.
+    Certificates,
+    /// A server's key file.
+    PrivateKey,
+}
+
+/// Why [`build`] cannot make the two configurations.
+#[derive(Debug)]
+pub enum BuildError {
+    /// The CA certificate cannot be a trust anchor.
+    BadCa(rustls::Error),
+    /// The client-certificate verifier cannot be built.
+    Verifier(rustls::server::VerifierBuilderError),
+    /// rustls refuses the protocol versions, the chain or the key.
+    Rustls(rustls::Error),
+}
+
+impl std::fmt::Display for BuildError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BuildError::BadCa(e) => write!(f, "not a usable CA certificate: {e}"),
+            BuildError::Verifier(e) => write!(f, "client verifier: {e}"),
+            BuildError::Rustls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BuildError::BadCa(e) | BuildError::Rustls(e) => Some(e),
+            BuildError::Verifier(e) => Some(e),
+        }
+    }
+}
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TlsError::Read { what, path, source, remedy } => write!(
+                f,
+                "peer_tls: cannot read {what} {}: {source}; {remedy} writes the herd's certificates",
+                path.display()
+            ),
+            TlsError::BadPem { path, expected, source } => {
+                let expected = match expected {
+                    Pem::Certificate => "not a PEM certificate",
+                    Pem::Certificates => "not PEM certificates",
+                    Pem::PrivateKey => "not a PEM private key",
+                };
+                write!(f, "peer_tls: {}: {expected}: {source}", path.display())
+            }
+            TlsError::NoCertificate { path } => write!(f, "peer_tls: {}: no certificate in it", path.display()),
+            TlsError::Refused { cert, ca, own, why, remedy } => write!(
+                f,
+                "peer_tls: {}: {} (for {own}, against {}); {remedy} --renew issues a new one",
+                cert.display(),
+                crate::certs::describe(why),
+                ca.display()
+            ),
+            TlsError::Build { cert, source } => write!(f, "peer_tls: {}: {source}", cert.display()),
+            TlsError::NotDnsName(name) => write!(f, "{name:?} is not a DNS name"),
+            TlsError::Rustls(e) => write!(f, "TLS: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TlsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TlsError::Read { source, .. } => Some(source),
+            TlsError::BadPem { source, .. } => Some(source),
+            TlsError::Refused { why, .. } => Some(why.as_ref()),
+            TlsError::Build { source, .. } => Some(source),
+            TlsError::Rustls(e) => Some(e),
+            TlsError::NoCertificate { .. } | TlsError::NotDnsName(_) => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Files {
     pub ca: PathBuf,
@@ -353,7 +460,7 @@ pub struct PeerTls {
 impl PeerTls {
     /// Loads server `own`'s certificate and key and the CA. Missing or unusable files are a one-line
     /// error that names `herd certs`; `config_path` is the config to name in it.
-    pub fn load(tls: &PeerTlsConfig, config_path: &Path, own: &str) -> Result<PeerTls, String> {
+    pub fn load(tls: &PeerTlsConfig, config_path: &Path, own: &str) -> Result<PeerTls, TlsError> {
         let files = Files::of(tls, own);
         let remedy = format!("`herd certs --config {}`", config_path.display());
         let (server, client) = build_from_files(own, &files, &remedy)?;
@@ -362,7 +469,7 @@ impl PeerTls {
 
     /// Reads the files again and rebuilds both configurations (SIGHUP). Live sessions keep the old ones;
     /// new links use the new ones. On an error nothing changes and the error says why.
-    pub fn reload(&mut self) -> Result<(), String> {
+    pub fn reload(&mut self) -> Result<(), TlsError> {
         let (server, client) = build_from_files(&self.own, &self.files, &self.remedy)?;
         self.server = server;
         self.client = client;
@@ -382,58 +489,66 @@ impl PeerTls {
     }
 
     /// The TLS side of a link a neighbour dialed.
-    pub fn accept(&self) -> Result<ServerConnection, String> {
-        ServerConnection::new(self.server.clone()).map_err(|e| format!("TLS: {e}"))
+    pub fn accept(&self) -> Result<ServerConnection, TlsError> {
+        ServerConnection::new(self.server.clone()).map_err(TlsError::Rustls)
     }
 
     /// The TLS side of a link we dial to `neighbour`: its certificate must name it.
-    pub fn dial(&self, neighbour: &str) -> Result<ClientConnection, String> {
+    pub fn dial(&self, neighbour: &str) -> Result<ClientConnection, TlsError> {
         let name =
-            ServerName::try_from(neighbour.to_string()).map_err(|_| format!("{neighbour:?} is not a DNS name"))?;
-        ClientConnection::new(self.client.clone(), name).map_err(|e| format!("TLS: {e}"))
+            ServerName::try_from(neighbour.to_string()).map_err(|_| TlsError::NotDnsName(neighbour.to_string()))?;
+        ClientConnection::new(self.client.clone(), name).map_err(TlsError::Rustls)
     }
 
     /// [`PeerTls::accept`] as the byte layer of a peer link.
-    pub fn accept_io(&self) -> Result<PeerIo, String> {
+    pub fn accept_io(&self) -> Result<PeerIo, TlsError> {
         Ok(PeerIo::Tls(Box::new(TlsIo::new(self.accept()?.into()))))
     }
 
     /// [`PeerTls::dial`] as the byte layer of a peer link.
-    pub fn dial_io(&self, neighbour: &str) -> Result<PeerIo, String> {
+    pub fn dial_io(&self, neighbour: &str) -> Result<PeerIo, TlsError> {
         Ok(PeerIo::Tls(Box::new(TlsIo::new(self.dial(neighbour)?.into()))))
     }
 }
 
-fn build_from_files(own: &str, files: &Files, remedy: &str) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String> {
-    let read = |what: &str, path: &Path| -> Result<Vec<u8>, String> {
-        std::fs::read(path).map_err(|e| {
-            format!("peer_tls: cannot read {what} {}: {e}; {remedy} writes the herd's certificates", path.display())
+fn build_from_files(
+    own: &str,
+    files: &Files,
+    remedy: &str,
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), TlsError> {
+    let read = |what: &'static str, path: &Path| -> Result<Vec<u8>, TlsError> {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            what,
+            path: path.to_path_buf(),
+            source,
+            remedy: remedy.to_string(),
         })
+    };
+    let bad_pem = |path: &Path, expected| {
+        let path = path.to_path_buf();
+        move |source| TlsError::BadPem { path, expected, source }
     };
     let ca_pem = read("the CA", &files.ca)?;
     let cert_pem = read("the certificate", &files.cert)?;
     let key_pem = read("the key", &files.key)?;
-    let ca = CertificateDer::from_pem_slice(&ca_pem)
-        .map_err(|e| format!("peer_tls: {}: not a PEM certificate: {e}", files.ca.display()))?;
+    let ca = CertificateDer::from_pem_slice(&ca_pem).map_err(bad_pem(&files.ca, Pem::Certificate))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("peer_tls: {}: not PEM certificates: {e}", files.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|e| format!("peer_tls: {}: not a PEM private key: {e}", files.key.display()))?;
+        .map_err(bad_pem(&files.cert, Pem::Certificates))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(bad_pem(&files.key, Pem::PrivateKey))?;
     let Some(leaf) = chain.first() else {
-        return Err(format!("peer_tls: {}: no certificate in it", files.cert.display()));
+        return Err(TlsError::NoCertificate { path: files.cert.clone() });
     };
     // Our own certificate must pass the check our neighbours will make, or every link would fail later,
     // one by one, with the reason only in their logs.
-    crate::certs::check_certificate(&ca, leaf, own, UnixTime::now()).map_err(|e| {
-        format!(
-            "peer_tls: {}: {} (for {own}, against {}); {remedy} --renew issues a new one",
-            files.cert.display(),
-            crate::certs::describe(&e),
-            files.ca.display()
-        )
+    crate::certs::check_certificate(&ca, leaf, own, UnixTime::now()).map_err(|why| TlsError::Refused {
+        cert: files.cert.clone(),
+        ca: files.ca.clone(),
+        own: own.to_string(),
+        why: Box::new(why),
+        remedy: remedy.to_string(),
     })?;
-    build(ca, chain, key).map_err(|e| format!("peer_tls: {}: {e}", files.cert.display()))
+    build(ca, chain, key).map_err(|source| TlsError::Build { cert: files.cert.clone(), source })
 }
 
 /// The two configurations: TLS 1.3 only, ring, trusting `ca` alone, presenting `chain` with `key`, client
@@ -442,30 +557,29 @@ pub fn build(
     ca: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String> {
+) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), BuildError> {
     let mut roots = RootCertStore::empty();
-    roots.add(ca).map_err(|e| format!("not a usable CA certificate: {e}"))?;
+    roots.add(ca).map_err(BuildError::BadCa)?;
     let roots = Arc::new(roots);
     let versions = &[&rustls::version::TLS13];
 
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
-        .build()
-        .map_err(|e| format!("client verifier: {e}"))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(roots.clone(), provider()).build().map_err(BuildError::Verifier)?;
     let mut server = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
+        .map_err(BuildError::Rustls)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain.clone(), key.clone_key())
-        .map_err(|e| e.to_string())?;
+        .map_err(BuildError::Rustls)?;
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     server.send_tls13_tickets = 0;
 
     let mut client = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| e.to_string())?
+        .map_err(BuildError::Rustls)?
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
-        .map_err(|e| e.to_string())?;
+        .map_err(BuildError::Rustls)?;
     client.resumption = rustls::client::Resumption::disabled();
     Ok((Arc::new(server), Arc::new(client)))
 }
@@ -672,8 +786,15 @@ mod tests {
         std::fs::write(herd.dir.join("Bona.pem"), &old.cert_pem).unwrap();
         std::fs::write(herd.dir.join("Bona.key"), &old.key_pem).unwrap();
         let err = PeerTls::load(&herd.tls, Path::new("t.json"), "Bona").err().unwrap();
-        assert!(err.contains("Bona.pem: expired") && err.contains("herd certs"), "{err}");
-        assert!(!err.contains('\n'));
+        assert!(
+            matches!(&err, TlsError::Refused { cert, own, why, .. }
+                if *cert == herd.dir.join("Bona.pem") && own == "Bona"
+                    && matches!(**why, webpki::Error::CertExpired { .. })),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains("Bona.pem: expired") && text.contains("herd certs"), "{text}");
+        assert!(!text.contains('\n'));
     }
 
     #[test]
@@ -695,11 +816,20 @@ mod tests {
         let herd = Herd::new("missing");
         std::fs::remove_file(herd.dir.join("Bona.key")).unwrap();
         let err = PeerTls::load(&herd.tls, Path::new("conf/h.json"), "Bona").err().unwrap();
-        assert!(err.contains("Bona.key") && err.contains("`herd certs --config conf/h.json`"), "{err}");
-        assert!(!err.contains('\n'));
+        assert!(
+            matches!(&err, TlsError::Read { what: "the key", path, .. } if *path == herd.dir.join("Bona.key")),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("peer_tls: cannot read the key "), "{text}");
+        assert!(text.contains("Bona.key") && text.contains("`herd certs --config conf/h.json`"), "{text}");
+        assert!(!text.contains('\n'));
         // A server the directory has no certificate for at all.
         let err = PeerTls::load(&herd.tls, Path::new("t.json"), "Hands").err().unwrap();
-        assert!(err.contains("Hands.pem") && err.contains("herd certs"), "{err}");
+        assert!(
+            matches!(&err, TlsError::Read { what: "the certificate", path, .. } if *path == herd.dir.join("Hands.pem")),
+            "{err:?}"
+        );
     }
 
     #[test]
@@ -744,7 +874,8 @@ mod tests {
         // A reload that fails (key gone) keeps what worked.
         std::fs::remove_file(herd.dir.join("Bailey.key")).unwrap();
         let kept = bailey.server_config().clone();
-        assert!(bailey.reload().unwrap_err().contains("herd certs"));
+        let err = bailey.reload().unwrap_err();
+        assert!(matches!(&err, TlsError::Read { what: "the key", .. }), "{err:?}");
         assert!(Arc::ptr_eq(&kept, bailey.server_config()));
     }
 

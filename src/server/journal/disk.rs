@@ -13,6 +13,7 @@
 //! the directory), so a crash leaves either the old list or the new one. A file it does not list is debris
 //! of an interrupted rewrite and is removed at open.
 
+use super::error::{IoOp, JournalError, MetaProblem};
 use super::format::{self, Entry, HEADER, MAGIC, MAX_PAYLOAD};
 use super::{Faults, FsyncMode};
 use std::collections::BTreeMap;
@@ -70,10 +71,11 @@ impl Meta {
         s
     }
 
-    fn parse(text: &str, shown: &str) -> Result<Meta, String> {
+    fn parse(text: &str, file: &Path) -> Result<Meta, JournalError> {
+        let problem = |problem| JournalError::BadMeta { file: file.to_path_buf(), problem };
         let mut lines = text.lines().enumerate();
         if lines.next().map(|(_, l)| l) != Some("herd-journal 1") {
-            return Err(format!("{shown}: not a herd journal meta file (version 1)"));
+            return Err(problem(MetaProblem::NotMeta));
         }
         let mut meta = Meta {
             rid: String::new(),
@@ -84,7 +86,7 @@ impl Meta {
             peers: BTreeMap::new(),
         };
         for (i, line) in lines {
-            let bad = || format!("{shown}: line {}: cannot read {line:?}", i + 1);
+            let bad = || problem(MetaProblem::BadLine { line: i + 1, text: line.to_string() });
             let words: Vec<&str> = line.split(' ').collect();
             match words[..] {
                 ["rid", rid] if is_hex(rid) => meta.rid = rid.to_string(),
@@ -99,7 +101,7 @@ impl Meta {
             }
         }
         if meta.rid.is_empty() {
-            return Err(format!("{shown}: no replication id"));
+            return Err(problem(MetaProblem::NoRid));
         }
         Ok(meta)
     }
@@ -199,15 +201,14 @@ impl Disk {
         truncate_corrupt: bool,
         faults: Arc<Faults>,
         on_entry: &mut dyn FnMut(u64, &[u8]),
-    ) -> Result<(Disk, Replayed), String> {
+    ) -> Result<(Disk, Replayed), JournalError> {
         let started = Instant::now();
-        let shown = |p: &Path| p.display().to_string();
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create journal directory {}: {e}", shown(dir)))?;
+        std::fs::create_dir_all(dir).map_err(JournalError::io(IoOp::CreateDir, dir))?;
         let meta_path = dir.join("meta");
         let old_meta = match std::fs::read_to_string(&meta_path) {
-            Ok(text) => Some(Meta::parse(&text, &shown(&meta_path))?),
+            Ok(text) => Some(Meta::parse(&text, &meta_path)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(format!("cannot read {}: {e}", shown(&meta_path))),
+            Err(e) => return Err(JournalError::io(IoOp::Read, meta_path)(e)),
         };
         let mut meta = old_meta.clone().unwrap_or_else(|| Meta {
             rid: String::new(),
@@ -221,9 +222,9 @@ impl Disk {
         // Debris: files the meta does not list. Without a meta file, a data file with entries in it means
         // the meta file was lost, and guessing would be worse than stopping.
         let mut next_gen = 1;
-        let listing = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", shown(dir)))?;
+        let listing = std::fs::read_dir(dir).map_err(JournalError::io(IoOp::List, dir))?;
         for item in listing {
-            let item = item.map_err(|e| format!("cannot list {}: {e}", shown(dir)))?;
+            let item = item.map_err(JournalError::io(IoOp::List, dir))?;
             let name = item.file_name().to_string_lossy().into_owned();
             let path = item.path();
             if let Some((_, gen)) = kind_of(&name) {
@@ -233,12 +234,12 @@ impl Disk {
                 }
                 let len = item.metadata().map(|m| m.len()).unwrap_or(0);
                 if old_meta.is_none() && len > MAGIC.len() as u64 {
-                    return Err(format!("journal {}: {name} holds entries but there is no meta file", shown(dir)));
+                    return Err(JournalError::NoMeta { dir: dir.to_path_buf(), file: name });
                 }
             } else if !name.ends_with(".tmp") {
                 continue;
             }
-            std::fs::remove_file(&path).map_err(|e| format!("cannot remove {}: {e}", shown(&path)))?;
+            std::fs::remove_file(&path).map_err(JournalError::io(IoOp::Remove, &path))?;
         }
         for name in &meta.files {
             next_gen = next_gen.max(kind_of(name).map_or(0, |(_, g)| g + 1));
@@ -250,7 +251,7 @@ impl Disk {
         let mut lost_durable = false;
         for i in 0..meta.files.len() {
             let path = dir.join(&meta.files[i]);
-            let scan = scan_file(&path, on_entry).map_err(|e| format!("cannot read {}: {e}", shown(&path)))?;
+            let scan = scan_file(&path, on_entry).map_err(JournalError::io(IoOp::Read, &path))?;
             stats.entries += scan.entries;
             stats.max_seq = stats.max_seq.max(scan.max_seq);
             stats.len += scan.good_end;
@@ -258,23 +259,19 @@ impl Disk {
             let later = &meta.files[i + 1..];
             let good_later = scan.good_after || later.iter().any(|f| has_good_entry(&dir.join(f)).unwrap_or(true));
             if good_later && !truncate_corrupt {
-                return Err(format!(
-                    "journal {}: corrupt entry at byte {bad}, with valid entries after it; \
-                     `herd serve --journal-truncate-corrupt` keeps only what precedes it",
-                    shown(&path)
-                ));
+                return Err(JournalError::Corrupt { file: path, offset: bad });
             }
             // A tail that was being written when the process or machine stopped: cut it. Or, when asked,
             // everything from a corrupt entry on.
             let mut cut_bytes = scan.len - bad;
-            truncate_to(&path, bad).map_err(|e| format!("cannot truncate {}: {e}", shown(&path)))?;
+            truncate_to(&path, bad).map_err(JournalError::io(IoOp::Truncate, &path))?;
             for f in later {
                 let p = dir.join(f);
                 cut_bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0).saturating_sub(MAGIC.len() as u64);
                 if good_later {
                     let _ = std::fs::remove_file(&p);
                 } else {
-                    truncate_to(&p, 0).map_err(|e| format!("cannot truncate {}: {e}", shown(&p)))?;
+                    truncate_to(&p, 0).map_err(JournalError::io(IoOp::Truncate, &p))?;
                 }
             }
             if good_later {
@@ -309,7 +306,7 @@ impl Disk {
         meta.mode = mode;
         meta.clean = false;
         meta.last_seq = next_seq - 1;
-        let fail = |e: io::Error| format!("cannot open the journal in {}: {e}", shown(dir));
+        let fail = |source| JournalError::Io { op: IoOp::Open, path: dir.to_path_buf(), source };
         let reuse = meta.files.last().filter(|f| kind_of(f).is_some_and(|(k, _)| k == Kind::Segment)).cloned();
         let (tail, len) = match reuse {
             Some(name) => {

@@ -54,9 +54,11 @@
 //! will be reused. After a clean close it resumes right after the greatest seq.
 
 mod disk;
+mod error;
 mod format;
 
 pub use disk::{new_rid, Meta, Replayed, UNCLEAN_SKIP};
+pub use error::{IoOp, JournalError, MetaProblem};
 
 use disk::Disk;
 use std::collections::{BTreeMap, VecDeque};
@@ -250,13 +252,13 @@ pub struct Journal {
 
 impl Journal {
     /// Opens the journal in `opts.dir`, replays it through `on_entry(seq, line)` in journal order, and
-    /// starts the writer thread, which wakes the loop through `waker`. Errors are one line (a corrupt
-    /// middle names the file and the byte offset).
+    /// starts the writer thread, which wakes the loop through `waker`. Errors print as one line (a corrupt
+    /// middle, `JournalError::Corrupt`, names the file and the byte offset).
     pub fn open(
         opts: &Options,
         waker: Arc<mio::Waker>,
         on_entry: &mut dyn FnMut(u64, &[u8]),
-    ) -> Result<(Journal, Replayed), String> {
+    ) -> Result<(Journal, Replayed), JournalError> {
         let (disk, replayed) =
             Disk::open(&opts.dir, opts.fsync, opts.truncate_corrupt, Arc::clone(&opts.faults), on_entry)?;
         if let Some((file, at)) = &replayed.cut_at {
@@ -278,7 +280,7 @@ impl Journal {
         let thread = std::thread::Builder::new()
             .name("herd-journal".into())
             .spawn(move || Writer::new(disk, theirs, waker, mode).run())
-            .map_err(|e| format!("cannot start the journal writer thread: {e}"))?;
+            .map_err(JournalError::Thread)?;
         let journal = Journal {
             shared,
             thread: Some(thread),
