@@ -88,7 +88,7 @@ impl<'a> RecordRef<'a> {
         self.body
     }
 
-    /// The fields, as ranges into the whole line (as [`protocol::parse_at`] gives them).
+    /// The fields, as ranges into the whole line (as [`protocol::parse_at`](crate::protocol::parse_at) gives them).
     pub fn fields(&self) -> AtFields {
         let shift = |r: (u32, u32)| (r.0 + 3, r.1 + 3);
         let f = self.fields;
