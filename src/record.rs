@@ -3,7 +3,7 @@
 //! A record is the whole `AT` line a server answered to an IAMAT, kept byte for byte so that every server
 //! of the herd can hand it out unchanged. Ordering is exact and total: client time compared as decimals,
 //! then (server name, location) bytewise, so every server keeps the same record whatever order updates
-//! arrive in. No I/O and no clock here: the table of records, [`RecordStore`], is in `record/store.rs`.
+//! arrive in. No I/O and no clock here: the table of records, [`RecordStore`], is in `record/store/`.
 
 use crate::protocol::{self, AtFields};
 use std::cmp::Ordering;

@@ -27,15 +27,8 @@
 //! between 5.7 and 11.4 bytes with the table's power-of-two size (see `make_room_in_index` for how churn
 //! is kept from doubling it); the rest is per record.
 //!
-//! # Ordering
-//!
-//! Newest-wins between two records of one client is [`RecencyKey`](super::RecencyKey)'s order: client time,
-//! then server name, then location. Retention orders records of *different* clients by (client time,
-//! client id bytewise). Client times are decimals of any length, so both orders first compare a compact
-//! 64-bit key ([`time_key`]): whole seconds (33 bits, good until the year 2242), the first nine fraction
-//! digits (30 bits), and one bit saying whether digits past the ninth are non-zero. The key is monotone in
-//! the exact time, so different keys decide at once; equal keys are equal times unless the low bit is set
-//! (both times go past nanoseconds, or are past 2242), and only then are the texts compared.
+//! Newest-wins between two records of one client, and retention's order between clients, are compared
+//! through a compact 64-bit time key: see `point.rs`.
 //!
 //! # Retention
 //!
@@ -63,15 +56,31 @@
 //!
 //! Every record stored gets the next value of the store's `seq` counter (from 1; 0 means nothing), kept in
 //! its header: [`RecordStore::next_since`] walks records stored after a given seq (a slot scan).
+//!
+//! # Parts
+//!
+//! * this file: [`Retention`], the per-slot header and [`RecordStore`] itself (offer, eviction, sweep,
+//!   cursors);
+//! * `refs.rs`: what the store hands out: [`RecordRef`], [`Offer`], [`Evicted`], [`StoreCounters`];
+//! * `point.rs`: the time key and retention's order: [`time_key`], [`cmp_order`], [`OrderPoint`];
+//! * `text.rs`: reading the fields of a stored line.
 
 use super::arena::{LineArena, MAX_LEN, MIN_LEN};
 use super::order::{Entry, OrderHeap};
-use super::{RecencyKey, Record};
 use crate::protocol::{self, AtFields, Timestamp};
 use hashbrown::HashTable;
-use memchr::{memchr, memrchr};
 use std::cmp::Ordering;
 use std::hash::{BuildHasher, RandomState};
+
+mod point;
+mod refs;
+mod text;
+
+pub use point::{cmp_order, time_key, OrderPoint};
+pub use refs::{Evicted, Offer, RecordRef, StoreCounters};
+
+use point::{cmp_time_keyed, SECS_BITS};
+use text::{fields_in, id_in, time_in};
 
 /// How many records a store keeps, and for how long. `None` means unbounded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,52 +89,6 @@ pub struct Retention {
     pub max: Option<usize>,
     /// Records whose client time is more than this many seconds before the clock are dropped (S).
     pub max_age_s: Option<u64>,
-}
-
-/// What became of an offered record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offer {
-    /// Stored with this sequence number: flood it.
-    Stored { seq: u64 },
-    /// The record held for this client is at least as recent.
-    NotNewer,
-    /// A new client while the table is full, and not greater than the least record held.
-    RefusedFull,
-    /// A new client at or below the greatest record ever evicted for space.
-    RefusedBelowEvicted,
-    /// Older than `max_age_s` on arrival: answered, neither stored nor flooded.
-    RefusedOld,
-    /// Not a line the store can hold: not `AT ` .. LF, or longer than the arena's chunks. (Lines that obey
-    /// the protocol's field limits never are.)
-    Invalid,
-}
-
-impl Offer {
-    pub fn is_stored(&self) -> bool {
-        matches!(self, Offer::Stored { .. })
-    }
-}
-
-/// Why a record left the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Evicted {
-    /// The table was full and a greater record of a new client came.
-    Full,
-    /// Its client time became more than `max_age_s` old.
-    Age,
-}
-
-/// What the store did, counted.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoreCounters {
-    pub stored: u64,
-    pub not_newer: u64,
-    pub refused_full: u64,
-    pub refused_below_evicted: u64,
-    pub refused_old: u64,
-    pub invalid: u64,
-    pub evicted_full: u64,
-    pub evicted_age: u64,
 }
 
 /// Per-slot header: where the line is and the record's seq. A free slot has `len == 0` and `chunk` holds
@@ -152,100 +115,6 @@ impl Header {
 const SEQ_LIMIT: u64 = 1 << 48;
 /// End of the free-slot list.
 const NO_SLOT: u32 = u32::MAX;
-
-/// A record as a reader sees it: its line, fields, seq and slot, borrowed from the store.
-#[derive(Debug, Clone, Copy)]
-pub struct RecordRef<'a> {
-    /// The stored text: the line without its leading `AT ` and its final LF.
-    body: &'a [u8],
-    /// Field ranges inside `body`.
-    fields: AtFields,
-    seq: u64,
-    slot: u32,
-}
-
-impl<'a> RecordRef<'a> {
-    /// Appends the whole line, `AT ` to the final LF.
-    pub fn write_line(&self, out: &mut Vec<u8>) {
-        out.reserve(self.line_len());
-        out.extend_from_slice(b"AT ");
-        out.extend_from_slice(self.body);
-        out.push(b'\n');
-    }
-
-    /// The whole line, final LF included, in a new vector.
-    pub fn to_line(&self) -> Vec<u8> {
-        let mut line = Vec::new();
-        self.write_line(&mut line);
-        line
-    }
-
-    /// The length of the whole line, final LF included.
-    pub fn line_len(&self) -> usize {
-        self.body.len() + 4
-    }
-
-    /// The line as stored: without its leading `AT ` and its final LF.
-    pub fn body(&self) -> &'a [u8] {
-        self.body
-    }
-
-    /// The fields, as ranges into the whole line (as [`protocol::parse_at`] gives them).
-    pub fn fields(&self) -> AtFields {
-        let shift = |r: (u32, u32)| (r.0 + 3, r.1 + 3);
-        let f = self.fields;
-        AtFields {
-            server: shift(f.server),
-            client_id: shift(f.client_id),
-            location: shift(f.location),
-            client_time: shift(f.client_time),
-        }
-    }
-
-    fn field(&self, r: (u32, u32)) -> &'a [u8] {
-        &self.body[r.0 as usize..r.1 as usize]
-    }
-
-    pub fn server(&self) -> &'a [u8] {
-        self.field(self.fields.server)
-    }
-
-    pub fn client_id(&self) -> &'a [u8] {
-        self.field(self.fields.client_id)
-    }
-
-    pub fn location(&self) -> &'a [u8] {
-        self.field(self.fields.location)
-    }
-
-    pub fn client_time(&self) -> &'a [u8] {
-        self.field(self.fields.client_time)
-    }
-
-    /// The sequence number it was stored with.
-    pub fn seq(&self) -> u64 {
-        self.seq
-    }
-
-    /// The slot it lives in (a cursor position).
-    pub fn slot(&self) -> u32 {
-        self.slot
-    }
-
-    pub fn recency_key(&self) -> RecencyKey<'a> {
-        RecencyKey { client_time: self.client_time(), server: self.server(), location: self.location() }
-    }
-
-    /// Newest-wins order against another record of the same client.
-    pub fn cmp_recency(&self, other: &Record) -> Ordering {
-        self.recency_key().cmp_recency(&RecencyKey::of(other))
-    }
-
-    /// An owned copy.
-    pub fn to_record(&self) -> Record {
-        Record::parse(&self.to_line()).expect("a stored line is valid")
-    }
-}
 
 /// The record table. See the module documentation.
 pub struct RecordStore {
@@ -650,125 +519,6 @@ fn order_cmp(headers: &[Header], arena: &LineArena, a: Entry, b: Entry) -> Order
         let times = if a.key() & 1 == 1 { protocol::cmp_time(time_in(la), time_in(lb)) } else { Ordering::Equal };
         times.then_with(|| id_in(la).cmp(id_in(lb)))
     })
-}
-
-/// Compares two client times given with their keys: the keys decide unless equal and inexact.
-#[inline]
-fn cmp_time_keyed(ka: u64, ta: &[u8], kb: u64, tb: &[u8]) -> Ordering {
-    ka.cmp(&kb).then_with(|| if ka & 1 == 1 { protocol::cmp_time(ta, tb) } else { Ordering::Equal })
-}
-
-/// Retention's order on (client time, client id), for records that are not in a store (a peer's `least=`).
-pub fn cmp_order(a_time: &[u8], a_id: &[u8], b_time: &[u8], b_id: &[u8]) -> Ordering {
-    protocol::cmp_time(a_time, b_time).then_with(|| a_id.cmp(b_id))
-}
-
-/// A place in retention's order, (client time, client id), as a full peer states its least record in the
-/// handshake: `least=<client-time>,<client-id-hex>` (the id in hex, since an id may hold any byte but
-/// whitespace, commas included). A record at or below it would be refused by that peer at once, so a
-/// catch-up does not send it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderPoint {
-    pub time: Vec<u8>,
-    pub id: Vec<u8>,
-}
-
-impl OrderPoint {
-    pub fn of(r: &RecordRef<'_>) -> Self {
-        OrderPoint { time: r.client_time().to_vec(), id: r.client_id().to_vec() }
-    }
-
-    /// The handshake value: `<client-time>,<client-id-hex>`.
-    pub fn encode(&self) -> String {
-        let mut s = String::from_utf8_lossy(&self.time).into_owned();
-        s.push(',');
-        for b in &self.id {
-            s.push_str(&format!("{b:02x}"));
-        }
-        s
-    }
-
-    /// Reads a handshake value; `None` unless it is a valid client time and a valid client id in hex.
-    pub fn parse(value: &[u8]) -> Option<Self> {
-        let comma = memchr(b',', value)?;
-        let (time, hex) = (&value[..comma], &value[comma + 1..]);
-        if time.len() > protocol::MAX_CLIENT_TIME || !protocol::valid_time(time) {
-            return None;
-        }
-        if hex.is_empty() || hex.len() % 2 != 0 || hex.len() > 2 * protocol::MAX_CLIENT_ID {
-            return None;
-        }
-        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        let id = hex.chunks(2).map(|p| Some(digit(p[0])? << 4 | digit(p[1])?)).collect::<Option<Vec<u8>>>()?;
-        Some(OrderPoint { time: time.to_vec(), id })
-    }
-
-    /// Whether `r` comes after this point (a full peer whose least record this is would take it).
-    pub fn is_below(&self, r: &RecordRef<'_>) -> bool {
-        cmp_order(&self.time, &self.id, r.client_time(), r.client_id()) == Ordering::Less
-    }
-}
-
-const SECS_BITS: u32 = 33;
-
-/// The compact key of a client time (DIGITS or DIGITS.DIGITS): `secs << 31 | nanos << 1 | inexact`, where
-/// `inexact` says that fraction digits past the ninth are not all zero. Times of 2^33 seconds or more
-/// (the year 2242) all get `u64::MAX`. Monotone: a greater time never gets a smaller key; equal keys with
-/// the low bit clear are equal times.
-pub fn time_key(time: &[u8]) -> u64 {
-    let Some(d) = protocol::parse_decimal(time) else { return 0 };
-    let zeros = d.int.iter().take_while(|&&b| b == b'0').count();
-    let int = &d.int[zeros..];
-    if int.len() > 10 {
-        return u64::MAX;
-    }
-    let secs = int.iter().fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
-    if secs >= 1 << SECS_BITS {
-        return u64::MAX;
-    }
-    let mut nanos = 0u64;
-    for i in 0..9 {
-        nanos = nanos * 10 + d.frac.get(i).map_or(0, |&b| u64::from(b - b'0'));
-    }
-    let inexact = d.frac.iter().skip(9).any(|&b| b != b'0');
-    secs << 31 | nanos << 1 | u64::from(inexact)
-}
-
-// A stored text is an `AT` line without its `AT ` and its LF: `server time-diff id location time`, five
-// fields between single spaces (validated before it was stored).
-
-/// The client id of a stored text: its third field.
-#[inline]
-fn id_in(body: &[u8]) -> &[u8] {
-    let mut start = 0;
-    for _ in 0..2 {
-        start += memchr(b' ', &body[start..]).expect("a stored line has six fields") + 1;
-    }
-    let end = start + memchr(b' ', &body[start..]).expect("a stored line has six fields");
-    &body[start..end]
-}
-
-/// The client time of a stored text: its last field.
-#[inline]
-fn time_in(body: &[u8]) -> &[u8] {
-    &body[memrchr(b' ', body).expect("a stored line has six fields") + 1..]
-}
-
-/// The fields of a stored text, as ranges into it.
-fn fields_in(body: &[u8]) -> AtFields {
-    let mut spaces = [0u32; 4];
-    let mut at = 0;
-    for s in &mut spaces {
-        at += memchr(b' ', &body[at..]).expect("a stored line has six fields");
-        *s = at as u32;
-        at += 1;
-    }
-    AtFields {
-        server: (0, spaces[0]),
-        client_id: (spaces[1] + 1, spaces[2]),
-        location: (spaces[2] + 1, spaces[3]),
-        client_time: (spaces[3] + 1, body.len() as u32),
-    }
 }
 
 #[cfg(test)]

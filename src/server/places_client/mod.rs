@@ -19,17 +19,27 @@
 //! into a [`PlacesAnswer`] on another helper thread, `herd-shaper`, which wakes the loop through the
 //! same waker: parsing a 20-result body takes several hundred microseconds, which every other client
 //! would otherwise wait.
+//!
+//! The parts: the requests, their waiters, the pool and the byte bound here; the answer cache and its
+//! canonical [`Key`] in `cache.rs`; building the client and its two helper threads (resolver, shaper)
+//! in `threads.rs`.
 
-use super::error::ServerError;
-use crate::config::{PlacesApi, PlacesConfig};
 use crate::http::Response;
 use crate::places::{self, Api, Endpoint, Failure, PlacesAnswer};
 use mio::Token;
 use rustls::pki_types::ServerName;
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+mod cache;
+mod threads;
+
+pub use cache::Key;
+
+use cache::CacheEntry;
+use threads::ShapeJob;
 
 /// How long an idle keep-alive connection is kept.
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
@@ -65,54 +75,11 @@ impl FailKind {
     }
 }
 
-/// Why `PlacesClient::build` failed, before it becomes a `ServerError`.
-enum Setup {
-    Message(String),
-    Thread(&'static str, std::io::Error),
-}
-
-impl From<String> for Setup {
-    fn from(message: String) -> Setup {
-        Setup::Message(message)
-    }
-}
-
 /// The bytes pending Places work may hold at most: requests queued or in flight (their HTTP bytes, log
 /// text, key and waiters) and response bodies waiting for the shaper thread. A request costs about 600
 /// bytes, so 8 MiB is some 14,000 distinct requests: far more than the pool (`4 × pool_size` connections)
 /// can finish within one deadline, so nothing that could still be answered in time is refused.
 pub const PENDING_MAX_BYTES: usize = 8 * 1024 * 1024;
-
-/// A cache key: the canonical decimals of the latitude and longitude ([`places::canonical_coordinate`])
-/// and of the radius in metres ([`places::radius_metres`]), in one string (`+34.5-118 2500`: one
-/// allocation per WHATSAT). `+34.0-118.0`, `+034.000-118` and `+34-118.00` are one key; the bound is not
-/// part of it (one answer serves every bound).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    text: String,
-    /// Where the longitude starts in `text`, and where the radius starts.
-    lng_at: usize,
-    metres_at: usize,
-}
-
-impl Key {
-    pub fn lat(&self) -> &str {
-        &self.text[..self.lng_at]
-    }
-
-    pub fn lng(&self) -> &str {
-        &self.text[self.lng_at..self.metres_at - 1]
-    }
-
-    pub fn metres(&self) -> &str {
-        &self.text[self.metres_at..]
-    }
-
-    /// Bytes the key holds (for the byte bounds).
-    fn size(&self) -> usize {
-        std::mem::size_of::<Key>() + self.text.capacity()
-    }
-}
 
 /// Every waiter of a finished request with the JSON bytes to answer it with.
 pub type Replies = Vec<(Waiter, Vec<u8>)>;
@@ -142,20 +109,6 @@ pub struct Request {
     shaping: Option<Duration>,
     /// Bytes it counts for in `PlacesClient::pending_bytes`.
     cost: usize,
-}
-
-/// A response body for the shaper thread, with what it needs to read it.
-struct ShapeJob {
-    id: u64,
-    api: Api,
-    status: u16,
-    body: Vec<u8>,
-}
-
-struct CacheEntry {
-    answer: PlacesAnswer,
-    expires: Instant,
-    size: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -235,215 +188,6 @@ impl std::fmt::Debug for PlacesClient {
 }
 
 impl PlacesClient {
-    /// Builds the client from the config: TLS roots (webpki plus `ca_file`), the endpoint, the key from
-    /// the environment. `waker` wakes the loop when a name is resolved or an answer is shaped.
-    pub fn new(config: &PlacesConfig, waker: Arc<mio::Waker>) -> Result<PlacesClient, ServerError> {
-        Self::build(config, waker).map_err(|e| match e {
-            Setup::Message(m) => ServerError::Places(m),
-            Setup::Thread(what, source) => ServerError::Thread { what, source },
-        })
-    }
-
-    fn build(config: &PlacesConfig, waker: Arc<mio::Waker>) -> Result<PlacesClient, Setup> {
-        let api = match config.api {
-            PlacesApi::Legacy => Api::Legacy,
-            PlacesApi::New => Api::New,
-        };
-        let endpoint = Endpoint::parse(api, &config.url).map_err(|e| format!("places.url: {e}"))?;
-        let key = match &config.key_env {
-            Some(var) => match std::env::var(var) {
-                Ok(k) if !k.is_empty() => Some(k),
-                _ => {
-                    log::warn!("places.key_env names {var}, which is not set: Places requests go without a key");
-                    None
-                }
-            },
-            None => None,
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(path) = &config.ca_file {
-            use rustls::pki_types::pem::PemObject;
-            let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("places.ca_file {}: {e}", path.display()))?;
-            let mut added = 0;
-            for cert in certs {
-                let cert = cert.map_err(|e| format!("places.ca_file {}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| format!("places.ca_file {}: {e}", path.display()))?;
-                added += 1;
-            }
-            if added == 0 {
-                return Err(format!("places.ca_file {}: no certificate in it", path.display()).into());
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| format!("TLS configuration: {e}"))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let server_name = ServerName::try_from(endpoint.host.clone())
-            .map_err(|e| format!("places.url: host {:?}: {e}", endpoint.host))?;
-
-        // The shaper: `PlacesAnswer::from_response` parses the body with serde_json (order kept, numbers
-        // as text) and writes it out again in Google's style, 375-640 µs for a 20-result body
-        // (`places/from_response_legacy_20`), during which the loop would answer no one. Here it costs
-        // the loop two channel operations and one wake-up per response; the body moves over, not copied,
-        // and is freed here too. One thread shapes responses one after the other, which is enough:
-        // each is a fraction of a millisecond, and a request waiting behind another is still bounded by
-        // its deadline. Sending the answer back needs `PlacesAnswer: Send`, which the compiler checks.
-        // The thread ends when the client is dropped (its channel closes).
-        let (shaper, jobs) = mpsc::channel::<ShapeJob>();
-        let (shaped_tx, shaped) = mpsc::channel::<(u64, PlacesAnswer)>();
-        let shaper_waker = waker.clone();
-        std::thread::Builder::new()
-            .name("herd-shaper".into())
-            .spawn(move || {
-                for job in jobs {
-                    let answer = PlacesAnswer::from_response(job.api, job.status, &job.body);
-                    drop(job.body);
-                    // Send first, then wake: the loop drains the channel on every wake-up, so an answer
-                    // sent before a wake is never left behind.
-                    if shaped_tx.send((job.id, answer)).is_err() {
-                        break;
-                    }
-                    let _ = shaper_waker.wake();
-                }
-            })
-            .map_err(|e| Setup::Thread("shaper", e))?;
-
-        let mut client = PlacesClient {
-            api,
-            key,
-            tls: Arc::new(tls),
-            server_name,
-            timeout: Duration::from_millis(config.timeout_ms),
-            ttl: Duration::from_secs(config.cache_ttl_s),
-            cache_max_bytes: config.cache_max_bytes,
-            pool_size: config.pool_size,
-            max_conns: config.pool_size.max(1) * 4,
-            address: Address::Resolving,
-            resolver: None,
-            resolved: None,
-            addresses: Vec::new(),
-            resolving: false,
-            shaper,
-            shaped,
-            cache: HashMap::new(),
-            cache_bytes: 0,
-            requests: HashMap::new(),
-            by_key: HashMap::new(),
-            queue: VecDeque::new(),
-            idle: Vec::new(),
-            conns: 0,
-            next_id: 0,
-            pending_bytes: 0,
-            refusal_client: Failure::ClientPending.answer().body(0).to_vec(),
-            refusal_bytes: Failure::ServerPending.answer().body(0).to_vec(),
-            counters: PlacesCounters::default(),
-            endpoint,
-        };
-        match client.endpoint.host.parse::<IpAddr>() {
-            Ok(ip) => client.address = Address::Ready(SocketAddr::new(ip, client.endpoint.port)),
-            Err(_) => {
-                let (tx, rx) = mpsc::channel::<(String, u16)>();
-                let (res_tx, res_rx) = mpsc::channel();
-                std::thread::Builder::new()
-                    .name("herd-resolver".into())
-                    .spawn(move || {
-                        for (host, port) in rx {
-                            let result = (host.as_str(), port)
-                                .to_socket_addrs()
-                                .map_err(|e| format!("cannot resolve {host}: {e}"))
-                                .map(|a| a.collect::<Vec<_>>())
-                                .and_then(|a| if a.is_empty() { Err(format!("{host} has no address")) } else { Ok(a) });
-                            if res_tx.send(result).is_err() {
-                                break;
-                            }
-                            let _ = waker.wake();
-                        }
-                    })
-                    .map_err(|e| Setup::Thread("resolver", e))?;
-                client.resolver = Some(tx);
-                client.resolved = Some(res_rx);
-                client.resolve();
-            }
-        }
-        Ok(client)
-    }
-
-    /// Asks the resolver thread for the host's address (again).
-    pub fn resolve(&mut self) {
-        if self.resolving {
-            return;
-        }
-        if let Some(tx) = &self.resolver {
-            self.resolving = true;
-            let _ = tx.send((self.endpoint.host.clone(), self.endpoint.port));
-        }
-    }
-
-    /// Takes the resolver's answers (after the waker woke the loop).
-    pub fn take_resolved(&mut self) -> bool {
-        let mut any = false;
-        while let Some(result) = self.resolved.as_ref().and_then(|rx| rx.try_recv().ok()) {
-            any = true;
-            self.resolving = false;
-            self.address = match result {
-                Ok(addrs) => {
-                    // Stay on the address in use if the name still has it.
-                    let keep = match &self.address {
-                        Address::Ready(a) if addrs.contains(a) => *a,
-                        _ => addrs[0],
-                    };
-                    self.addresses = addrs;
-                    Address::Ready(keep)
-                }
-                Err(e) => {
-                    self.counters.errors_resolve += 1;
-                    // Keep a previous good address if there is one.
-                    match &self.address {
-                        Address::Ready(a) => Address::Ready(*a),
-                        _ => Address::Failed(e),
-                    }
-                }
-            };
-        }
-        any
-    }
-
-    /// The cache key of a valid location and radius (text that is not valid, which the protocol parser
-    /// never lets through, is kept as it is rather than canonicalised).
-    pub fn key_for(location: &[u8], radius_km: &[u8]) -> Key {
-        let mut text = String::with_capacity(location.len() + radius_km.len() + 4);
-        let push = |text: &mut String, b: &[u8]| {
-            if !places::push_canonical_coordinate(b, text) {
-                text.push_str(&String::from_utf8_lossy(b));
-            }
-        };
-        let lng_at = match crate::protocol::parse_location(location) {
-            Some(loc) => {
-                push(&mut text, loc.lat);
-                let at = text.len();
-                push(&mut text, loc.lng);
-                at
-            }
-            None => {
-                text.push_str(&String::from_utf8_lossy(location));
-                text.len()
-            }
-        };
-        text.push(' ');
-        let metres_at = text.len();
-        let radius = String::from_utf8_lossy(radius_km);
-        match places::radius_metres(&radius) {
-            Some(m) => text.push_str(&m),
-            None => text.push_str(&radius),
-        }
-        Key { text, lng_at, metres_at }
-    }
-
     /// Whether a WHATSAT that missed the cache may wait on Places: `Err` with the failure object to answer
     /// at once when its connection already has `max_per_client` WHATSATs waiting, or when pending work is
     /// at [`PENDING_MAX_BYTES`]. The caller counts its connection's waiting WHATSATs (it owns them).
@@ -462,20 +206,6 @@ impl PlacesClient {
     /// Bytes held by pending Places work (bounded by about [`PENDING_MAX_BYTES`]).
     pub fn pending_bytes(&self) -> usize {
         self.pending_bytes
-    }
-
-    /// A cached answer's bytes for `bound`, if one is fresh.
-    pub fn cached(&mut self, key: &Key, bound: u8, now: Instant) -> Option<&[u8]> {
-        let fresh = self.cache.get(key).is_some_and(|e| e.expires > now);
-        if !fresh {
-            if let Some(old) = self.cache.remove(key) {
-                self.cache_bytes -= old.size;
-            }
-            return None;
-        }
-        self.counters.hits += 1;
-        let entry = self.cache.get_mut(key).expect("fresh");
-        Some(entry.answer.body(usize::from(bound)))
     }
 
     /// Joins the request for `key` in flight, or makes a new one. Returns the new request's id (the
@@ -704,42 +434,6 @@ impl PlacesClient {
         out
     }
 
-    fn store(&mut self, key: Key, mut answer: PlacesAnswer, now: Instant) {
-        if self.ttl.is_zero() || !answer.is_cacheable() {
-            return;
-        }
-        // The answer's bytes plus its parsed tree, roughly: bound the cache by bytes, not entries.
-        let size = answer.body(places::MAX_RESULTS).len() * 6 + key.size() + 64;
-        if self.cache_bytes + size > self.cache_max_bytes {
-            self.evict(now);
-        }
-        if self.cache_bytes + size > self.cache_max_bytes {
-            return;
-        }
-        self.cache_bytes += size;
-        if let Some(old) = self.cache.insert(key, CacheEntry { answer, expires: now + self.ttl, size }) {
-            self.cache_bytes -= old.size;
-        }
-    }
-
-    /// Drops expired entries, then (if still over half the budget) arbitrary ones.
-    pub fn evict(&mut self, now: Instant) {
-        let mut freed = 0;
-        self.cache.retain(|_, e| {
-            let keep = e.expires > now;
-            if !keep {
-                freed += e.size;
-            }
-            keep
-        });
-        self.cache_bytes -= freed;
-        while self.cache_bytes > self.cache_max_bytes / 2 {
-            let Some(k) = self.cache.keys().next().cloned() else { break };
-            let e = self.cache.remove(&k).expect("present");
-            self.cache_bytes -= e.size;
-        }
-    }
-
     /// A connection finished its request and may take another: the next queued one, or the pool.
     pub fn idle_conn(&mut self, token: Token) -> bool {
         if self.idle.len() < self.pool_size {
@@ -756,19 +450,16 @@ impl PlacesClient {
         self.idle.retain(|&t| t != token);
         self.conns = self.conns.saturating_sub(1);
     }
-
-    pub fn cache_len(&self) -> usize {
-        self.cache.len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{PlacesApi, PlacesConfig};
     use crate::http::Response;
 
     /// The 20-result body `benches/places.rs` measures.
-    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/nearby-legacy-20.json");
+    const FIXTURE: &[u8] = include_bytes!("../../../tests/fixtures/nearby-legacy-20.json");
     const UCLA: &[u8] = b"+34.068930-118.445127";
     const WAKE: Token = Token(7);
 
