@@ -2,7 +2,7 @@
 //!
 //! Today that is the herd secret: each side of a handshake proves it holds it against a nonce the other
 //! side chose, and the secret itself never travels. This is also the one place that reads and writes
-//! the handshake's lines, so the peer state machine (`conn/peer.rs`) only decides what to do with them,
+//! the handshake's lines, so the peer state machine (`conn/peer/`) only decides what to do with them,
 //! and a TLS identity can later replace the MACs here without touching the machine.
 //!
 //! ```text

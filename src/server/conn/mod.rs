@@ -2,8 +2,8 @@
 //!
 //! | kind       | file          | what it is                                                          |
 //! |------------|---------------|---------------------------------------------------------------------|
-//! | `Client`   | `client.rs`   | a client of the herd: IAMAT, WHATSAT, the reply queue               |
-//! | `Peer`     | `peer.rs`     | a link to or from a neighbour: handshake, anti-entropy, floods      |
+//! | `Client`   | `client/`     | a client of the herd: IAMAT, WHATSAT, the reply queue               |
+//! | `Peer`     | `peer/`       | a link to or from a neighbour: handshake, anti-entropy, floods      |
 //! | `Upstream` | `upstream.rs` | a connection to Places: TCP, TLS, HTTP/1.1, keep-alive              |
 //! | `Admin`    | `admin.rs`    | one request to the admin port: `/metrics`, `/records`               |
 //!

@@ -38,15 +38,21 @@
 //! HELLO and WELCOME carry `v=2` and the sender's retention (issue 14): `max=N` when its table is bounded,
 //! and `least=<client-time>,<client-id-hex>` while it is full. A dialer whose acceptor stated `least=`
 //! leaves out of its catch-up every record at or below it: the acceptor would refuse those at once.
+//!
+//! This file holds the link's state, its line dispatch and its I/O (the `Connection` duties); the parts
+//! of the protocol live beside it: `handshake.rs` (HELLO, WELCOME, PROOF), `sync.rs` (anti-entropy
+//! batches, `OFF` and `ACK`) and `liveness.rs` (the heartbeat).
+
+mod handshake;
+mod liveness;
+mod sync;
 
 use super::{Connection, Delivery};
 use crate::protocol;
 use crate::record::OrderPoint;
-use crate::server::auth::{self, Handshake};
 use crate::server::ctx::{Ctx, READS_PER_TURN};
-use crate::server::heartbeat::{self, Beat, Heartbeat};
+use crate::server::heartbeat::{self, Heartbeat};
 use crate::server::peer_tls::{IoRead, PeerIo, Refusal};
-use crate::server::timer::Timer;
 use crate::server::token::{TokenName, TRACE};
 use mio::net::TcpStream;
 use mio::Token;
@@ -56,11 +62,6 @@ use std::time::{Duration, Instant};
 
 /// How long a link may take from connect to Live.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
-/// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
-const SYNC_BATCH: usize = 64 * 1024;
-const SYNC_BATCHES_PER_TURN: usize = 4;
-/// Records looked at per sync batch, sent or passed over.
-const SYNC_VISITS: u64 = 4096;
 /// Longest peer line. Every record is at most [`protocol::MAX_AT_LINE`] bytes by construction (each field is
 /// bounded), and handshake lines are shorter still, so this does not depend on the client line limit.
 pub const MAX_PEER_LINE: usize = 4096;
@@ -217,53 +218,6 @@ impl Peer {
         }
     }
 
-    /// The link is Live: its heartbeat starts (the dialer pings, the acceptor answers).
-    fn start_heartbeat(&mut self, ctx: &mut Ctx) {
-        let dead_after = Duration::from_millis(ctx.limits.peer_dead_after_ms);
-        let pings = matches!(self.role, Role::Dialer(_));
-        let hb = Heartbeat::new(dead_after, pings, ctx.now);
-        self.arm_beat(hb.next_check(), ctx);
-        self.heartbeat = Some(hb);
-    }
-
-    fn arm_beat(&mut self, at: Instant, ctx: &mut Ctx) {
-        if self.beat_at.is_none_or(|t| at < t) {
-            self.beat_at = Some(at);
-            ctx.timers.add(at, Timer::Conn(self.token));
-        }
-    }
-
-    /// A heartbeat check came due: drop a link that has gone silent, ping, and arm the next check.
-    fn check_heartbeat(&mut self, ctx: &mut Ctx) {
-        if !self.is_live() || self.beat_at.is_some_and(|t| t > ctx.now) {
-            return; // not live, or a stale entry: the armed check is later
-        }
-        self.beat_at = None;
-        let Some(mut hb) = self.heartbeat else { return };
-        match hb.check(ctx.now) {
-            Beat::Dead => {
-                let ms = ctx.limits.peer_dead_after_ms;
-                return self.close(PeerClose::Silent, ctx, format_args!("nothing heard for {ms} ms"));
-            }
-            Beat::Ping => {
-                // Between whole lines: `out` only ever holds whole lines.
-                self.out.extend_from_slice(heartbeat::PING);
-                self.mark_dirty(ctx);
-                hb.pinged(ctx.now);
-            }
-            Beat::Quiet => {}
-        }
-        self.heartbeat = Some(hb);
-        self.arm_beat(hb.next_check(), ctx);
-    }
-
-    /// The other side showed it is alive.
-    fn heard(&mut self, now: Instant) {
-        if let Some(hb) = &mut self.heartbeat {
-            hb.heard(now);
-        }
-    }
-
     pub fn is_live(&self) -> bool {
         matches!(self.state, PeerState::Live { .. })
     }
@@ -401,191 +355,6 @@ impl Peer {
         }
     }
 
-    /// `OFF <seq>` from the dialer: every record of its stream up to `seq` has been sent before this
-    /// line, so everything up to it is stored here (or something newer). Acknowledged once this server's
-    /// journal has made durable what it stored up to now; at once without a journal.
-    fn on_offset(&mut self, neighbour: usize, text: &[u8], ctx: &mut Ctx) {
-        let Some(off) = std::str::from_utf8(&text[4..]).ok().and_then(|t| t.parse::<u64>().ok()) else {
-            return self.close(PeerClose::Protocol, ctx, format_args!("bad OFF line"));
-        };
-        let need = ctx.records().max_seq();
-        self.pending_acks.push_back((off, need));
-        if ctx.journal.is_some() {
-            ctx.await_durable(need, self.token);
-        }
-        self.release_acks(neighbour, ctx);
-    }
-
-    /// Sends `ACK` for the greatest offset whose records are durable here, and records it (in memory, and
-    /// in the journal's meta file for the next start).
-    fn release_acks(&mut self, neighbour: usize, ctx: &mut Ctx) {
-        let mut acked = None;
-        while let Some(&(off, need)) = self.pending_acks.front() {
-            if need > ctx.durable {
-                // Not yet (or the journal is failing): wait for the next durable point.
-                ctx.await_durable(need, self.token);
-                break;
-            }
-            self.pending_acks.pop_front();
-            acked = Some(off);
-        }
-        let (Some(off), Some(rid)) = (acked, self.dialer_rid.clone()) else { return };
-        let name = ctx.neighbours[neighbour].name.clone();
-        if let Some(j) = ctx.journal.as_mut() {
-            j.set_peer(&name, &rid, off);
-        }
-        ctx.peer_offsets.insert(name, (rid, off));
-        self.out.extend_from_slice(format!("ACK {off}\n").as_bytes());
-        ctx.counters.acks_sent += 1;
-        self.mark_dirty(ctx);
-    }
-
-    /// Dialer, version 2, sync done: tells the neighbour how far our stream has been sent (all records up
-    /// to our greatest seq are in `out` or were written before).
-    fn note_offset(&mut self, ctx: &mut Ctx) {
-        let seq = ctx.records().max_seq();
-        if self.v2 && self.synced && self.is_live() && seq > self.off_sent {
-            self.off_sent = seq;
-            self.out.extend_from_slice(format!("OFF {seq}\n").as_bytes());
-        }
-    }
-
-    fn on_proof(&mut self, text: &[u8], ctx: &mut Ctx) {
-        let PeerState::AwaitProof { neighbour, nonce_d, nonce_a } = &self.state else { return };
-        let neighbour = *neighbour;
-        let ok = match auth::parse(text) {
-            Handshake::Proof { mac } => {
-                let me = String::from_utf8_lossy(&ctx.name).to_string();
-                ctx.auth.verify("dialer", &ctx.neighbours[neighbour].name, &me, nonce_d, nonce_a, mac)
-            }
-            _ => false,
-        };
-        if !ok {
-            ctx.refused(Refusal::BadProof);
-            return self.close(PeerClose::Refused, ctx, format_args!("bad_proof: failed proof of the herd secret"));
-        }
-        self.state = PeerState::Live { neighbour };
-        self.identified = Some(neighbour);
-        self.start_heartbeat(ctx);
-        ctx.on_link_in(neighbour);
-        let name = &ctx.neighbours[neighbour].name;
-        ctx.log.event(format_args!("peer link from {name} ({}) up: receiving", self.addr));
-    }
-
-    fn on_welcome(&mut self, text: &[u8], ctx: &mut Ctx) {
-        let (PeerState::AwaitWelcome { nonce }, Role::Dialer(neighbour)) = (&self.state, self.role) else { return };
-        let nonce = nonce.clone();
-        let name = ctx.neighbours[neighbour].name.clone();
-        let me = String::from_utf8_lossy(&ctx.name).to_string();
-        match auth::parse(text) {
-            Handshake::Welcome { acceptor, nonce: nonce_a, mac, ext } if acceptor == name.as_bytes() => {
-                let nonce_a = String::from_utf8_lossy(nonce_a).to_string();
-                if !ctx.auth.verify("acceptor", &me, &name, &nonce, &nonce_a, mac) {
-                    ctx.refused(Refusal::BadProof);
-                    return self.close(
-                        PeerClose::Refused,
-                        ctx,
-                        format_args!("bad_proof: {name} failed its proof of the herd secret"),
-                    );
-                }
-                let proof = ctx.auth.mac("dialer", &me, &name, &nonce, &nonce_a);
-                self.out.extend_from_slice(auth::proof(&proof).as_bytes());
-                self.state = PeerState::Live { neighbour };
-                self.start_heartbeat(ctx);
-                // Anti-entropy: what the neighbour may lack goes out first, in batches; floods follow. With
-                // an offset under our replication id, that is what we stored after it (a delta); else all.
-                self.v2 = ext.get("v") == Some(b"2");
-                let off = ext.number("off").filter(|&off| {
-                    off > 0 && ext.get("rid") == Some(ctx.rid.as_bytes()) && off <= ctx.records().max_seq()
-                });
-                self.sync_after = off.unwrap_or(0);
-                if off.is_some() {
-                    ctx.counters.delta_syncs += 1;
-                } else {
-                    ctx.counters.full_syncs += 1;
-                }
-                // What a full neighbour would refuse at once stays here.
-                self.peer_least = ext.get("least").and_then(OrderPoint::parse);
-                self.sync = Some(0);
-                self.mark_dirty(ctx);
-                ctx.on_link_out(neighbour, self.token);
-                let held = ctx.records().len();
-                let over = if self.io.is_tls() { " over TLS" } else { "" };
-                let above = match (&self.peer_least, ext.get("least")) {
-                    (Some(least), _) => format!(" above its least record {}", least.encode()),
-                    (None, Some(bad)) => format!(" (its least= {:?} is not understood)", String::from_utf8_lossy(bad)),
-                    (None, None) => String::new(),
-                };
-                match off {
-                    Some(off) => ctx.log.event(format_args!(
-                        "peer link to {name} ({}) up{over}: sending the records stored after offset {off} \
-                         (delta){above}",
-                        self.addr
-                    )),
-                    None => ctx.log.event(format_args!(
-                        "peer link to {name} ({}) up{over}: sending {held} records{above}",
-                        self.addr
-                    )),
-                }
-                log::info!("linked to {name} ({}){over}", self.addr);
-            }
-            Handshake::Refused => {
-                let why = String::from_utf8_lossy(text).to_string();
-                self.close(PeerClose::Refused, ctx, format_args!("{why}"))
-            }
-            _ => self.close(PeerClose::Protocol, ctx, format_args!("expected WELCOME from {name}")),
-        }
-    }
-
-    fn on_hello(&mut self, text: &[u8], ctx: &mut Ctx) {
-        let me = String::from_utf8_lossy(&ctx.name).to_string();
-        let Handshake::Hello { dialer: who, acceptor: to, nonce: nonce_d, ext } = auth::parse(text) else {
-            return self.close(PeerClose::Protocol, ctx, format_args!("expected HELLO"));
-        };
-        let who = String::from_utf8_lossy(who).to_string();
-        let neighbour = ctx.neighbours.iter().position(|n| n.name == who);
-        let refuse = match neighbour {
-            _ if to != me.as_bytes() => {
-                Some((Refusal::WrongServer, format!("this is {me}, not {}", String::from_utf8_lossy(to))))
-            }
-            None => Some((Refusal::NotNeighbour, format!("{who} is not a neighbour of {me}"))),
-            Some(_) if nonce_d.len() > 64 => Some((Refusal::BadHello, "nonce too long".into())),
-            // With peer TLS, the certificate the handshake verified must name the server the HELLO claims
-            // to be: Clark's certificate cannot speak for Bona.
-            Some(_) if ctx.peer_tls.is_some() => match self.io.certificate_names(&who) {
-                Ok(()) => None,
-                Err(r) => Some((r, format!("the certificate does not name {who}"))),
-            },
-            Some(_) => None,
-        };
-        if let Some((refusal, reason)) = refuse {
-            ctx.refused(refusal);
-            // Written at once rather than through `out` and the end-of-turn flush: the link closes in
-            // this turn, and the send buffer of a socket that has sent nothing has room for one line.
-            // Best effort: a dialer that never reads it just sees the close. (With TLS, `PeerIo::write`
-            // encrypts the line and pushes the record at once.)
-            let _ = self.io.write(&mut self.stream, auth::refused(&reason).as_bytes());
-            return self.close(PeerClose::Refused, ctx, format_args!("{}: {reason}", refusal.reason()));
-        }
-        let neighbour = neighbour.expect("checked");
-        let nonce_d = String::from_utf8_lossy(nonce_d).to_string();
-        let nonce_a = ctx.auth.nonce();
-        let mac = ctx.auth.mac("acceptor", &who, &me, &nonce_d, &nonce_a);
-        // The offset of the dialer's stream we hold all of, if it is under the replication id it has now.
-        let rid = ext.get("rid").filter(|r| r.len() <= 64).map(|r| String::from_utf8_lossy(r).to_string());
-        let ext = match &rid {
-            Some(rid) => {
-                let off = ctx.peer_offsets.get(&who).filter(|(held, _)| held == rid).map_or(0, |(_, off)| *off);
-                format!("{} rid={rid} off={off}", handshake_ext(ctx))
-            }
-            None => handshake_ext(ctx),
-        };
-        self.dialer_rid = rid;
-        self.out.extend_from_slice(auth::welcome(&me, &nonce_a, &mac, &ext).as_bytes());
-        self.mark_dirty(ctx);
-        self.state = PeerState::AwaitProof { neighbour, nonce_d, nonce_a };
-    }
-
     /// Queues a record for this (sending, live) link. Past the bound the link is dropped rather than
     /// allowed to grow: the neighbour resyncs by anti-entropy when it relinks.
     pub fn send_record(&mut self, line: &[u8], ctx: &mut Ctx) {
@@ -610,62 +379,6 @@ impl Peer {
             ctx.dirty_peers.push(self.token);
         }
     }
-
-    /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
-    fn fill_sync_batch(&mut self, ctx: &mut Ctx) -> bool {
-        let Some(mut cursor) = self.sync else { return false };
-        // A slot cursor: a record keeps its slot while it lives, so the walk stays exact while records are
-        // evicted (see record::store); a delta skips the records stored at or before `sync_after`. Records
-        // the neighbour would refuse at once are passed over, at most SYNC_VISITS per batch, so a batch's
-        // work stays bounded even when it sends nothing.
-        let start = cursor;
-        let (mut sent, mut skipped) = (0u64, 0u64);
-        while self.out.len() < SYNC_BATCH && sent + skipped < SYNC_VISITS {
-            let Some((next, record)) = ctx.records().next_since(cursor as u32, self.sync_after) else {
-                cursor = ctx.records().slots() as usize;
-                break;
-            };
-            cursor = next as usize;
-            if self.peer_least.as_ref().is_some_and(|least| !least.is_below(&record)) {
-                skipped += 1;
-                continue;
-            }
-            record.write_line(&mut self.out);
-            sent += 1;
-        }
-        let done = ctx.records().next_since(cursor as u32, self.sync_after).is_none();
-        self.sync = if done { None } else { Some(cursor) };
-        if done {
-            self.synced = true;
-            self.note_offset(ctx);
-        }
-        if cursor > start {
-            ctx.counters.sync_batches += 1;
-            ctx.counters.records_synced += sent;
-            ctx.counters.records_sync_skipped += skipped;
-            if let Some(n) = self.neighbour() {
-                let name = &ctx.neighbours[n].name;
-                ctx.log.event(format_args!(
-                    "sync to {name}: slots {start}..{cursor}, {sent} records sent, {skipped} below its least{}",
-                    if done { " (done)" } else { "" }
-                ));
-            }
-        }
-        cursor > start
-    }
-}
-
-/// The `key=value` tokens of this server's HELLO and WELCOME: the peer protocol version and its retention
-/// (`max=N` when bounded, `least=...` while full; see the module documentation).
-fn handshake_ext(ctx: &Ctx) -> String {
-    let mut ext = String::from("v=2");
-    if let Some(max) = ctx.records().retention().max {
-        ext.push_str(&format!(" max={max}"));
-    }
-    if let Some(least) = ctx.records().least_when_full() {
-        ext.push_str(&format!(" least={}", least.encode()));
-    }
-    ext
 }
 
 /// The duties every connection has (see `conn/mod.rs`).
@@ -709,13 +422,7 @@ impl Connection for Peer {
                 }
                 Err(e) => return self.close(PeerClose::ConnectFailed, ctx, format_args!("{e}")),
             }
-            let Role::Dialer(n) = self.role else { unreachable!("only dialers connect") };
-            let nonce = ctx.auth.nonce();
-            let ext = format!("{} rid={}", handshake_ext(ctx), ctx.rid);
-            let hello = auth::hello(&String::from_utf8_lossy(&ctx.name), &ctx.neighbours[n].name, &nonce, &ext);
-            self.out.extend_from_slice(hello.as_bytes());
-            self.mark_dirty(ctx);
-            self.state = PeerState::AwaitWelcome { nonce };
+            self.hello(ctx);
         }
         let mut reads = 0;
         while self.readable && !self.is_closed() {
@@ -784,7 +491,7 @@ impl Connection for Peer {
             if self.is_closed() || !self.writable || self.sent != 0 || self.io.is_handshaking() {
                 break;
             }
-            if self.sync.is_some() && batches == SYNC_BATCHES_PER_TURN {
+            if self.sync.is_some() && batches == sync::SYNC_BATCHES_PER_TURN {
                 // More to sync, and the socket still takes bytes: continue next turn, after the others.
                 self.mark_dirty(ctx);
                 ctx.again.push(self.token);

@@ -31,21 +31,26 @@
 //! Readiness is edge-triggered and tracked per socket (sozu's way): the `readable`/`writable` flags are set
 //! by events and cleared only when the kernel says `WouldBlock` (or, for reads, a short read: on Linux a
 //! read that returns less than asked has drained the socket, and new data raises a new edge).
+//!
+//! This file holds the connection's state and its `Connection` duties (the drive loop, the flush, the
+//! close); beside it are `input.rs` (reads and lines), `commands.rs` (answering a command), `waits.rs`
+//! (replies queued behind waiting WHATSATs) and `deadlines.rs` (timers: slow lines, idleness, lingering).
 
+mod commands;
+mod deadlines;
+mod input;
 mod waits;
 
 use super::{Connection, Delivery};
-use crate::protocol::{self, Command};
 use crate::server::admission::BUMP_EVERY;
 use crate::server::ctx::{CloseReason, Ctx, READS_PER_TURN};
-use crate::server::herd::Whatsat;
 use crate::server::log::AddrText;
-use crate::server::timer::Timer;
 use crate::server::token::{self, TokenName, TRACE};
+use input::ReadOutcome;
 use mio::net::TcpStream;
 use mio::Token;
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -150,14 +155,6 @@ const COMMANDS_PER_TURN: u16 = 256;
 /// the allocation is kept for the next command or reply.
 const KEEP_BUFFER: usize = 64 * 1024;
 
-/// What one `read` gave.
-enum ReadOutcome {
-    Data(usize),
-    Eof,
-    WouldBlock,
-    Failed,
-}
-
 impl Client {
     pub fn new(stream: TcpStream, addr: SocketAddr, token: Token, now: Instant, idle_at: Instant) -> Client {
         Client {
@@ -221,321 +218,10 @@ impl Client {
         ctx.idle_clients.remove(token::split(self.token).0);
     }
 
-    fn read(&mut self, scratch: &mut [u8], ctx: &mut Ctx) -> ReadOutcome {
-        loop {
-            return match self.stream.read(scratch) {
-                Ok(0) => ReadOutcome::Eof,
-                Ok(n) => {
-                    // A short read drained the socket (epoll(7)); after a half-close keep reading to the EOF,
-                    // which will raise no new edge.
-                    if n < scratch.len() && !self.hup {
-                        self.readable = false;
-                    }
-                    ReadOutcome::Data(n)
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => ReadOutcome::WouldBlock,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    ctx.log.event(format_args!("client {} read error: {e}", self.addr));
-                    ReadOutcome::Failed
-                }
-            };
-        }
-    }
-
-    /// The client half-closed: a final command without LF is still a command.
-    fn end_of_input(&mut self, ctx: &mut Ctx) {
-        self.readable = false;
-        let last = std::mem::take(&mut self.input);
-        if !last.is_empty() && self.state == State::Open {
-            self.command(&last, ctx);
-        }
-        if self.state == State::Open || self.state == State::Throttled {
-            self.state = State::Draining(CloseReason::Eof);
-        }
-    }
-
-    /// New bytes from the socket (or held-back input being resumed).
-    fn take_input(&mut self, data: &[u8], ctx: &mut Ctx) {
-        if self.input.is_empty() {
-            let used = self.lines(data, ctx);
-            self.keep(&data[used..], ctx);
-            return;
-        }
-        // While open, `input` holds only a partial line: append in place and look for its end in the new
-        // bytes alone, so a line arriving a byte at a time costs linear, not quadratic, work.
-        let old = self.input.len();
-        self.input.extend_from_slice(data);
-        if self.state == State::Open && memchr::memchr(b'\n', &self.input[old..]).is_none() {
-            if self.input.len() > ctx.limits.max_line {
-                let len = self.input.len();
-                self.violation(len, ctx);
-            }
-            return;
-        }
-        self.answer_buffered(ctx);
-    }
-
-    /// Answers the complete lines waiting in `input` (a line finished by new bytes, lines held back over
-    /// the command budget, or while throttled). It works in place: the unanswered rest moves to the front
-    /// of the same buffer, so resuming allocates nothing, and a buffer answered to the end is freed, so an
-    /// idle connection still owns none.
-    fn answer_buffered(&mut self, ctx: &mut Ctx) {
-        let mut input = std::mem::take(&mut self.input);
-        let used = self.lines(&input, ctx);
-        if used < input.len() && matches!(self.state, State::Open | State::Throttled) {
-            input.drain(..used);
-            // Give back the memory of a burst, as `out` does; a working-size buffer is kept.
-            if input.capacity() > KEEP_BUFFER {
-                input.shrink_to_fit();
-            }
-            self.input = input;
-        }
-        self.check_kept(ctx);
-    }
-
-    /// Keeps unanswered bytes for later (`input` is empty: they came straight from the read buffer).
-    fn keep(&mut self, rest: &[u8], ctx: &mut Ctx) {
-        if matches!(self.state, State::Open | State::Throttled) {
-            self.input.extend_from_slice(rest);
-        }
-        self.check_kept(ctx);
-    }
-
-    /// What `input` now holds decides: an incomplete line already over the limit is a violation; a
-    /// partial line starts the slow-loris clock; a finished one stops it.
-    fn check_kept(&mut self, ctx: &mut Ctx) {
-        if self.state == State::Open && self.input.len() > ctx.limits.max_line && !self.input.contains(&b'\n') {
-            let len = self.input.len();
-            self.violation(len, ctx);
-            return;
-        }
-        if self.input.is_empty() {
-            self.line_started = None;
-        } else if self.line_started.is_none() && self.state == State::Open {
-            self.line_started = Some(ctx.now);
-            self.arm(ctx.now + ctx.line_timeout, ctx);
-        }
-    }
-
-    /// Answers every complete line of `buf` while the connection stays open; returns the bytes used.
-    fn lines(&mut self, buf: &[u8], ctx: &mut Ctx) -> usize {
-        let mut pos = 0;
-        while self.state == State::Open {
-            let Some(len) = memchr::memchr(b'\n', &buf[pos..]) else {
-                break;
-            };
-            if self.budget == 0 {
-                self.held_back = true;
-                break;
-            }
-            self.budget -= 1;
-            if len > ctx.limits.max_line {
-                self.violation(len, ctx);
-                return buf.len();
-            }
-            let line = &buf[pos..pos + len];
-            pos += len + 1;
-            self.command(line.strip_suffix(b"\r").unwrap_or(line), ctx);
-            if (self.unsent() > ctx.limits.client_output_soft || self.waiting.len() >= MAX_WAITING)
-                && self.state == State::Open
-            {
-                self.state = State::Throttled;
-                ctx.counters.throttled += 1;
-            }
-        }
-        pos
-    }
-
-    /// A line over the limit: no reply to it, nothing after it is read; flush what is owed, then close.
-    fn violation(&mut self, len: usize, ctx: &mut Ctx) {
-        self.line_started = None;
-        ctx.counters.line_too_long += 1;
-        ctx.log.event(format_args!(
-            "client {} sent a line of more than {} bytes ({len} seen): closing after replies owed",
-            self.addr, ctx.limits.max_line
-        ));
-        log::warn!("client {}: line longer than {} bytes, closing", self.addr, ctx.limits.max_line);
-        self.input = Vec::new();
-        self.readable = false;
-        self.state = State::Draining(CloseReason::LineTooLong);
-    }
-
-    /// Answers one command.
-    fn command(&mut self, line: &[u8], ctx: &mut Ctx) {
-        ctx.log.command(&self.addr_text, line);
-        let command = protocol::parse_command(line);
-        if let Command::IAmAt(cmd) = &command {
-            if ctx.holds_replies() && protocol::time_at_most(cmd.client_time, ctx.latest_client_time()) {
-                return self.iamat_held(cmd, ctx);
-            }
-        }
-        let queued = !self.waiting.is_empty();
-        let token = self.token;
-        let places_waiting = self.places_waiting;
-        let buf = self.reply_buf();
-        let start = buf.len();
-        match command {
-            Command::Blank => {
-                ctx.counters.blank += 1;
-                return;
-            }
-            Command::Invalid => {
-                ctx.counters.invalid += 1;
-                protocol::write_invalid(buf, line);
-            }
-            Command::IAmAt(cmd) if !protocol::time_at_most(cmd.client_time, ctx.latest_client_time()) => {
-                ctx.counters.iamat += 1;
-                ctx.counters.invalid += 1;
-                protocol::write_invalid(buf, line);
-            }
-            Command::IAmAt(cmd) => {
-                ctx.counters.iamat += 1;
-                let fields = protocol::write_at(buf, &ctx.name, ctx.wall, &cmd);
-                ctx.store_and_flood(&buf[start..], fields, None);
-            }
-            Command::WhatsAt(cmd) => {
-                ctx.counters.whatsat += 1;
-                match ctx.whatsat(&cmd, token, places_waiting, buf) {
-                    Whatsat::Answered => {}
-                    Whatsat::UnknownClient => {
-                        ctx.counters.invalid += 1;
-                        protocol::write_invalid(buf, line);
-                    }
-                    Whatsat::Pending { ticket, at_line } => {
-                        self.waiting.push_back(Pending::Places { ticket, at_line, bound: cmd.bound });
-                        self.places_waiting += 1;
-                        return;
-                    }
-                    Whatsat::AwaitRecord { ticket, deadline } => {
-                        self.waiting.push_back(Pending::AwaitRecord { ticket, line: line.to_vec(), deadline });
-                        self.arm(deadline, ctx);
-                        return;
-                    }
-                }
-            }
-        }
-        self.replied(start, queued, ctx);
-    }
-
-    /// An IAMAT whose reply waits until its record is durable (`journal.fsync` = `always`). The reply
-    /// goes into the `Durable` slot at the back of the queue, one slot for a run of IAMATs: they share the
-    /// fsync anyway, and a pipelined burst costs one slot, not one per command.
-    fn iamat_held(&mut self, cmd: &protocol::IAmAt<'_>, ctx: &mut Ctx) {
-        ctx.counters.iamat += 1;
-        if !matches!(self.waiting.back(), Some(Pending::Durable { .. })) {
-            let reply = std::mem::take(&mut self.spare);
-            self.waiting.push_back(Pending::Durable { seq: 0, reply, count: 0 });
-        }
-        let Some(Pending::Durable { seq, reply, count }) = self.waiting.back_mut() else { unreachable!("just pushed") };
-        let start = reply.len();
-        let fields = protocol::write_at(reply, &ctx.name, ctx.wall, cmd);
-        // A record not newer than the one held is not stored: its reply waits only for what precedes it.
-        if ctx.store_and_flood(&reply[start..], fields, None) {
-            *seq = ctx.last_seq;
-            ctx.await_durable(*seq, self.token);
-        }
-        *count += 1;
-        ctx.gauges.replies_waiting_fsync += 1;
-        ctx.counters.replies += 1;
-        ctx.log.reply(&self.addr_text, &reply[start..]);
-        self.waiting_bytes += reply.len() - start;
-        self.release_ready(ctx);
-    }
-
-    /// Bookkeeping after a reply was appended at `start` of the reply buffer.
-    fn replied(&mut self, start: usize, queued: bool, ctx: &mut Ctx) {
-        let buf = if queued {
-            match self.waiting.back() {
-                Some(Pending::Ready(buf)) => buf,
-                _ => unreachable!("queued replies go to a ready buffer"),
-            }
-        } else {
-            &self.out
-        };
-        let reply = &buf[start..];
-        ctx.counters.replies += 1;
-        ctx.log.reply(&self.addr_text, reply);
-        if queued {
-            self.waiting_bytes += reply.len();
-        } else {
-            self.mark_dirty(ctx);
-        }
-        if self.unsent() > ctx.limits.client_output_hard {
-            self.state = State::Closed(CloseReason::OutputBound);
-        }
-    }
-
     fn mark_dirty(&mut self, ctx: &mut Ctx) {
         if !self.dirty {
             self.dirty = true;
             ctx.dirty.push(self.token);
-        }
-    }
-
-    /// Arms the connection's deadline at `at` unless an earlier one is armed already.
-    fn arm(&mut self, at: Instant, ctx: &mut Ctx) {
-        if self.timer_at.is_none_or(|t| at < t) {
-            self.timer_at = Some(at);
-            ctx.timers.add(at, Timer::Conn(self.token));
-        }
-    }
-
-    /// The earliest thing this connection must do without an event.
-    fn next_deadline(&self, ctx: &Ctx) -> Option<Instant> {
-        let waits = self.waiting.iter().filter_map(|p| match p {
-            Pending::AwaitRecord { deadline, .. } => Some(*deadline),
-            _ => None,
-        });
-        let line = self.line_started.filter(|_| self.state == State::Open).map(|t| t + ctx.line_timeout);
-        let blocked = self.blocked_since.map(|t| t + ctx.idle_timeout);
-        let idle = match self.state {
-            State::Closed(_) => None,
-            _ => Some(self.idle_at),
-        };
-        waits.chain(line).chain(blocked).chain(idle).min()
-    }
-
-    /// Its deadline came: ends waits that are over, ends a slow line, drops a client that has not
-    /// taken a byte of its replies for the idle time-out, closes one that sent nothing and is owed nothing
-    /// for the idle time-out, ends a lingering close. Then arms the next deadline.
-    fn check_deadlines(&mut self, ctx: &mut Ctx) {
-        if self.is_closed() || self.timer_at.is_some_and(|t| t > ctx.now) {
-            return; // closed, or a stale entry: the armed deadline is later
-        }
-        self.timer_at = None;
-        self.expire_waits(ctx);
-        if let (Some(started), State::Open) = (self.line_started, self.state) {
-            if started + ctx.line_timeout <= ctx.now {
-                // Slow-loris: a line that never ends. Answer what is owed, then a lingering close.
-                ctx.log.event(format_args!(
-                    "client {} left a line unfinished for {:?}: closing",
-                    self.addr, ctx.line_timeout
-                ));
-                self.line_started = None;
-                self.input = Vec::new();
-                self.readable = false;
-                self.state = State::Draining(CloseReason::LineTimeout);
-            }
-        }
-        if self.blocked_since.is_some_and(|t| t + ctx.idle_timeout <= ctx.now) {
-            ctx.log.event(format_args!("client {} took no reply bytes for {:?}: dropped", self.addr, ctx.idle_timeout));
-            self.state = State::Closed(CloseReason::OutputBound);
-        }
-        match self.state {
-            State::Lingering(reason) if self.idle_at <= ctx.now => self.state = State::Closed(reason),
-            State::Open if self.idle_at <= ctx.now && !self.owes() && self.input.is_empty() => {
-                self.state = State::Closed(CloseReason::Idle)
-            }
-            _ => {}
-        }
-        if !self.is_closed() {
-            if let Some(at) = self.next_deadline(ctx) {
-                // Never sooner than a fraction of the idle time for a deadline already past (the idle
-                // time moves on with activity; waits and lines have their own exact deadlines).
-                let at = if at <= ctx.now { ctx.now + ctx.idle_timeout / 8 } else { at };
-                self.arm(at, ctx);
-            }
         }
     }
 }
