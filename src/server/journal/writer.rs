@@ -1,0 +1,281 @@
+//! The journal's writer thread: the only thread that calls write(2) and fsync on the journal's files.
+//! It takes batches from the loop's mailbox, appends them, commits them by the fsync mode (one fsync for
+//! many entries under `always`: group commit), tells the loop how far entries are durable (an atomic and
+//! the loop's `mio::Waker`), keeps the meta file, retries after a failing disk, and carries out rewrites.
+
+use super::*;
+
+/// The writer thread's state.
+pub(super) struct Writer {
+    disk: Disk,
+    shared: Arc<Shared>,
+    waker: Arc<mio::Waker>,
+    mode: FsyncMode,
+    /// Bytes taken from the mailbox and not yet committed; `written` of them are written.
+    tail: Vec<u8>,
+    tail_last: u64,
+    written: usize,
+    commands: VecDeque<Command>,
+    last_sync: Instant,
+    retry: Option<Duration>,
+    /// Rewrite: whether every step so far succeeded.
+    rewrite_ok: bool,
+    peers: Option<BTreeMap<String, (String, u64)>>,
+    last_meta: Instant,
+    last_seq: u64,
+}
+
+impl Writer {
+    pub(super) fn new(disk: Disk, shared: Arc<Shared>, waker: Arc<mio::Waker>, mode: FsyncMode) -> Writer {
+        Writer {
+            disk,
+            shared,
+            waker,
+            mode,
+            tail: Vec::with_capacity(CHUNK_BYTES),
+            tail_last: 0,
+            written: 0,
+            commands: VecDeque::new(),
+            last_sync: Instant::now(),
+            retry: None,
+            rewrite_ok: true,
+            peers: None,
+            // The first offsets are written at once.
+            last_meta: Instant::now() - META_EVERY,
+            last_seq: 0,
+        }
+    }
+
+    pub(super) fn run(mut self) {
+        let mut close_attempts = 0;
+        loop {
+            let (closing, crash) = self.take();
+            if crash {
+                return;
+            }
+            self.write_and_commit(closing);
+            if self.retry.is_none() {
+                self.run_commands(closing);
+            }
+            self.write_peers(closing);
+            self.shared.writer_backlog.store(self.tail.len() as u64, Ordering::Relaxed);
+            if closing {
+                let idle = self.tail.is_empty() && self.commands.is_empty() && self.shared.slots().queued.is_empty();
+                if idle && self.retry.is_none() {
+                    self.disk.meta.clean = true;
+                    self.disk.meta.last_seq = self.last_seq;
+                    if self.disk.write_meta().is_ok() {
+                        return;
+                    }
+                }
+                close_attempts += 1;
+                if close_attempts >= 5 {
+                    log::error!(
+                        "journal {}: giving up at shut-down, the disk keeps failing",
+                        self.disk.dir().display()
+                    );
+                    return;
+                }
+            }
+            // Sleep until the loop hands over more, or until a retry, a once-a-second fsync or a meta write
+            // is due. A wake-up that finds nothing to do only loops.
+            let mut wait = self.retry;
+            if self.mode == FsyncMode::EverySec && !self.tail.is_empty() {
+                let due = Duration::from_secs(1).saturating_sub(self.last_sync.elapsed());
+                wait = Some(wait.map_or(due, |w| w.min(due)));
+            }
+            if self.peers.is_some() {
+                let due = META_EVERY.saturating_sub(self.last_meta.elapsed());
+                wait = Some(wait.map_or(due, |w| w.min(due)));
+            }
+            match wait {
+                Some(d) if d.is_zero() => {}
+                Some(d) => std::thread::park_timeout(d),
+                None if closing => std::thread::park_timeout(RETRY_FIRST),
+                None => std::thread::park(),
+            }
+        }
+    }
+
+    /// Takes queued bytes and commands from the mailbox. Bytes are not taken while a rotation is pending
+    /// here: they were queued after it and belong in the new segment.
+    fn take(&mut self) -> (bool, bool) {
+        let mut slots = self.shared.slots();
+        if !self.commands.iter().any(|c| matches!(c, Command::Rotate)) && !slots.queued.is_empty() {
+            if self.tail.is_empty() {
+                std::mem::swap(&mut self.tail, &mut slots.queued);
+            } else {
+                self.tail.extend_from_slice(&slots.queued);
+                slots.queued.clear();
+            }
+            self.tail_last = slots.queued_last;
+        }
+        self.commands.extend(slots.commands.drain(..));
+        if let Some(p) = slots.peers.take() {
+            self.peers = Some(p);
+        }
+        self.last_seq = slots.last_seq;
+        self.disk.meta.last_seq = self.disk.meta.last_seq.max(self.last_seq);
+        (slots.closing, slots.crash)
+    }
+
+    /// Writes what is not yet written of the tail, and commits it as the mode says.
+    fn write_and_commit(&mut self, force_sync: bool) {
+        if self.written < self.tail.len() {
+            if let Err(e) = self.disk.append(&self.tail[self.written..]) {
+                return self.failed("write", e);
+            }
+            self.written = self.tail.len();
+            self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
+        }
+        if self.tail.is_empty() {
+            return;
+        }
+        let sync = match self.mode {
+            FsyncMode::Always => true,
+            FsyncMode::EverySec => force_sync || self.last_sync.elapsed() >= Duration::from_secs(1),
+            FsyncMode::No => force_sync,
+        };
+        if sync {
+            if let Err(e) = self.sync() {
+                return self.failed("fsync", e);
+            }
+        } else if self.mode == FsyncMode::No {
+            self.disk.commit_unsynced();
+        } else {
+            return; // everysec: not yet
+        }
+        self.committed();
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        let delay = self.disk_faults_delay();
+        if delay > 0 {
+            std::thread::sleep(Duration::from_millis(delay));
+        }
+        let started = Instant::now();
+        let result = self.disk.sync();
+        let took = started.elapsed().as_micros() as u64;
+        self.last_sync = Instant::now();
+        if result.is_ok() {
+            let s = &self.shared;
+            s.fsyncs.fetch_add(1, Ordering::Relaxed);
+            s.fsync_micros.fetch_add(took, Ordering::Relaxed);
+            let bucket = FSYNC_BUCKETS_US.iter().position(|&b| took <= b).unwrap_or(FSYNC_BUCKETS_US.len());
+            s.fsync_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn disk_faults_delay(&self) -> u64 {
+        self.disk.faults.sync_delay_ms.load(Ordering::Relaxed)
+    }
+
+    /// The tail is committed: publish it and wake the loop if it waits.
+    fn committed(&mut self) {
+        self.tail.clear();
+        self.written = 0;
+        self.shared.durable.store(self.tail_last, Ordering::SeqCst);
+        let recovered = self.retry.take().is_some();
+        if recovered {
+            self.shared.failing.store(false, Ordering::Relaxed);
+            log::info!("journal {}: writes succeed again", self.disk.dir().display());
+        }
+        if recovered || self.shared.want_wake.swap(false, Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    fn failed(&mut self, what: &str, e: std::io::Error) {
+        self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.shared.failed.store(self.tail_last, Ordering::Release);
+        self.disk.rollback();
+        self.written = 0;
+        if self.retry.is_none() {
+            self.shared.failing.store(true, Ordering::Relaxed);
+            log::warn!(
+                "journal {}: {what} failed: {e}; not acknowledging until it succeeds",
+                self.disk.dir().display()
+            );
+        }
+        self.retry = Some(self.retry.map_or(RETRY_FIRST, |r| (r * 2).min(RETRY_MAX)));
+        self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
+        let _ = self.waker.wake();
+    }
+
+    /// Runs rewrite commands in order; a rotation first commits what precedes it.
+    fn run_commands(&mut self, closing: bool) {
+        while let Some(cmd) = self.commands.pop_front() {
+            match cmd {
+                Command::Rotate => {
+                    if !self.tail.is_empty() {
+                        self.write_and_commit(true);
+                        if self.retry.is_some() {
+                            self.commands.push_front(Command::Rotate);
+                            return;
+                        }
+                    }
+                    if let Err(e) = self.disk.rotate() {
+                        log::warn!("journal {}: rewrite not started: {e}", self.disk.dir().display());
+                        self.rewrite_ok = false;
+                    }
+                    self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
+                }
+                Command::Chunk(chunk) => {
+                    if self.rewrite_ok && !closing {
+                        if let Err(e) = self.disk.snapshot_write(&chunk) {
+                            log::warn!("journal {}: rewrite failed: {e}", self.disk.dir().display());
+                            self.rewrite_ok = false;
+                        }
+                    }
+                }
+                Command::Finish => {
+                    let ok = self.rewrite_ok && !closing && self.install();
+                    if !ok {
+                        self.disk.abandon_rewrite();
+                        self.shared.rewrite_failures.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        self.shared.rewrites.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.rewrite_ok = true;
+                    self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
+                    self.shared.rewrite_outcome.store(if ok { 1 } else { 2 }, Ordering::Release);
+                    let _ = self.waker.wake();
+                }
+            }
+        }
+        if closing && self.disk.rewriting() {
+            self.disk.abandon_rewrite();
+        }
+    }
+
+    fn install(&mut self) -> bool {
+        let dir = self.disk.dir().display().to_string();
+        let old = match self.disk.snapshot_seal().and_then(|name| self.disk.snapshot_install(&name)) {
+            Ok(old) => old,
+            Err(e) => {
+                log::warn!("journal {dir}: rewrite failed: {e}");
+                return false;
+            }
+        };
+        if let Err(e) = self.disk.remove_old(&old) {
+            // The meta file no longer lists them: the next open removes them.
+            log::warn!("journal {dir}: cannot remove replaced files: {e}");
+        }
+        log::info!("journal {dir}: rewritten, {} bytes", self.disk.bytes());
+        true
+    }
+
+    /// Neighbour offsets go to the meta file at most once a second (and at shut-down).
+    fn write_peers(&mut self, closing: bool) {
+        if self.retry.is_some() || (!closing && self.last_meta.elapsed() < META_EVERY) {
+            return;
+        }
+        let Some(peers) = self.peers.take() else { return };
+        self.disk.meta.peers = peers.clone();
+        self.last_meta = Instant::now();
+        if self.disk.write_meta().is_err() {
+            self.peers = Some(peers); // again later
+        }
+    }
+}
