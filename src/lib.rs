@@ -15,5 +15,6 @@ pub mod places;
 pub mod places_service;
 pub mod protocol;
 pub mod record;
+pub mod route;
 pub mod server;
 pub mod up;

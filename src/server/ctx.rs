@@ -21,6 +21,7 @@ use super::timer::Timers;
 use crate::config::Limits;
 use crate::protocol::{AtFields, Timestamp};
 use crate::record::RecordStore;
+use crate::route::{Mode, Routes};
 use mio::Token;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -118,6 +119,45 @@ pub struct Ctx {
     pub replay: ReplayStats,
     /// The slot cursor of a journal rewrite walking the table, while one runs.
     pub(super) rewrite_cursor: Option<u32>,
+    /// Where each origin's records go from here (`route.rs`): this server's children in every origin's
+    /// shortest-path tree. Empty (every record floods) until `with_routes`.
+    pub routes: Routes,
+    /// Records to send again as floods because a sending link broke before the neighbour acknowledged
+    /// them (`herd::link_out_closed`), walked a step per hand-off.
+    pub refloods: Vec<Reflood>,
+}
+
+/// A flood of what a broken link may have lost: every record stored after `after`, walked in slot order
+/// from `cursor` (see `herd::reflood_step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reflood {
+    /// The neighbour whose link broke (it is not live, so nothing is sent to it).
+    pub neighbour: usize,
+    pub after: u64,
+    pub cursor: u32,
+}
+
+/// A record stored and not yet handed to the peer links: how it arrived, and its bytes in
+/// `Outbox::floods`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flood {
+    /// The neighbour it came from (`None`: a client's IAMAT, or a reflood).
+    pub from: Option<usize>,
+    /// How it travels on (`route::Routes::plan`).
+    pub mode: Mode,
+    /// Its origin's index (the server its `AT` line names); `u32::MAX` when the routes do not know it.
+    pub origin: u32,
+    pub start: u32,
+    pub end: u32,
+}
+
+/// One record for one neighbour, as the routes decided (`herd::route_floods`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Send {
+    pub neighbour: u32,
+    pub mode: Mode,
+    pub start: u32,
+    pub end: u32,
 }
 
 /// The journal replay at start-up.
@@ -132,10 +172,10 @@ pub struct ReplayStats {
 /// it happens in the same turn, and no connection ever reaches into another.
 #[derive(Default)]
 pub struct Outbox {
-    /// Records stored and not yet handed to the peer links: the bytes, and for each record the
-    /// neighbour it came from and its range in the bytes.
+    /// Records stored and not yet handed to the peer links: the bytes, and for each record where it
+    /// came from, how it travels on and its range in the bytes.
     pub floods: Vec<u8>,
-    pub flood_marks: Vec<(Option<usize>, u32, u32)>,
+    pub flood_marks: Vec<Flood>,
     /// WHATSATs whose awaited record arrived from the herd: (client, ticket).
     pub records_arrived: Vec<(Token, u64)>,
     /// Places answers for clients: (client, ticket, JSON bytes).
@@ -164,11 +204,14 @@ pub struct Neighbour {
     pub links_in: usize,
     /// The offset of this server's stream the neighbour last acknowledged (`ACK` lines).
     pub acked: u64,
+    /// The greatest seq when our link to it last went live: what was stored before went by the sync or
+    /// by flooding; what came after, in tree mode too, is sent again if the link breaks unacknowledged.
+    pub live_seq: u64,
 }
 
 impl Neighbour {
     pub fn new(name: String, addr: SocketAddr) -> Neighbour {
-        Neighbour { name, addr, link: OutLink::Backoff, backoff: BACKOFF_FIRST, links_in: 0, acked: 0 }
+        Neighbour { name, addr, link: OutLink::Backoff, backoff: BACKOFF_FIRST, links_in: 0, acked: 0, live_seq: 0 }
     }
 }
 
@@ -258,7 +301,16 @@ impl Ctx {
             last_seq: 0,
             replay: ReplayStats::default(),
             rewrite_cursor: None,
+            routes: Routes::default(),
+            refloods: Vec::new(),
         }
+    }
+
+    /// The same context with the routes of the herd's graph (`route.rs`); without them every record
+    /// floods.
+    pub fn with_routes(mut self, routes: Routes) -> Ctx {
+        self.routes = routes;
+        self
     }
 
     /// The same context with a record table that keeps records as `retention` says (`records` in the
@@ -459,6 +511,11 @@ pub struct Counters {
     /// Records from peers refused for breaking a rule of PROTOCOL section 2 or 5 (the link stays up).
     pub records_refused: u64,
     pub records_forwarded: u64,
+    /// Of `records_forwarded`: those sent in flood mode (a tree broken below this server, a record
+    /// learned by anti-entropy, or a reflood), the rest went down their origin's tree.
+    pub records_flooded: u64,
+    /// Records sent again as floods because a link broke before the neighbour acknowledged them.
+    pub records_reflooded: u64,
     pub records_synced: u64,
     /// Records a catch-up passed over because the neighbour, full, would have refused them at once.
     pub records_sync_skipped: u64,

@@ -38,6 +38,7 @@ use super::timer::Timer;
 use super::token::{TokenName, ADMIN_LISTENER, CLIENT_LISTENER, PEER_LISTENER, SIGNALS, TRACE, WAKER};
 use crate::config::Config;
 use crate::protocol::Timestamp;
+use crate::route::{Routes, Trees};
 use mio::event::Event;
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -148,8 +149,12 @@ impl Server {
         };
         let seed = Ctx::random_seed()?;
         let herd: Vec<&str> = config.servers.iter().map(|s| s.name.as_str()).collect();
+        // Every origin's shortest-path tree over the configured graph, seen from here (`route.rs`).
+        let trees = Trees::new(config.servers.len(), &config.links);
+        let routes = Routes::new(&trees, &herd, index, &config.neighbours(index));
         let mut ctx = Ctx::new(&me.name, &herd, &config.limits, log, Auth::new(secret), neighbours, places, seed)
-            .with_retention(config.records);
+            .with_retention(config.records)
+            .with_routes(routes);
         ctx.admin_guard = AdminGuard::new(&config.admin_host.to_string(), admin_token.as_deref());
         ctx.peer_tls = peer_tls;
         Ok(Server {

@@ -1,7 +1,8 @@
 //! The hand-off: after every handler, the loop delivers what it left in `ctx.outbox` to the
 //! connections it is for, until nothing is left, so all of it happens in the same turn.
 //!
-//! - records stored → every live sending peer link but the one each came from (the flood);
+//! - records stored → the peer links their origin's tree says (or every live one but the source, when a
+//!   record floods: see `route.rs`), and a step of any reflood;
 //! - WHATSATs whose record arrived from the herd → their clients;
 //! - Places answers → the clients waiting on them;
 //! - queued Places requests → idle pooled connections, or new ones while under the limit;
@@ -11,16 +12,20 @@
 //! next request), hence the loop. Every delivery goes through the `Connection` trait.
 
 use super::conn::{Connection, Conns, Delivery};
-use super::ctx::{Ctx, OutLink};
+use super::ctx::{Ctx, OutLink, Send};
 use super::places_client::Address;
 use super::sockets;
+use crate::route::Mode;
 use mio::Token;
 
 /// The hand-off's reusable scratch: nothing is allocated per flood in steady state.
 #[derive(Default)]
 pub struct HandOff {
-    /// The live sending links of the flood being delivered: (neighbour, token).
-    live_links: Vec<(usize, Token)>,
+    /// Per neighbour, whether our sending link is live, and its token.
+    live: Vec<bool>,
+    tokens: Vec<Option<Token>>,
+    /// What the routes decided for the records being delivered.
+    sends: Vec<Send>,
 }
 
 impl HandOff {
@@ -49,43 +54,59 @@ impl HandOff {
         }
     }
 
-    /// Hands the records stored by the last handler to every live sending link but the one each came
-    /// from. Returns whether there was anything.
+    /// Hands the records stored by the last handler to the links the routes chose for each (its origin's
+    /// tree, or every live link but its source), and tells every other live link that this server's
+    /// stream moved on. Also walks a step of any reflood. Returns whether there was anything.
     fn flood(&mut self, conns: &mut Conns, ctx: &mut Ctx, scratch: &mut [u8]) -> bool {
+        let reflooding = ctx.reflood_step();
         if ctx.outbox.flood_marks.is_empty() {
-            return false;
+            return reflooding;
         }
-        self.live_links.clear();
-        for (i, n) in ctx.neighbours.iter().enumerate() {
-            if let OutLink::Live(t) = n.link {
-                self.live_links.push((i, t));
+        self.live.clear();
+        self.tokens.clear();
+        for n in &ctx.neighbours {
+            let token = match n.link {
+                OutLink::Live(t) => Some(t),
+                _ => None,
+            };
+            self.live.push(token.is_some());
+            self.tokens.push(token);
+        }
+        self.sends.clear();
+        ctx.route_floods(&self.live, &mut self.sends);
+        let floods = std::mem::take(&mut ctx.outbox.floods);
+        for send in &self.sends {
+            let line = &floods[send.start as usize..send.end as usize];
+            if let Some(token) = self.tokens[send.neighbour as usize] {
+                let record = Delivery::Record { line, mode: send.mode };
+                conns.with(token, ctx, scratch, |c, ctx, s| c.deliver(record, ctx, s));
             }
         }
-        let mut floods = std::mem::take(&mut ctx.outbox.floods);
-        let mut marks = std::mem::take(&mut ctx.outbox.flood_marks);
-        for &(from, start, end) in &marks {
-            let line = &floods[start as usize..end as usize];
-            let mut sent_to = 0;
-            for &(i, token) in &self.live_links {
-                if Some(i) != from {
-                    conns.with(token, ctx, scratch, |c, ctx, s| {
-                        c.deliver(Delivery::Record(line), ctx, s);
-                        sent_to += 1;
-                    });
-                } else {
-                    conns.with(token, ctx, scratch, |c, ctx, s| c.deliver(Delivery::Advanced, ctx, s));
-                }
-            }
-            if sent_to > 0 {
-                ctx.log.peer("flood", &format!("to {sent_to} neighbours"), line);
-            }
+        // Links that got nothing still learn that the stream moved on (their `OFF` lines are paced).
+        for token in self.tokens.iter().flatten() {
+            conns.with(*token, ctx, scratch, |c, ctx, s| c.deliver(Delivery::Advanced, ctx, s));
         }
-        // Keep both allocations.
+        if ctx.log.logs_peer_io() {
+            log_sends(ctx, &self.sends, &floods);
+        }
+        // Keep the allocation.
+        let mut floods = floods;
         floods.clear();
-        marks.clear();
         ctx.outbox.floods = floods;
-        ctx.outbox.flood_marks = marks;
         true
+    }
+}
+
+/// One log line per record sent: where it went, and how (`tree` or `flood`). A record's sends are
+/// consecutive in `sends` (`route_floods` makes them a record at a time).
+fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8]) {
+    for group in sends.chunk_by(|a, b| (a.start, a.end) == (b.start, b.end)) {
+        let mut to = String::from(if group[0].mode == Mode::Tree { "tree:" } else { "flood:" });
+        for s in group {
+            to.push(' ');
+            to.push_str(&ctx.neighbours[s.neighbour as usize].name);
+        }
+        ctx.log.peer("flood", &to, &floods[group[0].start as usize..group[0].end as usize]);
     }
 }
 

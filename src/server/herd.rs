@@ -7,11 +7,12 @@
 //! right after the handler (`handoff.rs`). So every rule here can be tested with a `Ctx` alone (see the
 //! tests at the end).
 
-use super::ctx::{Ctx, OutLink, ReplayStats, BACKOFF_CAP, BACKOFF_FIRST};
+use super::ctx::{Ctx, Flood, OutLink, Reflood, ReplayStats, Send, BACKOFF_CAP, BACKOFF_FIRST};
 use super::journal;
 use super::places_client::{Outcome, PlacesClient, Replies, Waiter, IDLE_KEEP};
 use super::timer::Timer;
 use crate::protocol::{self, AtFields, WhatsAt};
+use crate::route::{Mode, Plan};
 use mio::Token;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,9 +32,10 @@ pub enum Whatsat {
 }
 
 impl Ctx {
-    /// Stores an `AT` line if it is the newest record of its client, and floods it if so.
-    /// `from` is the neighbour it came from (it is not sent back there), `None` for a client's IAMAT.
-    pub fn store_and_flood(&mut self, line: &[u8], fields: AtFields, from: Option<usize>) -> bool {
+    /// Stores an `AT` line if it is the newest record of its client, and passes it on if so: `from` is the
+    /// neighbour it came from (`None` for a client's IAMAT), `mode` how it travels (`Tree` for an IAMAT).
+    /// The outbox gets it; [`route_floods`](Self::route_floods) decides where it goes.
+    pub fn store_and_flood(&mut self, line: &[u8], fields: AtFields, from: Option<usize>, mode: Mode) -> bool {
         if !self.offer_record(line, fields) {
             return false;
         }
@@ -46,15 +48,84 @@ impl Ctx {
                 self.outbox.records_arrived.extend(waiters);
             }
         }
-        // Every live link hears of it: the others get the record, the one it came from only that this
-        // server's stream moved on (its offset, for catch-up by delta).
-        let any_link = self.neighbours.iter().any(|n| matches!(n.link, OutLink::Live(_)));
-        if any_link {
-            let floods = &mut self.outbox.floods;
-            let start = floods.len() as u32;
-            floods.extend_from_slice(line);
-            self.outbox.flood_marks.push((from, start, floods.len() as u32));
+        // Every live link hears of it: the children of its origin's tree get the record (or every link but
+        // its source, when it floods), the others only that this server's stream moved on (its offset,
+        // for catch-up by delta).
+        if self.neighbours.iter().any(|n| matches!(n.link, OutLink::Live(_))) {
+            let server = &line[fields.server.0 as usize..fields.server.1 as usize];
+            let origin = self.routes.origin(server).map_or(u32::MAX, |o| o as u32);
+            self.queue_flood(line, from, mode, origin);
         }
+        true
+    }
+
+    fn queue_flood(&mut self, line: &[u8], from: Option<usize>, mode: Mode, origin: u32) {
+        let floods = &mut self.outbox.floods;
+        let start = floods.len() as u32;
+        floods.extend_from_slice(line);
+        self.outbox.flood_marks.push(Flood { from, mode, origin, start, end: floods.len() as u32 });
+    }
+
+    /// Turns the records stored since the last hand-off into sends, one per (record, neighbour), their
+    /// bytes staying in `outbox.floods`. `live[n]` says whether our sending link to neighbour `n` is live.
+    /// A record travels down its origin's tree while every child's link is live and floods otherwise
+    /// (`route::Routes::plan`); one whose origin the routes do not know floods. Empties `flood_marks`.
+    pub fn route_floods(&mut self, live: &[bool], sends: &mut Vec<Send>) {
+        for f in self.outbox.flood_marks.drain(..) {
+            let plan = match f.origin {
+                u32::MAX => Plan::Flood,
+                o => self.routes.plan(o as usize, f.mode, live),
+            };
+            match plan {
+                Plan::Tree(children) => {
+                    for &c in children {
+                        if Some(c as usize) != f.from {
+                            sends.push(Send { neighbour: c, mode: Mode::Tree, start: f.start, end: f.end });
+                        }
+                    }
+                }
+                Plan::Flood => {
+                    for (n, &up) in live.iter().enumerate() {
+                        if up && Some(n) != f.from {
+                            let (start, end) = (f.start, f.end);
+                            sends.push(Send { neighbour: n as u32, mode: Mode::Flood, start, end });
+                        }
+                    }
+                }
+            }
+        }
+        self.counters.records_forwarded += sends.len() as u64;
+        self.counters.records_flooded += sends.iter().filter(|s| s.mode == Mode::Flood).count() as u64;
+    }
+
+    /// Walks the refloods a step: each record stored after a broken link's last acknowledged offset is
+    /// queued again, as a flood, for every live link (`route_floods` sends it on). Records of origins
+    /// whose tree does not pass through that link here went to their own children (or flooded) and are
+    /// passed over. Returns whether anything was queued; at most [`REFLOOD_STEP`] records are looked at.
+    pub fn reflood_step(&mut self) -> bool {
+        let Some(mut job) = self.refloods.pop() else { return false };
+        let mut queued = false;
+        let mut line = Vec::with_capacity(protocol::MAX_AT_LINE);
+        for _ in 0..REFLOOD_STEP {
+            let Some((next, record)) = self.records.next_since(job.cursor, job.after) else {
+                return queued || !self.refloods.is_empty();
+            };
+            job.cursor = next;
+            line.clear();
+            record.write_line(&mut line);
+            let Some(fields) = protocol::parse_at(&line) else { continue };
+            let server = &line[fields.server.0 as usize..fields.server.1 as usize];
+            let origin = self.routes.origin(server);
+            // Only what went (or would have gone) down the tree to that neighbour can be missing there.
+            if origin.is_some_and(|o| !self.routes.children(o).contains(&(job.neighbour as u32))) {
+                continue;
+            }
+            let from = origin.and_then(|o| self.routes.parent(o));
+            self.queue_flood(&line, from, Mode::Flood, u32::MAX);
+            self.counters.records_reflooded += 1;
+            queued = true;
+        }
+        self.refloods.push(job);
         true
     }
 
@@ -134,6 +205,7 @@ impl Ctx {
     /// Our sending link to `n` is live.
     pub fn on_link_out(&mut self, n: usize, token: Token) {
         self.neighbours[n].link = OutLink::Live(token);
+        self.neighbours[n].live_seq = self.records.max_seq();
         self.neighbours[n].backoff = BACKOFF_FIRST;
         self.counters.links_up += 1;
     }
@@ -147,13 +219,21 @@ impl Ctx {
         }
     }
 
-    /// Our sending link to `n` on `token` is gone (if it is still the one we count): redial later.
+    /// Our sending link to `n` on `token` is gone (if it is still the one we count): redial later. A live
+    /// link may have lost what it carried since the neighbour last acknowledged: records that went down
+    /// a tree through it are flooded again (`reflood_step`), so the servers below it get them another way.
     pub fn link_out_closed(&mut self, n: usize, token: Token) {
         let nb = &mut self.neighbours[n];
         if matches!(nb.link, OutLink::Live(t) | OutLink::Dialing(t) if t == token) {
             if matches!(nb.link, OutLink::Live(_)) {
                 self.counters.links_down += 1;
+                let after = nb.acked.max(nb.live_seq);
+                if after < self.records.max_seq() && !self.stopping {
+                    self.refloods.retain(|r| r.neighbour != n);
+                    self.refloods.push(Reflood { neighbour: n, after, cursor: 0 });
+                }
             }
+            let nb = &mut self.neighbours[n];
             nb.link = OutLink::Backoff;
             self.schedule_redial(n);
         }
@@ -247,6 +327,9 @@ impl Ctx {
         }
     }
 }
+
+/// Records a reflood looks at per step (per hand-off): bounded work, like a sync batch.
+pub const REFLOOD_STEP: usize = 4096;
 
 /// Records handed to a rewrite of the journal per step (a step per loop turn, or per tick of the timer).
 const REWRITE_STEP: usize = 4096;
@@ -425,24 +508,112 @@ mod tests {
         (ctx.whatsat(&cmd, client, 0, &mut out), out)
     }
 
+    /// A context for `A` in the line B - A - C (B index 1, C index 2), with its routes: A is the parent
+    /// of C in B's tree and of B in C's, and of both in its own.
+    fn routed() -> Ctx {
+        let trees = crate::route::Trees::new(3, &[(0, 1), (0, 2)]);
+        let routes = crate::route::Routes::new(&trees, &["A", "B", "C"], 0, &[1, 2]);
+        ctx(100).with_routes(routes)
+    }
+
+    fn sends(ctx: &mut Ctx, live: &[bool]) -> Vec<(u32, Mode)> {
+        let mut sends = Vec::new();
+        ctx.route_floods(live, &mut sends);
+        sends.iter().map(|s| (s.neighbour, s.mode)).collect()
+    }
+
     #[test]
-    fn only_a_newer_record_is_stored_and_it_floods_to_live_links_but_its_source() {
-        let mut ctx = ctx(100);
+    fn only_a_newer_record_is_stored_and_it_goes_on_only_while_a_link_is_live() {
+        let mut ctx = routed();
         let (line, fields) = at("kiwi", "1520023934.9");
-        // No live link: stored, nothing to flood.
-        assert!(ctx.store_and_flood(&line, fields, None));
+        // No live link: stored, nothing to send.
+        assert!(ctx.store_and_flood(&line, fields, None, Mode::Tree));
         assert!(ctx.outbox.flood_marks.is_empty());
         ctx.on_link_out(0, Token(5));
         ctx.on_link_out(1, Token(6));
         let (newer, fields) = at("kiwi", "1520023935.0");
-        assert!(ctx.store_and_flood(&newer, fields, Some(0)), "newer client time wins");
-        assert_eq!(ctx.outbox.flood_marks, vec![(Some(0), 0, newer.len() as u32)]);
+        assert!(ctx.store_and_flood(&newer, fields, Some(0), Mode::Tree), "newer client time wins");
         assert_eq!(ctx.outbox.floods, newer);
         let (older, fields) = at("kiwi", "1520023934.0");
-        assert!(!ctx.store_and_flood(&older, fields, None), "an older record is not stored");
-        assert_eq!(ctx.outbox.flood_marks.len(), 1, "nor flooded");
+        assert!(!ctx.store_and_flood(&older, fields, None, Mode::Tree), "an older record is not stored");
+        assert_eq!(ctx.outbox.flood_marks.len(), 1, "nor sent");
         assert_eq!(ctx.records().get(b"kiwi").unwrap().to_line(), &newer[..]);
         assert_eq!(ctx.counters.records_stored, 2);
+    }
+
+    /// The routing table of `routed()`, by hand: B's records (from B, slot 0) go to C only, C's to B
+    /// only, A's own to both; a flood goes to every live link but its source; a tree record whose child
+    /// link is down floods.
+    #[test]
+    fn records_follow_their_origins_tree_and_flood_where_it_is_broken() {
+        let mut ctx = routed();
+        ctx.on_link_out(0, Token(5));
+        ctx.on_link_out(1, Token(6));
+        let record = |server: &str, id: &str| {
+            let line = format!("AT {server} +0.100000000 {id} +34.068930-118.445127 1520023934.9\n").into_bytes();
+            let fields = protocol::parse_at(&line).unwrap();
+            (line, fields)
+        };
+        // (origin, from, mode, live links, what is sent)
+        type Row = (&'static str, Option<usize>, Mode, [bool; 2], &'static [(u32, Mode)]);
+        let table: [Row; 7] = [
+            ("B", Some(0), Mode::Tree, [true, true], &[(1, Mode::Tree)]),
+            ("C", Some(1), Mode::Tree, [true, true], &[(0, Mode::Tree)]),
+            ("A", None, Mode::Tree, [true, true], &[(0, Mode::Tree), (1, Mode::Tree)]),
+            ("A", None, Mode::Tree, [true, false], &[(0, Mode::Flood)]),
+            ("B", Some(0), Mode::Tree, [true, false], &[]),
+            ("B", Some(0), Mode::Flood, [true, true], &[(1, Mode::Flood)]),
+            ("A", None, Mode::Flood, [true, true], &[(0, Mode::Flood), (1, Mode::Flood)]),
+        ];
+        for (i, (server, from, mode, live, want)) in table.into_iter().enumerate() {
+            let (line, fields) = record(server, &format!("id{i}"));
+            assert!(ctx.store_and_flood(&line, fields, from, mode));
+            assert_eq!(sends(&mut ctx, &live), want, "row {i}: {server} from {from:?} {mode:?} live {live:?}");
+        }
+        // A server the routes do not know floods (a record refused later would not get here at all).
+        let (line, fields) = record("Z", "zed");
+        assert!(ctx.store_and_flood(&line, fields, Some(0), Mode::Tree));
+        assert_eq!(sends(&mut ctx, &[true, true]), [(1, Mode::Flood)]);
+    }
+
+    /// A live link that breaks before its neighbour acknowledged what went down a tree through it: those
+    /// records (and only those: B's own go to C, not to B) are flooded again to every live link but
+    /// the tree parent they came from.
+    #[test]
+    fn a_link_that_breaks_unacknowledged_has_its_tree_records_flooded_again() {
+        let mut ctx = routed();
+        ctx.on_link_out(0, Token(5));
+        ctx.on_link_out(1, Token(6));
+        // C's record, which A sends down C's tree to B; B acknowledges it.
+        let acked = "AT C +0.100000000 acked +34.068930-118.445127 1520023934.9\n";
+        assert!(ctx.store_and_flood(
+            acked.as_bytes(),
+            protocol::parse_at(acked.as_bytes()).unwrap(),
+            Some(1),
+            Mode::Tree
+        ));
+        ctx.neighbours[0].acked = ctx.records().max_seq();
+        let mut lines = Vec::new();
+        for (id, server, from) in [("lost", "C", 1), ("mine", "A", 9), ("other", "B", 0)] {
+            let line = format!("AT {server} +0.100000000 {id} +34.068930-118.445127 1520023934.9\n");
+            let fields = protocol::parse_at(line.as_bytes()).unwrap();
+            let from = (from != 9).then_some(from);
+            assert!(ctx.store_and_flood(line.as_bytes(), fields, from, Mode::Tree));
+            lines.push(line);
+        }
+        let _ = sends(&mut ctx, &[true, true]);
+        ctx.outbox.floods.clear();
+        ctx.link_out_closed(0, Token(5));
+        assert!(ctx.reflood_step());
+        while ctx.reflood_step() {}
+        let again: Vec<(u32, Mode)> = sends(&mut ctx, &[false, true]);
+        let text = String::from_utf8(ctx.outbox.floods.clone()).unwrap();
+        // "lost" (C's, through A to B) and "mine" (A's own, to B) are sent again; "acked" was
+        // acknowledged, "other" (B's own) never went to B. C's record is not sent back to C, its parent.
+        assert!(text.contains(&lines[1]), "{text}");
+        assert!(!text.contains("acked") && !text.contains("other"), "{text}");
+        assert_eq!(again, [(1, Mode::Flood)], "only A's own record goes to C: {text}");
+        assert_eq!(ctx.counters.records_reflooded, 2);
     }
 
     /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer
@@ -458,7 +629,7 @@ mod tests {
         first.open_journal(&opts, Arc::clone(&waker)).unwrap();
         assert!(first.holds_replies());
         let (line, fields) = at("kiwi", "1520023934.9");
-        assert!(first.store_and_flood(&line, fields, None));
+        assert!(first.store_and_flood(&line, fields, None, Mode::Tree));
         assert_eq!(first.last_seq, 1);
         first.await_durable(1, Token(7));
         first.await_durable(1, Token(7));
@@ -496,10 +667,10 @@ mod tests {
         assert_eq!(deadline, ctx.now + Duration::from_millis(100));
         // A local IAMAT does not end the wait; the record from the herd does.
         let (line, fields) = at("kiwi", "1520023934.9");
-        ctx.store_and_flood(&line, fields, None);
+        ctx.store_and_flood(&line, fields, None, Mode::Tree);
         assert!(ctx.outbox.records_arrived.is_empty());
         let (line, fields) = at("kiwi", "1520023935.9");
-        ctx.store_and_flood(&line, fields, Some(0));
+        ctx.store_and_flood(&line, fields, Some(0), Mode::Flood);
         assert_eq!(ctx.outbox.records_arrived, vec![(Token(1), ticket)]);
         // Now known, and without Places: answered at once with the AT line and the failure object.
         let (decision, out) = whatsat(&mut ctx, ask, Token(1));
@@ -531,7 +702,7 @@ mod tests {
         };
         ctx.stop_awaiting(b"kiwi", Token(3), ticket);
         let (line, fields) = at("kiwi", "1520023935.9");
-        ctx.store_and_flood(&line, fields, Some(1));
+        ctx.store_and_flood(&line, fields, Some(1), Mode::Flood);
         assert!(ctx.outbox.records_arrived.is_empty());
     }
 

@@ -325,6 +325,11 @@ impl ServerLog {
         format_rfc3339_micros(now, &mut self.stamp);
     }
 
+    /// Whether peer I/O lines (`peer`) are written: a log file, at `log_detail` `io`.
+    pub fn logs_peer_io(&self) -> bool {
+        self.writer.is_some() && self.detail != Detail::Events
+    }
+
     pub fn has_pending(&self) -> bool {
         !self.buf.is_empty()
     }

@@ -361,6 +361,10 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
         &one(c.records_refused),
     );
     metric("records_forwarded_total", "counter", "Records queued to peer links.", &one(c.records_forwarded));
+    let flooded = &one(c.records_flooded);
+    metric("records_flooded_total", "counter", "Of the records forwarded, those sent in flood mode.", flooded);
+    let reflooded = &one(c.records_reflooded);
+    metric("records_reflooded_total", "counter", "Records flooded again after a link broke unacknowledged.", reflooded);
     metric("records_synced_total", "counter", "Records sent by anti-entropy.", &one(c.records_synced));
     metric(
         "records_sync_skipped_total",

@@ -21,6 +21,7 @@ pub mod upstream;
 
 use super::ctx::Ctx;
 use super::token::{self, TokenName, TRACE};
+use crate::route::Mode;
 use admin::Admin;
 use client::Client;
 use mio::event::Event;
@@ -60,10 +61,10 @@ pub enum Delivery<'a> {
     /// To a client or an accepted peer link: the journal made more durable (or failed to): release the
     /// held replies or acknowledgements that can go now.
     Durable,
-    /// To a sending peer link: a record stored here, to flood.
-    Record(&'a [u8]),
-    /// To a sending peer link: a record came from its neighbour and is not sent back, but this server's
-    /// stream moved on: tell the neighbour its offset (an `OFF` line at the end of the turn).
+    /// To a sending peer link: a record stored here, for its neighbour, travelling in `mode`.
+    Record { line: &'a [u8], mode: Mode },
+    /// To every live sending peer link, after the records: this server's stream moved on; tell the
+    /// neighbour its offset (an `OFF` line at the end of the turn, paced on links that carried nothing).
     Advanced,
     /// To a client: the record its WHATSAT with this ticket waited for has arrived.
     RecordArrived { ticket: u64 },

@@ -279,7 +279,7 @@ impl Connection for Upstream {
         match what {
             Delivery::Request { id, bytes } => self.start(id, bytes, ctx, scratch),
             Delivery::Abort => self.abort(ctx),
-            Delivery::Record(_)
+            Delivery::Record { .. }
             | Delivery::RecordArrived { .. }
             | Delivery::PlacesAnswer { .. }
             | Delivery::Durable

@@ -4,6 +4,7 @@
 
 use super::{Client, Pending, State};
 use crate::protocol::{self, Command};
+use crate::route::Mode;
 use crate::server::ctx::{CloseReason, Ctx};
 use crate::server::herd::Whatsat;
 
@@ -39,7 +40,7 @@ impl Client {
             Command::IAmAt(cmd) => {
                 ctx.counters.iamat += 1;
                 let fields = protocol::write_at(buf, &ctx.name, ctx.wall, &cmd);
-                ctx.store_and_flood(&buf[start..], fields, None);
+                ctx.store_and_flood(&buf[start..], fields, None, Mode::Tree);
             }
             Command::WhatsAt(cmd) => {
                 ctx.counters.whatsat += 1;
@@ -78,7 +79,7 @@ impl Client {
         let start = reply.len();
         let fields = protocol::write_at(reply, &ctx.name, ctx.wall, cmd);
         // A record not newer than the one held is not stored: its reply waits only for what precedes it.
-        if ctx.store_and_flood(&reply[start..], fields, None) {
+        if ctx.store_and_flood(&reply[start..], fields, None, Mode::Tree) {
             *seq = ctx.last_seq;
             ctx.await_durable(*seq, self.token);
         }

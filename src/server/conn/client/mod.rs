@@ -387,7 +387,7 @@ impl Connection for Client {
             Delivery::Durable => self.release_ready(ctx),
             Delivery::RecordArrived { ticket } => self.record_arrived(ticket, ctx),
             Delivery::PlacesAnswer { ticket, json } => self.places_answered(ticket, json, ctx),
-            Delivery::Record(_) | Delivery::Advanced | Delivery::Request { .. } | Delivery::Abort => {}
+            Delivery::Record { .. } | Delivery::Advanced | Delivery::Request { .. } | Delivery::Abort => {}
         }
     }
 

@@ -65,7 +65,9 @@ impl Peer {
                 self.start_heartbeat(ctx);
                 // Anti-entropy: what the neighbour may lack goes out first, in batches; floods follow. With
                 // an offset under our replication id, that is what we stored after it (a delta); else all.
-                self.v2 = ext.get("v") == Some(b"2");
+                let version = ext.number("v").unwrap_or(1);
+                self.v2 = version >= 2;
+                self.v3 = version >= 3;
                 let off = ext.number("off").filter(|&off| {
                     off > 0 && ext.get("rid") == Some(ctx.rid.as_bytes()) && off <= ctx.records().max_seq()
                 });
@@ -161,7 +163,7 @@ impl Peer {
 /// The `key=value` tokens of this server's HELLO and WELCOME: the peer protocol version and its retention
 /// (`max=N` when bounded, `least=...` while full; see the `peer` module documentation).
 fn handshake_ext(ctx: &Ctx) -> String {
-    let mut ext = String::from("v=2");
+    let mut ext = String::from("v=3");
     if let Some(max) = ctx.records().retention().max {
         ext.push_str(&format!(" max={max}"));
     }

@@ -38,8 +38,8 @@ impl Peer {
                 return self.close(PeerClose::Silent, ctx, format_args!("nothing heard for {ms} ms"));
             }
             Beat::Ping => {
-                // Between whole lines: `out` only ever holds whole lines.
-                self.out.extend_from_slice(heartbeat::PING);
+                // Between whole lines and frames; an `OFF` goes with it if the stream moved on.
+                self.push_line(heartbeat::PING);
                 self.mark_dirty(ctx);
                 hb.pinged(ctx.now);
             }

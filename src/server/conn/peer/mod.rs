@@ -43,6 +43,7 @@
 //! of the protocol live beside it: `handshake.rs` (HELLO, WELCOME, PROOF), `sync.rs` (anti-entropy
 //! batches, `OFF` and `ACK`) and `liveness.rs` (the heartbeat).
 
+mod frame;
 mod handshake;
 mod liveness;
 mod sync;
@@ -50,6 +51,7 @@ mod sync;
 use super::{Connection, Delivery};
 use crate::protocol;
 use crate::record::OrderPoint;
+use crate::route::Mode;
 use crate::server::ctx::{Ctx, READS_PER_TURN};
 use crate::server::heartbeat::{self, Heartbeat};
 use crate::server::peer_tls::{IoRead, PeerIo, Refusal};
@@ -138,8 +140,17 @@ pub struct Peer {
     /// Dialer: the other side speaks version 2 (offsets), and the sync is done: `OFF` lines may go out.
     v2: bool,
     synced: bool,
-    /// The last offset sent in an `OFF` line.
+    /// Dialer: the other side speaks version 3: records go in frames that say how they travel.
+    v3: bool,
+    /// Dialer: the frame being filled in `out`: its mode and where its header starts. Closed (its length
+    /// written) before anything else is appended and before `out` is written.
+    frame: Option<(Mode, usize)>,
+    /// Acceptor: the mode of the frame being read and how many of its bytes are still to come.
+    frame_in: Option<(Mode, usize)>,
+    /// The last offset sent in an `OFF` line, when, and whether records went out since.
     off_sent: u64,
+    off_at: Instant,
+    carried: bool,
     /// Acceptor: the dialer's replication id (from HELLO), and the offsets it sent that this server has not
     /// acknowledged yet: (offset, the seq this server must have made durable first).
     dialer_rid: Option<String>,
@@ -204,7 +215,12 @@ impl Peer {
             sync_after: 0,
             v2: false,
             synced: false,
+            v3: false,
+            frame: None,
+            frame_in: None,
             off_sent: 0,
+            off_at: now,
+            carried: false,
             dialer_rid: None,
             pending_acks: std::collections::VecDeque::new(),
             peer_least: None,
@@ -307,10 +323,23 @@ impl Peer {
                 self.out.extend_from_slice(heartbeat::PONG);
                 self.mark_dirty(ctx);
             }
+            (&PeerState::Live { neighbour }, Role::Acceptor) if self.frame_in.is_some() => {
+                let Some((mode, left)) = self.frame_in else { unreachable!() };
+                if line.len() > left {
+                    return self.close(PeerClose::Protocol, ctx, format_args!("a line runs past its frame"));
+                }
+                self.frame_in = (line.len() < left).then_some((mode, left - line.len()));
+                self.on_record(neighbour, line, mode, ctx)
+            }
+            (&PeerState::Live { .. }, Role::Acceptor) if frame::is_header(line) => match frame::parse_header(line) {
+                Some(open) => self.frame_in = Some(open),
+                None => self.close(PeerClose::Protocol, ctx, format_args!("bad frame header")),
+            },
             (&PeerState::Live { neighbour }, Role::Acceptor) if text.starts_with(b"OFF ") => {
                 self.on_offset(neighbour, text, ctx)
             }
-            (&PeerState::Live { neighbour }, Role::Acceptor) => self.on_record(neighbour, line, ctx),
+            // A record outside a frame (a version 2 neighbour): it floods, as version 2 did.
+            (&PeerState::Live { neighbour }, Role::Acceptor) => self.on_record(neighbour, line, Mode::Flood, ctx),
             // The answer to our PING: heard (above), nothing more.
             (PeerState::Live { .. }, Role::Dialer(_)) if line == heartbeat::PONG => {}
             (PeerState::Live { .. }, Role::Dialer(n)) if text.starts_with(b"ACK ") => {
@@ -330,8 +359,9 @@ impl Peer {
         }
     }
 
-    /// A record from an identified neighbour: stored and flooded on if it is the newest.
-    fn on_record(&mut self, neighbour: usize, line: &[u8], ctx: &mut Ctx) {
+    /// A record from an identified neighbour, travelling in `mode`: stored and passed on if it is the
+    /// newest.
+    fn on_record(&mut self, neighbour: usize, line: &[u8], mode: Mode, ctx: &mut Ctx) {
         ctx.counters.records_received += 1;
         let fields = match ctx.check_peer_record(line) {
             Ok(fields) => fields,
@@ -350,19 +380,20 @@ impl Peer {
             }
         };
         ctx.log.peer("peer-recv", &ctx.neighbours[neighbour].name, line);
-        if !ctx.store_and_flood(line, fields, Some(neighbour)) {
+        if !ctx.store_and_flood(line, fields, Some(neighbour), mode) {
             ctx.counters.records_duplicate += 1;
         }
     }
 
-    /// Queues a record for this (sending, live) link. Past the bound the link is dropped rather than
-    /// allowed to grow: the neighbour resyncs by anti-entropy when it relinks.
-    pub fn send_record(&mut self, line: &[u8], ctx: &mut Ctx) {
+    /// Queues a record for this (sending, live) link, in `mode`. Past the bound the link is dropped
+    /// rather than allowed to grow: the neighbour resyncs by anti-entropy when it relinks (and what it
+    /// had not acknowledged is flooded again meanwhile).
+    pub fn send_record(&mut self, line: &[u8], mode: Mode, ctx: &mut Ctx) {
         if !self.is_live() {
             return;
         }
-        self.out.extend_from_slice(line);
-        ctx.counters.records_forwarded += 1;
+        self.push_record(mode, line);
+        self.carried = true;
         if self.out.len() - self.sent > ctx.limits.peer_output_max {
             return self.close(
                 PeerClose::OutputBound,
@@ -371,6 +402,40 @@ impl Peer {
             );
         }
         self.mark_dirty(ctx);
+    }
+
+    /// Appends a record to `out` inside a frame of `mode` (version 3), or as a bare line (version 2).
+    fn push_record(&mut self, mode: Mode, line: &[u8]) {
+        self.frame_room(mode, line.len());
+        self.out.extend_from_slice(line);
+    }
+
+    /// Makes sure `out` ends in an open frame of `mode` with room for `len` more bytes (version 3).
+    fn frame_room(&mut self, mode: Mode, len: usize) {
+        if !self.v3 {
+            return;
+        }
+        if let Some((m, at)) = self.frame {
+            if m == mode && self.out.len() - at - frame::HEADER + len <= frame::MAX {
+                return;
+            }
+            self.close_frame();
+        }
+        self.frame = Some((mode, self.out.len()));
+        frame::open(&mut self.out, mode);
+    }
+
+    /// Writes the open frame's length into its header: `out` holds only whole frames and lines again.
+    fn close_frame(&mut self) {
+        if let Some((_, at)) = self.frame.take() {
+            frame::close(&mut self.out, at);
+        }
+    }
+
+    /// Appends a line that is not a record (`PING`, `OFF`), after closing any open frame.
+    fn push_line(&mut self, line: &[u8]) {
+        self.close_frame();
+        self.out.extend_from_slice(line);
     }
 
     fn mark_dirty(&mut self, ctx: &mut Ctx) {
@@ -463,6 +528,7 @@ impl Connection for Peer {
         self.note_offset(ctx);
         let mut batches = 0;
         loop {
+            self.close_frame();
             // With TLS, rustls may hold records of its own (handshake, or data the socket did not take)
             // even when `out` is empty: an empty write pushes them.
             while (self.sent < self.out.len() || self.io.wants_write()) && self.writable && !self.is_closed() {
@@ -512,7 +578,7 @@ impl Connection for Peer {
 
     fn deliver(&mut self, what: Delivery<'_>, ctx: &mut Ctx, _scratch: &mut [u8]) {
         match what {
-            Delivery::Record(line) => self.send_record(line, ctx),
+            Delivery::Record { line, mode } => self.send_record(line, mode, ctx),
             Delivery::Advanced if self.v2 && self.synced && self.is_live() => self.mark_dirty(ctx),
             Delivery::Durable => {
                 if let (PeerState::Live { neighbour }, Role::Acceptor) = (&self.state, self.role) {

@@ -3,7 +3,13 @@
 //! `ACK <seq>` answers once what it stored is durable (see the module documentation of `peer`).
 
 use super::{Peer, PeerClose};
+use crate::route::Mode;
 use crate::server::ctx::Ctx;
+use std::time::Duration;
+
+/// How often a link that carries no records tells its neighbour the stream's offset (also with every
+/// `PING`).
+pub(super) const OFF_PACE: Duration = Duration::from_millis(100);
 
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
@@ -52,13 +58,22 @@ impl Peer {
     }
 
     /// Dialer, version 2, sync done: tells the neighbour how far our stream has been sent (all records up
-    /// to our greatest seq are in `out` or were written before).
+    /// to our greatest seq are in `out` or were written before). After records went out on this link,
+    /// at once: the offset bounds what must be sent again if the link breaks. On a link that carried
+    /// none (the records went down other trees), at most every [`OFF_PACE`]: it only shortens the delta
+    /// of the next link-up, and must not cost more bytes than the records it is about.
     pub(super) fn note_offset(&mut self, ctx: &mut Ctx) {
         let seq = ctx.records().max_seq();
-        if self.v2 && self.synced && self.is_live() && seq > self.off_sent {
-            self.off_sent = seq;
-            self.out.extend_from_slice(format!("OFF {seq}\n").as_bytes());
+        if !(self.v2 && self.synced && self.is_live() && seq > self.off_sent) {
+            return;
         }
+        if !self.carried && ctx.now < self.off_at + OFF_PACE {
+            return;
+        }
+        self.off_sent = seq;
+        self.off_at = ctx.now;
+        self.carried = false;
+        self.push_line(format!("OFF {seq}\n").as_bytes());
     }
 
     /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
@@ -80,6 +95,9 @@ impl Peer {
                 skipped += 1;
                 continue;
             }
+            // Learned by anti-entropy: whoever was cut off with the neighbour may lack it too, so it floods
+            // on from there.
+            self.frame_room(Mode::Flood, crate::protocol::MAX_AT_LINE);
             record.write_line(&mut self.out);
             sent += 1;
         }

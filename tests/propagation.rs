@@ -1,0 +1,129 @@
+//! Propagation along shortest-path trees (issue 19), with real server processes: each record crosses
+//! each server once while every link is up, and the herd repairs itself when one is not.
+//!
+//! The expected counts come from the graph alone: with every link up, a record stored at one server
+//! reaches the other `N - 1` exactly once each, so the records received summed over the herd are
+//! `(N - 1)` per record. Plain flooding sends `2E - (N - 1)`: 8 per record on the default herd (E = 6),
+//! of which 4 arrive as duplicates.
+
+mod common;
+
+use common::*;
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// The value of the sample `name{server="..."}` on a server's `/metrics`.
+fn metric(admin_port: u16, name: &str) -> u64 {
+    let (status, text) = admin_get(admin_port, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let prefix = format!("{name}{{");
+    text.lines().filter(|l| l.starts_with(&prefix)).map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap()).sum()
+}
+
+/// Sends `count` IAMATs for ids `{tag}0..` to `port` in one pipelined burst and reads every reply.
+fn iamats(port: u16, tag: &str, count: usize) {
+    let mut s = connect(port);
+    let now = now_text();
+    let mut burst = String::new();
+    for i in 0..count {
+        burst.push_str(&format!("IAMAT {tag}{i} +34.068930-118.445127 {now}\n"));
+    }
+    s.write_all(burst.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut replies = String::new();
+    s.read_to_string(&mut replies).unwrap();
+    assert_eq!(replies.lines().filter(|l| l.starts_with("AT ")).count(), count, "every IAMAT answered");
+}
+
+/// Waits until every member of `herd` holds `want` records (its `herd_records` gauge).
+fn wait_held(herd: &Herd, want: u64, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    for m in &herd.config.members {
+        loop {
+            let held = metric(m.admin_port, "herd_records");
+            if held == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{} holds {held} records of {want} after {limit:?}", m.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn sum(herd: &Herd, name: &str) -> u64 {
+    herd.config.members.iter().map(|m| metric(m.admin_port, name)).sum()
+}
+
+/// The check of issue 19 on the default herd: IAMATs at Bailey, records received summed over all five
+/// servers = 4 per record (plain flooding: 8), none of them a duplicate, none flooded.
+#[test]
+fn on_the_default_herd_each_record_is_received_once_per_server() {
+    let herd = Herd::start(HerdConfig::from_shipped("config/herd.json", ""));
+    const RECORDS: u64 = 2_000;
+    iamats(herd.port("Bailey"), "tree", RECORDS as usize);
+    wait_held(&herd, RECORDS, Duration::from_secs(20));
+    let received = sum(&herd, "herd_records_received_total");
+    let duplicates = sum(&herd, "herd_records_duplicate_total");
+    let forwarded = sum(&herd, "herd_records_forwarded_total");
+    let flooded = sum(&herd, "herd_records_flooded_total");
+    assert_eq!((received, duplicates), (4 * RECORDS, 0), "received, duplicates (plain flooding: 8 and 4 per record)");
+    assert_eq!((forwarded, flooded), (4 * RECORDS, 0), "forwarded, of which flooded");
+}
+
+/// 21 server processes on a sparse graph (a ring with four chords, 25 links): records stored at three
+/// servers reach all 21, each server receiving each record once: N - 1 = 20 messages per record, against
+/// 2E - (N - 1) = 30 for plain flooding. Every record is checked byte for byte at the farthest server.
+#[test]
+fn twenty_one_servers_on_a_sparse_graph_send_n_minus_1_messages_per_record() {
+    const N: usize = 21;
+    let names: Vec<String> = (0..N).map(|i| format!("S{i:02}")).collect();
+    let mut links: Vec<(usize, usize)> = (0..N).map(|i| (i, (i + 1) % N)).collect();
+    links.extend([(0, 10), (5, 15), (3, 17), (8, 19)]);
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let link_refs: Vec<(&str, &str)> = links.iter().map(|&(a, b)| (name_refs[a], name_refs[b])).collect();
+    let herd = Herd::start(HerdConfig::new(&name_refs, &link_refs, ""));
+    const EACH: u64 = 200;
+    for (origin, tag) in [(0, "a"), (7, "b"), (13, "c")] {
+        iamats(herd.port(name_refs[origin]), tag, EACH as usize);
+    }
+    wait_held(&herd, 3 * EACH, Duration::from_secs(30));
+    let records = 3 * EACH;
+    assert_eq!(sum(&herd, "herd_records_received_total"), (N as u64 - 1) * records);
+    assert_eq!(sum(&herd, "herd_records_forwarded_total"), (N as u64 - 1) * records);
+    assert_eq!(sum(&herd, "herd_records_duplicate_total"), 0);
+    let far = herd.port(name_refs[12]);
+    for (tag, origin) in [("a", "S00"), ("b", "S07"), ("c", "S13")] {
+        let line = whatsat_first_line(far, &format!("{tag}{}", EACH - 1));
+        assert!(line.starts_with(&format!("AT {origin} ")), "{line}");
+    }
+}
+
+/// A tree link that is down: Bona is the tree parent of Clark for Bailey's records. With Bona gone,
+/// Bailey's records flood around it (through Campbell and Jaquez), every live server gets every one,
+/// and once Bona is back it catches up and the tree carries records again without floods.
+#[test]
+fn a_broken_tree_floods_around_the_gap_and_the_tree_returns_when_it_heals() {
+    let mut herd = Herd::start(HerdConfig::from_shipped("config/herd.json", ""));
+    herd.kill("Bona");
+    let bailey = herd.port("Bailey");
+    iamats(bailey, "gap", 300);
+    let live: Vec<&Member> = herd.config.members.iter().filter(|m| m.name != "Bona").collect();
+    for m in &live {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(m.admin_port, "herd_records") < 300 {
+            assert!(Instant::now() < deadline, "{} lacks records", m.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    assert!(metric(herd.config.member("Bailey").admin_port, "herd_records_flooded_total") >= 300);
+    herd.restart("Bona");
+    herd.wait_linked();
+    wait_held(&herd, 300, Duration::from_secs(15));
+    // Healed: the next records go down the tree again, received once per server.
+    let before = sum(&herd, "herd_records_received_total");
+    let flooded = sum(&herd, "herd_records_flooded_total");
+    iamats(bailey, "healed", 100);
+    wait_held(&herd, 400, Duration::from_secs(15));
+    assert_eq!(sum(&herd, "herd_records_received_total") - before, 4 * 100);
+    assert_eq!(sum(&herd, "herd_records_flooded_total"), flooded, "no floods once every link is up");
+}
