@@ -125,6 +125,8 @@ pub struct Routes {
     children: Vec<u32>,
     /// The neighbour slot of this server's parent in each origin's tree (`NONE` for its own).
     parents: Vec<u32>,
+    /// This server's own origin index (`NONE` in the empty routes, where every record floods).
+    me: u32,
 }
 
 impl Routes {
@@ -147,7 +149,12 @@ impl Routes {
         }
         starts.push(children.len() as u32);
         let origins = names.iter().enumerate().map(|(i, n)| (n.as_bytes().into(), i as u32)).collect();
-        Routes { origins, starts, children, parents }
+        Routes { origins, starts, children, parents, me: me as u32 }
+    }
+
+    /// This server's origin index: its clients' records start their tree here.
+    pub fn me(&self) -> Option<usize> {
+        (self.me != NONE && !self.starts.is_empty()).then_some(self.me as usize)
     }
 
     /// The origin index of a server name, if it is a server of the herd.
@@ -271,7 +278,7 @@ mod tests {
         // Bailey's neighbours: Bona (slot 0), Campbell (slot 1); both are its children for its own
         // records; for Jaquez's records (parent of Bailey: Campbell) it has none.
         let r = Routes::new(&t, &NAMES, 0, &[1, 2]);
-        assert_eq!(r.origin(b"Bailey"), Some(0));
+        assert_eq!((r.origin(b"Bailey"), r.me(), Routes::default().me()), (Some(0), Some(0), None));
         assert_eq!(r.origin(b"Nobody"), None);
         assert_eq!(r.plan(0, Mode::Tree, &[true, true]), Plan::Tree(&[0, 1]));
         assert_eq!(r.plan(0, Mode::Tree, &[true, false]), Plan::Flood);

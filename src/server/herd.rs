@@ -52,9 +52,12 @@ impl Ctx {
         // its source, when it floods), the others only that this server's stream moved on (its offset,
         // for catch-up by delta).
         if self.neighbours.iter().any(|n| matches!(n.link, OutLink::Live(_))) {
-            let server = &line[fields.server.0 as usize..fields.server.1 as usize];
-            let origin = self.routes.origin(server).map_or(u32::MAX, |o| o as u32);
-            self.queue_flood(line, from, mode, origin);
+            // A client's record starts at this server; a neighbour's names its origin.
+            let origin = match from {
+                None => self.routes.me(),
+                Some(_) => self.routes.origin(&line[fields.server.0 as usize..fields.server.1 as usize]),
+            };
+            self.queue_flood(line, from, mode, origin.map_or(u32::MAX, |o| o as u32));
         }
         true
     }
