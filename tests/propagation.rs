@@ -127,3 +127,54 @@ fn a_broken_tree_floods_around_the_gap_and_the_tree_returns_when_it_heals() {
     assert_eq!(sum(&herd, "herd_records_received_total") - before, 4 * 100);
     assert_eq!(sum(&herd, "herd_records_flooded_total"), flooded, "no floods once every link is up");
 }
+
+/// Bona, the tree parent of Clark for Bailey's records, is SIGKILLed in the middle of a burst: what
+/// Bailey had sent it unacknowledged is flooded again, what follows floods around it, and Clark (and
+/// every other live server) ends with every record Bailey answered.
+#[test]
+fn a_tree_server_killed_mid_burst_loses_nothing_for_the_servers_below_it() {
+    let mut herd = Herd::start(HerdConfig::from_shipped("config/herd.json", ""));
+    const RECORDS: usize = 20_000;
+    let mut s = connect(herd.port("Bailey"));
+    let now = now_text();
+    let burst: String = (0..RECORDS).map(|i| format!("IAMAT mid{i} +34.068930-118.445127 {now}\n")).collect();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            s.write_all(burst.as_bytes()).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        })
+    };
+    // Kill Bona once Bailey has answered a quarter of the burst: records are in flight on its links.
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let mut killed = false;
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        replies.extend_from_slice(&buf[..n]);
+        if !killed && replies.iter().filter(|&&b| b == b'\n').count() >= RECORDS / 4 {
+            herd.kill("Bona");
+            killed = true;
+        }
+    }
+    writer.join().unwrap();
+    assert!(killed);
+    assert_eq!(replies.iter().filter(|&&b| b == b'\n').count(), RECORDS, "every IAMAT answered");
+    for name in ["Bailey", "Campbell", "Clark", "Jaquez"] {
+        let m = herd.config.member(name);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let held = metric(m.admin_port, "herd_records");
+            if held == RECORDS as u64 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} holds {held} of {RECORDS} records");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let reflooded = metric(herd.config.member("Bailey").admin_port, "herd_records_reflooded_total");
+    println!("Bailey reflooded {reflooded} records after Bona's death");
+}

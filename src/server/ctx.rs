@@ -68,7 +68,8 @@ pub struct Ctx {
     pub stopping: bool,
     /// Connections with output to write at the end of this turn.
     pub dirty: Vec<Token>,
-    /// Peer links with output to write at the end of this turn (written before the clients').
+    /// Sending peer links with output to write at the end of this turn, written before the clients'. An
+    /// accepted link goes in `dirty`, after them (see `Peer::mark_dirty`).
     pub dirty_peers: Vec<Token>,
     /// Connections that still had input when their read budget ran out: driven again next turn.
     pub again: Vec<Token>,

@@ -230,7 +230,8 @@ impl Server {
     /// One loop turn (see the module documentation for the order of its steps).
     pub fn turn(&mut self) -> Result<(), ServerError> {
         let core = &mut self.core;
-        let busy = !core.ctx.again.is_empty() || std::mem::take(&mut core.journal_again);
+        let busy =
+            !core.ctx.again.is_empty() || std::mem::take(&mut core.journal_again) || !core.ctx.refloods.is_empty();
         let timeout = if busy { Some(Duration::ZERO) } else { core.ctx.timers.timeout(core.ctx.now) };
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != ErrorKind::Interrupted {
@@ -276,6 +277,10 @@ impl Server {
                 Timer::Conn(token) => conns.contains(token),
                 _ => true,
             });
+        }
+        if !core.ctx.refloods.is_empty() {
+            // A broken link's unacknowledged records, flooded again a step per turn (`herd::reflood_step`).
+            core.hand_off();
         }
         core.conns.cause = "flush";
         core.flush_dirty();
@@ -344,6 +349,10 @@ impl Core {
         if self.ctx.outbox.is_empty() && self.ctx.places.as_ref().is_none_or(|p| p.queue.is_empty()) {
             return;
         }
+        self.hand_off();
+    }
+
+    fn hand_off(&mut self) {
         let cause = std::mem::replace(&mut self.conns.cause, "hand-off");
         self.handoff.run(&mut self.conns, &mut self.ctx, &mut self.scratch);
         self.conns.cause = cause;

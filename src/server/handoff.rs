@@ -31,6 +31,9 @@ pub struct HandOff {
 impl HandOff {
     /// Delivers everything in the outbox, and what delivering it produced, until it is empty.
     pub fn run(&mut self, conns: &mut Conns, ctx: &mut Ctx, scratch: &mut [u8]) {
+        // One bounded step of a reflood per hand-off (not per pass below): a large table is walked over
+        // many turns, never in one.
+        ctx.reflood_step();
         loop {
             let mut worked = self.flood(conns, ctx, scratch);
             while let Some((token, ticket)) = ctx.outbox.records_arrived.pop() {
@@ -56,11 +59,10 @@ impl HandOff {
 
     /// Hands the records stored by the last handler to the links the routes chose for each (its origin's
     /// tree, or every live link but its source), and tells every other live link that this server's
-    /// stream moved on. Also walks a step of any reflood. Returns whether there was anything.
+    /// stream moved on. Returns whether there was anything.
     fn flood(&mut self, conns: &mut Conns, ctx: &mut Ctx, scratch: &mut [u8]) -> bool {
-        let reflooding = ctx.reflood_step();
         if ctx.outbox.flood_marks.is_empty() {
-            return reflooding;
+            return false;
         }
         self.live.clear();
         self.tokens.clear();

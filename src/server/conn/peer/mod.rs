@@ -438,10 +438,16 @@ impl Peer {
         self.out.extend_from_slice(line);
     }
 
+    /// Queues the link for the end-of-turn flush. Sending links are written first, before every client;
+    /// an accepted link's output (`WELCOME`, `PONG`, `ACK`) goes with the clients', after every sending
+    /// link's: an `ACK` never leaves before the records it vouches for were written on down their trees.
     fn mark_dirty(&mut self, ctx: &mut Ctx) {
         if !self.dirty {
             self.dirty = true;
-            ctx.dirty_peers.push(self.token);
+            match self.role {
+                Role::Dialer(_) => ctx.dirty_peers.push(self.token),
+                Role::Acceptor => ctx.dirty.push(self.token),
+            }
         }
     }
 }
