@@ -37,6 +37,63 @@ pub enum Mode {
     Tree,
     /// To every live neighbour but the sender; every server that stores it does the same.
     Flood,
+    /// Sent again after a link broke (see [`Repair`]): to every live neighbour but the sender, and every
+    /// server passes it on the first time it sees it, *whether or not it stores it*.
+    Repair(Repair),
+}
+
+/// One record of a repair flood: the `index`-th record that server `server` sent again in its repair
+/// number `number`.
+///
+/// A plain flood stops at the first server that already holds the record, which is right for a new
+/// record and wrong for a repair: the servers next to the break hold it (it reached them down their
+/// own trees), and the ones that lack it are beyond them. So a repair record is passed on by every
+/// server once, recognised by this identity ([`SeenRepairs`]): like plain flooding, at most
+/// `2E - (N - 1)` messages per record, and it reaches every server still connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Repair {
+    pub server: u32,
+    pub number: u32,
+    pub index: u32,
+}
+
+/// The repair records a server has already passed on: a bitmap of indices per repair, for the most
+/// recent [`SeenRepairs::KEPT`] repairs. Indices past [`SeenRepairs::MAX_INDEX`] count as seen (never
+/// passed on): the memory stays bounded whatever a neighbour sends.
+#[derive(Debug, Default)]
+pub struct SeenRepairs {
+    repairs: std::collections::VecDeque<((u32, u32), Vec<u64>)>,
+}
+
+impl SeenRepairs {
+    pub const KEPT: usize = 16;
+    pub const MAX_INDEX: u32 = 1 << 22;
+
+    /// Whether `r` is seen for the first time (and from now on, it is seen).
+    pub fn first_time(&mut self, r: Repair) -> bool {
+        if r.index >= Self::MAX_INDEX {
+            return false;
+        }
+        let key = (r.server, r.number);
+        let pos = match self.repairs.iter().position(|(k, _)| *k == key) {
+            Some(pos) => pos,
+            None => {
+                if self.repairs.len() == Self::KEPT {
+                    self.repairs.pop_front();
+                }
+                self.repairs.push_back((key, Vec::new()));
+                self.repairs.len() - 1
+            }
+        };
+        let bits = &mut self.repairs[pos].1;
+        let (word, bit) = ((r.index / 64) as usize, r.index % 64);
+        if bits.len() <= word {
+            bits.resize(word + 1, 0);
+        }
+        let first = bits[word] & (1 << bit) == 0;
+        bits[word] |= 1 << bit;
+        first
+    }
 }
 
 /// The shortest-path trees of a whole herd: `parent[o][x]`, the server that sends origin `o`'s records
@@ -177,7 +234,7 @@ impl Routes {
     /// tree while every child's link is live, and floods otherwise.
     pub fn plan(&self, origin: usize, mode: Mode, live: &[bool]) -> Plan<'_> {
         match mode {
-            Mode::Flood => Plan::Flood,
+            Mode::Flood | Mode::Repair(_) => Plan::Flood,
             Mode::Tree => {
                 let children = self.children(origin);
                 if children.iter().all(|&c| live[c as usize]) {
@@ -286,5 +343,23 @@ mod tests {
         assert_eq!(r.parent(4), Some(1));
         assert_eq!(r.parent(0), None);
         assert_eq!(r.plan(4, Mode::Flood, &[true, true]), Plan::Flood);
+        let repair = Repair { server: 0, number: 1, index: 0 };
+        assert_eq!(r.plan(0, Mode::Repair(repair), &[true, true]), Plan::Flood);
+    }
+
+    #[test]
+    fn a_repair_record_is_passed_on_once_and_the_memory_of_repairs_is_bounded() {
+        let mut seen = SeenRepairs::default();
+        let r = |server, number, index| Repair { server, number, index };
+        assert!(seen.first_time(r(0, 1, 5)));
+        assert!(!seen.first_time(r(0, 1, 5)), "the second copy");
+        assert!(seen.first_time(r(0, 1, 4)) && seen.first_time(r(1, 1, 5)) && seen.first_time(r(0, 2, 5)));
+        assert!(!seen.first_time(r(0, 1, SeenRepairs::MAX_INDEX)), "past the bound: never passed on");
+        // After KEPT newer repairs, the oldest is forgotten (its stragglers pass once more, harmlessly).
+        for number in 10..10 + SeenRepairs::KEPT as u32 {
+            assert!(seen.first_time(r(7, number, 0)));
+        }
+        assert!(seen.first_time(r(0, 1, 5)));
+        assert_eq!(seen.repairs.len(), SeenRepairs::KEPT);
     }
 }

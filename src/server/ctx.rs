@@ -21,7 +21,7 @@ use super::timer::Timers;
 use crate::config::Limits;
 use crate::protocol::{AtFields, Timestamp};
 use crate::record::RecordStore;
-use crate::route::{Mode, Routes};
+use crate::route::{Mode, Routes, SeenRepairs};
 use mio::Token;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -123,19 +123,25 @@ pub struct Ctx {
     /// Where each origin's records go from here (`route.rs`): this server's children in every origin's
     /// shortest-path tree. Empty (every record floods) until `with_routes`.
     pub routes: Routes,
-    /// Records to send again as floods because a sending link broke before the neighbour acknowledged
-    /// them (`herd::link_out_closed`), walked a step per hand-off.
+    /// Records to send again as repair floods because a sending link broke before the neighbour
+    /// acknowledged them (`herd::link_out_closed`), walked a step per turn.
     pub refloods: Vec<Reflood>,
+    /// The repair floods' records this server has passed on already, and the number of its own last one.
+    pub seen_repairs: SeenRepairs,
+    pub repair_number: u32,
 }
 
-/// A flood of what a broken link may have lost: every record stored after `after`, walked in slot order
-/// from `cursor` (see `herd::reflood_step`).
+/// A repair flood of what a broken link may have lost: every record stored after `after`, walked in
+/// slot order from `cursor` (see `herd::reflood_step`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reflood {
     /// The neighbour whose link broke (it is not live, so nothing is sent to it).
     pub neighbour: usize,
     pub after: u64,
     pub cursor: u32,
+    /// This repair's number, and how many records it has sent (the next one's index).
+    pub number: u32,
+    pub sent: u32,
 }
 
 /// A record stored and not yet handed to the peer links: how it arrived, and its bytes in
@@ -304,6 +310,8 @@ impl Ctx {
             rewrite_cursor: None,
             routes: Routes::default(),
             refloods: Vec::new(),
+            seen_repairs: SeenRepairs::default(),
+            repair_number: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use super::journal;
 use super::places_client::{Outcome, PlacesClient, Replies, Waiter, IDLE_KEEP};
 use super::timer::Timer;
 use crate::protocol::{self, AtFields, WhatsAt};
-use crate::route::{Mode, Plan};
+use crate::route::{Mode, Plan, Repair};
 use mio::Token;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,23 +88,48 @@ impl Ctx {
                     }
                 }
                 Plan::Flood => {
+                    // A repair record keeps its identity (every server passes it on once); anything
+                    // else that floods from here is a flood.
+                    let mode = if matches!(f.mode, Mode::Repair(_)) { f.mode } else { Mode::Flood };
                     for (n, &up) in live.iter().enumerate() {
                         if up && Some(n) != f.from {
-                            let (start, end) = (f.start, f.end);
-                            sends.push(Send { neighbour: n as u32, mode: Mode::Flood, start, end });
+                            sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
                         }
                     }
                 }
             }
         }
         self.counters.records_forwarded += sends.len() as u64;
-        self.counters.records_flooded += sends.iter().filter(|s| s.mode == Mode::Flood).count() as u64;
+        self.counters.records_flooded += sends.iter().filter(|s| s.mode != Mode::Tree).count() as u64;
+    }
+
+    /// A record of a repair flood from neighbour `from`: stored if it is the newest, and passed on to
+    /// every other live link the first time this server sees it, stored or not (`route::Repair`).
+    /// Returns whether it was stored.
+    pub fn repair_record(&mut self, line: &[u8], fields: AtFields, from: usize, r: Repair) -> bool {
+        if !self.seen_repairs.first_time(r) {
+            return false;
+        }
+        let stored = self.offer_record(line, fields);
+        if stored {
+            self.counters.records_stored += 1;
+            if !self.awaiting_record.is_empty() {
+                let id = &line[fields.client_id.0 as usize..fields.client_id.1 as usize];
+                if let Some(waiters) = self.awaiting_record.remove(id) {
+                    self.outbox.records_arrived.extend(waiters);
+                }
+            }
+        }
+        self.queue_flood(line, Some(from), Mode::Repair(r), u32::MAX);
+        stored
     }
 
     /// Walks the refloods a step: each record stored after a broken link's last acknowledged offset is
-    /// queued again, as a flood, for every live link (`route_floods` sends it on). Records of origins
-    /// whose tree does not pass through that link here went to their own children (or flooded) and are
-    /// passed over. Returns whether anything was queued; at most [`REFLOOD_STEP`] records are looked at.
+    /// queued again, as a repair flood (`route::Repair`: every server passes it on once, so it gets
+    /// past the servers that hold it to the ones beyond the break), for every live link but the tree
+    /// parent it came from. Records of origins whose tree does not pass through that link here went to
+    /// their own children (or flooded) and are passed over. Returns whether anything was queued; at
+    /// most [`REFLOOD_STEP`] records are looked at.
     pub fn reflood_step(&mut self) -> bool {
         let Some(mut job) = self.refloods.pop() else { return false };
         let mut queued = false;
@@ -124,7 +149,10 @@ impl Ctx {
                 continue;
             }
             let from = origin.and_then(|o| self.routes.parent(o));
-            self.queue_flood(&line, from, Mode::Flood, u32::MAX);
+            let r = Repair { server: self.routes.me().unwrap_or(0) as u32, number: job.number, index: job.sent };
+            job.sent += 1;
+            self.seen_repairs.first_time(r); // its echoes end here
+            self.queue_flood(&line, from, Mode::Repair(r), u32::MAX);
             self.counters.records_reflooded += 1;
             queued = true;
         }
@@ -231,9 +259,12 @@ impl Ctx {
             if matches!(nb.link, OutLink::Live(_)) {
                 self.counters.links_down += 1;
                 let after = nb.acked.max(nb.live_seq);
-                if after < self.records.max_seq() && !self.stopping {
+                // Only where records go down trees (without routes every record floods anyway).
+                if after < self.records.max_seq() && !self.stopping && self.routes.me().is_some() {
                     self.refloods.retain(|r| r.neighbour != n);
-                    self.refloods.push(Reflood { neighbour: n, after, cursor: 0 });
+                    self.repair_number = self.repair_number.wrapping_add(1);
+                    let number = self.repair_number;
+                    self.refloods.push(Reflood { neighbour: n, after, cursor: 0, number, sent: 0 });
                 }
             }
             let nb = &mut self.neighbours[n];
@@ -615,8 +646,19 @@ mod tests {
         // acknowledged, "other" (B's own) never went to B. C's record is not sent back to C, its parent.
         assert!(text.contains(&lines[1]), "{text}");
         assert!(!text.contains("acked") && !text.contains("other"), "{text}");
-        assert_eq!(again, [(1, Mode::Flood)], "only A's own record goes to C: {text}");
+        // A's repair number 1, its records counted from 0 in slot order ("lost" then "mine").
+        let mine = Mode::Repair(crate::route::Repair { server: 0, number: 1, index: 1 });
+        assert_eq!(again, [(1, mine)], "only A's own record goes to C: {text}");
         assert_eq!(ctx.counters.records_reflooded, 2);
+        // A repair record seen a second time (an echo, or by another path) is neither stored nor sent.
+        let echo = protocol::parse_at(lines[1].as_bytes()).unwrap();
+        let Mode::Repair(r) = mine else { unreachable!() };
+        assert!(!ctx.repair_record(lines[1].as_bytes(), echo, 1, r));
+        assert!(ctx.outbox.flood_marks.is_empty());
+        // One not seen yet is passed on even though this server holds the record (it did not store it).
+        let other = crate::route::Repair { server: 2, number: 1, index: 0 };
+        assert!(!ctx.repair_record(lines[1].as_bytes(), echo, 1, other), "held already: not stored");
+        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Repair(other))], "but passed on");
     }
 
     /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer

@@ -51,7 +51,7 @@ mod sync;
 use super::{Connection, Delivery};
 use crate::protocol;
 use crate::record::OrderPoint;
-use crate::route::Mode;
+use crate::route::{Mode, Repair};
 use crate::server::ctx::{Ctx, READS_PER_TURN};
 use crate::server::heartbeat::{self, Heartbeat};
 use crate::server::peer_tls::{IoRead, PeerIo, Refusal};
@@ -142,9 +142,9 @@ pub struct Peer {
     synced: bool,
     /// Dialer: the other side speaks version 3: records go in frames that say how they travel.
     v3: bool,
-    /// Dialer: the frame being filled in `out`: its mode and where its header starts. Closed (its length
-    /// written) before anything else is appended and before `out` is written.
-    frame: Option<(Mode, usize)>,
+    /// Dialer: the frame being filled in `out`. Closed (its length written) before anything else is
+    /// appended and before `out` is written.
+    frame: Option<frame::Open>,
     /// Acceptor: the mode of the frame being read and how many of its bytes are still to come.
     frame_in: Option<(Mode, usize)>,
     /// The last offset sent in an `OFF` line, when, and whether records went out since.
@@ -328,7 +328,12 @@ impl Peer {
                 if line.len() > left {
                     return self.close(PeerClose::Protocol, ctx, format_args!("a line runs past its frame"));
                 }
-                self.frame_in = (line.len() < left).then_some((mode, left - line.len()));
+                // A repair frame's records count up from the index its header names.
+                let next = match mode {
+                    Mode::Repair(r) => Mode::Repair(Repair { index: r.index.saturating_add(1), ..r }),
+                    m => m,
+                };
+                self.frame_in = (line.len() < left).then_some((next, left - line.len()));
                 self.on_record(neighbour, line, mode, ctx)
             }
             (&PeerState::Live { .. }, Role::Acceptor) if frame::is_header(line) => match frame::parse_header(line) {
@@ -380,6 +385,12 @@ impl Peer {
             }
         };
         ctx.log.peer("peer-recv", &ctx.neighbours[neighbour].name, line);
+        if let Mode::Repair(r) = mode {
+            if !ctx.repair_record(line, fields, neighbour, r) {
+                ctx.counters.records_duplicate += 1;
+            }
+            return;
+        }
         if !ctx.store_and_flood(line, fields, Some(neighbour), mode) {
             ctx.counters.records_duplicate += 1;
         }
@@ -410,25 +421,27 @@ impl Peer {
         self.out.extend_from_slice(line);
     }
 
-    /// Makes sure `out` ends in an open frame of `mode` with room for `len` more bytes (version 3).
+    /// Makes sure `out` ends in an open frame of `mode` with room for `len` more bytes, and counts the
+    /// record that is about to join it (version 3; a version 2 neighbour gets bare lines).
     fn frame_room(&mut self, mode: Mode, len: usize) {
         if !self.v3 {
             return;
         }
-        if let Some((m, at)) = self.frame {
-            if m == mode && self.out.len() - at - frame::HEADER + len <= frame::MAX {
-                return;
+        match &mut self.frame {
+            Some(open) if open.takes(mode, len, self.out.len()) => open.joined(),
+            _ => {
+                self.close_frame();
+                let mut open = frame::open(&mut self.out, mode);
+                open.joined();
+                self.frame = Some(open);
             }
-            self.close_frame();
         }
-        self.frame = Some((mode, self.out.len()));
-        frame::open(&mut self.out, mode);
     }
 
     /// Writes the open frame's length into its header: `out` holds only whole frames and lines again.
     fn close_frame(&mut self) {
-        if let Some((_, at)) = self.frame.take() {
-            frame::close(&mut self.out, at);
+        if let Some(open) = self.frame.take() {
+            frame::close(&mut self.out, &open);
         }
     }
 
