@@ -7,9 +7,12 @@ use crate::route::Mode;
 use crate::server::ctx::Ctx;
 use std::time::Duration;
 
-/// How often a link that carries no records tells its neighbour the stream's offset (also with every
-/// `PING`).
-pub(super) const OFF_PACE: Duration = Duration::from_millis(100);
+/// A link that carries no records (they go down other trees) tells its neighbour the stream's offset
+/// when it has moved this far, or this long after the last time: the offset only shortens the delta of
+/// the next link-up, and must cost far fewer bytes than the records it is about. (A link that carries
+/// records states it after every turn that did: it bounds what is sent again if the link breaks.)
+pub(super) const OFF_PACE: Duration = Duration::from_secs(10);
+pub(super) const OFF_ADVANCE: u64 = 4096;
 
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
@@ -60,14 +63,13 @@ impl Peer {
     /// Dialer, version 2, sync done: tells the neighbour how far our stream has been sent (all records up
     /// to our greatest seq are in `out` or were written before). After records went out on this link,
     /// at once: the offset bounds what must be sent again if the link breaks. On a link that carried
-    /// none (the records went down other trees), at most every [`OFF_PACE`]: it only shortens the delta
-    /// of the next link-up, and must not cost more bytes than the records it is about.
+    /// none (the records went down other trees), once it moved [`OFF_ADVANCE`] or [`OFF_PACE`] passed.
     pub(super) fn note_offset(&mut self, ctx: &mut Ctx) {
         let seq = ctx.records().max_seq();
         if !(self.v2 && self.synced && self.is_live() && seq > self.off_sent) {
             return;
         }
-        if !self.carried && ctx.now < self.off_at + OFF_PACE {
+        if !self.carried && seq - self.off_sent < OFF_ADVANCE && ctx.now < self.off_at + OFF_PACE {
             return;
         }
         self.off_sent = seq;
