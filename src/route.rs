@@ -42,14 +42,15 @@ pub enum Mode {
     Repair(Repair),
 }
 
-/// One record of a repair flood: the `index`-th record that server `server` sent again in its repair
-/// number `number`.
+/// One record of a repair flood: the `index`-th record that server `server` sent as a repair in its
+/// stream `number` (a number drawn at start, so a restarted server never repeats an identity).
 ///
 /// A plain flood stops at the first server that already holds the record, which is right for a new
-/// record and wrong for a repair: the servers next to the break hold it (it reached them down their
-/// own trees), and the ones that lack it are beyond them. So a repair record is passed on by every
-/// server once, recognised by this identity ([`SeenRepairs`]): like plain flooding, at most
-/// `2E - (N - 1)` messages per record, and it reaches every server still connected.
+/// record and wrong for a repair: the servers next to a break hold it (it reached them down their own
+/// trees), and the ones that lack it are beyond them. So a repair record is passed on by every server
+/// once, recognised by this identity ([`SeenRepairs`]), and it reaches every server still connected.
+/// Repairs are sent in two cases: a tree record whose next hop (a child's link) is down, and records a
+/// broken link carried unacknowledged (see `herd::reflood_step`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Repair {
     pub server: u32,
@@ -57,42 +58,43 @@ pub struct Repair {
     pub index: u32,
 }
 
-/// The repair records a server has already passed on: a bitmap of indices per repair, for the most
-/// recent [`SeenRepairs::KEPT`] repairs. Indices past [`SeenRepairs::MAX_INDEX`] count as seen (never
-/// passed on): the memory stays bounded whatever a neighbour sends.
+/// Which repair records a server has passed on: per repair stream, the greatest index.
+///
+/// A stream's records leave its server in index order with no gaps, every link keeps their order, and
+/// every server passes them on in the order it first sees them; so what a server receives of a stream,
+/// over all its links, is always a prefix of it, and a record it has not seen has the next index. One
+/// number per stream is enough: a record is passed on only if its index is above the greatest passed
+/// on, which also ends every echo. At most [`SeenRepairs::KEPT`] streams are remembered (the least
+/// recently used is forgotten), so the memory stays bounded whatever neighbours send.
 #[derive(Debug, Default)]
 pub struct SeenRepairs {
-    repairs: std::collections::VecDeque<((u32, u32), Vec<u64>)>,
+    streams: HashMap<(u32, u32), (u32, u64)>,
+    clock: u64,
 }
 
 impl SeenRepairs {
-    pub const KEPT: usize = 16;
-    pub const MAX_INDEX: u32 = 1 << 22;
+    pub const KEPT: usize = 4096;
 
     /// Whether `r` is seen for the first time (and from now on, it is seen).
     pub fn first_time(&mut self, r: Repair) -> bool {
-        if r.index >= Self::MAX_INDEX {
-            return false;
-        }
-        let key = (r.server, r.number);
-        let pos = match self.repairs.iter().position(|(k, _)| *k == key) {
-            Some(pos) => pos,
-            None => {
-                if self.repairs.len() == Self::KEPT {
-                    self.repairs.pop_front();
-                }
-                self.repairs.push_back((key, Vec::new()));
-                self.repairs.len() - 1
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some((greatest, used)) = self.streams.get_mut(&(r.server, r.number)) {
+            *used = clock;
+            if r.index <= *greatest {
+                return false;
             }
-        };
-        let bits = &mut self.repairs[pos].1;
-        let (word, bit) = ((r.index / 64) as usize, r.index % 64);
-        if bits.len() <= word {
-            bits.resize(word + 1, 0);
+            *greatest = r.index;
+            return true;
         }
-        let first = bits[word] & (1 << bit) == 0;
-        bits[word] |= 1 << bit;
-        first
+        if self.streams.len() >= Self::KEPT {
+            let oldest = self.streams.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.streams.remove(&k);
+            }
+        }
+        self.streams.insert((r.server, r.number), (r.index, clock));
+        true
     }
 }
 
@@ -351,15 +353,17 @@ mod tests {
     fn a_repair_record_is_passed_on_once_and_the_memory_of_repairs_is_bounded() {
         let mut seen = SeenRepairs::default();
         let r = |server, number, index| Repair { server, number, index };
-        assert!(seen.first_time(r(0, 1, 5)));
-        assert!(!seen.first_time(r(0, 1, 5)), "the second copy");
-        assert!(seen.first_time(r(0, 1, 4)) && seen.first_time(r(1, 1, 5)) && seen.first_time(r(0, 2, 5)));
-        assert!(!seen.first_time(r(0, 1, SeenRepairs::MAX_INDEX)), "past the bound: never passed on");
-        // After KEPT newer repairs, the oldest is forgotten (its stragglers pass once more, harmlessly).
-        for number in 10..10 + SeenRepairs::KEPT as u32 {
-            assert!(seen.first_time(r(7, number, 0)));
+        assert!(seen.first_time(r(0, 1, 0)) && seen.first_time(r(0, 1, 1)));
+        assert!(!seen.first_time(r(0, 1, 1)) && !seen.first_time(r(0, 1, 0)), "second copies");
+        assert!(seen.first_time(r(0, 1, 2)), "the next one");
+        assert!(seen.first_time(r(1, 1, 0)) && seen.first_time(r(0, 2, 0)), "other streams are apart");
+        // Past KEPT streams, the least recently used is forgotten; (0, 1) was used last, so it stays.
+        for number in 0..SeenRepairs::KEPT as u32 {
+            assert!(seen.first_time(r(9, number, 0)));
+            assert!(!seen.first_time(r(0, 1, 2)));
         }
-        assert!(seen.first_time(r(0, 1, 5)));
-        assert_eq!(seen.repairs.len(), SeenRepairs::KEPT);
+        assert_eq!(seen.streams.len(), SeenRepairs::KEPT);
+        assert!(!seen.first_time(r(0, 1, 1)), "kept");
+        assert!(seen.first_time(r(1, 1, 0)), "forgotten: passed on once more");
     }
 }

@@ -118,6 +118,10 @@ fn a_broken_tree_floods_around_the_gap_and_the_tree_returns_when_it_heals() {
     assert!(metric(herd.config.member("Bailey").admin_port, "herd_records_flooded_total") >= 300);
     herd.restart("Bona");
     herd.wait_linked();
+    // Each neighbour's link *to* the new Bona is up too (its second "linked to Bona").
+    for name in ["Bailey", "Campbell", "Clark"] {
+        herd.procs[name].wait_stderr("linked to Bona", 2, Duration::from_secs(10));
+    }
     wait_held(&herd, 300, Duration::from_secs(15));
     // Healed: the next records go down the tree again, received once per server.
     let before = sum(&herd, "herd_records_received_total");
@@ -171,10 +175,22 @@ fn a_tree_server_killed_mid_burst_loses_nothing_for_the_servers_below_it() {
             if held == RECORDS as u64 {
                 break;
             }
+            if Instant::now() >= deadline {
+                print_record_counters(&herd, "Bona");
+            }
             assert!(Instant::now() < deadline, "{name} holds {held} of {RECORDS} records");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
     let reflooded = metric(herd.config.member("Bailey").admin_port, "herd_records_reflooded_total");
     println!("Bailey reflooded {reflooded} records after Bona's death");
+}
+
+/// Every live server's record counters, for a failure's message.
+fn print_record_counters(herd: &Herd, dead: &str) {
+    for m in herd.config.members.iter().filter(|m| m.name != dead) {
+        let (_, text) = admin_get(m.admin_port, "/metrics");
+        let counters: Vec<&str> = text.lines().filter(|l| l.starts_with("herd_records")).collect();
+        eprintln!("{}: {}", m.name, counters.join(" | "));
+    }
 }

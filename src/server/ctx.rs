@@ -126,9 +126,11 @@ pub struct Ctx {
     /// Records to send again as repair floods because a sending link broke before the neighbour
     /// acknowledged them (`herd::link_out_closed`), walked a step per turn.
     pub refloods: Vec<Reflood>,
-    /// The repair floods' records this server has passed on already, and the number of its own last one.
+    /// The repair floods' records this server has passed on already; its own repair stream (a number
+    /// drawn at start) and the index of its next repair record.
     pub seen_repairs: SeenRepairs,
-    pub repair_number: u32,
+    pub repair_stream: u32,
+    pub repair_next: u32,
 }
 
 /// A repair flood of what a broken link may have lost: every record stored after `after`, walked in
@@ -139,9 +141,6 @@ pub struct Reflood {
     pub neighbour: usize,
     pub after: u64,
     pub cursor: u32,
-    /// This repair's number, and how many records it has sent (the next one's index).
-    pub number: u32,
-    pub sent: u32,
 }
 
 /// A record stored and not yet handed to the peer links: how it arrived, and its bytes in
@@ -311,7 +310,8 @@ impl Ctx {
             routes: Routes::default(),
             refloods: Vec::new(),
             seen_repairs: SeenRepairs::default(),
-            repair_number: 0,
+            repair_stream: (seed >> 32) as u32 ^ seed as u32,
+            repair_next: 0,
         }
     }
 

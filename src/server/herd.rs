@@ -74,7 +74,8 @@ impl Ctx {
     /// A record travels down its origin's tree while every child's link is live and floods otherwise
     /// (`route::Routes::plan`); one whose origin the routes do not know floods. Empties `flood_marks`.
     pub fn route_floods(&mut self, live: &[bool], sends: &mut Vec<Send>) {
-        for f in self.outbox.flood_marks.drain(..) {
+        let mut marks = std::mem::take(&mut self.outbox.flood_marks);
+        for f in marks.drain(..) {
             let plan = match f.origin {
                 u32::MAX => Plan::Flood,
                 o => self.routes.plan(o as usize, f.mode, live),
@@ -88,9 +89,14 @@ impl Ctx {
                     }
                 }
                 Plan::Flood => {
-                    // A repair record keeps its identity (every server passes it on once); anything
-                    // else that floods from here is a flood.
-                    let mode = if matches!(f.mode, Mode::Repair(_)) { f.mode } else { Mode::Flood };
+                    // A repair record keeps its identity. A tree record whose tree is broken here
+                    // becomes one: the servers below the break are reached only if the ones around it,
+                    // which hold the record already, pass it on (`route::Repair`). A flood stays one.
+                    let mode = match f.mode {
+                        Mode::Tree if self.routes.me().is_some() => Mode::Repair(self.next_repair()),
+                        Mode::Repair(_) => f.mode,
+                        _ => Mode::Flood,
+                    };
                     for (n, &up) in live.iter().enumerate() {
                         if up && Some(n) != f.from {
                             sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
@@ -99,8 +105,25 @@ impl Ctx {
                 }
             }
         }
+        self.outbox.flood_marks = marks;
         self.counters.records_forwarded += sends.len() as u64;
         self.counters.records_flooded += sends.iter().filter(|s| s.mode != Mode::Tree).count() as u64;
+    }
+
+    /// The identity of this server's next repair record (its echoes end here).
+    fn next_repair(&mut self) -> Repair {
+        if self.repair_next == u32::MAX {
+            self.repair_stream = self.repair_stream.wrapping_add(1);
+            self.repair_next = 0;
+        }
+        let r = Repair {
+            server: self.routes.me().unwrap_or(0) as u32,
+            number: self.repair_stream,
+            index: self.repair_next,
+        };
+        self.repair_next += 1;
+        self.seen_repairs.first_time(r);
+        r
     }
 
     /// A record of a repair flood from neighbour `from`: stored if it is the newest, and passed on to
@@ -149,10 +172,9 @@ impl Ctx {
                 continue;
             }
             let from = origin.and_then(|o| self.routes.parent(o));
-            let r = Repair { server: self.routes.me().unwrap_or(0) as u32, number: job.number, index: job.sent };
-            job.sent += 1;
-            self.seen_repairs.first_time(r); // its echoes end here
-            self.queue_flood(&line, from, Mode::Repair(r), u32::MAX);
+            // Its repair identity is given when it is routed, with the records queued before it: a
+            // stream's records must leave in index order (`route::SeenRepairs`).
+            self.queue_flood(&line, from, Mode::Tree, u32::MAX);
             self.counters.records_reflooded += 1;
             queued = true;
         }
@@ -262,9 +284,7 @@ impl Ctx {
                 // Only where records go down trees (without routes every record floods anyway).
                 if after < self.records.max_seq() && !self.stopping && self.routes.me().is_some() {
                     self.refloods.retain(|r| r.neighbour != n);
-                    self.repair_number = self.repair_number.wrapping_add(1);
-                    let number = self.repair_number;
-                    self.refloods.push(Reflood { neighbour: n, after, cursor: 0, number, sent: 0 });
+                    self.refloods.push(Reflood { neighbour: n, after, cursor: 0 });
                 }
             }
             let nb = &mut self.neighbours[n];
@@ -575,9 +595,12 @@ mod tests {
         assert_eq!(ctx.counters.records_stored, 2);
     }
 
+    /// Any repair identity, in the table below.
+    const ANY_REPAIR: Mode = Mode::Repair(crate::route::Repair { server: u32::MAX, number: 0, index: 0 });
+
     /// The routing table of `routed()`, by hand: B's records (from B, slot 0) go to C only, C's to B
     /// only, A's own to both; a flood goes to every live link but its source; a tree record whose child
-    /// link is down floods.
+    /// link is down is sent as a repair (passed on by every server).
     #[test]
     fn records_follow_their_origins_tree_and_flood_where_it_is_broken() {
         let mut ctx = routed();
@@ -594,7 +617,7 @@ mod tests {
             ("B", Some(0), Mode::Tree, [true, true], &[(1, Mode::Tree)]),
             ("C", Some(1), Mode::Tree, [true, true], &[(0, Mode::Tree)]),
             ("A", None, Mode::Tree, [true, true], &[(0, Mode::Tree), (1, Mode::Tree)]),
-            ("A", None, Mode::Tree, [true, false], &[(0, Mode::Flood)]),
+            ("A", None, Mode::Tree, [true, false], &[(0, ANY_REPAIR)]),
             ("B", Some(0), Mode::Tree, [true, false], &[]),
             ("B", Some(0), Mode::Flood, [true, true], &[(1, Mode::Flood)]),
             ("A", None, Mode::Flood, [true, true], &[(0, Mode::Flood), (1, Mode::Flood)]),
@@ -602,11 +625,15 @@ mod tests {
         for (i, (server, from, mode, live, want)) in table.into_iter().enumerate() {
             let (line, fields) = record(server, &format!("id{i}"));
             assert!(ctx.store_and_flood(&line, fields, from, mode));
-            assert_eq!(sends(&mut ctx, &live), want, "row {i}: {server} from {from:?} {mode:?} live {live:?}");
+            let got: Vec<(u32, Mode)> = sends(&mut ctx, &live)
+                .into_iter()
+                .map(|(n, m)| (n, if matches!(m, Mode::Repair(_)) { ANY_REPAIR } else { m }))
+                .collect();
+            assert_eq!(got, want, "row {i}: {server} from {from:?} {mode:?} live {live:?}");
         }
-        // A server the routes do not know floods (a record refused later would not get here at all).
-        let (line, fields) = record("Z", "zed");
-        assert!(ctx.store_and_flood(&line, fields, Some(0), Mode::Tree));
+        // A flood from a neighbour floods on to the others.
+        let (line, fields) = record("B", "zed");
+        assert!(ctx.store_and_flood(&line, fields, Some(0), Mode::Flood));
         assert_eq!(sends(&mut ctx, &[true, true]), [(1, Mode::Flood)]);
     }
 
@@ -646,8 +673,9 @@ mod tests {
         // acknowledged, "other" (B's own) never went to B. C's record is not sent back to C, its parent.
         assert!(text.contains(&lines[1]), "{text}");
         assert!(!text.contains("acked") && !text.contains("other"), "{text}");
-        // A's repair number 1, its records counted from 0 in slot order ("lost" then "mine").
-        let mine = Mode::Repair(crate::route::Repair { server: 0, number: 1, index: 1 });
+        // A's repair stream, its records counted from 0 in slot order ("lost" then "mine").
+        let number = ctx.repair_stream;
+        let mine = Mode::Repair(crate::route::Repair { server: 0, number, index: 1 });
         assert_eq!(again, [(1, mine)], "only A's own record goes to C: {text}");
         assert_eq!(ctx.counters.records_reflooded, 2);
         // A repair record seen a second time (an echo, or by another path) is neither stored nor sent.
