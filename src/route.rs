@@ -37,65 +37,17 @@ pub enum Mode {
     Tree,
     /// To every live neighbour but the sender; every server that stores it does the same.
     Flood,
-    /// Sent again after a link broke (see [`Repair`]): to every live neighbour but the sender, and every
-    /// server passes it on the first time it sees it, *whether or not it stores it*.
-    Repair(Repair),
-}
-
-/// One record of a repair flood: the `index`-th record that server `server` sent as a repair in its
-/// stream `number` (a number drawn at start, so a restarted server never repeats an identity).
-///
-/// A plain flood stops at the first server that already holds the record, which is right for a new
-/// record and wrong for a repair: the servers next to a break hold it (it reached them down their own
-/// trees), and the ones that lack it are beyond them. So a repair record is passed on by every server
-/// once, recognised by this identity ([`SeenRepairs`]), and it reaches every server still connected.
-/// Repairs are sent in two cases: a tree record whose next hop (a child's link) is down, and records a
-/// broken link carried unacknowledged (see `herd::reflood_step`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Repair {
-    pub server: u32,
-    pub number: u32,
-    pub index: u32,
-}
-
-/// Which repair records a server has passed on: per repair stream, the greatest index.
-///
-/// A stream's records leave its server in index order with no gaps, every link keeps their order, and
-/// every server passes them on in the order it first sees them; so what a server receives of a stream,
-/// over all its links, is always a prefix of it, and a record it has not seen has the next index. One
-/// number per stream is enough: a record is passed on only if its index is above the greatest passed
-/// on, which also ends every echo. At most [`SeenRepairs::KEPT`] streams are remembered (the least
-/// recently used is forgotten), so the memory stays bounded whatever neighbours send.
-#[derive(Debug, Default)]
-pub struct SeenRepairs {
-    streams: HashMap<(u32, u32), (u32, u64)>,
-    clock: u64,
-}
-
-impl SeenRepairs {
-    pub const KEPT: usize = 4096;
-
-    /// Whether `r` is seen for the first time (and from now on, it is seen).
-    pub fn first_time(&mut self, r: Repair) -> bool {
-        self.clock += 1;
-        let clock = self.clock;
-        if let Some((greatest, used)) = self.streams.get_mut(&(r.server, r.number)) {
-            *used = clock;
-            if r.index <= *greatest {
-                return false;
-            }
-            *greatest = r.index;
-            return true;
-        }
-        if self.streams.len() >= Self::KEPT {
-            let oldest = self.streams.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                self.streams.remove(&k);
-            }
-        }
-        self.streams.insert((r.server, r.number), (r.index, clock));
-        true
-    }
+    /// A repair: a record whose tree is broken at the sender, or that a broken link carried
+    /// unacknowledged. To every live neighbour but the sender, and every server passes each version of
+    /// a record on in a repair once, *whether or not it stores it* (`RecordStore::relay_once`).
+    ///
+    /// A plain flood stops at the first server that already holds the record, which is right for a new
+    /// record and wrong for a repair: the servers around a break hold it (it reached them down their
+    /// own trees), and the ones that lack it are beyond them. Passing each version on once, in whatever
+    /// repair reaches a server first, reaches every server still connected, and however many breaks a
+    /// record meets, its repairs together cost at most one relay per server and link: plain flooding's
+    /// `2E - (N - 1)`, on top of the tree messages it had cost before the break was seen.
+    Repair,
 }
 
 /// The shortest-path trees of a whole herd: `parent[o][x]`, the server that sends origin `o`'s records
@@ -236,7 +188,7 @@ impl Routes {
     /// tree while every child's link is live, and floods otherwise.
     pub fn plan(&self, origin: usize, mode: Mode, live: &[bool]) -> Plan<'_> {
         match mode {
-            Mode::Flood | Mode::Repair(_) => Plan::Flood,
+            Mode::Flood | Mode::Repair => Plan::Flood,
             Mode::Tree => {
                 let children = self.children(origin);
                 if children.iter().all(|&c| live[c as usize]) {
@@ -345,25 +297,6 @@ mod tests {
         assert_eq!(r.parent(4), Some(1));
         assert_eq!(r.parent(0), None);
         assert_eq!(r.plan(4, Mode::Flood, &[true, true]), Plan::Flood);
-        let repair = Repair { server: 0, number: 1, index: 0 };
-        assert_eq!(r.plan(0, Mode::Repair(repair), &[true, true]), Plan::Flood);
-    }
-
-    #[test]
-    fn a_repair_record_is_passed_on_once_and_the_memory_of_repairs_is_bounded() {
-        let mut seen = SeenRepairs::default();
-        let r = |server, number, index| Repair { server, number, index };
-        assert!(seen.first_time(r(0, 1, 0)) && seen.first_time(r(0, 1, 1)));
-        assert!(!seen.first_time(r(0, 1, 1)) && !seen.first_time(r(0, 1, 0)), "second copies");
-        assert!(seen.first_time(r(0, 1, 2)), "the next one");
-        assert!(seen.first_time(r(1, 1, 0)) && seen.first_time(r(0, 2, 0)), "other streams are apart");
-        // Past KEPT streams, the least recently used is forgotten; (0, 1) was used last, so it stays.
-        for number in 0..SeenRepairs::KEPT as u32 {
-            assert!(seen.first_time(r(9, number, 0)));
-            assert!(!seen.first_time(r(0, 1, 2)));
-        }
-        assert_eq!(seen.streams.len(), SeenRepairs::KEPT);
-        assert!(!seen.first_time(r(0, 1, 1)), "kept");
-        assert!(seen.first_time(r(1, 1, 0)), "forgotten: passed on once more");
+        assert_eq!(r.plan(0, Mode::Repair, &[true, true]), Plan::Flood);
     }
 }

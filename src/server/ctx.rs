@@ -21,7 +21,7 @@ use super::timer::Timers;
 use crate::config::Limits;
 use crate::protocol::{AtFields, Timestamp};
 use crate::record::RecordStore;
-use crate::route::{Mode, Routes, SeenRepairs};
+use crate::route::{Mode, Routes};
 use mio::Token;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -126,11 +126,6 @@ pub struct Ctx {
     /// Records to send again as repair floods because a sending link broke before the neighbour
     /// acknowledged them (`herd::link_out_closed`), walked a step per turn.
     pub refloods: Vec<Reflood>,
-    /// The repair floods' records this server has passed on already; its own repair stream (a number
-    /// drawn at start) and the index of its next repair record.
-    pub seen_repairs: SeenRepairs,
-    pub repair_stream: u32,
-    pub repair_next: u32,
 }
 
 /// A repair flood of what a broken link may have lost: every record stored after `after`, walked in
@@ -309,9 +304,6 @@ impl Ctx {
             rewrite_cursor: None,
             routes: Routes::default(),
             refloods: Vec::new(),
-            seen_repairs: SeenRepairs::default(),
-            repair_stream: (seed >> 32) as u32 ^ seed as u32,
-            repair_next: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use super::journal;
 use super::places_client::{Outcome, PlacesClient, Replies, Waiter, IDLE_KEEP};
 use super::timer::Timer;
 use crate::protocol::{self, AtFields, WhatsAt};
-use crate::route::{Mode, Plan, Repair};
+use crate::route::{Mode, Plan};
 use mio::Token;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,14 +89,19 @@ impl Ctx {
                     }
                 }
                 Plan::Flood => {
-                    // A repair record keeps its identity. A tree record whose tree is broken here
-                    // becomes one: the servers below the break are reached only if the ones around it,
-                    // which hold the record already, pass it on (`route::Repair`). A flood stays one.
+                    // A tree record whose tree is broken here becomes a repair: the servers below the
+                    // break are reached only if the ones around it, which hold the record already,
+                    // pass it on (`route::Mode::Repair`). A repair stays one; so does a flood.
                     let mode = match f.mode {
-                        Mode::Tree if self.routes.me().is_some() => Mode::Repair(self.next_repair()),
-                        Mode::Repair(_) => f.mode,
+                        Mode::Tree if self.routes.me().is_some() => {
+                            self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
+                            Mode::Repair
+                        }
+                        Mode::Repair => Mode::Repair,
                         _ => Mode::Flood,
                     };
+                    // Every live link but the source, even one that carried the record already: the
+                    // server there must relay the repair for it to reach the ones beyond the break.
                     for (n, &up) in live.iter().enumerate() {
                         if up && Some(n) != f.from {
                             sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
@@ -110,29 +115,10 @@ impl Ctx {
         self.counters.records_flooded += sends.iter().filter(|s| s.mode != Mode::Tree).count() as u64;
     }
 
-    /// The identity of this server's next repair record (its echoes end here).
-    fn next_repair(&mut self) -> Repair {
-        if self.repair_next == u32::MAX {
-            self.repair_stream = self.repair_stream.wrapping_add(1);
-            self.repair_next = 0;
-        }
-        let r = Repair {
-            server: self.routes.me().unwrap_or(0) as u32,
-            number: self.repair_stream,
-            index: self.repair_next,
-        };
-        self.repair_next += 1;
-        self.seen_repairs.first_time(r);
-        r
-    }
-
-    /// A record of a repair flood from neighbour `from`: stored if it is the newest, and passed on to
-    /// every other live link the first time this server sees it, stored or not (`route::Repair`).
-    /// Returns whether it was stored.
-    pub fn repair_record(&mut self, line: &[u8], fields: AtFields, from: usize, r: Repair) -> bool {
-        if !self.seen_repairs.first_time(r) {
-            return false;
-        }
+    /// A record of a repair from neighbour `from`: stored if it is the newest, and passed on to every
+    /// other live link if this version has not been passed on in a repair here before, stored now or
+    /// not (`route::Mode::Repair`). Returns whether it was stored.
+    pub fn repair_record(&mut self, line: &[u8], fields: AtFields, from: usize) -> bool {
         let stored = self.offer_record(line, fields);
         if stored {
             self.counters.records_stored += 1;
@@ -143,16 +129,18 @@ impl Ctx {
                 }
             }
         }
-        self.queue_flood(line, Some(from), Mode::Repair(r), u32::MAX);
+        if self.records.relay_once(line) {
+            self.queue_flood(line, Some(from), Mode::Repair, u32::MAX);
+        }
         stored
     }
 
     /// Walks the refloods a step: each record stored after a broken link's last acknowledged offset is
-    /// queued again, as a repair flood (`route::Repair`: every server passes it on once, so it gets
+    /// queued again, as a repair (`route::Mode::Repair`: every server passes it on once, so it gets
     /// past the servers that hold it to the ones beyond the break), for every live link but the tree
     /// parent it came from. Records of origins whose tree does not pass through that link here went to
-    /// their own children (or flooded) and are passed over. Returns whether anything was queued; at
-    /// most [`REFLOOD_STEP`] records are looked at.
+    /// their own children (or flooded) and are passed over, as are versions relayed in a repair
+    /// already. Returns whether anything was queued; at most [`REFLOOD_STEP`] records are looked at.
     pub fn reflood_step(&mut self) -> bool {
         let Some(mut job) = self.refloods.pop() else { return false };
         let mut queued = false;
@@ -172,9 +160,10 @@ impl Ctx {
                 continue;
             }
             let from = origin.and_then(|o| self.routes.parent(o));
-            // Its repair identity is given when it is routed, with the records queued before it: a
-            // stream's records must leave in index order (`route::SeenRepairs`).
-            self.queue_flood(&line, from, Mode::Tree, u32::MAX);
+            if !self.records.relay_once(&line) {
+                continue;
+            }
+            self.queue_flood(&line, from, Mode::Repair, u32::MAX);
             self.counters.records_reflooded += 1;
             queued = true;
         }
@@ -595,9 +584,6 @@ mod tests {
         assert_eq!(ctx.counters.records_stored, 2);
     }
 
-    /// Any repair identity, in the table below.
-    const ANY_REPAIR: Mode = Mode::Repair(crate::route::Repair { server: u32::MAX, number: 0, index: 0 });
-
     /// The routing table of `routed()`, by hand: B's records (from B, slot 0) go to C only, C's to B
     /// only, A's own to both; a flood goes to every live link but its source; a tree record whose child
     /// link is down is sent as a repair (passed on by every server).
@@ -617,7 +603,7 @@ mod tests {
             ("B", Some(0), Mode::Tree, [true, true], &[(1, Mode::Tree)]),
             ("C", Some(1), Mode::Tree, [true, true], &[(0, Mode::Tree)]),
             ("A", None, Mode::Tree, [true, true], &[(0, Mode::Tree), (1, Mode::Tree)]),
-            ("A", None, Mode::Tree, [true, false], &[(0, ANY_REPAIR)]),
+            ("A", None, Mode::Tree, [true, false], &[(0, Mode::Repair)]),
             ("B", Some(0), Mode::Tree, [true, false], &[]),
             ("B", Some(0), Mode::Flood, [true, true], &[(1, Mode::Flood)]),
             ("A", None, Mode::Flood, [true, true], &[(0, Mode::Flood), (1, Mode::Flood)]),
@@ -625,11 +611,7 @@ mod tests {
         for (i, (server, from, mode, live, want)) in table.into_iter().enumerate() {
             let (line, fields) = record(server, &format!("id{i}"));
             assert!(ctx.store_and_flood(&line, fields, from, mode));
-            let got: Vec<(u32, Mode)> = sends(&mut ctx, &live)
-                .into_iter()
-                .map(|(n, m)| (n, if matches!(m, Mode::Repair(_)) { ANY_REPAIR } else { m }))
-                .collect();
-            assert_eq!(got, want, "row {i}: {server} from {from:?} {mode:?} live {live:?}");
+            assert_eq!(sends(&mut ctx, &live), want, "row {i}: {server} from {from:?} {mode:?} live {live:?}");
         }
         // A flood from a neighbour floods on to the others.
         let (line, fields) = record("B", "zed");
@@ -638,8 +620,8 @@ mod tests {
     }
 
     /// A live link that breaks before its neighbour acknowledged what went down a tree through it: those
-    /// records (and only those: B's own go to C, not to B) are flooded again to every live link but
-    /// the tree parent they came from.
+    /// records (and only those: B's own go to C, not to B) are sent again as repairs, to every live link
+    /// but the tree parent they came from.
     #[test]
     fn a_link_that_breaks_unacknowledged_has_its_tree_records_flooded_again() {
         let mut ctx = routed();
@@ -673,20 +655,21 @@ mod tests {
         // acknowledged, "other" (B's own) never went to B. C's record is not sent back to C, its parent.
         assert!(text.contains(&lines[1]), "{text}");
         assert!(!text.contains("acked") && !text.contains("other"), "{text}");
-        // A's repair stream, its records counted from 0 in slot order ("lost" then "mine").
-        let number = ctx.repair_stream;
-        let mine = Mode::Repair(crate::route::Repair { server: 0, number, index: 1 });
-        assert_eq!(again, [(1, mine)], "only A's own record goes to C: {text}");
+        // "lost" is not sent back to C, its tree parent; "mine" goes to C although C has it: C must relay
+        // it for the repair to reach the servers beyond the break.
+        assert_eq!(again, [(1, Mode::Repair)], "{text}");
         assert_eq!(ctx.counters.records_reflooded, 2);
-        // A repair record seen a second time (an echo, or by another path) is neither stored nor sent.
-        let echo = protocol::parse_at(lines[1].as_bytes()).unwrap();
-        let Mode::Repair(r) = mine else { unreachable!() };
-        assert!(!ctx.repair_record(lines[1].as_bytes(), echo, 1, r));
+        // Those versions were relayed in a repair here: another copy of one is not passed on again.
+        let mine = protocol::parse_at(lines[1].as_bytes()).unwrap();
+        assert!(!ctx.repair_record(lines[1].as_bytes(), mine, 1));
         assert!(ctx.outbox.flood_marks.is_empty());
-        // One not seen yet is passed on even though this server holds the record (it did not store it).
-        let other = crate::route::Repair { server: 2, number: 1, index: 0 };
-        assert!(!ctx.repair_record(lines[1].as_bytes(), echo, 1, other), "held already: not stored");
-        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Repair(other))], "but passed on");
+        // A version held here and never relayed is passed on once, though it is not stored again.
+        let other = protocol::parse_at(lines[2].as_bytes()).unwrap();
+        ctx.on_link_out(0, Token(7));
+        assert!(!ctx.repair_record(lines[2].as_bytes(), other, 1), "held already: not stored");
+        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Repair)], "passed on, not back to its source");
+        assert!(!ctx.repair_record(lines[2].as_bytes(), other, 0), "once");
+        assert!(ctx.outbox.flood_marks.is_empty());
     }
 
     /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer

@@ -6,7 +6,8 @@
 //!
 //! * its `AT` line, once, in the [`LineArena`] (size-classed chunks; see `arena.rs`), without the `AT `
 //!   and the final LF that every line has: [`RecordRef::write_line`] puts them back;
-//! * a 12-byte [`Header`]: the line's chunk and length, and the record's `seq` (48 bits);
+//! * a 12-byte [`Header`]: the line's chunk and length, the record's `seq` (47 bits) and whether this
+//!   version was relayed in a repair (1 bit);
 //! * an entry in the eviction order, an indexed min-heap (see `order.rs`): 12 bytes of entry (slot and
 //!   compact time key) and 4 bytes of position;
 //! * one `u32` in the index, a `hashbrown::HashTable<u32>` of slots keyed by the hash of the client id.
@@ -103,7 +104,7 @@ struct Header {
 
 impl Header {
     fn seq(&self) -> u64 {
-        u64::from(self.seq_hi) << 32 | u64::from(self.seq_lo)
+        u64::from(self.seq_hi & !RELAYED) << 32 | u64::from(self.seq_lo)
     }
 
     fn is_live(&self) -> bool {
@@ -111,8 +112,10 @@ impl Header {
     }
 }
 
-/// Sequence numbers are 48 bits: 2^48 stores is 89 years at 100,000 stores per second.
-const SEQ_LIMIT: u64 = 1 << 48;
+/// Sequence numbers are 47 bits: 2^47 stores is 44 years at 100,000 stores per second. The header's
+/// 48th bit says that this version of the record was relayed in a repair ([`RecordStore::relay_once`]).
+const SEQ_LIMIT: u64 = 1 << 47;
+const RELAYED: u16 = 1 << 15;
 /// End of the free-slot list.
 const NO_SLOT: u32 = u32::MAX;
 
@@ -283,7 +286,7 @@ impl RecordStore {
     /// After a journal replay: the next seq given is greater than `seq` (a journal resumes past the greatest
     /// seq it replayed after an unclean stop; see `server::journal`).
     pub fn resume_seq_after(&mut self, seq: u64) {
-        assert!(seq < SEQ_LIMIT, "sequence numbers are 48 bits");
+        assert!(seq < SEQ_LIMIT, "sequence numbers are 47 bits");
         self.seq = self.seq.max(seq);
     }
 
@@ -483,12 +486,33 @@ impl RecordStore {
                 self.seq
             }
         };
-        assert!(seq < SEQ_LIMIT, "sequence numbers are 48 bits");
+        assert!(seq < SEQ_LIMIT, "sequence numbers are 47 bits");
         seq
     }
 
     /// The stored text of `slot`'s record (its line without `AT ` and LF).
     #[inline]
+    /// A repair copy of `line` (an `AT` line) arrived, or is about to be sent: true the first time for
+    /// the version held, which is then marked relayed (the mark goes with the version: a newer one starts
+    /// unmarked). False when the held record is another version, or this one was relayed already, or
+    /// none is held. This is how each server passes each repair record on once without a table of its
+    /// own (see `route::Mode::Repair`).
+    pub fn relay_once(&mut self, line: &[u8]) -> bool {
+        let Some(body) = line.strip_prefix(b"AT ").and_then(|l| l.strip_suffix(b"\n")) else { return false };
+        if !(MIN_LEN..=MAX_LEN).contains(&body.len()) || memchr::memchr_iter(b' ', body).count() != 4 {
+            return false;
+        }
+        let id = id_in(body);
+        let hash = self.hasher.hash_one(id);
+        let Some(&slot) = self.index.find(hash, |&s| id_in(self.line(s)) == id) else { return false };
+        let h = &mut self.headers[slot as usize];
+        if h.seq_hi & RELAYED != 0 || self.arena.get(h.chunk, usize::from(h.len)) != body {
+            return false;
+        }
+        h.seq_hi |= RELAYED;
+        true
+    }
+
     fn line(&self, slot: u32) -> &[u8] {
         line_of(&self.headers, &self.arena, slot)
     }

@@ -32,6 +32,27 @@ fn split_fields(line: &[u8]) -> AtFields {
     }
 }
 
+/// Each version of a record is relayed in a repair once: the mark goes with the version (a newer one
+/// starts unmarked), it changes neither the seq nor what a delta walk finds, and another version or an
+/// unknown client is never relayed.
+#[test]
+fn a_version_is_relayed_once_and_a_newer_one_starts_unmarked() {
+    let mut s = RecordStore::new();
+    let v1 = at("A", "kiwi", "+1+1", "100");
+    let v2 = at("B", "kiwi", "+1+1", "101");
+    assert!(!s.relay_once(&v1), "nothing held");
+    assert!(offer(&mut s, &v1, EPOCH).is_stored());
+    let seq = s.get(b"kiwi").unwrap().seq();
+    assert!(!s.relay_once(&v2), "another version than the one held");
+    assert!(s.relay_once(&v1) && !s.relay_once(&v1), "once");
+    assert_eq!(s.get(b"kiwi").unwrap().seq(), seq, "the mark is not part of the seq");
+    assert_eq!(s.next_since(0, seq - 1).map(|(_, r)| r.seq()), Some(seq));
+    assert!(offer(&mut s, &v2, EPOCH).is_stored());
+    assert!(!s.relay_once(&v1), "superseded");
+    assert!(s.relay_once(&v2), "the newer version starts unmarked");
+    assert!(!s.relay_once(b"AT A +0.1 kiwi\n"), "not a record");
+}
+
 fn bounded(max: usize) -> RecordStore {
     RecordStore::with_retention(Retention { max: Some(max), max_age_s: None })
 }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 /// but they may have been flooded, and a neighbour may hold an offset past them. The writer's backlog is
 /// bounded (`BACKLOG_MAX`, under two million entries), so every new seq is greater than any offset a
 /// neighbour can hold, and the replication id can stay (no full sync). (Past the backlog entries are
-/// dropped and counted; more than 2^30 of them before a crash would break this.) Seqs are 48 bits in the
-/// record store: 2^18 unclean restarts.
+/// dropped and counted; more than 2^30 of them before a crash would break this.) Seqs are 47 bits in the
+/// record store: 2^17 unclean restarts.
 pub const UNCLEAN_SKIP: u64 = 1 << 30;
 
 /// Read size for replay: big reads, few system calls.

@@ -51,7 +51,7 @@ mod sync;
 use super::{Connection, Delivery};
 use crate::protocol;
 use crate::record::OrderPoint;
-use crate::route::{Mode, Repair};
+use crate::route::Mode;
 use crate::server::ctx::{Ctx, READS_PER_TURN};
 use crate::server::heartbeat::{self, Heartbeat};
 use crate::server::peer_tls::{IoRead, PeerIo, Refusal};
@@ -328,12 +328,7 @@ impl Peer {
                 if line.len() > left {
                     return self.close(PeerClose::Protocol, ctx, format_args!("a line runs past its frame"));
                 }
-                // A repair frame's records count up from the index its header names.
-                let next = match mode {
-                    Mode::Repair(r) => Mode::Repair(Repair { index: r.index.saturating_add(1), ..r }),
-                    m => m,
-                };
-                self.frame_in = (line.len() < left).then_some((next, left - line.len()));
+                self.frame_in = (line.len() < left).then_some((mode, left - line.len()));
                 self.on_record(neighbour, line, mode, ctx)
             }
             (&PeerState::Live { .. }, Role::Acceptor) if frame::is_header(line) => match frame::parse_header(line) {
@@ -385,8 +380,8 @@ impl Peer {
             }
         };
         ctx.log.peer("peer-recv", &ctx.neighbours[neighbour].name, line);
-        if let Mode::Repair(r) = mode {
-            if !ctx.repair_record(line, fields, neighbour, r) {
+        if mode == Mode::Repair {
+            if !ctx.repair_record(line, fields, neighbour) {
                 ctx.counters.records_duplicate += 1;
             }
             return;
@@ -421,19 +416,17 @@ impl Peer {
         self.out.extend_from_slice(line);
     }
 
-    /// Makes sure `out` ends in an open frame of `mode` with room for `len` more bytes, and counts the
-    /// record that is about to join it (version 3; a version 2 neighbour gets bare lines).
+    /// Makes sure `out` ends in an open frame of `mode` with room for `len` more bytes (version 3; a
+    /// version 2 neighbour gets bare lines).
     fn frame_room(&mut self, mode: Mode, len: usize) {
         if !self.v3 {
             return;
         }
-        match &mut self.frame {
-            Some(open) if open.takes(mode, len, self.out.len()) => open.joined(),
+        match &self.frame {
+            Some(open) if open.takes(mode, len, self.out.len()) => {}
             _ => {
                 self.close_frame();
-                let mut open = frame::open(&mut self.out, mode);
-                open.joined();
-                self.frame = Some(open);
+                self.frame = Some(frame::open(&mut self.out, mode));
             }
         }
     }
