@@ -230,8 +230,11 @@ impl Server {
     /// One loop turn (see the module documentation for the order of its steps).
     pub fn turn(&mut self) -> Result<(), ServerError> {
         let core = &mut self.core;
-        let busy =
-            !core.ctx.again.is_empty() || std::mem::take(&mut core.journal_again) || !core.ctx.refloods.is_empty();
+        let busy = !core.ctx.again.is_empty()
+            || std::mem::take(&mut core.journal_again)
+            || !core.ctx.refloods.is_empty()
+            || !core.ctx.dirty.is_empty()
+            || !core.ctx.dirty_peers.is_empty();
         let timeout = if busy { Some(Duration::ZERO) } else { core.ctx.timers.timeout(core.ctx.now) };
         if let Err(e) = self.poll.poll(&mut self.events, timeout) {
             if e.kind() != ErrorKind::Interrupted {
@@ -472,8 +475,9 @@ impl Core {
             }
             self.recycle(dirty);
         }
-        // Still dirty: the next turn must not sleep.
-        self.ctx.again.extend(self.ctx.dirty.iter().chain(&self.ctx.dirty_peers));
+        // Still dirty: they stay queued for the next turn's flush, which must come without sleeping (see
+        // `turn`). (Driving them again instead would not write them: a connection already marked dirty is
+        // not queued twice, so its output would wait for an unrelated event.)
     }
 
     /// Takes the tokens of one queue (`again`, `dirty`, `dirty_peers`) for a pass over them. What the pass

@@ -170,6 +170,8 @@ pub struct Peer {
     beat_at: Option<Instant>,
     /// The last write hit `WouldBlock`: the next writable edge means the neighbour's kernel took data.
     write_blocked: bool,
+    /// The other side closed (or the socket failed): read to the EOF, which raises no new edge.
+    hup: bool,
     /// The bytes under the lines: the socket itself, or TLS over it.
     pub io: PeerIo,
 }
@@ -230,6 +232,7 @@ impl Peer {
             heartbeat: None,
             beat_at: None,
             write_blocked: false,
+            hup: false,
             io,
         }
     }
@@ -464,6 +467,9 @@ impl Connection for Peer {
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             self.readable = true;
         }
+        if ev.is_read_closed() || ev.is_error() {
+            self.hup = true;
+        }
         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
             self.writable = true;
             if std::mem::take(&mut self.write_blocked) && ev.is_writable() && !ev.is_error() {
@@ -511,6 +517,12 @@ impl Connection for Peer {
             match self.io.read(&mut self.stream, scratch) {
                 IoRead::Data(n) => {
                     ctx.counters.peer_bytes_in += n as u64;
+                    // A short plaintext read drained the socket (epoll(7)): the next bytes raise a new
+                    // edge, so a second read(2) that would say WouldBlock is saved. (TLS may hold
+                    // decrypted bytes back; after a half-close, read on to the EOF.)
+                    if n < scratch.len() && !self.hup && !self.io.is_tls() {
+                        self.readable = false;
+                    }
                     self.take_input(&scratch[..n], ctx);
                 }
                 IoRead::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
