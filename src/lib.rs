@@ -17,4 +17,6 @@ pub mod protocol;
 pub mod record;
 pub mod route;
 pub mod server;
+#[doc(hidden)]
+pub mod sim;
 pub mod up;

@@ -1,0 +1,80 @@
+//! The simulation's events and the messages its links carry.
+
+use super::transport::Rec;
+use crate::route::Mode;
+use std::cmp::Ordering;
+
+/// The largest frame payload: `conn/peer/frame.rs` (`MAX`); a sender starts a new frame past it.
+const FRAME_MAX: usize = 64 * 1024;
+
+pub(super) enum Ev {
+    Iamat(u32),
+    Deliver { link: u32, epoch: u32, msg: Msg },
+    Fail { edge: u32, heal_at: Option<u64> },
+    Detect { edge: u32, side: usize },
+    Heal { edge: u32 },
+    LinkUp { link: u32 },
+    Tick,
+}
+
+pub(super) enum Msg {
+    /// What a dialer wrote in one turn: frames and `OFF` lines, in order.
+    Batch(Vec<Part>),
+    /// The acceptor's `ACK`, travelling back on the same connection.
+    Ack { off: u64 },
+}
+
+pub(super) enum Part {
+    /// Records in one frame; `sync`: of a link-up catch-up.
+    Frame {
+        mode: Mode,
+        rids: Vec<u32>,
+        sync: bool,
+    },
+    Off {
+        off: u64,
+        announce: bool,
+    },
+}
+
+pub(super) struct Entry {
+    pub time: u64,
+    pub seq: u64,
+    pub ev: Ev,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.time, self.seq) == (other.time, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    /// Reversed: the heap pops the earliest event, and events of one instant in the order scheduled.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.time, other.seq).cmp(&(self.time, self.seq))
+    }
+}
+
+/// Appends `records` as frames: consecutive records of one mode share a frame, up to `FRAME_MAX` bytes.
+pub(super) fn push_frames(parts: &mut Vec<Part>, records: impl Iterator<Item = (Mode, u32)>, sync: bool, recs: &[Rec]) {
+    let mut size = 0;
+    for (mode, rid) in records {
+        let len = recs[rid as usize].line.len();
+        match parts.last_mut() {
+            Some(Part::Frame { mode: m, rids, sync: s }) if *m == mode && *s == sync && size + len <= FRAME_MAX => {
+                rids.push(rid);
+                size += len;
+            }
+            _ => {
+                parts.push(Part::Frame { mode, rids: vec![rid], sync });
+                size = len;
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! The propagation simulation (`herd::sim`: the real `Ctx` of every server, over a simulated network),
+//! small: 10 and 30 servers. Expected values come from the graph alone: a spanning tree of N servers
+//! has N - 1 links, and plain flooding sends a record over every link once plus once more over each link
+//! outside the tree it follows, 2E - (N - 1) sends; after every failure has healed, each server must hold
+//! the newest record of every client, which the simulation checks against the workload it drew.
+
+use herd::sim::{self, Outcome, Params, Scheme};
+
+const SEEDS: [u64; 2] = [1, 2];
+
+/// A run of `n` servers with 300 IAMATs; `distinct`: every IAMAT for a client of its own, so no record
+/// is overtaken by a newer one of its client and every record must reach every server.
+fn run(n: usize, scheme: Scheme, seed: u64, failures: usize, distinct: bool) -> Outcome {
+    let mut p = Params::new(n, scheme, seed).with_failures(failures, 0);
+    p.records = 300;
+    p.clients = if distinct { 300 } else { 75 };
+    sim::run(&p)
+}
+
+fn edges(n: usize, seed: u64) -> usize {
+    sim::graph(n, 4.5, &mut sim::Rng::new(seed)).len()
+}
+
+#[test]
+fn with_every_link_up_a_record_crosses_n_minus_1_links_in_its_tree_and_2e_minus_n_plus_1_flooding() {
+    for n in [10, 30] {
+        for seed in SEEDS {
+            let e = edges(n, seed);
+            let tree = run(n, Scheme::Tree, seed, 0, true);
+            let flood = run(n, Scheme::Flood, seed, 0, true);
+            for (o, per_record) in [(&tree, n - 1), (&flood, 2 * e - (n - 1))] {
+                let what = format!("N={n} seed {seed} {}", o.params.scheme.name());
+                assert_eq!(o.missing, 0, "{what}: {:?}", o.missing_examples);
+                assert_eq!(o.sends(), (o.records * per_record) as u64, "{what}: sends");
+                assert_eq!(o.max_sends, per_record as u64, "{what}: most sends of one record");
+                assert_eq!(o.messages_lost, 0, "{what}");
+            }
+            assert_eq!((tree.flood_sends, tree.sync_sends), (0, 0), "N={n}: nothing floods while the trees are whole");
+            // What travels off the trees with every link up is announcements only: OFF lines of links that
+            // carried no record (paced) and their ACKs, well under the 10% of record bytes issue 19 allows.
+            assert!(tree.non_tree_fraction() < 0.10, "N={n}: {:.1}% off the trees", 100.0 * tree.non_tree_fraction());
+        }
+    }
+}
+
+#[test]
+fn after_random_link_failures_heal_every_server_holds_every_clients_newest_record() {
+    for n in [10, 30] {
+        for seed in SEEDS {
+            let failures = edges(n, seed) / 4;
+            for scheme in [Scheme::Tree, Scheme::Flood] {
+                let o = run(n, scheme, seed, failures, false);
+                let what = format!("N={n} seed {seed} {} with {failures} failures", scheme.name());
+                assert!(o.messages_lost > 0, "{what}: the failures must cost something to test anything");
+                assert_eq!(o.missing, 0, "{what}: records lost: {:?}", o.missing_examples);
+                assert!(o.convergence_ms.is_some(), "{what}: never converged");
+                // The trees still save messages while repairing.
+                if scheme == Scheme::Tree {
+                    let flooding = run(n, Scheme::Flood, seed, failures, false);
+                    assert!(o.sends() < flooding.sends(), "{what}: {} sends, flooding {}", o.sends(), flooding.sends());
+                }
+            }
+        }
+    }
+}
+
+/// Issue 19: "a record never costs more than plain flooding's 2E - (N - 1) messages, even while
+/// repairing". The simulation finds records above it under link failures (for plain flooding too):
+/// `link_out_closed` queues every unacknowledged record again for every live link, on top of the
+/// flood it may already have been, and the catch-up at link-up sends it once more.
+#[test]
+#[ignore = "issue 19 finding: under link failures a record can cost more than 2E-(N-1) sends (refloods + catch-up); see BENCHMARKS.md"]
+fn while_repairing_a_record_costs_at_most_2e_minus_n_plus_1_messages() {
+    for n in [10, 30] {
+        for seed in SEEDS {
+            let failures = edges(n, seed) / 4;
+            let o = run(n, Scheme::Tree, seed, failures, false);
+            assert!(o.max_sends <= o.bound, "N={n} seed {seed}: {} > {}: {}", o.max_sends, o.bound, o.worst);
+        }
+    }
+}
+
+/// The default five-server herd (Bailey 0, Bona 1, Campbell 2, Clark 3, Jaquez 4) with the link
+/// Campbell-Jaquez down for good from 1 ms on: the graph stays connected (Jaquez-Clark-Bona-Bailey), so
+/// every record must still reach Jaquez. In Bailey's tree Jaquez hangs below Campbell; Campbell, its
+/// child link down, floods Bailey's records, but only to Bona, which already has them from Bailey and so
+/// passes them no further, and Clark, a leaf of Bailey's tree, sends them nowhere.
+#[test]
+#[ignore = "issue 19 finding: a tree link that stays down cuts the servers below it off from its origins' records; see BENCHMARKS.md"]
+fn a_tree_link_that_stays_down_does_not_cut_the_servers_below_it_off() {
+    let links = vec![(0, 1), (0, 2), (1, 2), (1, 3), (2, 4), (3, 4)];
+    for scheme in [Scheme::Flood, Scheme::Tree] {
+        let mut p = Params::new(5, scheme, 1);
+        p.graph = Some(links.clone());
+        p.cuts = vec![(4, 1)];
+        p.records = 200;
+        p.clients = 50;
+        let o = sim::run(&p);
+        assert_eq!(o.missing, 0, "{}: {:?}", scheme.name(), o.missing_examples);
+    }
+}
