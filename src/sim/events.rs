@@ -1,19 +1,76 @@
 //! The simulation's events and the messages its links carry.
 
-use super::transport::Rec;
 use crate::route::Mode;
 use std::cmp::Ordering;
 
 /// The largest frame payload: `conn/peer/frame.rs` (`MAX`); a sender starts a new frame past it.
 const FRAME_MAX: usize = 64 * 1024;
 
+/// An undirected link: both sockets fail and heal together. A failure bumps `epoch`, so whatever was in
+/// flight (sent under the old epoch) is lost.
+pub(super) struct Edge {
+    pub ends: [usize; 2],
+    /// The directed links `ends[0] → ends[1]` and back.
+    pub links: [u32; 2],
+    pub up: bool,
+    pub epoch: u32,
+}
+
+/// A directed link: the connection its `from` server dialed and sends records on. The fields below
+/// `pending` mirror what `conn/peer` keeps per connection (reset at every link-up); `recv_off` is what
+/// the acceptor keeps across connections (`Ctx::peer_offsets`).
+pub(super) struct Link {
+    pub from: usize,
+    pub to: usize,
+    pub edge: u32,
+    /// The other direction of the same edge.
+    pub rev: u32,
+    /// `to`'s slot in `from`'s neighbours, and `from`'s slot in `to`'s.
+    pub slot_from: usize,
+    pub slot_to: usize,
+    pub delay: u64,
+    /// Records the routes sent to this link this turn.
+    pub pending: Vec<(Mode, u32)>,
+    /// The catch-up to send at the end of the turn: the records stored after this seq.
+    pub sync: Option<u64>,
+    pub synced: bool,
+    pub off_sent: u64,
+    pub off_at: u64,
+    pub carried: bool,
+    pub recv_off: u64,
+    pub ack_pending: Option<(u64, bool)>,
+}
+
+pub(super) struct Rec {
+    pub line: Box<[u8]>,
+    pub origin: u32,
+    /// The newest IAMAT of its client: every server must end up holding it.
+    pub last: bool,
+}
+
 pub(super) enum Ev {
     Iamat(u32),
-    Deliver { link: u32, epoch: u32, msg: Msg },
-    Fail { edge: u32, heal_at: Option<u64> },
-    Detect { edge: u32, side: usize },
-    Heal { edge: u32 },
-    LinkUp { link: u32 },
+    Deliver {
+        link: u32,
+        epoch: u32,
+        msg: Msg,
+    },
+    Fail {
+        edge: u32,
+        heal_at: Option<u64>,
+    },
+    Detect {
+        edge: u32,
+        side: usize,
+    },
+    Heal {
+        edge: u32,
+    },
+    LinkUp {
+        link: u32,
+    },
+    /// Another turn of a server walking a reflood: the event loop keeps turning while one runs.
+    Step(u32),
     Tick,
 }
 
@@ -61,13 +118,16 @@ impl Ord for Entry {
     }
 }
 
-/// Appends `records` as frames: consecutive records of one mode share a frame, up to `FRAME_MAX` bytes.
+/// Appends `records` as frames: consecutive records of one mode share a frame, up to `FRAME_MAX` bytes
+/// (a repair frame: consecutive indices of one repair).
 pub(super) fn push_frames(parts: &mut Vec<Part>, records: impl Iterator<Item = (Mode, u32)>, sync: bool, recs: &[Rec]) {
     let mut size = 0;
     for (mode, rid) in records {
         let len = recs[rid as usize].line.len();
         match parts.last_mut() {
-            Some(Part::Frame { mode: m, rids, sync: s }) if *m == mode && *s == sync && size + len <= FRAME_MAX => {
+            Some(Part::Frame { mode: m, rids, sync: s })
+                if *s == sync && size + len <= FRAME_MAX && joins(*m, rids.len(), mode) =>
+            {
                 rids.push(rid);
                 size += len;
             }
@@ -76,5 +136,16 @@ pub(super) fn push_frames(parts: &mut Vec<Part>, records: impl Iterator<Item = (
                 size = len;
             }
         }
+    }
+}
+
+/// Whether a record of `mode` continues a frame of `first` holding `held` records (`frame::Open::takes`):
+/// the same mode, and in a repair frame, the next index of the same repair.
+fn joins(first: Mode, held: usize, mode: Mode) -> bool {
+    match (first, mode) {
+        (Mode::Repair(f), Mode::Repair(r)) => {
+            (f.server, f.number) == (r.server, r.number) && f.index as usize + held == r.index as usize
+        }
+        (f, m) => f == m,
     }
 }

@@ -13,9 +13,11 @@ pub struct Outcome {
     /// `2E - (N - 1)`: what plain flooding costs a record with every link up.
     pub bound: u64,
     pub records: usize,
-    /// Record lines sent: in tree frames, in flood frames (repair), in link-up catch-ups.
+    /// Record lines sent: in tree frames, in flood frames (a tree broken at the sender), in repair frames
+    /// (sent again after a link broke, passed on once by every server), in link-up catch-ups.
     pub tree_sends: u64,
     pub flood_sends: u64,
+    pub repair_sends: u64,
     pub sync_sends: u64,
     /// The most sends any one record cost, with and without the link-up catch-ups.
     pub max_sends: u64,
@@ -56,6 +58,7 @@ impl Outcome {
             bound,
             tree_sends: 0,
             flood_sends: 0,
+            repair_sends: 0,
             sync_sends: 0,
             max_sends: 0,
             max_live_sends: 0,
@@ -79,7 +82,7 @@ impl Outcome {
     }
 
     pub fn sends(&self) -> u64 {
-        self.tree_sends + self.flood_sends + self.sync_sends
+        self.tree_sends + self.flood_sends + self.repair_sends + self.sync_sends
     }
 
     pub fn total_bytes(&self) -> u64 {

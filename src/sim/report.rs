@@ -17,14 +17,14 @@ pub fn scenario(o: &Outcome) -> &'static str {
 pub fn table(rows: &[Outcome]) -> String {
     let mut t = String::from(
         "| N | E | links | scheme | msgs/record | max msgs (bound 2E-(N-1)) | bytes/record | non-tree bytes | \
-         tree / flood / catch-up sends | msgs lost | convergence | records lost |\n\
+         tree / flood / repair / catch-up sends | msgs lost | convergence | records lost |\n\
          |---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for o in rows {
         let conv = o.convergence_ms.map_or("never".to_string(), |ms| format!("{ms:.0} ms"));
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.2} | {} ({}) | {:.0} | {:.1}% | {} / {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {} ({}) | {:.0} | {:.1}% | {} / {} / {} / {} | {} | {} | {} |",
             o.params.servers,
             o.links,
             scenario(o),
@@ -36,6 +36,7 @@ pub fn table(rows: &[Outcome]) -> String {
             100.0 * o.non_tree_fraction(),
             o.tree_sends,
             o.flood_sends,
+            o.repair_sends,
             o.sync_sends,
             o.messages_lost,
             conv,

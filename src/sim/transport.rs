@@ -2,11 +2,11 @@
 //! `sim`). Time is in microseconds of simulated time; one *turn* of a server is everything that happens
 //! to it at one instant, after which its links are flushed, one message per link.
 
-use super::events::{push_frames, Entry, Ev, Msg, Part};
+use super::events::{push_frames, Edge, Entry, Ev, Link, Msg, Part, Rec};
 use super::{connected, graph, Outcome, Params, Rng, Scheme};
 use crate::config::Limits;
 use crate::protocol::{self, IAmAt, Timestamp};
-use crate::route::{Mode, Routes, Trees};
+use crate::route::{Mode, Repair, Routes, Trees};
 use crate::server::auth::Auth;
 use crate::server::ctx::{Ctx, Neighbour, OutLink, Send};
 use crate::server::log::ServerLog;
@@ -15,57 +15,18 @@ use std::collections::{BinaryHeap, HashMap};
 
 /// A millisecond, in the simulation's microseconds.
 const MS: u64 = 1000;
-/// A frame header (`T 00170\n`): `conn/peer/frame.rs` (`HEADER`).
+/// A tree or flood frame's header (`T 00170\n`), as `conn/peer/frame.rs` writes it; a repair frame's
+/// (`R 00170 <server> <repair> <index>\n`) is longer by its three numbers.
 const FRAME_HEADER: u64 = 8;
-/// A link that carried no records sends its `OFF` at most this often: `conn/peer/sync.rs` (`OFF_PACE`).
-const OFF_PACE: u64 = 100 * MS;
+/// A link that carried no records sends its `OFF` once the stream moved this far or this long after the
+/// last one: `conn/peer/sync.rs` (`OFF_ADVANCE`, `OFF_PACE`).
+const OFF_ADVANCE: u64 = 4096;
+const OFF_PACE: u64 = 10_000 * MS;
 /// The sending side pings every `peer_dead_after_ms / 3` (1 s by default), which flushes a paced `OFF`.
 const PING_EVERY: u64 = 1000 * MS;
 /// The wall clock at simulated time 0; every client time is this plus the simulated time.
 const BASE_SECS: u64 = 1_700_000_000;
 const LOCATION: &[u8] = b"+34.068930-118.445127";
-
-/// An undirected link: both sockets fail and heal together. A failure bumps `epoch`, so whatever was in
-/// flight (sent under the old epoch) is lost.
-struct Edge {
-    ends: [usize; 2],
-    /// The directed links `ends[0] → ends[1]` and back.
-    links: [u32; 2],
-    up: bool,
-    epoch: u32,
-}
-
-/// A directed link: the connection its `from` server dialed and sends records on. The fields below
-/// `pending` mirror what `conn/peer` keeps per connection (reset at every link-up); `recv_off` is what
-/// the acceptor keeps across connections (`Ctx::peer_offsets`).
-struct Link {
-    from: usize,
-    to: usize,
-    edge: u32,
-    /// The other direction of the same edge.
-    rev: u32,
-    /// `to`'s slot in `from`'s neighbours, and `from`'s slot in `to`'s.
-    slot_from: usize,
-    slot_to: usize,
-    delay: u64,
-    /// Records the routes sent to this link this turn.
-    pending: Vec<(Mode, u32)>,
-    /// The catch-up to send at the end of the turn: the records stored after this seq.
-    sync: Option<u64>,
-    synced: bool,
-    off_sent: u64,
-    off_at: u64,
-    carried: bool,
-    recv_off: u64,
-    ack_pending: Option<(u64, bool)>,
-}
-
-pub(super) struct Rec {
-    pub line: Box<[u8]>,
-    origin: u32,
-    /// The newest IAMAT of its client: every server must end up holding it.
-    last: bool,
-}
 
 pub(super) struct Sim {
     p: Params,
@@ -85,8 +46,8 @@ pub(super) struct Sim {
     last_of_client: Vec<Option<u32>>,
     recs: Vec<Rec>,
     by_line: HashMap<Box<[u8]>, u32>,
-    /// Per record: its sends in tree frames, in flood frames, in catch-ups.
-    rec_sends: Vec<[u32; 3]>,
+    /// Per record: its sends in tree frames, in flood frames, in repair frames, in catch-ups.
+    rec_sends: Vec<[u32; 4]>,
     /// Newest records held, per server; servers holding all of them; when the last one got there.
     held: Vec<u32>,
     clients_used: u32,
@@ -310,11 +271,20 @@ impl Sim {
                 Ev::Deliver { link, epoch, msg } => self.deliver(link, epoch, msg),
                 Ev::Detect { edge, side } => self.detect(edge, side),
                 Ev::LinkUp { link } => self.link_up(link),
+                Ev::Step(_) => {}
                 Ev::Fail { .. } | Ev::Heal { .. } | Ev::Tick => unreachable!("handled above"),
             }
             self.handoff(server);
         }
         for s in 0..self.ctxs.len() {
+            if self.touched[s] && !self.ctxs[s].refloods.is_empty() {
+                // The event loop's own hand-off when a reflood runs: one more step this turn, and
+                // another turn while it is not done.
+                self.handoff(s);
+                if !self.ctxs[s].refloods.is_empty() {
+                    self.at(self.now + 1, Ev::Step(s as u32));
+                }
+            }
             if self.touched[s] || tick {
                 self.flush(s, tick);
             }
@@ -338,6 +308,7 @@ impl Sim {
             Ev::Deliver { link, msg: Msg::Ack { .. }, .. } => self.links[*link as usize].from,
             Ev::Detect { edge, side } => self.edges[*edge as usize].ends[*side],
             Ev::LinkUp { link } => self.links[*link as usize].from,
+            Ev::Step(s) => *s as usize,
             Ev::Fail { .. } | Ev::Heal { .. } | Ev::Tick => usize::MAX,
         }
     }
@@ -361,7 +332,7 @@ impl Sim {
         let last = self.last_of_client[client as usize] == Some(i);
         self.by_line.insert(line.clone().into_boxed_slice(), rid);
         self.recs.push(Rec { line: line.clone().into_boxed_slice(), origin: server, last });
-        self.rec_sends.push([0; 3]);
+        self.rec_sends.push([0; 4]);
         if self.ctxs[s].store_and_flood(&line, fields, None, Mode::Tree) {
             self.stored(s, rid);
         }
@@ -394,12 +365,20 @@ impl Sim {
                 for part in parts {
                     match part {
                         Part::Frame { mode, rids, .. } => {
-                            for rid in rids {
+                            for (i, rid) in rids.into_iter().enumerate() {
                                 let line = &self.recs[rid as usize].line;
                                 let ctx = &mut self.ctxs[to];
                                 ctx.counters.records_received += 1;
                                 let fields = ctx.check_peer_record(line).expect("the simulation's records are valid");
-                                if ctx.store_and_flood(line, fields, Some(slot_to), mode) {
+                                let stored = match mode {
+                                    // A repair frame's records count up from the index its header names.
+                                    Mode::Repair(r) => {
+                                        let r = Repair { index: r.index + i as u32, ..r };
+                                        ctx.repair_record(line, fields, slot_to, r)
+                                    }
+                                    mode => ctx.store_and_flood(line, fields, Some(slot_to), mode),
+                                };
+                                if stored {
                                     self.stored(to, rid);
                                 } else {
                                     ctx.counters.records_duplicate += 1;
@@ -419,18 +398,12 @@ impl Sim {
         }
     }
 
-    /// The hand-off after a handler, as `server::handoff` runs it: a step of any reflood, then the routes
-    /// decide where the stored records go; again until nothing is left.
+    /// The hand-off after a handler, as `server::handoff` runs it: one step of any reflood, then the
+    /// routes decide where the stored records go, until nothing is left.
     fn handoff(&mut self, s: usize) {
-        loop {
+        self.ctxs[s].reflood_step();
+        while !self.ctxs[s].outbox.flood_marks.is_empty() {
             let ctx = &mut self.ctxs[s];
-            let more = ctx.reflood_step();
-            if ctx.outbox.flood_marks.is_empty() {
-                if more {
-                    continue;
-                }
-                break;
-            }
             self.live.clear();
             self.live.extend(ctx.neighbours.iter().map(|n| matches!(n.link, OutLink::Live(_))));
             self.sends.clear();
@@ -571,14 +544,14 @@ impl Sim {
         }
     }
 
-    /// `Peer::note_offset`: after records went out, at once; on a link that carried none, at most every
-    /// `OFF_PACE`; only once the catch-up is done and the stream moved on.
+    /// `Peer::note_offset`: after records went out, at once; on a link that carried none, once the stream
+    /// moved `OFF_ADVANCE` or `OFF_PACE` passed; only once the catch-up is done and the stream moved on.
     fn note_offset(&mut self, l: usize, max: u64, parts: &mut Vec<Part>) {
         let link = &mut self.links[l];
         if !(link.synced && max > link.off_sent) {
             return;
         }
-        if !link.carried && self.now < link.off_at + OFF_PACE {
+        if !link.carried && max - link.off_sent < OFF_ADVANCE && self.now < link.off_at + OFF_PACE {
             return;
         }
         link.off_sent = max;
@@ -599,20 +572,29 @@ impl Sim {
             match part {
                 Part::Frame { mode, rids, sync } => {
                     if framed {
-                        self.out.header_bytes += FRAME_HEADER;
-                        control += FRAME_HEADER;
+                        let header = match mode {
+                            Mode::Repair(r) => {
+                                FRAME_HEADER + format!(" {} {} {}", r.server, r.number, r.index).len() as u64
+                            }
+                            _ => FRAME_HEADER,
+                        };
+                        self.out.header_bytes += header;
+                        control += header;
                     }
                     for &rid in rids {
                         let rec = &self.recs[rid as usize];
                         let len = rec.line.len() as u64;
                         self.out.record_bytes += len;
                         let kind = match (sync, mode) {
-                            (true, _) => 2,
+                            (true, _) => 3,
                             (false, Mode::Tree) => 0,
                             (false, Mode::Flood) => 1,
+                            (false, Mode::Repair(_)) => 2,
                         };
                         self.rec_sends[rid as usize][kind] += 1;
-                        *[&mut self.out.tree_sends, &mut self.out.flood_sends, &mut self.out.sync_sends][kind] += 1;
+                        let out = &mut self.out;
+                        *[&mut out.tree_sends, &mut out.flood_sends, &mut out.repair_sends, &mut out.sync_sends]
+                            [kind] += 1;
                         if self.trees.parent(rec.origin as usize, to) == from as u32 {
                             self.out.tree_record_bytes += len;
                             tree_record = true;
@@ -659,16 +641,16 @@ impl Sim {
             self.out.duplicates += ctx.counters.records_duplicate;
             self.out.reflooded += ctx.counters.records_reflooded;
         }
-        let total = |s: &[u32; 3]| (s[0] + s[1] + s[2]) as u64;
+        let total = |s: &[u32; 4]| s.iter().sum::<u32>() as u64;
         if let Some((rid, worst)) = self.rec_sends.iter().enumerate().max_by_key(|(_, s)| total(s)) {
             self.out.max_sends = total(worst);
             let (_, server, client) = self.iamats[rid];
             self.out.worst = format!(
-                "record {rid} (c{client} at {}): {} tree + {} flood + {} catch-up sends",
-                self.names[server as usize], worst[0], worst[1], worst[2]
+                "record {rid} (c{client} at {}): {} tree + {} flood + {} repair + {} catch-up sends",
+                self.names[server as usize], worst[0], worst[1], worst[2], worst[3]
             );
         }
-        self.out.max_live_sends = self.rec_sends.iter().map(|s| (s[0] + s[1]) as u64).max().unwrap_or(0);
+        self.out.max_live_sends = self.rec_sends.iter().map(|s| (s[0] + s[1] + s[2]) as u64).max().unwrap_or(0);
         for (client, last) in self.last_of_client.iter().enumerate() {
             let Some(i) = last else { continue };
             let rid = *i as usize;
