@@ -1,7 +1,7 @@
 //! The propagation simulation (issue 19 point 3): the herd's own propagation code (`herd::sim`, one real
 //! `Ctx` per server) on generated graphs of 10, 100 and 1,000 servers, shortest-path trees against plain
-//! flooding, with every link up, with random link failures that heal, and with failures of which a few
-//! never heal.
+//! flooding, with every link up, with few or many random link failures that heal, and with failures of
+//! which a few never heal.
 //!
 //! ```text
 //! cargo bench --bench propagation                 # the table; writes benches/plots/propagation.{md,svg}
@@ -28,15 +28,17 @@ fn main() {
     let mut rows: Vec<Outcome> = Vec::new();
     for &n in &sizes {
         let links = sim::graph(n, 4.5, &mut sim::Rng::new(seed)).len();
-        // About one link in four fails once and heals; in the last scenario a few more never come back.
+        // "few failures": one link in forty fails once and heals; "failures": one in four; "permanent":
+        // one in four, and a few more never come back.
+        let few = (links / 40).max(1);
         let failures = value("--failures").map_or((links / 4).max(3), |f| f as usize);
         let permanent = value("--permanent").map_or((links / 50).max(1), |p| p as usize);
-        // At 1,000 servers the failure scenarios run for many minutes (repair floods: see BENCHMARKS.md),
-        // so only with --all.
+        // At 1,000 servers the heavier failure scenarios run for many minutes (repair floods: see
+        // BENCHMARKS.md), so only with --all.
         let all = args.iter().any(|a| a == "--all") || n <= 100;
         let scenarios: Vec<(usize, usize)> = match (value("--failures"), value("--permanent")) {
-            (None, None) if all => vec![(0, 0), (failures, 0), (failures, permanent)],
-            (None, None) => vec![(0, 0)],
+            (None, None) if all => vec![(0, 0), (few, 0), (failures, 0), (failures, permanent)],
+            (None, None) => vec![(0, 0), (few, 0)],
             _ => vec![(failures, value("--permanent").unwrap_or(0) as usize)],
         };
         for (f, p) in scenarios {

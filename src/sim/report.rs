@@ -8,6 +8,7 @@ use std::fmt::Write;
 pub fn scenario(o: &Outcome) -> &'static str {
     match (o.params.failures, o.params.permanent) {
         (0, 0) => "all links up",
+        (f, 0) if f * 10 < o.links => "few failures",
         (_, 0) => "failures",
         _ => "permanent",
     }
@@ -104,8 +105,10 @@ pub fn svg(rows: &[Outcome]) -> String {
     legend.push(polyline(&mut s, &reference, "#888", "2,4", "N - 1"));
     let series = [
         (Scheme::Flood, "all links up", "#d62728", ""),
+        (Scheme::Flood, "few failures", "#e377c2", "10,3"),
         (Scheme::Flood, "failures", "#ff9896", "6,3"),
         (Scheme::Tree, "all links up", "#1f77b4", ""),
+        (Scheme::Tree, "few failures", "#17becf", "10,3"),
         (Scheme::Tree, "failures", "#9ecae1", "6,3"),
         (Scheme::Tree, "permanent", "#2ca02c", "2,2"),
         (Scheme::Flood, "permanent", "#98df8a", "2,2"),
