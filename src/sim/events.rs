@@ -118,16 +118,13 @@ impl Ord for Entry {
     }
 }
 
-/// Appends `records` as frames: consecutive records of one mode share a frame, up to `FRAME_MAX` bytes
-/// (a repair frame: consecutive indices of one repair).
+/// Appends `records` as frames: consecutive records of one mode share a frame, up to `FRAME_MAX` bytes.
 pub(super) fn push_frames(parts: &mut Vec<Part>, records: impl Iterator<Item = (Mode, u32)>, sync: bool, recs: &[Rec]) {
     let mut size = 0;
     for (mode, rid) in records {
         let len = recs[rid as usize].line.len();
         match parts.last_mut() {
-            Some(Part::Frame { mode: m, rids, sync: s })
-                if *s == sync && size + len <= FRAME_MAX && joins(*m, rids.len(), mode) =>
-            {
+            Some(Part::Frame { mode: m, rids, sync: s }) if *m == mode && *s == sync && size + len <= FRAME_MAX => {
                 rids.push(rid);
                 size += len;
             }
@@ -136,16 +133,5 @@ pub(super) fn push_frames(parts: &mut Vec<Part>, records: impl Iterator<Item = (
                 size = len;
             }
         }
-    }
-}
-
-/// Whether a record of `mode` continues a frame of `first` holding `held` records (`frame::Open::takes`):
-/// the same mode, and in a repair frame, the next index of the same repair.
-fn joins(first: Mode, held: usize, mode: Mode) -> bool {
-    match (first, mode) {
-        (Mode::Repair(f), Mode::Repair(r)) => {
-            (f.server, f.number) == (r.server, r.number) && f.index as usize + held == r.index as usize
-        }
-        (f, m) => f == m,
     }
 }

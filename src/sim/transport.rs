@@ -6,7 +6,7 @@ use super::events::{push_frames, Edge, Entry, Ev, Link, Msg, Part, Rec};
 use super::{connected, graph, Outcome, Params, Rng, Scheme};
 use crate::config::Limits;
 use crate::protocol::{self, IAmAt, Timestamp};
-use crate::route::{Mode, Repair, Routes, Trees};
+use crate::route::{Mode, Routes, Trees};
 use crate::server::auth::Auth;
 use crate::server::ctx::{Ctx, Neighbour, OutLink, Send};
 use crate::server::log::ServerLog;
@@ -15,8 +15,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 /// A millisecond, in the simulation's microseconds.
 const MS: u64 = 1000;
-/// A tree or flood frame's header (`T 00170\n`), as `conn/peer/frame.rs` writes it; a repair frame's
-/// (`R 00170 <server> <repair> <index>\n`) is longer by its three numbers.
+/// A frame's header (`T 00170\n`, or `F`, `R`): `conn/peer/frame.rs` (`HEADER`).
 const FRAME_HEADER: u64 = 8;
 /// A link that carried no records sends its `OFF` once the stream moved this far or this long after the
 /// last one: `conn/peer/sync.rs` (`OFF_ADVANCE`, `OFF_PACE`).
@@ -365,17 +364,13 @@ impl Sim {
                 for part in parts {
                     match part {
                         Part::Frame { mode, rids, .. } => {
-                            for (i, rid) in rids.into_iter().enumerate() {
+                            for rid in rids {
                                 let line = &self.recs[rid as usize].line;
                                 let ctx = &mut self.ctxs[to];
                                 ctx.counters.records_received += 1;
                                 let fields = ctx.check_peer_record(line).expect("the simulation's records are valid");
                                 let stored = match mode {
-                                    // A repair frame's records count up from the index its header names.
-                                    Mode::Repair(r) => {
-                                        let r = Repair { index: r.index + i as u32, ..r };
-                                        ctx.repair_record(line, fields, slot_to, r)
-                                    }
+                                    Mode::Repair => ctx.repair_record(line, fields, slot_to),
                                     mode => ctx.store_and_flood(line, fields, Some(slot_to), mode),
                                 };
                                 if stored {
@@ -572,14 +567,8 @@ impl Sim {
             match part {
                 Part::Frame { mode, rids, sync } => {
                     if framed {
-                        let header = match mode {
-                            Mode::Repair(r) => {
-                                FRAME_HEADER + format!(" {} {} {}", r.server, r.number, r.index).len() as u64
-                            }
-                            _ => FRAME_HEADER,
-                        };
-                        self.out.header_bytes += header;
-                        control += header;
+                        self.out.header_bytes += FRAME_HEADER;
+                        control += FRAME_HEADER;
                     }
                     for &rid in rids {
                         let rec = &self.recs[rid as usize];
@@ -589,7 +578,7 @@ impl Sim {
                             (true, _) => 3,
                             (false, Mode::Tree) => 0,
                             (false, Mode::Flood) => 1,
-                            (false, Mode::Repair(_)) => 2,
+                            (false, Mode::Repair) => 2,
                         };
                         self.rec_sends[rid as usize][kind] += 1;
                         let out = &mut self.out;
