@@ -5,7 +5,6 @@
 //!
 //! ```text
 //! cargo bench --bench propagation                 # the table; writes benches/plots/propagation.{md,svg}
-//! cargo bench --bench propagation -- --all         # also the failure scenarios at N = 1000 (slow)
 //! cargo bench --bench propagation -- --quick      # N = 10 and 30, prints only
 //! cargo bench --bench propagation -- --n 100 --seed 7 --failures 50 --permanent 2   # one graph, both schemes
 //! ```
@@ -33,12 +32,8 @@ fn main() {
         let few = (links / 40).max(1);
         let failures = value("--failures").map_or((links / 4).max(3), |f| f as usize);
         let permanent = value("--permanent").map_or((links / 50).max(1), |p| p as usize);
-        // At 1,000 servers the heavier failure scenarios run for many minutes (repair floods: see
-        // BENCHMARKS.md), so only with --all.
-        let all = args.iter().any(|a| a == "--all") || n <= 100;
         let scenarios: Vec<(usize, usize)> = match (value("--failures"), value("--permanent")) {
-            (None, None) if all => vec![(0, 0), (few, 0), (failures, 0), (failures, permanent)],
-            (None, None) => vec![(0, 0), (few, 0)],
+            (None, None) => vec![(0, 0), (few, 0), (failures, 0), (failures, permanent)],
             _ => vec![(failures, value("--permanent").unwrap_or(0) as usize)],
         };
         for (f, p) in scenarios {

@@ -1,14 +1,16 @@
 //! The propagation simulation (issue 19 point 3): the herd's own propagation code, run on generated graphs
 //! of many servers with the network replaced by a discrete-event model.
 //!
-//! Every simulated server is a real [`Ctx`] built without sockets (as the unit tests of `herd.rs` build
-//! one), with the real [`Routes`] of the graph. The simulation drives exactly the entry points the event
-//! loop drives:
+//! Every simulated server is a real [`Ctx`](crate::server::ctx::Ctx) built without sockets (as the unit
+//! tests of `herd.rs` build one), with the real [`Routes`](crate::route::Routes) of the graph. The
+//! simulation drives exactly the entry points the event loop drives:
 //!
 //! - a client's `IAMAT`: the AT line made by `protocol::write_at`, then `store_and_flood(.., None, Tree)`;
-//! - a frame of records from a neighbour: `check_peer_record`, then `store_and_flood(.., Some(n), mode)`;
-//! - the hand-off after every handler: `reflood_step` and `route_floods` until nothing is left, as
-//!   `server::handoff` does, the sends going to the simulated links;
+//! - a frame of records from a neighbour: `check_peer_record`, then `store_and_flood(.., Some(n), mode)`,
+//!   or `repair_record` for a repair frame;
+//! - the hand-off after every handler: a step of any reflood (`reflood_step`), then `route_floods` until
+//!   nothing is left, as `server::handoff` does, the sends going to the simulated links; and one more
+//!   hand-off at the end of a turn while a reflood runs, as the event loop does;
 //! - a link that breaks: `link_out_closed` and `link_in_closed` on each side, when that side notices;
 //! - a link that comes back: `on_link_out` at the dialer, `on_link_in` at the acceptor, and the
 //!   catch-up of every record stored after the acceptor's acknowledged offset
@@ -16,9 +18,9 @@
 //! - `ACK <seq>` answers: `neighbours[n].acked`.
 //!
 //! What the simulation models itself is only what the sockets and the peer connection do
-//! ([`transport`]): directed links with a delay, delivering messages in order; a failed link that loses
+//! (`transport.rs`): directed links with a delay, delivering messages in order; a failed link that loses
 //! what is in flight on it, both ways; one message per link per turn holding the turn's records in
-//! frames (`T`/`F` headers of 8 bytes, as `conn/peer/frame.rs` writes them; bare lines for plain
+//! frames (`T`/`F`/`R` headers of 8 bytes, as `conn/peer/frame.rs` writes them; bare lines for plain
 //! flooding) followed by an `OFF <seq>` line under the pacing rule of `conn/peer/sync.rs`; the
 //! acceptor's `ACK` once it has processed everything before the `OFF`.
 //!
