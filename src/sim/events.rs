@@ -4,7 +4,8 @@ use crate::route::Mode;
 use std::cmp::Ordering;
 
 /// The largest frame payload: `conn/peer/frame.rs` (`MAX`); a sender starts a new frame past it.
-const FRAME_MAX: usize = 64 * 1024;
+/// The real frame bound (`conn/peer/frame.rs`).
+const FRAME_MAX: usize = crate::server::conn::peer::frame::MAX;
 
 /// An undirected link: both sockets fail and heal together. A failure bumps `epoch`, so whatever was in
 /// flight (sent under the old epoch) is lost.

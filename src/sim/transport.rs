@@ -16,11 +16,11 @@ use std::collections::{BinaryHeap, HashMap};
 /// A millisecond, in the simulation's microseconds.
 const MS: u64 = 1000;
 /// A frame's header (`T 00170\n`, or `F`, `R`): `conn/peer/frame.rs` (`HEADER`).
-const FRAME_HEADER: u64 = 8;
+const FRAME_HEADER: u64 = crate::server::conn::peer::frame::HEADER as u64;
 /// A link that carried no records sends its `OFF` once the stream moved this far or this long after the
 /// last one: `conn/peer/sync.rs` (`OFF_ADVANCE`, `OFF_PACE`).
-const OFF_ADVANCE: u64 = 4096;
-const OFF_PACE: u64 = 10_000 * MS;
+const OFF_ADVANCE: u64 = crate::server::conn::peer::sync::OFF_ADVANCE;
+const OFF_PACE: u64 = crate::server::conn::peer::sync::OFF_PACE.as_millis() as u64 * MS;
 /// The sending side pings every `peer_dead_after_ms / 3` (1 s by default), which flushes a paced `OFF`.
 const PING_EVERY: u64 = 1000 * MS;
 /// The wall clock at simulated time 0; every client time is this plus the simulated time.

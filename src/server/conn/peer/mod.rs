@@ -43,10 +43,10 @@
 //! of the protocol live beside it: `handshake.rs` (HELLO, WELCOME, PROOF), `sync.rs` (anti-entropy
 //! batches, `OFF` and `ACK`) and `liveness.rs` (the heartbeat).
 
-mod frame;
+pub mod frame;
 mod handshake;
 mod liveness;
-mod sync;
+pub mod sync;
 
 use super::{Connection, Delivery};
 use crate::protocol;

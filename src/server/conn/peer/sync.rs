@@ -11,8 +11,8 @@ use std::time::Duration;
 /// when it has moved this far, or this long after the last time: the offset only shortens the delta of
 /// the next link-up, and must cost far fewer bytes than the records it is about. (A link that carries
 /// records states it after every turn that did: it bounds what is sent again if the link breaks.)
-pub(super) const OFF_PACE: Duration = Duration::from_secs(10);
-pub(super) const OFF_ADVANCE: u64 = 4096;
+pub const OFF_PACE: Duration = Duration::from_secs(10);
+pub const OFF_ADVANCE: u64 = 4096;
 
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
