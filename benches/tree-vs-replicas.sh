@@ -35,8 +35,7 @@
 # so on. perf slows every system call a little, so read the rates of a PROFILE run as indicative only.
 #
 # Needs redis-server and redis-cli (apt-get install -y redis-server), taskset and python3 (and perf for
-# PROFILE). Ports 24100-24135
-# and 24200-24204 on 127.0.0.1.
+# PROFILE). Ports 24100-24132 and 24200-24204 on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
