@@ -68,6 +68,11 @@ fn on_the_default_herd_each_record_is_received_once_per_server() {
     let flooded = sum(&herd, "herd_records_flooded_total");
     assert_eq!((received, duplicates), (4 * RECORDS, 0), "received, duplicates (plain flooding: 8 and 4 per record)");
     assert_eq!((forwarded, flooded), (4 * RECORDS, 0), "forwarded, of which flooded");
+    // Bytes follow messages: four copies of a line of about 75 bytes, plus frames, OFF and ACK lines and
+    // heartbeats (plain flooding: eight copies, over 600 bytes).
+    let line = format!("AT Bailey +0.000000000 tree1000 +34.068930-118.445127 {}\n", now_text()).len() as u64;
+    let bytes = sum(&herd, "herd_peer_bytes_out_total");
+    assert!(bytes < RECORDS * (4 * line + 40), "{bytes} peer bytes for {RECORDS} records of ~{line} bytes");
 }
 
 /// 21 server processes on a sparse graph (a ring with four chords, 25 links): records stored at three

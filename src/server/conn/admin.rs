@@ -367,6 +367,18 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     metric("records_reflooded_total", "counter", "Records flooded again after a link broke unacknowledged.", reflooded);
     metric("records_synced_total", "counter", "Records sent by anti-entropy.", &one(c.records_synced));
     metric(
+        "peer_bytes_in_total",
+        "counter",
+        "Bytes of the peer protocol read from peer links (inside TLS, when on).",
+        &one(c.peer_bytes_in),
+    );
+    metric(
+        "peer_bytes_out_total",
+        "counter",
+        "Bytes of the peer protocol written to peer links (inside TLS, when on).",
+        &one(c.peer_bytes_out),
+    );
+    metric(
         "records_sync_skipped_total",
         "counter",
         "Records a catch-up passed over: the full neighbour would have refused them.",
