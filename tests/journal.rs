@@ -21,7 +21,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn journal(dir: &Path, fsync: &str) -> String {
-    format!(r#""journal": {{"dir": {:?}, "fsync": "{fsync}"}}"#, dir.to_string_lossy())
+    journal_with(dir, fsync, "")
+}
+
+/// The journal's config with more keys (`extra` starts with a comma).
+fn journal_with(dir: &Path, fsync: &str, extra: &str) -> String {
+    format!(r#""journal": {{"dir": {:?}, "fsync": "{fsync}"{extra}}}"#, dir.to_string_lossy())
 }
 
 /// client id → AT line (without LF), from `/records`.
@@ -395,7 +400,9 @@ fn a_full_disk_stops_acknowledgements_and_they_resume_by_themselves() {
 #[test]
 fn a_sigkill_during_a_rewrite_loses_nothing() {
     let data = TempDir::new("journal-rewrite");
-    let config = solo(data.path(), "always");
+    // A rewrite once the journal passes 500 KB (about 5,000 entries) and twice the table.
+    let config =
+        HerdConfig::new(&["Solo"], &[], &journal_with(data.path(), "always", r#", "rewrite_min_bytes": 500000"#));
     let (port, admin) = (config.port("Solo"), config.member("Solo").admin_port);
     let mut newest: HashMap<String, String> = HashMap::new();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -406,7 +413,7 @@ fn a_sigkill_during_a_rewrite_loses_nothing() {
             wait_holds_at_least(admin, &newest, Duration::from_secs(5));
         }
         // 100 clients updated 30,000 times: the journal passes twice the table again and again (a rewrite
-        // starts past 10,000 entries), and the SIGKILL lands at some moment of that.
+        // starts past 500 KB), and the SIGKILL lands at some moment of that.
         let load = std::thread::spawn(move || pipeline_ids(port, "r", from, 30_000, 100));
         rng ^= rng << 13;
         rng ^= rng >> 7;

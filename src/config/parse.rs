@@ -161,7 +161,7 @@ fn parse_records(v: &Value) -> Result<crate::record::Retention, FieldError> {
 
 fn parse_journal(v: &Value) -> Result<JournalConfig, FieldError> {
     let o = Obj::new(v, "journal")?;
-    o.only(&["dir", "fsync", "rewrite_ratio"])?;
+    o.only(&["dir", "fsync", "rewrite_ratio", "rewrite_min_bytes"])?;
     let fsync = o.string("fsync")?.unwrap_or_else(|| "everysec".into());
     if !["always", "everysec", "no"].contains(&fsync.as_str()) {
         return Err(expected("journal.fsync", "\"always\", \"everysec\" or \"no\"", format!("{fsync:?}")));
@@ -173,7 +173,13 @@ fn parse_journal(v: &Value) -> Result<JournalConfig, FieldError> {
         }
         Some(other) => return Err(expected("journal.rewrite_ratio", "a number from 1.1 to 1000", describe(other))),
     };
-    Ok(JournalConfig { dir: o.required_string("dir")?.into(), fsync, rewrite_ratio, truncate_corrupt: false })
+    let rewrite_min_bytes = match o.get("rewrite_min_bytes") {
+        None => super::JOURNAL_REWRITE_MIN_BYTES,
+        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().expect("checked"),
+        Some(other) => return Err(expected("journal.rewrite_min_bytes", "a whole number of bytes", describe(other))),
+    };
+    let dir = o.required_string("dir")?.into();
+    Ok(JournalConfig { dir, fsync, rewrite_ratio, rewrite_min_bytes, truncate_corrupt: false })
 }
 
 fn parse_peer_tls(v: &Value) -> Result<PeerTlsConfig, FieldError> {

@@ -50,9 +50,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 * 1024;
-/// A journal is not rewritten before it holds this many entries (then: past `journal.rewrite_ratio` times
-/// the table).
-const JOURNAL_REWRITE_MIN: u64 = 10_000;
 /// How long a graceful shut-down may take before the loop gives up on slow clients.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
@@ -141,7 +138,7 @@ impl Server {
                     .ok_or_else(|| ServerError::Journal(journal::JournalError::UnknownFsync(jc.fsync.clone())))?;
                 let mut opts = journal::Options::new(jc.dir.join(name), fsync);
                 opts.rewrite_ratio = jc.rewrite_ratio;
-                opts.rewrite_min_entries = JOURNAL_REWRITE_MIN;
+                opts.rewrite_min_bytes = jc.rewrite_min_bytes;
                 opts.truncate_corrupt = jc.truncate_corrupt;
                 Some((opts, Arc::clone(waker)))
             }

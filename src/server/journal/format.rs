@@ -21,21 +21,25 @@ pub const HEADER: usize = 16;
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Appends one entry for `payload` stored at `seq`.
+/// The entry is written in place and its CRC computed over the bytes as they lie in `out` (`seq` and the
+/// payload are adjacent there), so the line is copied once and hashed in two calls.
 pub fn encode(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
     debug_assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);
-    let len = (payload.len() as u32).to_le_bytes();
-    let seq = seq.to_le_bytes();
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&checksum(&len, &seq, payload).to_le_bytes());
-    out.extend_from_slice(&seq);
+    let start = out.len();
+    out.reserve(HEADER + payload.len());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(payload);
+    let crc = checksum(&out[start..start + 4], &out[start + 8..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn checksum(len: &[u8; 4], seq: &[u8; 8], payload: &[u8]) -> u32 {
+/// CRC-32 of an entry: over its length field, then its seq and payload (adjacent in an entry).
+fn checksum(len: &[u8], seq_and_payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(len);
-    h.update(seq);
-    h.update(payload);
+    h.update(seq_and_payload);
     h.finalize()
 }
 
@@ -61,7 +65,7 @@ pub fn decode(bytes: &[u8], at: usize) -> Entry<'_> {
         return Entry::Bad;
     }
     let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else { return Entry::Short };
-    if checksum(&len_bytes, &seq_bytes, payload) != crc {
+    if checksum(&len_bytes, &bytes[at + 8..at + HEADER + len]) != crc {
         return Entry::Bad;
     }
     Entry::Good { seq: u64::from_le_bytes(seq_bytes), payload, next: at + HEADER + len }

@@ -5,21 +5,25 @@
 //!
 //! ## Threads
 //!
-//! The loop thread never touches the disk. It encodes entries into a buffer (no allocation per entry) and
-//! hands the buffer to one writer thread at the end of its turn, through a mailbox like the server log's:
-//! a mutex held for a few instructions, and `unpark`. The writer thread owns `write(2)` and `fsync`:
+//! The loop thread never touches the disk. It encodes each entry once, into a buffer (no allocation per
+//! entry), and at the end of its turn moves the buffer itself into a mailbox for one writer thread, taking
+//! back an emptied one: a mutex held for a few instructions, no copy, and an `unpark` only when the
+//! mailbox was empty (otherwise the writer has been unparked already and will take both batches). The
+//! writer thread owns `write(2)` and `fsync`:
 //!
 //! ```text
 //!   loop thread                               writer thread ("herd-journal")
 //!   append(seq, line) into `buf`
-//!   end of turn: flush ──── queued bytes ───▶ pwrite(tail segment)
-//!                                             always: fdatasync now; everysec: once a second; no: never
+//!   end of turn: flush ──── batches ────────▶ pwrite(tail segment), one call for all it took
+//!                  ◀─────── emptied buffers ─ always: fdatasync now; everysec: once a second; no: never
 //!   durable() ◀──── atomic "durable up to S" ─ store S, then Waker::wake() if the loop asked
 //! ```
 //!
 //! Group commit falls out of it: while the writer waits for one fsync, the loop keeps filling the next
-//! buffer, and the writer takes everything queued for the next fsync. With `always` the loop holds each
-//! IAMAT reply until `durable()` reaches its record's seq, so many replies share one fsync.
+//! batches, and the writer takes everything queued for the next fsync. With `always` the loop holds each
+//! IAMAT reply until `durable()` reaches its record's seq, so many replies share one fsync. With
+//! `everysec` and `no` nothing waits, and the writer paces itself instead (`WRITE_PACE` after each write),
+//! so that it writes a few hundred big batches a second rather than one per loop turn.
 //!
 //! ## Failures
 //!
@@ -119,8 +123,10 @@ pub struct Options {
     pub fsync: FsyncMode,
     /// Rewrite when the journal holds more than this many entries per live record.
     pub rewrite_ratio: f64,
-    /// ... and at least this many entries (small journals are not worth rewriting).
-    pub rewrite_min_entries: u64,
+    /// ... and its files hold at least this many bytes. A rewrite has a fixed cost (about eight fsyncs and
+    /// renames) whatever the table's size, so a small journal is not worth rewriting (redis's
+    /// `auto-aof-rewrite-min-size`; the default is `config::JOURNAL_REWRITE_MIN_BYTES`).
+    pub rewrite_min_bytes: u64,
     /// Keep what precedes a corrupt entry in the middle instead of refusing to start.
     pub truncate_corrupt: bool,
     pub faults: Arc<Faults>,
@@ -132,13 +138,23 @@ impl Options {
             dir,
             fsync,
             rewrite_ratio: 2.0,
-            rewrite_min_entries: 100_000,
+            rewrite_min_bytes: crate::config::JOURNAL_REWRITE_MIN_BYTES,
             truncate_corrupt: false,
             faults: Arc::default(),
         }
     }
 }
 
+/// Under `everysec`, the writer keeps what it wrote until its fsync (a failed fsync writes it again): past
+/// this many bytes it fsyncs before the second is up, so that a fast loop (400,000 records a second is
+/// 37 MB) does not make it hold a second's worth.
+const EVERYSEC_UNSYNCED_MAX: usize = 16 << 20;
+/// Under `everysec` and `no`, the writer sleeps this long after each write, so that the next write carries
+/// what the loop gathered meanwhile (a few hundred writes a second at most, not one per loop turn). A
+/// killed process can lose what was gathered and not yet written: about this long's worth of records.
+const WRITE_PACE: Duration = Duration::from_millis(2);
+/// Emptied batch buffers kept in the mailbox for the loop to reuse (no allocation per hand-off).
+const SPARE_BATCHES: usize = 8;
 /// Beyond this many bytes waiting for the disk, entries are dropped rather than grow memory without bound.
 pub const BACKLOG_MAX: usize = 64 << 20;
 /// Snapshot chunks: the loop hands the writer the live table this many bytes at a time...
@@ -164,9 +180,12 @@ enum Command {
 
 #[derive(Default)]
 struct Slots {
-    /// Encoded entries for the writer, in seq order, and the greatest seq among them.
-    queued: Vec<u8>,
+    /// Batches of encoded entries for the writer (one per hand-off, in seq order), and the greatest seq
+    /// among them. A hand-off moves the loop's buffer here; nothing is copied on the loop's thread.
+    queued: Vec<Vec<u8>>,
     queued_last: u64,
+    /// Emptied buffers the writer hands back, for the loop's next batches.
+    spare: Vec<Vec<u8>>,
     commands: VecDeque<Command>,
     /// Neighbour offsets to write to the meta file.
     peers: Option<BTreeMap<String, (String, u64)>>,
@@ -236,7 +255,7 @@ pub struct Journal {
     thread: Option<JoinHandle<()>>,
     mode: FsyncMode,
     rewrite_ratio: f64,
-    rewrite_min_entries: u64,
+    rewrite_min_bytes: u64,
     buf: Vec<u8>,
     buf_last: u64,
     last_seq: u64,
@@ -288,7 +307,7 @@ impl Journal {
             thread: Some(thread),
             mode,
             rewrite_ratio: opts.rewrite_ratio,
-            rewrite_min_entries: opts.rewrite_min_entries,
+            rewrite_min_bytes: opts.rewrite_min_bytes,
             buf: Vec::with_capacity(CHUNK_BYTES),
             buf_last: 0,
             last_seq: replayed.next_seq - 1,
@@ -347,28 +366,31 @@ impl Journal {
         true
     }
 
-    /// End of turn: hands what was appended to the writer thread. Never waits for the disk.
+    /// End of turn: hands what was appended to the writer thread: the buffer itself moves to the mailbox
+    /// and an emptied one comes back (no copy). Never waits for the disk. The writer is unparked only when
+    /// the mailbox was empty: otherwise it was unparked with the batch already there and has not taken it
+    /// yet, so it will take this one with it.
     pub fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
         }
-        {
+        let was_empty = {
             let mut slots = self.shared.slots();
             // Entries appended after a rotation was asked for must land in the new segment: they wait here
             // until the writer has taken the rotation (it takes queued bytes only with no rotation pending).
             if slots.commands.iter().any(|c| matches!(c, Command::Rotate)) {
                 return;
             }
-            if slots.queued.is_empty() {
-                std::mem::swap(&mut slots.queued, &mut self.buf);
-            } else {
-                slots.queued.extend_from_slice(&self.buf);
-                self.buf.clear();
-            }
+            let empty = slots.spare.pop().unwrap_or_else(|| Vec::with_capacity(self.buf.capacity()));
+            let was_empty = slots.queued.is_empty();
+            slots.queued.push(std::mem::replace(&mut self.buf, empty));
             slots.queued_last = self.buf_last;
             slots.last_seq = self.last_seq;
+            was_empty
+        };
+        if was_empty {
+            self.unpark();
         }
-        self.unpark();
     }
 
     fn unpark(&self) {
@@ -435,9 +457,9 @@ impl Journal {
         if self.rewrite_paused_until.is_some_and(|t| Instant::now() < t) {
             return false;
         }
+        let bytes = self.shared.bytes.load(Ordering::Relaxed) + self.buf.len() as u64;
         self.lossy()
-            || (self.entries >= self.rewrite_min_entries
-                && self.entries as f64 > self.rewrite_ratio * live.max(1) as f64)
+            || (bytes >= self.rewrite_min_bytes && self.entries as f64 > self.rewrite_ratio * live.max(1) as f64)
     }
 
     /// Starts a rewrite: the writer rotates to a fresh tail segment. The loop then hands over every live
@@ -449,12 +471,8 @@ impl Journal {
         {
             let mut slots = self.shared.slots();
             // Everything appended so far may go to the old segment: it precedes the rotation.
-            if slots.queued.is_empty() {
-                std::mem::swap(&mut slots.queued, &mut self.buf);
-            } else {
-                slots.queued.extend_from_slice(&self.buf);
-                self.buf.clear();
-            }
+            let empty = slots.spare.pop().unwrap_or_default();
+            slots.queued.push(std::mem::replace(&mut self.buf, empty));
             slots.queued_last = slots.queued_last.max(self.buf_last);
             slots.last_seq = self.last_seq;
             slots.commands.push_back(Command::Rotate);
@@ -565,7 +583,7 @@ impl Journal {
             if slots.commands.iter().any(|c| matches!(c, Command::Rotate)) {
                 slots.commands.clear(); // a rewrite not yet begun is simply not begun
             }
-            slots.queued.extend_from_slice(&self.buf);
+            slots.queued.push(std::mem::take(&mut self.buf));
             slots.queued_last = slots.queued_last.max(self.buf_last);
             slots.last_seq = self.last_seq;
             slots.closing = true;

@@ -347,7 +347,7 @@ fn a_rewrite_keeps_the_live_table_while_records_keep_coming() {
     let tmp = TempDir::new("rewrite");
     let mut lp = new_loop();
     let mut opts = Options::new(tmp.0.clone(), FsyncMode::Always);
-    opts.rewrite_min_entries = 1000;
+    opts.rewrite_min_bytes = 1000 * 50; // 1,000 entries of about 50 bytes
     let (mut j, _, _) = open(&opts, &lp).unwrap();
     let mut model = Vec::new();
     churn(&mut j, &mut model, 1, 5000, 100);
@@ -446,7 +446,7 @@ fn a_failed_rewrite_is_given_up_and_the_journal_goes_on() {
     let tmp = TempDir::new("rewritefail");
     let mut lp = new_loop();
     let mut opts = Options::new(tmp.0.clone(), FsyncMode::Always);
-    opts.rewrite_min_entries = 10;
+    opts.rewrite_min_bytes = 10 * 50;
     let (mut j, _, _) = open(&opts, &lp).unwrap();
     let mut model = Vec::new();
     churn(&mut j, &mut model, 1, 100, 5);

@@ -11,7 +11,9 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     waker: Arc<mio::Waker>,
     mode: FsyncMode,
-    /// Bytes taken from the mailbox and not yet committed; `written` of them are written.
+    /// Bytes taken from the mailbox and not yet committed; `written` of them are written. Kept until their
+    /// commit because a failed fsync writes them again; under `everysec` that is up to a second's worth, or
+    /// `EVERYSEC_UNSYNCED_MAX` bytes.
     tail: Vec<u8>,
     tail_last: u64,
     written: usize,
@@ -53,12 +55,14 @@ impl Writer {
             if crash {
                 return;
             }
-            self.write_and_commit(closing);
+            let wrote = self.write_and_commit(closing);
             if self.retry.is_none() {
                 self.run_commands(closing);
             }
             self.write_peers(closing);
-            self.shared.writer_backlog.store(self.tail.len() as u64, Ordering::Relaxed);
+            // Only what is not yet written is the disk falling behind (what waits for its fsync is bounded
+            // by `EVERYSEC_UNSYNCED_MAX`).
+            self.shared.writer_backlog.store((self.tail.len() - self.written) as u64, Ordering::Relaxed);
             if closing {
                 let idle = self.tail.is_empty() && self.commands.is_empty() && self.shared.slots().queued.is_empty();
                 if idle && self.retry.is_none() {
@@ -76,6 +80,13 @@ impl Writer {
                     );
                     return;
                 }
+            }
+            // Under `everysec` and `no` nothing waits for the disk: after a write, let the loop gather a few
+            // milliseconds of records for the next one, so that writes are big (a few hundred a second, not
+            // one per loop turn) and the loop's hand-offs find this thread awake (unparking a thread that
+            // is not parked is an atomic swap, not a futex wake and a context switch).
+            if wrote && self.mode != FsyncMode::Always && !closing && self.retry.is_none() {
+                std::thread::sleep(WRITE_PACE);
             }
             // Sleep until the loop hands over more, or until a retry, a once-a-second fsync or a meta write
             // is due. A wake-up that finds nothing to do only loops.
@@ -102,11 +113,18 @@ impl Writer {
     fn take(&mut self) -> (bool, bool) {
         let mut slots = self.shared.slots();
         if !self.commands.iter().any(|c| matches!(c, Command::Rotate)) && !slots.queued.is_empty() {
-            if self.tail.is_empty() {
-                std::mem::swap(&mut self.tail, &mut slots.queued);
-            } else {
-                self.tail.extend_from_slice(&slots.queued);
-                slots.queued.clear();
+            // The loop's batches, in order. The first becomes the tail if it is empty (no copy); the others
+            // are copied after it here, off the loop's thread. Their buffers go back to the loop as spares.
+            for mut batch in std::mem::take(&mut slots.queued) {
+                if self.tail.is_empty() {
+                    std::mem::swap(&mut self.tail, &mut batch);
+                } else {
+                    self.tail.extend_from_slice(&batch);
+                    batch.clear();
+                }
+                if slots.spare.len() < SPARE_BATCHES {
+                    slots.spare.push(batch);
+                }
             }
             self.tail_last = slots.queued_last;
         }
@@ -119,33 +137,42 @@ impl Writer {
         (slots.closing, slots.crash)
     }
 
-    /// Writes what is not yet written of the tail, and commits it as the mode says.
-    fn write_and_commit(&mut self, force_sync: bool) {
-        if self.written < self.tail.len() {
+    /// Writes what is not yet written of the tail, and commits it as the mode says. Returns whether it
+    /// wrote anything.
+    fn write_and_commit(&mut self, force_sync: bool) -> bool {
+        let wrote = self.written < self.tail.len();
+        if wrote {
             if let Err(e) = self.disk.append(&self.tail[self.written..]) {
-                return self.failed("write", e);
+                self.failed("write", e);
+                return false;
             }
             self.written = self.tail.len();
             self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
         }
         if self.tail.is_empty() {
-            return;
+            return wrote;
         }
         let sync = match self.mode {
             FsyncMode::Always => true,
-            FsyncMode::EverySec => force_sync || self.last_sync.elapsed() >= Duration::from_secs(1),
+            FsyncMode::EverySec => {
+                force_sync
+                    || self.last_sync.elapsed() >= Duration::from_secs(1)
+                    || self.tail.len() >= EVERYSEC_UNSYNCED_MAX
+            }
             FsyncMode::No => force_sync,
         };
         if sync {
             if let Err(e) = self.sync() {
-                return self.failed("fsync", e);
+                self.failed("fsync", e);
+                return wrote;
             }
         } else if self.mode == FsyncMode::No {
             self.disk.commit_unsynced();
         } else {
-            return; // everysec: not yet
+            return wrote; // everysec: not yet
         }
         self.committed();
+        wrote
     }
 
     fn sync(&mut self) -> std::io::Result<()> {
