@@ -65,6 +65,7 @@ mod writer;
 pub use disk::{new_rid, Meta, Replayed, UNCLEAN_SKIP};
 pub use error::{IoOp, JournalError, MetaProblem};
 
+use crate::protocol::AtFields;
 use disk::Disk;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -73,6 +74,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use writer::Writer;
+
+/// The fields of an `AT` line replayed from the journal (final LF included), found by its shape alone:
+/// `AT` and five non-empty fields separated by single spaces. Every entry was a record this server had
+/// checked before storing it (`protocol::check_at`, or built by `protocol::write_at`), and its CRC has just
+/// been checked, so checking every field again (`check_at`: the decimals, the location's ranges) would only
+/// repeat work; it was half of a 1,000,000-entry replay (callgrind: 1,690 of 3,600 instructions per entry).
+/// redis trusts its append-only file the same way. Anything else is `None` (counted and skipped).
+pub fn entry_fields(line: &[u8]) -> Option<AtFields> {
+    let body = line.strip_suffix(b"\n")?;
+    let rest = body.strip_prefix(b"AT ")?;
+    let mut fields = [(0u32, 0u32); 5];
+    let mut start = 3;
+    let ends = memchr::memchr_iter(b' ', rest).map(|at| at + 3).chain(std::iter::once(body.len()));
+    for (n, end) in ends.enumerate() {
+        if n == fields.len() || end == start {
+            return None; // a sixth field, or an empty one
+        }
+        fields[n] = (start as u32, end as u32);
+        start = end + 1;
+    }
+    let [server, _diff, client_id, location, client_time] = fields;
+    (client_time.1 as usize == body.len()).then_some(AtFields { server, client_id, location, client_time })
+}
 
 /// When the journal's data reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -514,3 +514,35 @@ fn replay_speed() {
     assert_eq!(count, n);
     assert!(took < Duration::from_secs(1), "replay took {took:?}");
 }
+
+/// A replayed line's fields by shape agree with the full check on valid lines (the ranges `check_at`
+/// finds), and a line of another shape is refused.
+#[test]
+fn replayed_fields_by_shape_agree_with_the_full_check() {
+    let valid = [
+        "AT Bona +0.000000001 c1 +1+1 5\n",
+        "AT kiwi.cs.ucla.edu -12.123456789 some.client +34.068930-118.445127 1520023934.918963997\n",
+        "AT A +0.100000000 x -90+180 0.000000001\n",
+    ];
+    for line in valid {
+        let full = crate::protocol::check_at(line.as_bytes()).expect("a valid AT line");
+        let by_shape = entry_fields(line.as_bytes()).expect("the shape of an AT line");
+        assert_eq!(
+            (by_shape.server, by_shape.client_id, by_shape.location, by_shape.client_time),
+            (full.server, full.client_id, full.location, full.client_time),
+            "{line:?}"
+        );
+    }
+    for bad in [
+        "AT Bona +0.1 c1 +1+1 5",     // no LF
+        "IAMAT c1 +1+1 5\n",          // not AT
+        "AT Bona +0.1 c1 +1+1\n",     // a field short
+        "AT Bona +0.1 c1 +1+1 5 6\n", // a field over
+        "AT Bona  +0.1 c1 +1+1 5\n",  // an empty field
+        "AT Bona +0.1 c1 +1+1 5 \n",  // an empty last field
+        "AT \n",
+        "\n",
+    ] {
+        assert!(entry_fields(bad.as_bytes()).is_none(), "{bad:?}");
+    }
+}
