@@ -20,19 +20,38 @@ pub const HEADER: usize = 16;
 /// valid entries after a bad one cheap.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
-/// Appends one entry for `payload` stored at `seq`.
-/// The entry is written in place and its CRC computed over the bytes as they lie in `out` (`seq` and the
-/// payload are adjacent there), so the line is copied once and hashed in two calls.
+/// Appends one entry for `payload` stored at `seq`, CRC included.
+#[cfg(test)]
 pub fn encode(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
-    debug_assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);
     let start = out.len();
+    encode_unsealed(out, seq, payload);
+    seal(&mut out[start..]);
+}
+
+/// Appends one entry for `payload` stored at `seq` with its CRC left zero, for `seal` to fill in later on
+/// another thread: the loop thread only copies (the line is copied once), and the CRC, the larger part of
+/// an entry's cost, is computed by the journal's writer thread, off the loop.
+pub fn encode_unsealed(out: &mut Vec<u8>, seq: u64, payload: &[u8]) {
+    debug_assert!(!payload.is_empty() && payload.len() <= MAX_PAYLOAD);
     out.reserve(HEADER + payload.len());
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&[0; 4]);
     out.extend_from_slice(&seq.to_le_bytes());
     out.extend_from_slice(payload);
-    let crc = checksum(&out[start..start + 4], &out[start + 8..]);
-    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Fills in the CRC of every entry in `entries`, whole entries made by `encode_unsealed` (or `encode`: the
+/// CRC field is not part of what it covers, so sealing twice changes nothing). Each CRC is computed over
+/// the bytes as they lie (`seq` and the payload are adjacent in an entry), in two calls.
+pub fn seal(entries: &mut [u8]) {
+    let mut at = 0;
+    while at < entries.len() {
+        let len = u32::from_le_bytes(entries[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let end = at + HEADER + len;
+        let crc = checksum(&entries[at..at + 4], &entries[at + 8..end]);
+        entries[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        at = end;
+    }
 }
 
 /// CRC-32 of an entry: over its length field, then its seq and payload (adjacent in an entry).
@@ -97,6 +116,23 @@ mod tests {
             // A flip in the length may make the entry look longer than the bytes: Short, never Good.
             assert!(!matches!(decode(&flipped, 0), Entry::Good { .. }), "bit {bit}");
         }
+    }
+
+    #[test]
+    fn sealed_later_is_the_same_as_encoded_with_its_crc() {
+        let (mut sealed, mut encoded) = (Vec::new(), Vec::new());
+        for (seq, line) in [(1, &b"AT a\n"[..]), (2, b"AT Bona +0.1 kiwi +1+1 5\n"), (u64::MAX, b"x\n")] {
+            encode_unsealed(&mut sealed, seq, line);
+            encode(&mut encoded, seq, line);
+        }
+        assert!(matches!(decode(&sealed, 0), Entry::Bad), "an unsealed entry is not a good one");
+        seal(&mut sealed);
+        assert_eq!(sealed, encoded);
+        seal(&mut sealed);
+        assert_eq!(sealed, encoded, "sealing twice changes nothing");
+        // The CRC is the IEEE CRC-32 of length, seq and line (crc32fast::hash over the bytes put together).
+        let whole: Vec<u8> = [&encoded[0..4], &encoded[8..16], b"AT a\n"].concat();
+        assert_eq!(&encoded[4..8], &crc32fast::hash(&whole).to_le_bytes());
     }
 
     #[test]

@@ -383,7 +383,7 @@ impl Journal {
             self.lossy_since.get_or_insert(seq);
             return false;
         }
-        format::encode(&mut self.buf, seq, line);
+        format::encode_unsealed(&mut self.buf, seq, line);
         self.buf_last = seq;
         self.entries += 1;
         self.appended += 1;
@@ -523,7 +523,7 @@ impl Journal {
         if line.is_empty() || line.len() > format::MAX_PAYLOAD {
             return;
         }
-        format::encode(&mut rw.chunk, seq, line);
+        format::encode_unsealed(&mut rw.chunk, seq, line);
         rw.records += 1;
         if rw.chunk.len() >= CHUNK_BYTES {
             let chunk = std::mem::replace(&mut rw.chunk, Vec::with_capacity(CHUNK_BYTES + 4096));

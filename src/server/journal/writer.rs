@@ -142,6 +142,9 @@ impl Writer {
     fn write_and_commit(&mut self, force_sync: bool) -> bool {
         let wrote = self.written < self.tail.len();
         if wrote {
+            // The loop left the CRCs to this thread (bytes written again after a failure are sealed again:
+            // the same CRCs).
+            format::seal(&mut self.tail[self.written..]);
             if let Err(e) = self.disk.append(&self.tail[self.written..]) {
                 self.failed("write", e);
                 return false;
@@ -248,8 +251,9 @@ impl Writer {
                     }
                     self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
                 }
-                Command::Chunk(chunk) => {
+                Command::Chunk(mut chunk) => {
                     if self.rewrite_ok && !closing {
+                        format::seal(&mut chunk);
                         if let Err(e) = self.disk.snapshot_write(&chunk) {
                             log::warn!("journal {}: rewrite failed: {e}", self.disk.dir().display());
                             self.rewrite_ok = false;
