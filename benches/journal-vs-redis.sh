@@ -5,7 +5,9 @@
 # The journal and the AOF go to the same disk-backed directory (the filesystem type is printed: not tmpfs).
 #
 # ROUNDS interleaved rounds at 50 connections, depth 1 and 16, and the medians: the machine is shared
-# and noisy, and so is its disk.
+# and noisy, and so is its disk. Then what the throughput cannot show on a loaded machine: the CPU time
+# (user + system, every thread, from /proc/PID/stat) herd spends per IAMAT with `everysec` and without a
+# journal, ROUNDS interleaved runs of 1,000,000 IAMATs at depth 16, and the writer thread's share.
 #
 #     benches/journal-vs-redis.sh [ROUNDS] [SECONDS] [DIR]   (needs redis-server: apt-get install -y redis-server)
 set -euo pipefail
@@ -25,7 +27,11 @@ conf Always 31700 ", \"journal\": {\"dir\": \"$dir/j\", \"fsync\": \"always\"}"
 conf Everysec 31710 ", \"journal\": {\"dir\": \"$dir/j\", \"fsync\": \"everysec\"}"
 conf Plain 31720 ""
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; }
-for s in Always Everysec Plain; do taskset -c 0 $herd serve $s --config "$dir/$s.json" >/dev/null 2>&1 & done
+declare -A pid
+for s in Always Everysec Plain; do
+    taskset -c 0 $herd serve $s --config "$dir/$s.json" >/dev/null 2>&1 &
+    pid[$s]=$!
+done
 mkdir -p "$dir/ra" "$dir/re"
 taskset -c 0 redis-server --port 16380 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir "$dir/ra" --daemonize yes >/dev/null
 taskset -c 0 redis-server --port 16381 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$dir/re" --daemonize yes >/dev/null
@@ -60,4 +66,41 @@ for d in (1, 16):
     r = [x for x in rows if x[0] == d]
     m = lambda i: st.median(x[i] for x in r)
     print(f"| {d} | {m(1):.0f} | {m(5):.0f}/{m(6):.0f} | {m(2):.0f} | {m(7):.0f}/{m(8):.0f} | {st.median(x[1]/x[2] for x in r):.2f} | {m(3):.0f} | {m(4):.0f} | {st.median(x[3]/x[4] for x in r):.2f} |")
+PY
+
+# CPU ticks (1/100 s) of a process, or of its thread named $2.
+ticks() {
+    if [ -z "${2:-}" ]; then awk '{print $14 + $15}' "/proc/$1/stat"; return; fi
+    for t in /proc/"$1"/task/*; do
+        if [ "$(cat "$t/comm")" = "$2" ]; then awk '{print $14 + $15}' "$t/stat"; fi
+    done
+}
+cpu=$dir/cpu
+echo
+echo "CPU per IAMAT, 1,000,000 IAMATs at depth 16 per run, interleaved (load average $(cut -d' ' -f1 /proc/loadavg))"
+for round in $(seq "$rounds"); do
+    line="round $round:"
+    for s in Everysec Plain; do
+        p=${pid[$s]}
+        port=$([ $s = Everysec ] && echo 31710 || echo 31720)
+        before=$(ticks "$p"); wbefore=$(ticks "$p" herd-journal)
+        taskset -c 1 $herd load --target "127.0.0.1:$port" --connections 50 --depth 16 --requests 1000000 --warmup 0 \
+            >/dev/null 2>&1
+        after=$(ticks "$p"); wafter=$(ticks "$p" herd-journal)
+        echo "$s $after $before ${wafter:-0} ${wbefore:-0}" >> "$cpu"
+        # Ticks of 10 ms for 10^6 IAMATs: ticks / 100 is µs per IAMAT.
+        line="$line $s $(python3 -c "print('%.2f' % (($after - $before) / 100))") µs/IAMAT"
+    done
+    echo "$line"
+done
+python3 - "$cpu" <<'PY'
+import sys, statistics as st
+rows = [l.split() for l in open(sys.argv[1])]
+e = [(int(a) - int(b)) / 100 for s, a, b, wa, wb in rows if s == "Everysec"]
+w = [(int(wa) - int(wb)) / 100 for s, a, b, wa, wb in rows if s == "Everysec"]
+n = [(int(a) - int(b)) / 100 for s, a, b, wa, wb in rows if s == "Plain"]
+print()
+print("| herd `everysec` CPU µs/IAMAT | of which the writer thread | herd, no journal | everysec/none CPU (median of rounds) |")
+print("|---|---|---|---|")
+print(f"| {st.median(e):.2f} | {st.median(w):.2f} | {st.median(n):.2f} | {st.median(x / y for x, y in zip(e, n)):.2f} |")
 PY
