@@ -5,16 +5,16 @@
 //!
 //! ## Threads
 //!
-//! The loop thread never touches the disk. It encodes each entry once, into a buffer (no allocation per
-//! entry), and at the end of its turn moves the buffer itself into a mailbox for one writer thread, taking
-//! back an emptied one: a mutex held for a few instructions, no copy, and an `unpark` only when the
-//! mailbox was empty (otherwise the writer has been unparked already and will take both batches). The
-//! writer thread owns `write(2)` and `fsync`:
+//! The loop thread never touches the disk. It copies each entry once, into a buffer (no allocation per
+//! entry; the CRC is left to the writer), and at the end of its turn moves the buffer into a mailbox for
+//! one writer thread, taking back an emptied one: a mutex held for a few instructions, no copy, and an
+//! `unpark` only when the mailbox was empty (otherwise the writer has been unparked already and will take
+//! both batches). The writer thread owns `write(2)` and `fsync`:
 //!
 //! ```text
 //!   loop thread                               writer thread ("herd-journal")
 //!   append(seq, line) into `buf`
-//!   end of turn: flush ──── batches ────────▶ pwrite(tail segment), one call for all it took
+//!   end of turn: flush ──── batches ────────▶ seal (CRCs), pwrite(tail segment): one call for all it took
 //!                  ◀─────── emptied buffers ─ always: fdatasync now; everysec: once a second; no: never
 //!   durable() ◀──── atomic "durable up to S" ─ store S, then Waker::wake() if the loop asked
 //! ```
