@@ -80,7 +80,12 @@ fn load_config(path: &Path) -> Result<Config, i32> {
 
 fn serve(args: &[String]) -> i32 {
     let truncate_corrupt = args.iter().any(|a| a == "--journal-truncate-corrupt");
-    let args: Vec<String> = args.iter().filter(|a| *a != "--journal-truncate-corrupt").cloned().collect();
+    // Hidden, for benches/compare only: SO_REUSEPORT on the client port (sockets::share_client_port).
+    if args.iter().any(|a| a == "--reuseport") {
+        herd::server::sockets::share_client_port();
+    }
+    let args: Vec<String> =
+        args.iter().filter(|a| !matches!(a.as_str(), "--journal-truncate-corrupt" | "--reuseport")).cloned().collect();
     let (path, names) = match config_and_names(&args) {
         Ok(v) => v,
         Err(e) => return usage_error(&e),

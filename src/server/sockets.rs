@@ -21,7 +21,8 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Admin connections open at once (it is an operator's tool, not a public service).
@@ -32,6 +33,20 @@ const MAX_HANDSHAKING: usize = 64;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// The accept queue asked of the kernel (it caps it at `net.core.somaxconn`, 4096 by default).
 const LISTEN_BACKLOG: i32 = 4096;
+
+/// Set by the hidden `herd serve NAME --reuseport` (benches/compare only): the client listener gets
+/// `SO_REUSEPORT`, so several server processes can listen on one client port and the kernel spreads new
+/// connections over them by a hash of the address pair. It is not a feature of the herd: each process
+/// keeps its own record table, so processes sharing a port agree only if they are linked as neighbours
+/// in the config (benches/compare/measure.py measures both ways). Off by default, and never set for the
+/// peer or admin ports.
+static SHARE_CLIENT_PORT: AtomicBool = AtomicBool::new(false);
+
+/// Makes every client listener bound from now on in this process set `SO_REUSEPORT` (see
+/// [`SHARE_CLIENT_PORT`]). Called by `main` before `serve`, for the comparison benchmarks only.
+pub fn share_client_port() {
+    SHARE_CLIENT_PORT.store(true, Ordering::Relaxed);
+}
 
 /// The three listening sockets of a server, and the state of accepting from them.
 pub struct Listeners {
@@ -54,9 +69,9 @@ impl Listeners {
         peer: SocketAddr,
         admin: Option<SocketAddr>,
     ) -> Result<Listeners, ServerError> {
-        let client = listen(server, client, "client port")?;
-        let peer = listen(server, peer, "peer port")?;
-        let admin = admin.map(|addr| listen(server, addr, "admin port")).transpose()?;
+        let client = listen(server, client, "client port", SHARE_CLIENT_PORT.load(Ordering::Relaxed))?;
+        let peer = listen(server, peer, "peer port", false)?;
+        let admin = admin.map(|addr| listen(server, addr, "admin port", false)).transpose()?;
         Ok(Listeners {
             client: Some(client),
             peer: Some(peer),
@@ -340,14 +355,11 @@ pub fn dial_places(addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) -> Option
     Some(token)
 }
 
-/// Binds a listener, with an error that names the server, the address and its role.
-fn listen(server: &str, addr: SocketAddr, what: &'static str) -> Result<TcpListener, ServerError> {
-    let listener = TcpListener::bind(addr).map_err(|source| ServerError::Listen {
-        server: server.to_string(),
-        what,
-        addr,
-        source,
-    })?;
+/// Binds a listener, with an error that names the server, the address and its role; with `share`, the
+/// socket gets `SO_REUSEPORT` before it binds ([`SHARE_CLIENT_PORT`]).
+fn listen(server: &str, addr: SocketAddr, what: &'static str, share: bool) -> Result<TcpListener, ServerError> {
+    let bound = if share { bind_shared(addr) } else { TcpListener::bind(addr) };
+    let listener = bound.map_err(|source| ServerError::Listen { server: server.to_string(), what, addr, source })?;
     // mio (like std) listens with a backlog of 128. A burst of connects larger than that while the loop
     // is busy, or descheduled for a few milliseconds, overflows the queue, and each dropped SYN costs
     // its client a one-second retransmit: opening 10,000 connections took 40 s instead of under one.
@@ -358,6 +370,72 @@ fn listen(server: &str, addr: SocketAddr, what: &'static str) -> Result<TcpListe
         return Err(ServerError::Backlog { server: server.to_string(), what, addr, source });
     }
     Ok(listener)
+}
+
+/// A non-blocking listening socket with `SO_REUSEADDR` (as mio sets) and `SO_REUSEPORT`: mio's
+/// `TcpListener::bind` offers no way to set an option between socket(2) and bind(2), so this does the
+/// three calls itself. `listen` then raises the backlog as for any listener.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let (family, storage, len) = sockaddr(addr);
+    // SAFETY: plain socket calls on a descriptor this function owns until it is wrapped below or closed;
+    // `storage` is a sockaddr_storage holding a sockaddr_in or sockaddr_in6 of length `len`.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let one: libc::c_int = 1;
+        let opt = |name| {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                &one as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let ok = opt(libc::SO_REUSEADDR) == 0
+            && opt(libc::SO_REUSEPORT) == 0
+            && libc::bind(fd, &storage as *const libc::sockaddr_storage as *const libc::sockaddr, len) == 0
+            && libc::listen(fd, LISTEN_BACKLOG) == 0;
+        if !ok {
+            let e = std::io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(TcpListener::from_std(std::net::TcpListener::from_raw_fd(fd)))
+    }
+}
+
+/// `addr` as the C structure bind(2) takes: (address family, the structure, its length).
+fn sockaddr(addr: SocketAddr) -> (libc::c_int, libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain old data; all zeroes is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, sockaddr_in.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            (libc::AF_INET, storage, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than, and aligned for, sockaddr_in6.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            (libc::AF_INET6, storage, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
+        }
+    }
 }
 
 /// A fixed kernel send buffer (no autotuning): bounds what a reader that stops reading is sent.
