@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The measuring half of benches/compare/run.sh (run that, not this: it builds and installs first).
 
-    python3 benches/compare/measure.py [--quick] [--out FILE] [--only herd,tokio,...]
+    python3 benches/compare/measure.py [--quick] [--rounds N] [--out FILE] [--only herd,tokio,...] [--no-multicore]
 
 For each implementation (herd, tokio multi-thread, tokio current-thread, asyncio) and redis-server:
 
@@ -18,7 +18,16 @@ For each implementation (herd, tokio multi-thread, tokio current-thread, asyncio
    - CPU per request: the server's on-CPU time, all threads (sum of /proc/PID/task/*/schedstat), over a
      run of exactly M IAMAT updates at 20 connections, divided by M;
    - throughput and latency: `herd load` closed loop, depth 1, 1 / 20 / 200 connections (IAMAT over 1000
-     ids; redis `SET k{i} v`).
+     ids; redis `SET k{i} v`), and WHATSAT at 20 connections (50 ids: cache hits from the local Places
+     service after the warm-up); the asyncio process runs under a wrapper that times its garbage
+     collections.
+3. flooding (not redis): the 5-server herd on the server core, N IAMATs for new ids at Bailey, a sentinel
+   after them; records/s until every server knows the sentinel, records received per record (kernel
+   byte counters of the peer sockets, `ss -ti`), CPU per record over all five servers.
+4. more than one loop: herd as one process on CPU 0 and on CPUs 0-1, two herd processes sharing the
+   client port with SO_REUSEPORT (the hidden `herd serve --reuseport`), alone and linked as neighbours,
+   and tokio current-thread and multi-thread on CPUs 0-1; the client stays on CPU 1, so on a 2-core
+   machine everything on CPU 1 competes with it.
 Every load is bounded (--duration or --requests, with herd load's own 600 s cap) and every process this
 script starts is killed when it ends, whatever happens.
 """
@@ -36,6 +45,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -95,9 +105,13 @@ def stop(p):
             p.wait()
 
 
+_next_port = [32000 + (os.getpid() % 200) * 40]
+
+
 def free_ports(n):
-    """n consecutive loopback ports nobody holds now, outside herd's defaults."""
-    base = 32000 + (os.getpid() % 200) * 40
+    """n consecutive loopback ports nobody holds now, outside herd's defaults, and never handed out
+    before by this script (several configs are written before any of their servers binds)."""
+    base = _next_port[0]
     while True:
         socks = []
         try:
@@ -105,6 +119,7 @@ def free_ports(n):
                 s = socket.socket()
                 s.bind(("127.0.0.1", port))
                 socks.append(s)
+            _next_port[0] = base + n
             return base
         except OSError:
             base += n
@@ -125,6 +140,19 @@ def wait_port(port, proc, limit=10.0):
         except OSError:
             time.sleep(0.001)
     raise RuntimeError(f"port {port} not listening after {limit} s")
+
+
+def wait_line(path, text, proc, limit=10.0):
+    """Polls the output file `path` of `proc` until it holds `text`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}: see {path}")
+        with open(path, errors="replace") as f:
+            if text in f.read():
+                return
+        time.sleep(0.001)
+    raise RuntimeError(f"{proc.args}: no {text!r} in {path} after {limit} s")
 
 
 def rss_kb(pid):
@@ -245,14 +273,14 @@ def conformance(impl, tmp, places_port, ca, ref_bytes):
         log.close()
 
 
-def solo_argv(impl, tmp, places_port, ca):
+def solo_argv(impl, tmp, places_port, ca, tag="solo"):
     base = free_ports(30)
     port = base + 20
     if impl == "redis":
         return port, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                       "no", "--maxclients", "20000", "--daemonize", "no"]
-    cfg = os.path.join(tmp, f"{impl}-solo.json")
-    herd_config(cfg, base, places_port, ca, os.path.join(tmp, f"logs-{impl}-solo"), False)
+    cfg = os.path.join(tmp, f"{impl}-{tag}.json")
+    herd_config(cfg, base, places_port, ca, os.path.join(tmp, f"logs-{impl}-{tag}"), False)
     return port, IMPLS[impl]("Solo", cfg)
 
 
@@ -279,6 +307,11 @@ def resources(impl, tmp, places_port, ca, o):
     idle.wait(30)
     stop(p)
 
+    if impl == "asyncio":
+        # The same server under a wrapper that times every garbage collection (gc.callbacks) and writes
+        # the pauses to a file at SIGTERM; it costs nothing between collections.
+        r["gc_file"] = os.path.join(tmp, "asyncio-gc.json")
+        argv = [sys.executable, "-c", GC_WRAPPER, r["gc_file"]] + argv[1:]
     p = spawn(argv, log, SERVER_CPU)
     wait_port(port, p)
     time.sleep(0.2)
@@ -305,16 +338,223 @@ def resources(impl, tmp, places_port, ca, o):
     return r, p, port
 
 
-def cell(impl, proc, port, conns, o):
+GC_WRAPPER = r"""
+import gc, json, runpy, signal, sys, time
+out, script = sys.argv[1], sys.argv[2]
+pauses, started = [], [0.0, 0.0]
+def timed(phase, info):
+    if phase == "start":
+        started[:] = [time.perf_counter(), time.thread_time()]
+    else:
+        pauses.append((info["generation"], time.perf_counter() - started[0], time.thread_time() - started[1]))
+gc.callbacks.append(timed)
+def dump(*_):
+    with open(out, "w") as f:
+        json.dump(pauses, f)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, dump)
+sys.argv = sys.argv[2:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def children_cpu_s():
+    """CPU seconds (user + system) of every child this script has waited for: `herd load` runs."""
+    import resource
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def cell(impl, proc, port, conns, o, workload=None, procs=None):
     """One throughput cell, with the share of a CPU the server got over the whole invocation (warm-up
     included): well under 100 % at a saturating load means it was starved by other jobs, or idle waiting
-    for a client that was."""
-    extra = ["--workload", "raw", "--template", "SET k{i} v", "--expect", "+OK"] if impl == "redis" else []
-    c0, t0 = cpu_ns(proc.pid), time.monotonic()
-    res = load(port, *extra, "--connections", str(conns), "--duration", str(o.duration), "--warmup", str(o.warmup))
-    share = (cpu_ns(proc.pid) - c0) / 1e9 / (time.monotonic() - t0) * 100
+    for a client that was. `procs`: every process of the server (several with SO_REUSEPORT), each share
+    reported; the client's share too (`herd load`'s own CPU time over the same wall time)."""
+    if workload is None:
+        workload = ["--workload", "raw", "--template", "SET k{i} v", "--expect", "+OK"] if impl == "redis" else []
+    procs = procs or [proc]
+    c0, t0, l0 = [cpu_ns(p.pid) for p in procs], time.monotonic(), children_cpu_s()
+    res = load(port, *workload, "--connections", str(conns), "--duration", str(o.duration), "--warmup",
+               str(o.warmup))
+    wall = time.monotonic() - t0
+    shares = [(cpu_ns(p.pid) - c) / 1e9 / wall * 100 for p, c in zip(procs, c0)]
+    client = (children_cpu_s() - l0) / wall * 100
     lat = res["latency_us"]
-    return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"], share)
+    return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"], sum(shares), shares,
+            client)
+
+
+def gc_pauses(path):
+    """From GC_WRAPPER's file: collections by generation, the longest pause in wall time and in the
+    thread's CPU time (wall time also counts any preemption during the collection), and the CPU total."""
+    try:
+        with open(path) as f:
+            pauses = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return {"count": len(pauses), "by_gen": [sum(1 for g, _, _ in pauses if g == k) for k in range(3)],
+            "max_wall_ms": max((w for _, w, _ in pauses), default=0) * 1000,
+            "max_cpu_ms": max((c for _, _, c in pauses), default=0) * 1000,
+            "cpu_ms": sum(c for _, _, c in pauses) * 1000}
+
+
+# ----- flooding through a five-server herd -----
+
+# Every IAMAT of the flooding cell: a new client id each time (so every one is stored and flooded), one
+# location, an old fixed time, so every AT line's length is known from its counter alone.
+FLOOD_TIME = 1764870000.5
+FLOOD_TEMPLATE = "IAMAT f{i} +34.068930-118.445127 1764870000.5"
+
+
+def flood_line_bytes(n, server="Bailey"):
+    """Bytes of the AT lines (with LF) that the first n requests of FLOOD_TEMPLATE make `server` store."""
+    diff = len(str(int(time.time() - FLOOD_TIME))) + 10  # seconds, '.', nine digits
+    fixed = len(f"AT {server} + f +34.068930-118.445127 1764870000.5\n") + diff
+    return sum(fixed + len(str(i)) for i in range(n))
+
+
+def peer_bytes_received(peer_ports):
+    """Bytes the kernel has received on every established socket whose local port is a peer port: the
+    accepting side of every peer link, whatever the implementation (`ss -ti`)."""
+    filt = " or ".join(f"sport = :{p}" for p in peer_ports)
+    out = subprocess.run(["ss", "-tinH", "state", "established", f"( {filt} )"], capture_output=True,
+                         text=True).stdout
+    return sum(int(x) for x in re.findall(r"bytes_received:(\d+)", out))
+
+
+def ask_until_known(port, client, deadline):
+    """WHATSAT `client` 10 1 until the server answers with its AT line; the instant it did, or None."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(f"WHATSAT {client} 10 1\n".encode())
+                s.shutdown(socket.SHUT_WR)
+                got = b""
+                while chunk := s.recv(65536):
+                    got += chunk
+            if got.startswith(b"AT "):
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.002)
+    return None
+
+
+def iamat_now(port, client):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"IAMAT {client} +34.068930-118.445127 {time.time():.9f}\n".encode())
+        s.recv(4096)
+
+
+def flood(impl, tmp, places_port, ca, o):
+    """The 5-server herd of config/herd.json, every server on the server core: o.flood_records IAMATs for
+    new ids at Bailey (20 connections, closed loop), then one more (the sentinel) once they are answered,
+    until every other server knows the sentinel. Records flow over each link in order, so the sentinel
+    arriving means every record before it did. Returns the figures of the flooding table."""
+    base = free_ports(20)
+    cfg = os.path.join(tmp, f"{impl}-flood.json")
+    logs = os.path.join(tmp, f"logs-{impl}-flood")
+    config = herd_config(cfg, base, places_port, ca, logs, True)
+    log = open(os.path.join(tmp, f"{impl}-flood.log"), "w")
+    servers = config["servers"]
+    ps = [spawn(IMPLS[impl](s["name"], cfg), log, SERVER_CPU) for s in servers]
+    try:
+        for s, p in zip(servers, ps):
+            wait_port(s["port"], p)
+        port = {s["name"]: s["port"] for s in servers}
+        others = [port[n] for n in port if n != "Bailey"]
+        # A first record seen everywhere: the links are up, and each server has cached the Places answer
+        # for the location every record below has, so the sentinel's WHATSAT asks nobody.
+        iamat_now(port["Bailey"], "fwarm")
+        if None in [ask_until_known(p, "fwarm", time.monotonic() + 20) for p in others]:
+            raise RuntimeError(f"{impl}: the warm-up record never reached every server")
+        time.sleep(0.3)  # every link up: the comparison servers redial every 100 ms
+        peer_ports = [s["peer_port"] for s in servers]
+        b0, c0, t0 = peer_bytes_received(peer_ports), sum(cpu_ns(p.pid) for p in ps), time.monotonic()
+        res = load(port["Bailey"], "--workload", "raw", "--template", FLOOD_TEMPLATE, "--expect", "AT ",
+                   "--connections", "20", "--requests", str(o.flood_records), "--warmup", "0")
+        iamat_now(port["Bailey"], "fsentinel")
+        seen = [ask_until_known(p, "fsentinel", time.monotonic() + 300) for p in others]
+        if None in seen:
+            raise RuntimeError(f"{impl}: the sentinel never reached every server")
+        t1, c1 = max(seen), sum(cpu_ns(p.pid) for p in ps)
+        # Late duplicates (flooding sends a record on to neighbours that already have it): wait until no
+        # more bytes arrive.
+        b1 = peer_bytes_received(peer_ports)
+        for _ in range(100):
+            time.sleep(0.05)
+            b = peer_bytes_received(peer_ports)
+            if b == b1:
+                break
+            b1 = b
+        n = res["replies"] + res["errors_total"]
+    finally:
+        for p in ps:
+            stop(p)
+        log.close()
+    own = None
+    if impl == "herd":  # herd's own count, from the counters each server logs as it stops
+        own = 0
+        for s in servers:
+            try:
+                text = open(os.path.join(logs, f"{s['name']}.log"), errors="replace").read()
+                own += int(re.findall(r"stop: .*?\breceived=(\d+)", text)[-1])
+            except (OSError, IndexError):
+                own = None
+                break
+    return {
+        "records": n, "entry_rps": res["throughput_rps"], "errors": res["errors_total"], "seconds": t1 - t0,
+        "through": n / (t1 - t0), "per_record": (b1 - b0) / flood_line_bytes(n), "cpu_us": (c1 - c0) / 1000 / n,
+        "own": None if own is None else own / n, "servers": len(servers), "links": len(config["links"]),
+    }
+
+
+# ----- more than one loop: SO_REUSEPORT, and tokio's worker threads -----
+
+BOTH_CPUS = "0,1"
+
+
+def shared_port_configs(tmp, places_port, ca, linked):
+    """Two servers A and B for one client port, one config each (a config may not give two servers one
+    port, so each names the other with a port nobody uses). `linked`: A and B are neighbours, so each
+    floods its records to the other and both end up with every record."""
+    base = free_ports(10)
+    port = base
+    paths = []
+    for me in ("A", "B"):
+        servers = [{"name": n, "host": "127.0.0.1", "port": port if n == me else base + 1 + i,
+                    "peer_port": base + 5 + i} for i, n in enumerate(("A", "B"))]
+        config = {"servers": servers, "links": [["A", "B"]] if linked else [],
+                  "places": {"api": "legacy", "url": f"https://127.0.0.1:{places_port}/maps/api/place/nearbysearch/"
+                             "json", "key_env": KEY_ENV, "ca_file": ca},
+                  "log_dir": os.path.join(tmp, f"logs-shared-{'linked' if linked else 'alone'}"),
+                  "limits": {"max_clients": 20000}}
+        path = os.path.join(tmp, f"shared-{'linked' if linked else 'alone'}-{me}.json")
+        with open(path, "w") as f:
+            json.dump(config, f)
+        paths.append((me, path))
+    return port, paths
+
+
+def multicore_setups(tmp, places_port, ca):
+    """(label, port, [process argvs], CPU list) for each way of using more than one core, and the
+    one-loop anchor pinned as in the main table."""
+    port1, herd1 = solo_argv("herd", tmp, places_port, ca, "multi-pinned")
+    port_tk, tk = solo_argv("tokio", tmp, places_port, ca, "multi")
+    port_ct, ct = solo_argv("tokio-ct", tmp, places_port, ca, "multi")
+    alone, alone_cfgs = shared_port_configs(tmp, places_port, ca, False)
+    linked, linked_cfgs = shared_port_configs(tmp, places_port, ca, True)
+    port1b, herd1b = solo_argv("herd", tmp, places_port, ca, "multi-free")
+    return [
+        ("herd, 1 process, CPU 0", port1, [herd1], SERVER_CPU),
+        ("herd, 1 process, CPUs 0-1", port1b, [herd1b], BOTH_CPUS),
+        ("herd, 2 processes, SO_REUSEPORT, not linked", alone,
+         [[HERD, "serve", n, "--config", c, "--reuseport"] for n, c in alone_cfgs], BOTH_CPUS),
+        ("herd, 2 processes, SO_REUSEPORT, linked", linked,
+         [[HERD, "serve", n, "--config", c, "--reuseport"] for n, c in linked_cfgs], BOTH_CPUS),
+        ("tokio current-thread, CPUs 0-1", port_ct, [ct], BOTH_CPUS),
+        ("tokio multi-thread (2 workers), CPUs 0-1", port_tk, [tk], BOTH_CPUS),
+    ]
 
 
 def stripped_size(path):
@@ -357,11 +597,33 @@ def code_lines(path):
     return n
 
 
-HERD_FILES = ["src/protocol.rs", "src/record.rs", "src/config.rs", "src/places.rs", "src/http.rs", "src/gjson.rs"]
+# What `herd serve` runs, below src/: the server, and the modules it uses that the other two also need
+# (protocol, records, config, Places requests and answers, HTTP framing, Google-style JSON).
+HERD_DIRS = ["src/server", "src/record", "src/config"]
+HERD_FILES = ["src/protocol.rs", "src/record.rs", "src/places.rs", "src/http.rs", "src/gjson.rs"]
+# Files (or directories, by prefix) of features the comparison servers do not have: the journal, the admin
+# port and its guard, peer TLS and the herd secret, the log file, heartbeats, the OFF/ACK delta sync,
+# admission limits, record retention (the eviction heap). Mixed files (a state machine that also checks
+# limits, the Places client that also coalesces) stay in the like-for-like count whole.
+HERD_ONLY = ["src/server/journal", "src/server/conn/admin.rs", "src/server/admin_auth.rs", "src/server/auth.rs",
+             "src/server/peer_tls.rs", "src/server/log.rs", "src/server/heartbeat.rs",
+             "src/server/conn/peer/liveness.rs", "src/server/conn/peer/sync.rs", "src/server/admission.rs",
+             "src/record/order.rs"]
+
+
+def rust_files():
+    """Every .rs file of HERD_DIRS (recursively) and HERD_FILES that exists, test-only files left out."""
+    out = [f for f in HERD_FILES if os.path.isfile(os.path.join(ROOT, f))]
+    for d in HERD_DIRS:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, d)):
+            out += [os.path.relpath(os.path.join(dirpath, f), ROOT) for f in files
+                    if f.endswith(".rs") and f != "tests.rs"]
+    return sorted(out)
 
 
 def sizes_and_lines():
-    herd_server = HERD_FILES + sorted("src/server/" + f for f in os.listdir(os.path.join(ROOT, "src/server")))
+    herd_server = rust_files()
+    herd_same = [f for f in herd_server if not any(f == x or f.startswith(x + "/") for x in HERD_ONLY)]
     py_stdlib = sysconfig.get_paths()["stdlib"]
     py_lib = os.path.join(sysconfig.get_config_var("LIBDIR") or "", sysconfig.get_config_var("LDLIBRARY") or "")
     py_bin = os.path.getsize(os.path.realpath(sys.executable)) + (os.path.getsize(py_lib) if os.path.isfile(py_lib) else 0)
@@ -373,7 +635,10 @@ def sizes_and_lines():
     return {
         "herd": (f"{os.path.getsize(HERD) / 1e6:.1f} MB ({stripped_size(HERD) / 1e6:.1f} MB stripped)",
                  sum(code_lines(os.path.join(ROOT, f)) for f in herd_server),
-                 f"{len(herd_server)} files: src/server/*.rs + {' '.join(os.path.basename(f) for f in HERD_FILES)}"),
+                 f"{len(herd_server)} files: src/server/, src/record/, src/config/, "
+                 f"{', '.join(os.path.basename(f) for f in HERD_FILES)}; without the features the others lack "
+                 f"({len(herd_same)} files, measure.py's HERD_ONLY): "
+                 f"{sum(code_lines(os.path.join(ROOT, f)) for f in herd_same):,}"),
         "tokio": (f"{os.path.getsize(TOKIO) / 1e6:.1f} MB ({stripped_size(TOKIO) / 1e6:.1f} MB stripped)",
                   code_lines(os.path.join(HERE, "tokio/src/main.rs")), "tokio/src/main.rs"),
         "asyncio": (f"{os.path.getsize(ASYNCIO) / 1e3:.1f} kB script + CPython {sys.version.split()[0]}: "
@@ -396,9 +661,14 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default="herd,tokio,tokio-ct,asyncio,redis")
+    ap.add_argument("--no-multicore", action="store_true", help="skip the SO_REUSEPORT / worker-thread cells")
+    ap.add_argument("--rounds", type=int, dest="set_rounds", default=None,
+                    help="throughput rounds (median reported); default 1 with --quick, 3 without")
     o = ap.parse_args()
     o.duration, o.warmup, o.starts, o.rounds = (3, 1, 3, 1) if o.quick else (10, 2, 7, 3)
+    o.rounds = o.set_rounds or o.rounds
     o.records, o.cpu_requests = (30_000, 20_000) if o.quick else (200_000, 100_000)
+    o.flood_records = 20_000 if o.quick else 100_000
     o.idle = 10_000
     only = o.only.split(",")
     tmp = tempfile.mkdtemp(prefix="herd-compare-")
@@ -419,6 +689,9 @@ def main():
             break
     else:
         raise RuntimeError(f"the Places service exited with {places.wait()}: see {tmp}/places.log")
+    # It stays up for the WHATSAT and flooding cells: drain what it prints, or a full pipe would stop it.
+    threading.Thread(target=lambda: [places_log.write(x.decode(errors="replace")) for x in places.stdout],
+                     daemon=True).start()
 
     conf, ref, results = {}, None, {}
     for impl in [i for i in IMPLS if i in only]:
@@ -428,7 +701,6 @@ def main():
             ref = got
         same = "-" if ref is None else ("same bytes as herd" if got == ref else "DIFFERS from herd")
         conf[impl] = ("pass" if ok else "FAIL", same)
-    stop(places)  # the measured servers get no WHATSAT: keep the Places service off their core and the load's
 
     running = {}
     for impl in [i for i in list(IMPLS) + ["redis"] if i in only]:
@@ -441,17 +713,57 @@ def main():
 
     # Throughput rounds: every server is up (idle ones cost nothing), and the cells of one connection
     # count run back to back across implementations, so a change in the machine's background load hits
-    # them alike. The median round by throughput is reported.
-    rounds = {impl: {c: [] for c in (1, 20, 200)} for impl in running}
+    # them alike. The median round by throughput is reported. WHATSAT: 50 client ids, so after the first
+    # 50 (in the warm-up) every answer comes from the server's own Places cache, cut to the bound and
+    # written in Google's style; 20 connections.
+    whatsat = ["--workload", "whatsat", "--clients", "50", "--radius", "10", "--bound", "5"]
+    rounds = {impl: {c: [] for c in (1, 20, 200, "whatsat")} for impl in running}
     for rnd in range(o.rounds):
-        for conns in (1, 20, 200):
+        for conns in (1, 20, 200, "whatsat"):
             for impl, (proc, port) in running.items():
+                if conns == "whatsat" and impl == "redis":
+                    continue
                 print(f"== round {rnd + 1}/{o.rounds}: {impl} at {conns} connections", file=sys.stderr)
-                rounds[impl][conns].append(cell(impl, proc, port, conns, o))
+                if conns == "whatsat":
+                    rounds[impl][conns].append(cell(impl, proc, port, 20, o, workload=whatsat))
+                else:
+                    rounds[impl][conns].append(cell(impl, proc, port, conns, o))
     for impl, (proc, port) in running.items():
         for conns, runs in rounds[impl].items():
-            results[impl]["cells"][conns] = sorted(runs)[len(runs) // 2]
+            if runs:
+                results[impl]["cells"][conns] = sorted(runs, key=lambda c: c[0])[len(runs) // 2]
         stop(proc)
+        if results[impl].get("gc_file"):
+            results[impl]["gc"] = gc_pauses(results[impl]["gc_file"])
+    load_mid = os.getloadavg()
+
+    # Flooding through the five-server herd.
+    floods = {}
+    for impl in [i for i in IMPLS if i in only]:
+        print(f"== {impl}: flooding through five servers", file=sys.stderr)
+        floods[impl] = flood(impl, tmp, places_port, ca, o)
+    stop(places)
+
+    # More than one loop. All set-ups up at once (idle ones cost nothing), cells interleaved by round.
+    multi = []
+    if not o.no_multicore and all(i in only for i in ("herd", "tokio", "tokio-ct")):
+        for k, (label, port, argvs, cpus) in enumerate(multicore_setups(tmp, places_port, ca)):
+            ps = []
+            for j, argv in enumerate(argvs):
+                path = os.path.join(tmp, f"multicore-{k}-{j}.log")
+                ps.append(spawn(argv, open(path, "w"), cpus))
+                # Its own `listening` line: with SO_REUSEPORT a connect succeeds once either one listens.
+                wait_line(path, " listening on ", ps[-1])
+            multi.append((label, port, ps, cpus, {20: [], 200: []}))
+        time.sleep(0.5)  # the linked pair's links up (redial within milliseconds; nothing to wait on)
+        for rnd in range(o.rounds):
+            for conns in (20, 200):
+                for label, port, ps, cpus, runs in multi:
+                    print(f"== round {rnd + 1}/{o.rounds}: {label} at {conns} connections", file=sys.stderr)
+                    runs[conns].append(cell("herd", ps[0], port, conns, o, procs=ps))
+        for _, _, ps, _, _ in multi:
+            for p in ps:
+                stop(p)
     load_end = os.getloadavg()
 
     sl = sizes_and_lines()
@@ -459,30 +771,93 @@ def main():
     lines = [
         f"Commit measured: {git_commit()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"{'--quick' if o.quick else 'full'} run; {cores} cores; servers pinned to CPU {SERVER_CPU}, "
-        f"every client (herd load, idle-connection holder) to CPU {LOAD_CPU}; kernel {os.uname().release}; "
-        f"Python {sys.version.split()[0]}. Load average (1 min) {load_start[0]:.1f} at the start, "
-        f"{load_end[0]:.1f} after the throughput rounds: other jobs share these cores, so compare ratios "
-        "within this run, not absolute figures across runs.",
+        f"every client (herd load, idle-connection holder) to CPU {LOAD_CPU}, except where a table says "
+        f"otherwise; kernel {os.uname().release}; Python {sys.version.split()[0]}. Load average (1 min) "
+        f"{load_start[0]:.1f} at the start, {load_mid[0]:.1f} after the throughput rounds, {load_end[0]:.1f} at "
+        "the end: other jobs share these cores, so compare ratios within this run, not absolute figures "
+        "across runs.",
         "",
         f"Throughput: `herd load` closed loop, depth 1, {o.duration} s measured after {o.warmup} s warm-up, "
         f"median of {o.rounds} round(s) run back to back across implementations; IAMAT over 1000 client ids "
         "(redis: `SET k{i} v`), one server with no neighbours. Latency in µs. Server CPU %: the server's "
         "on-CPU time over the cell's wall time (warm-up included); a saturated server that got the whole "
-        "core shows about 100.",
+        "core shows about 100. Client CPU %: `herd load`'s own.",
         "",
-        "| implementation | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | req/s vs redis |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | client CPU % | req/s vs redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def row(label, conns, c, ratio):
+        rps, p50, p99, p999, err, share, shares, client = c
+        share = f"{share:.0f}" + (f" ({' + '.join(f'{x:.0f}' for x in shares)})" if len(shares) > 1 else "")
+        if rps == 0:  # not one reply in the measured window, and too short for herd load's time-out
+            return f"| {label} | {conns} | 0: no reply in the window | - | - | - | {err} | {share} | {client:.0f} | - |"
+        return (f"| {label} | {conns} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | {share} | "
+                f"{client:.0f} | {ratio} |")
+
     for impl, r in results.items():
-        for conns, (rps, p50, p99, p999, err, share) in r["cells"].items():
+        for conns in (1, 20, 200):
+            c = r["cells"][conns]
             red = results.get("redis", {}).get("cells", {}).get(conns)
-            ratio = f"{rps / red[0]:.2f}" if red and red[0] else "-"
-            if rps == 0:  # not one reply in the measured window, and too short for herd load's time-out
-                lines.append(f"| {LABEL[impl]} | {conns} | 0: no reply in the window | - | - | - | {err} | "
-                             f"{share:.0f} | - |")
-                continue
-            lines.append(f"| {LABEL[impl]} | {conns} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | "
-                         f"{share:.0f} | {ratio} |")
+            lines.append(row(LABEL[impl], conns, c, f"{c[0] / red[0]:.2f}" if red and red[0] else "-"))
+    lines += [
+        "",
+        "WHATSAT: `herd load --workload whatsat --clients 50 --radius 10 --bound 5`, 20 connections, same cell "
+        "length and rounds; every implementation asks the same local Places service (`herd places`, HTTPS) "
+        "through its own client and cache, so after the first request per client id (in the warm-up) every "
+        "answer is a cache hit: the cost measured is the cached answer cut to the bound and written in "
+        "Google's style (herd's WHATSAT bytes are checked equal above).",
+        "",
+        "| implementation | conns | WHATSAT/s | p50 | p99 | p99.9 | errors | server CPU % | client CPU % | vs herd |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    herd_w = results.get("herd", {}).get("cells", {}).get("whatsat")
+    for impl, r in results.items():
+        c = r["cells"].get("whatsat")
+        if c:
+            lines.append(row(LABEL[impl], 20, c, f"{c[0] / herd_w[0]:.2f}" if herd_w and herd_w[0] else "-"))
+    if floods:
+        f0 = next(iter(floods.values()))
+        lines += [
+            "",
+            f"Flooding: the five servers and {f0['links']} links of config/herd.json, all on CPU {SERVER_CPU}, "
+            f"plaintext links; {o.flood_records:,} IAMATs for new client ids at Bailey (`herd load --workload raw "
+            f"--template '{FLOOD_TEMPLATE}'`, 20 connections), then a sentinel IAMAT once they are answered; "
+            "'through' = records / time until every other server knows the sentinel (WHATSAT polled every "
+            "2 ms). Received per record: bytes received on the accepting side of every peer link (`ss -ti`, "
+            "kernel counters, the same for all three) over the bytes of the records' AT lines: one copy to "
+            f"each other server is {f0['servers'] - 1}; flooding every link sends "
+            f"{2 * f0['links'] - (f0['servers'] - 1)} (each server forwards a new record to every neighbour but "
+            "the one it came from). herd's own count: the `received=` counters its servers log as they stop, "
+            "over records. CPU: all five servers' on-CPU time over records.",
+            "",
+            "| implementation | records | IAMAT/s at Bailey | seconds until all know the last | records/s through the herd "
+            "| received per record (kernel bytes) | herd's own count | CPU µs per record (5 servers) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for impl, f in floods.items():
+            own = f"{f['own']:.2f}" if f["own"] is not None else "-"
+            lines.append(f"| {LABEL[impl]} | {f['records']:,} | {f['entry_rps']:,.0f} | {f['seconds']:.2f} | "
+                         f"{f['through']:,.0f} | {f['per_record']:.2f} | {own} | {f['cpu_us']:.1f} |")
+    if multi:
+        lines += [
+            "",
+            f"More than one loop: the same IAMAT cells at 20 and 200 connections, `herd load` on CPU {LOAD_CPU} "
+            f"as always, the servers on CPU {SERVER_CPU} or free on CPUs {BOTH_CPUS}. **This machine has "
+            f"{cores} cores: a server process or worker thread on CPU 1 competes with the client for it**, so "
+            "these cells show what a second loop costs and gains here, not what it would give with a core of "
+            "its own. 'not linked': each process keeps its own records (a WHATSAT may reach the other one); "
+            "'linked': the two are neighbours and flood every record to each other. Server CPU %: the sum "
+            "over the processes, each process's share in brackets.",
+            "",
+            "| set-up | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | client CPU % | vs 1 process on CPU 0 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        anchor = {c: sorted(multi[0][4][c], key=lambda x: x[0])[len(multi[0][4][c]) // 2] for c in (20, 200)}
+        for label, port, ps, cpus, runs in multi:
+            for conns in (20, 200):
+                c = sorted(runs[conns], key=lambda x: x[0])[len(runs[conns]) // 2]
+                lines.append(row(label, conns, c, f"{c[0] / anchor[conns][0]:.2f}" if anchor[conns][0] else "-"))
     lines += [
         "",
         f"Resources: CPU per request = server on-CPU time (all threads, /proc/PID/task/*/schedstat) over "
@@ -505,6 +880,14 @@ def main():
             f"| {LABEL[impl]} | {c[0]} | {c[1]} | {r['cpu_us']:.1f}{' (errors %d)' % errs if errs else ''} | "
             f"{r['rss0_kb'] / 1024:.1f} MiB | {r['idle_kb'] / 1024:.1f} MiB ({r['idle_kb'] * 1024 / o.idle:,.0f} B) | "
             f"{r['record_b']:.0f} | {r['start_ms']:.1f} | {size} | {loc_text} |")
+    gc = results.get("asyncio", {}).get("gc")
+    if gc:
+        g = gc["by_gen"]
+        lines += ["", "Python's garbage collector in the asyncio server, over its records, CPU-per-request, "
+                  "throughput and WHATSAT phases above (gc.callbacks; wall time by perf_counter, CPU time by "
+                  f"thread_time): {gc['count']:,} collections ({g[0]:,} of generation 0, {g[1]:,} of 1, {g[2]:,} of "
+                  f"2); longest {gc['max_cpu_ms']:.1f} ms of CPU ({gc['max_wall_ms']:.1f} ms of wall time, which "
+                  f"includes any preemption), {gc['cpu_ms']:.0f} ms of CPU in all."]
     lines += ["", f"Whole run: {time.monotonic() - t_start:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
