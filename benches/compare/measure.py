@@ -85,12 +85,12 @@ atexit.register(cleanup)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
-def spawn(argv, log, cpu=None):
+def spawn(argv, log, cpu=None, env=None):
     """Starts argv (pinned to `cpu` when given) with its output to `log` (a file, or subprocess.PIPE)."""
     if cpu is not None:
         argv = ["taskset", "-c", cpu] + argv
     p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                         env=dict(os.environ, **{KEY_ENV: "local"}))
+                         env=dict(os.environ, **{KEY_ENV: "local"}, **(env or {})))
     procs.append(p)
     return p
 
@@ -396,6 +396,67 @@ def gc_pauses(path):
             "max_wall_ms": max((w for _, w, _ in pauses), default=0) * 1000,
             "max_cpu_ms": max((c for _, _, c in pauses), default=0) * 1000,
             "cpu_ms": sum(c for _, _, c in pauses) * 1000}
+
+
+# ----- heap allocations per request -----
+
+ALLOC_FUNCS = ("malloc", "realloc", "calloc")
+
+
+def add_malloc_probes():
+    """uprobes on libc's malloc, realloc and calloc (`perf probe`, needs root): returns the ones this run
+    added (to remove at the end), or None when perf cannot place them."""
+    if not shutil.which("perf"):
+        return None
+    libc = re.search(r"libc\.so\.6 => (\S+)", subprocess.run(["ldd", HERD], capture_output=True, text=True).stdout)
+    if not libc:
+        return None
+    have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
+    added = []
+    for f in ALLOC_FUNCS:
+        if f"probe_libc:{f} " in have:
+            continue
+        if subprocess.run(["perf", "probe", "-q", "-x", libc[1], "--add", f], capture_output=True).returncode != 0:
+            remove_malloc_probes(added)
+            return None
+        added.append(f)
+    atexit.register(remove_malloc_probes, list(added))
+    return added
+
+
+def remove_malloc_probes(added):
+    for f in added:
+        subprocess.run(["perf", "probe", "-q", "-d", f"probe_libc:{f}"], capture_output=True)
+    added.clear()
+
+
+def allocations(impl, tmp, places_port, ca, o):
+    """Calls to libc's malloc + realloc + calloc per IAMAT (perf stat on the uprobes, every thread of a
+    fresh server) over o.cpu_requests IAMAT updates at 20 connections, after 5,000 that create the ids
+    and grow the buffers. Python runs with PYTHONMALLOC=malloc so that every object allocation goes to
+    libc (its own small-object allocator would hide most of them)."""
+    port, argv = solo_argv(impl, tmp, places_port, ca, "alloc")
+    log = open(os.path.join(tmp, f"{impl}-alloc.log"), "w")
+    p = spawn(argv, log, SERVER_CPU, {"PYTHONMALLOC": "malloc"} if impl == "asyncio" else None)
+    try:
+        wait_port(port, p)
+        load(port, "--workload", "iamat", "--connections", "20", "--requests", "5000", "--warmup", "0")
+        out = os.path.join(tmp, f"{impl}-alloc.perf")
+        events = ",".join(f"probe_libc:{f}" for f in ALLOC_FUNCS)
+        perf = subprocess.Popen(["perf", "stat", "-x,", "-o", out, "-e", events, "-p", str(p.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(perf)
+        time.sleep(0.3)  # perf attached
+        r = load(port, "--workload", "iamat", "--connections", "20", "--requests", str(o.cpu_requests),
+                 "--warmup", "0")
+        perf.send_signal(signal.SIGINT)
+        perf.wait(10)
+        with open(out) as f:
+            calls = sum(int(x.split(",")[0]) for x in f if x.split(",")[0].isdigit())
+        return calls / max(1, r["replies"])
+    finally:
+        stop(p)
+        log.close()
 
 
 # ----- flooding through a five-server herd -----
@@ -737,6 +798,15 @@ def main():
             results[impl]["gc"] = gc_pauses(results[impl]["gc_file"])
     load_mid = os.getloadavg()
 
+    # Heap allocations per request, where perf can count them.
+    probes = add_malloc_probes()
+    for impl in [i for i in IMPLS if i in only]:
+        if probes is not None:
+            print(f"== {impl}: allocations per request", file=sys.stderr)
+            results[impl]["mallocs"] = allocations(impl, tmp, places_port, ca, o)
+    if probes:
+        remove_malloc_probes(probes)
+
     # Flooding through the five-server herd.
     floods = {}
     for impl in [i for i in IMPLS if i in only]:
@@ -865,12 +935,22 @@ def main():
         f"connections open (each answered one command); per record = VmRSS growth over {o.records:,} IAMATs "
         "for new client ids (redis: SET of an AT-line-sized value under a new key) / count; start-up = exec to "
         f"first accepted connect, median of {o.starts}; lines = non-blank, non-comment lines before any "
-        "`#[cfg(test)]` (Python: without docstrings), counted by measure.py's code_lines.",
+        "`#[cfg(test)]` (Python: without docstrings), counted by measure.py's code_lines; heap allocations = "
+        "calls to libc malloc + realloc + calloc (perf uprobes, all threads) over "
+        f"{o.cpu_requests:,} IAMAT updates at 20 connections on a fresh warmed-up server / replies, Python with "
+        "PYTHONMALLOC=malloc so that its object allocator goes through libc too.",
         "",
-        "| implementation | conformance | WHATSAT bytes | CPU µs/req | RSS at start | RSS +10k idle conns "
-        "(per conn) | bytes/record | start-up ms | size | lines of code |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|---:|",
+        "| implementation | conformance | WHATSAT bytes | CPU µs/req | heap allocations per IAMAT | RSS at start | "
+        "RSS +10k idle conns (per conn) | bytes/record | start-up ms | size | lines of code |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
+    def mallocs(impl, r):
+        if "mallocs" in r:
+            return f"{r['mallocs']:.3f}"
+        if impl == "redis":
+            return "- (jemalloc, linked in: not counted)"
+        return "- (perf probe unavailable)"
+
     for impl, r in results.items():
         c = conf.get(impl, ("-", "-"))
         size, loc, files = sl["tokio" if impl.startswith("tokio") else impl]
@@ -878,7 +958,7 @@ def main():
         errs = r["errors"]
         lines.append(
             f"| {LABEL[impl]} | {c[0]} | {c[1]} | {r['cpu_us']:.1f}{' (errors %d)' % errs if errs else ''} | "
-            f"{r['rss0_kb'] / 1024:.1f} MiB | {r['idle_kb'] / 1024:.1f} MiB ({r['idle_kb'] * 1024 / o.idle:,.0f} B) | "
+            f"{mallocs(impl, r)} | {r['rss0_kb'] / 1024:.1f} MiB | {r['idle_kb'] / 1024:.1f} MiB ({r['idle_kb'] * 1024 / o.idle:,.0f} B) | "
             f"{r['record_b']:.0f} | {r['start_ms']:.1f} | {size} | {loc_text} |")
     gc = results.get("asyncio", {}).get("gc")
     if gc:
