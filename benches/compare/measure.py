@@ -661,15 +661,16 @@ def code_lines(path):
 # What `herd serve` runs, below src/: the server, and the modules it uses that the other two also need
 # (protocol, records, config, Places requests and answers, HTTP framing, Google-style JSON).
 HERD_DIRS = ["src/server", "src/record", "src/config"]
-HERD_FILES = ["src/protocol.rs", "src/record.rs", "src/places.rs", "src/http.rs", "src/gjson.rs"]
+HERD_FILES = ["src/protocol.rs", "src/record.rs", "src/places.rs", "src/http.rs", "src/gjson.rs", "src/route.rs"]
 # Files (or directories, by prefix) of features the comparison servers do not have: the journal, the admin
 # port and its guard, peer TLS and the herd secret, the log file, heartbeats, the OFF/ACK delta sync,
-# admission limits, record retention (the eviction heap). Mixed files (a state machine that also checks
+# admission limits, record retention (the eviction heap), propagation along shortest-path trees (route.rs,
+# the peer frames; the other two flood every link). Mixed files (a state machine that also checks
 # limits, the Places client that also coalesces) stay in the like-for-like count whole.
 HERD_ONLY = ["src/server/journal", "src/server/conn/admin.rs", "src/server/admin_auth.rs", "src/server/auth.rs",
              "src/server/peer_tls.rs", "src/server/log.rs", "src/server/heartbeat.rs",
              "src/server/conn/peer/liveness.rs", "src/server/conn/peer/sync.rs", "src/server/admission.rs",
-             "src/record/order.rs"]
+             "src/record/order.rs", "src/route.rs", "src/server/conn/peer/frame.rs"]
 
 
 def rust_files():
