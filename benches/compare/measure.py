@@ -374,14 +374,23 @@ def cell(impl, proc, port, conns, o, workload=None, procs=None):
         workload = ["--workload", "raw", "--template", "SET k{i} v", "--expect", "+OK"] if impl == "redis" else []
     procs = procs or [proc]
     c0, t0, l0 = [cpu_ns(p.pid) for p in procs], time.monotonic(), children_cpu_s()
+    # The servers' CPU time when the warm-up ends (herd load measures from then on), read by a timer
+    # thread: CPU per reply = CPU after it / replies, a figure that a busy machine moves far less than
+    # the rate.
+    at_measure = []
+    timer = threading.Timer(o.warmup, lambda: at_measure.append(sum(cpu_ns(p.pid) for p in procs)))
+    timer.start()
     res = load(port, *workload, "--connections", str(conns), "--duration", str(o.duration), "--warmup",
                str(o.warmup))
+    timer.join()
     wall = time.monotonic() - t0
-    shares = [(cpu_ns(p.pid) - c) / 1e9 / wall * 100 for p, c in zip(procs, c0)]
+    c1 = [cpu_ns(p.pid) for p in procs]
+    shares = [(c - c_) / 1e9 / wall * 100 for c, c_ in zip(c1, c0)]
     client = (children_cpu_s() - l0) / wall * 100
+    per_reply = (sum(c1) - at_measure[0]) / 1000 / res["replies"] if at_measure and res["replies"] else float("nan")
     lat = res["latency_us"]
     return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"], sum(shares), shares,
-            client)
+            client, per_reply)
 
 
 def gc_pauses(path):
@@ -852,19 +861,22 @@ def main():
         f"median of {o.rounds} round(s) run back to back across implementations; IAMAT over 1000 client ids "
         "(redis: `SET k{i} v`), one server with no neighbours. Latency in µs. Server CPU %: the server's "
         "on-CPU time over the cell's wall time (warm-up included); a saturated server that got the whole "
-        "core shows about 100. Client CPU %: `herd load`'s own.",
+        "core shows about 100. Server CPU µs/reply: the server's on-CPU time (all threads) from the end of the "
+        "warm-up to the end of the cell, over the replies measured. Client CPU %: `herd load`'s own.",
         "",
-        "| implementation | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | client CPU % | req/s vs redis |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | "
+        "client CPU % | req/s vs redis |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(label, conns, c, ratio):
-        rps, p50, p99, p999, err, share, shares, client = c
+        rps, p50, p99, p999, err, share, shares, client, per_reply = c
         share = f"{share:.0f}" + (f" ({' + '.join(f'{x:.0f}' for x in shares)})" if len(shares) > 1 else "")
         if rps == 0:  # not one reply in the measured window, and too short for herd load's time-out
-            return f"| {label} | {conns} | 0: no reply in the window | - | - | - | {err} | {share} | {client:.0f} | - |"
+            return (f"| {label} | {conns} | 0: no reply in the window | - | - | - | {err} | {share} | - | "
+                    f"{client:.0f} | - |")
         return (f"| {label} | {conns} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | {share} | "
-                f"{client:.0f} | {ratio} |")
+                f"{per_reply:.1f} | {client:.0f} | {ratio} |")
 
     for impl, r in results.items():
         for conns in (1, 20, 200):
@@ -879,8 +891,9 @@ def main():
         "answer is a cache hit: the cost measured is the cached answer cut to the bound and written in "
         "Google's style (herd's WHATSAT bytes are checked equal above).",
         "",
-        "| implementation | conns | WHATSAT/s | p50 | p99 | p99.9 | errors | server CPU % | client CPU % | vs herd |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| implementation | conns | WHATSAT/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | "
+        "client CPU % | vs herd |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     herd_w = results.get("herd", {}).get("cells", {}).get("whatsat")
     for impl, r in results.items():
@@ -921,8 +934,9 @@ def main():
             "'linked': the two are neighbours and flood every record to each other. Server CPU %: the sum "
             "over the processes, each process's share in brackets.",
             "",
-            "| set-up | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | client CPU % | vs 1 process on CPU 0 |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| set-up | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | client CPU % "
+            "| vs 1 process on CPU 0 |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         anchor = {c: sorted(multi[0][4][c], key=lambda x: x[0])[len(multi[0][4][c]) // 2] for c in (20, 200)}
         for label, port, ps, cpus, runs in multi:
