@@ -1066,6 +1066,12 @@ mod tests {
             (Api::New, 500, new_error(500, "INTERNAL", "boom"), "UNKNOWN_ERROR", "boom"),
             (Api::New, 503, new_error(503, "UNAVAILABLE", ""), "UNKNOWN_ERROR", "Places answered HTTP 503"),
             (Api::Legacy, 403, "{\"error\": {\"code\": 403}}".into(), "REQUEST_DENIED", "Places answered HTTP 403"),
+            // A New error with a code and no status: the legacy status that Google's HTTP mapping of
+            // google.rpc codes gives (400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 429 RESOURCE_EXHAUSTED).
+            (Api::New, 400, "{\"error\": {\"code\": 400}}".into(), "INVALID_REQUEST", "Places answered HTTP 400"),
+            (Api::New, 401, "{\"error\": {\"code\": 401}}".into(), "REQUEST_DENIED", "Places answered HTTP 401"),
+            (Api::New, 429, "{\"error\": {\"code\": 429}}".into(), "OVER_QUERY_LIMIT", "Places answered HTTP 429"),
+            (Api::New, 500, "{\"error\": {\"code\": 500}}".into(), "UNKNOWN_ERROR", "Places answered HTTP 500"),
             (Api::New, 200, new_error(429, "RESOURCE_EXHAUSTED", "quota"), "OVER_QUERY_LIMIT", "quota"),
         ];
         for (api, http_status, body, status, message) in cases {
