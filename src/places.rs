@@ -862,6 +862,10 @@ mod tests {
             let mut out = b"keep".to_vec();
             collapse_newlines(input.as_bytes(), &mut out);
             assert_eq!(std::str::from_utf8(&out).unwrap(), format!("keep{expected}"), "{input:?}");
+            // It appends: what `out` held before is never touched, even a trailing LF of its own.
+            let mut out = b"keep\n".to_vec();
+            collapse_newlines(input.as_bytes(), &mut out);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("keep\n{expected}"), "{input:?} after LF");
         }
         let body =
             "{\n\n\n   \"html_attributions\" : [],\n\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}\n\n\n";
