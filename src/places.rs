@@ -974,6 +974,29 @@ mod tests {
     }
 
     #[test]
+    fn new_price_levels_become_the_legacy_scale() {
+        // Places (New)'s PriceLevel enum against the legacy API's documented scale: 0 free, 1 inexpensive,
+        // 2 moderate, 3 expensive, 4 very expensive; an unspecified or unknown level gives no field.
+        let table = [
+            ("PRICE_LEVEL_FREE", Some(0)),
+            ("PRICE_LEVEL_INEXPENSIVE", Some(1)),
+            ("PRICE_LEVEL_MODERATE", Some(2)),
+            ("PRICE_LEVEL_EXPENSIVE", Some(3)),
+            ("PRICE_LEVEL_VERY_EXPENSIVE", Some(4)),
+            ("PRICE_LEVEL_UNSPECIFIED", None),
+            ("", None),
+        ];
+        for (level, expected) in table {
+            let body = format!(
+                r#"{{"places": [{{"id": "p", "location": {{"latitude": 1, "longitude": 2}}, "priceLevel": "{level}"}}]}}"#
+            );
+            let mut answer = PlacesAnswer::from_response(Api::New, 200, body.as_bytes());
+            let value: Value = serde_json::from_slice(answer.body(20)).unwrap();
+            assert_eq!(value["results"][0].get("price_level").and_then(Value::as_u64), expected, "{level:?}");
+        }
+    }
+
+    #[test]
     fn new_answer_with_nothing_near_is_zero_results() {
         let zero = "{\n   \"html_attributions\" : [],\n   \"results\" : [],\n   \"status\" : \"ZERO_RESULTS\"\n}";
         for body in ["{}", "{}\n", "{\"places\": []}"] {
