@@ -734,6 +734,10 @@ mod tests {
         let mut p = parser();
         assert_eq!(p.feed(b"HTTP/1.1 100 Continue\r\n\r\n"), Ok(Parsed::Incomplete));
         assert_eq!(p.finish(), Err(HttpError::ClosedInHead));
+        // Eight interim responses are skipped (MAX_INTERIM); a ninth is one too many.
+        let eight =
+            [&b"HTTP/1.1 100 Continue\r\n\r\n".repeat(8)[..], b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"];
+        assert_eq!(complete(&eight.concat()).body, b"ok");
         let many = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(9);
         assert_eq!(error(&many), HttpError::TooManyInterim);
         assert_eq!(error(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"), HttpError::UnexpectedUpgrade);
@@ -799,6 +803,13 @@ mod tests {
         let mut small = ResponseParser::new(64, 1000);
         let input = format!("HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{}", "b".repeat(500));
         assert!(matches!(small.feed(input.as_bytes()), Ok(Parsed::Complete(r)) if r.body.len() == 500));
+        // "At most `max_head` bytes": a head of exactly that many (its blank line included) is accepted,
+        // whole or a byte at a time, and one byte more is refused.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(matches!(ResponseParser::new(head.len(), 10).feed(head), Ok(Parsed::Complete(_))));
+        let cuts: Vec<usize> = (1..head.len()).collect();
+        assert!(matches!(feed_split(&mut ResponseParser::new(head.len(), 10), head, &cuts), Ok(Parsed::Complete(_))));
+        assert_eq!(ResponseParser::new(head.len() - 1, 10).feed(head), Err(HttpError::HeadTooLarge));
         // Extensions and trailers are capped too.
         let mut small = ResponseParser::new(64, 10);
         let ext = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}", "e".repeat(70));
