@@ -810,6 +810,21 @@ mod tests {
         let cuts: Vec<usize> = (1..head.len()).collect();
         assert!(matches!(feed_split(&mut ResponseParser::new(head.len(), 10), head, &cuts), Ok(Parsed::Complete(_))));
         assert_eq!(ResponseParser::new(head.len() - 1, 10).feed(head), Err(HttpError::HeadTooLarge));
+        // A chunked body of exactly `max_body` bytes is accepted, in one chunk or several; one more is not.
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let exact = [&chunked[..], b"a\r\n0123456789\r\n0\r\n\r\n"].concat();
+        assert!(matches!(ResponseParser::new(64, 10).feed(&exact), Ok(Parsed::Complete(r)) if r.body == b"0123456789"));
+        let split = [&chunked[..], b"4\r\n0123\r\n6\r\n456789\r\n0\r\n\r\n"].concat();
+        assert!(matches!(ResponseParser::new(64, 10).feed(&split), Ok(Parsed::Complete(r)) if r.body == b"0123456789"));
+        let over = [&chunked[..], b"4\r\n0123\r\n7\r\n"].concat();
+        assert_eq!(ResponseParser::new(64, 10).feed(&over), Err(HttpError::BodyTooLarge));
+        // Trailer fields (their lines, CRLFs included) of exactly `max_head` bytes are accepted; one more
+        // byte is refused.
+        let trailer = |len: usize| format!("T: {}\r\n", "t".repeat(len - 5));
+        let exact = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{}\r\n", trailer(64));
+        assert!(matches!(ResponseParser::new(64, 10).feed(exact.as_bytes()), Ok(Parsed::Complete(_))));
+        let over = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n{}\r\n", trailer(65));
+        assert_eq!(ResponseParser::new(64, 10).feed(over.as_bytes()), Err(HttpError::TrailersTooLarge));
         // Extensions and trailers are capped too.
         let mut small = ResponseParser::new(64, 10);
         let ext = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;{}", "e".repeat(70));
@@ -838,6 +853,8 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;ext\r\n", HttpError::BadChunkSize),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1 x\r\n", HttpError::BadChunkSize),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\rx", HttpError::BadChunkSize),
+            // A CR ends the chunk-size line even inside an extension (RFC 9112 7.1.1: no CR in chunk-ext).
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;a\rb\r\nx\r\n0\r\n\r\n", HttpError::BadChunkSize),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n", HttpError::BadChunkFraming),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\rb", HttpError::BadChunkFraming),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\rx", HttpError::BadChunkFraming),
