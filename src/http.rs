@@ -627,6 +627,8 @@ mod tests {
 
     #[test]
     fn content_length() {
+        // Leading zeros are digits like any other (RFC 9112: 1*DIGIT): nineteen of them still say 2.
+        assert_eq!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000002\r\n\r\nok").body, b"ok");
         let r = complete(SIMPLE);
         assert_eq!(r.status, 200);
         assert_eq!(r.body, b"{\"a\" : [1]}\n");
@@ -842,6 +844,8 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n", HttpError::BadContentLength),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n", HttpError::BadContentLength),
             (b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n", HttpError::BadContentLength),
+            // Nineteen digits always fit in a u64: a valid length (RFC 9112: 1*DIGIT), just too large.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 9999999999999999999\r\n\r\n", HttpError::BodyTooLarge),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", HttpError::UnsupportedTransferEncoding),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", HttpError::UnsupportedTransferEncoding),
             (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\n", HttpError::UnsupportedTransferEncoding),
