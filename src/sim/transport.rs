@@ -17,10 +17,6 @@ use std::collections::{BinaryHeap, HashMap};
 const MS: u64 = 1000;
 /// A frame's header (`T 00170\n`, or `F`, `R`): `conn/peer/frame.rs` (`HEADER`).
 const FRAME_HEADER: u64 = crate::server::conn::peer::frame::HEADER as u64;
-/// A link that carried no records sends its `OFF` once the stream moved this far or this long after the
-/// last one: `conn/peer/sync.rs` (`OFF_ADVANCE`, `OFF_PACE`).
-const OFF_ADVANCE: u64 = crate::server::conn::peer::sync::OFF_ADVANCE;
-const OFF_PACE: u64 = crate::server::conn::peer::sync::OFF_PACE.as_millis() as u64 * MS;
 /// The sending side pings every `peer_dead_after_ms / 3` (1 s by default), which flushes a paced `OFF`.
 const PING_EVERY: u64 = 1000 * MS;
 /// The wall clock at simulated time 0; every client time is this plus the simulated time.
@@ -546,7 +542,8 @@ impl Sim {
         if !(link.synced && max > link.off_sent) {
             return;
         }
-        if !link.carried && max - link.off_sent < OFF_ADVANCE && self.now < link.off_at + OFF_PACE {
+        let since = std::time::Duration::from_micros(self.now.saturating_sub(link.off_at));
+        if !crate::server::conn::peer::sync::off_due(link.carried, max - link.off_sent, since) {
             return;
         }
         link.off_sent = max;

@@ -14,6 +14,13 @@ use std::time::Duration;
 pub const OFF_PACE: Duration = Duration::from_secs(10);
 pub const OFF_ADVANCE: u64 = 4096;
 
+/// Whether a link whose stream moved `advanced` seqs since its last `OFF`, `since` ago, states its offset
+/// now: at once after it carried records, else past [`OFF_ADVANCE`] or [`OFF_PACE`]. (The propagation
+/// simulation asks the same function.)
+pub fn off_due(carried: bool, advanced: u64, since: Duration) -> bool {
+    carried || advanced >= OFF_ADVANCE || since >= OFF_PACE
+}
+
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
 const SYNC_BATCH: usize = 64 * 1024;
 pub(super) const SYNC_BATCHES_PER_TURN: usize = 4;
@@ -69,7 +76,7 @@ impl Peer {
         if !(self.v2 && self.synced && self.is_live() && seq > self.off_sent) {
             return;
         }
-        if !self.carried && seq - self.off_sent < OFF_ADVANCE && ctx.now < self.off_at + OFF_PACE {
+        if !off_due(self.carried, seq - self.off_sent, ctx.now.saturating_duration_since(self.off_at)) {
             return;
         }
         self.off_sent = seq;
@@ -122,5 +129,27 @@ impl Peer {
             }
         }
         cursor > start
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A carrying link states its offset at once; an idle one only past 4,096 seqs or 10 s (the values
+    /// README's peer protocol section promises).
+    #[test]
+    fn an_offset_is_due_after_records_or_past_the_pacing_bounds() {
+        let s = Duration::from_secs;
+        let table = [
+            (true, 1, s(0), true),
+            (false, 1, s(0), false),
+            (false, 4095, s(9), false),
+            (false, 4096, s(0), true),
+            (false, 1, s(10), true),
+        ];
+        for (carried, advanced, since, want) in table {
+            assert_eq!(off_due(carried, advanced, since), want, "{carried} {advanced} {since:?}");
+        }
     }
 }
