@@ -279,7 +279,9 @@ impl Server {
             });
         }
         if !core.ctx.refloods.is_empty() {
-            // A broken link's unacknowledged records, flooded again a step per turn (`herd::reflood_step`).
+            // A broken link's unacknowledged records, sent again as repairs one bounded step per turn
+            // (`herd::reflood_step`): a large table is walked over many turns, never in one.
+            core.ctx.reflood_step();
             core.hand_off();
         }
         core.conns.cause = "flush";

@@ -2,7 +2,7 @@
 //! connections it is for, until nothing is left, so all of it happens in the same turn.
 //!
 //! - records stored → the peer links their origin's tree says (or every live one but the source, when a
-//!   record floods: see `route.rs`), and a step of any reflood;
+//!   record floods: see `route.rs`);
 //! - WHATSATs whose record arrived from the herd → their clients;
 //! - Places answers → the clients waiting on them;
 //! - queued Places requests → idle pooled connections, or new ones while under the limit;
@@ -31,9 +31,6 @@ pub struct HandOff {
 impl HandOff {
     /// Delivers everything in the outbox, and what delivering it produced, until it is empty.
     pub fn run(&mut self, conns: &mut Conns, ctx: &mut Ctx, scratch: &mut [u8]) {
-        // One bounded step of a reflood per hand-off (not per pass below): a large table is walked over
-        // many turns, never in one.
-        ctx.reflood_step();
         loop {
             let mut worked = self.flood(conns, ctx, scratch);
             while let Some((token, ticket)) = ctx.outbox.records_arrived.pop() {

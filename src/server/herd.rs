@@ -371,7 +371,7 @@ impl Ctx {
     }
 }
 
-/// Records a reflood looks at per step (per hand-off): bounded work, like a sync batch.
+/// Records a reflood looks at per step (one step per loop turn): bounded work, like a sync batch.
 pub const REFLOOD_STEP: usize = 4096;
 
 /// Records handed to a rewrite of the journal per step (a step per loop turn, or per tick of the timer).

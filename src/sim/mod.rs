@@ -8,9 +8,9 @@
 //! - a client's `IAMAT`: the AT line made by `protocol::write_at`, then `store_and_flood(.., None, Tree)`;
 //! - a frame of records from a neighbour: `check_peer_record`, then `store_and_flood(.., Some(n), mode)`,
 //!   or `repair_record` for a repair frame;
-//! - the hand-off after every handler: a step of any reflood (`reflood_step`), then `route_floods` until
-//!   nothing is left, as `server::handoff` does, the sends going to the simulated links; and one more
-//!   hand-off at the end of a turn while a reflood runs, as the event loop does;
+//! - the hand-off after every handler: `route_floods` until nothing is left, as `server::handoff` does,
+//!   the sends going to the simulated links; and at the end of a turn while a reflood runs, one step of
+//!   it (`reflood_step`) and a hand-off, as the event loop does;
 //! - a link that breaks: `link_out_closed` and `link_in_closed` on each side, when that side notices;
 //! - a link that comes back: `on_link_out` at the dialer, `on_link_in` at the acceptor, and the
 //!   catch-up of every record stored after the acceptor's acknowledged offset

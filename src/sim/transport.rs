@@ -273,8 +273,9 @@ impl Sim {
         }
         for s in 0..self.ctxs.len() {
             if self.touched[s] && !self.ctxs[s].refloods.is_empty() {
-                // The event loop's own hand-off when a reflood runs: one more step this turn, and
-                // another turn while it is not done.
+                // The event loop's own hand-off when a reflood runs: one step a turn, and another
+                // turn while it is not done.
+                self.ctxs[s].reflood_step();
                 self.handoff(s);
                 if !self.ctxs[s].refloods.is_empty() {
                     self.at(self.now + 1, Ev::Step(s as u32));
@@ -389,10 +390,9 @@ impl Sim {
         }
     }
 
-    /// The hand-off after a handler, as `server::handoff` runs it: one step of any reflood, then the
-    /// routes decide where the stored records go, until nothing is left.
+    /// The hand-off after a handler, as `server::handoff` runs it: the routes decide where the stored
+    /// records go, until nothing is left.
     fn handoff(&mut self, s: usize) {
-        self.ctxs[s].reflood_step();
         while !self.ctxs[s].outbox.flood_marks.is_empty() {
             let ctx = &mut self.ctxs[s];
             self.live.clear();
