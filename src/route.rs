@@ -168,6 +168,13 @@ impl Routes {
         (self.me != NONE && !self.starts.is_empty()).then_some(self.me as usize)
     }
 
+    /// Routes that know the herd's servers by name and no trees: every record floods (plain flooding,
+    /// the routes of a `Ctx` until `with_routes`).
+    pub fn flooding(names: &[&str]) -> Routes {
+        let origins = names.iter().enumerate().map(|(i, n)| (n.as_bytes().into(), i as u32)).collect();
+        Routes { origins, ..Routes::default() }
+    }
+
     /// The origin index of a server name, if it is a server of the herd.
     pub fn origin(&self, name: &[u8]) -> Option<usize> {
         self.origins.get(name).map(|&o| o as usize)
@@ -187,6 +194,9 @@ impl Routes {
     /// which sending links are live (`live[slot]`). A flood stays a flood; a tree record stays in the
     /// tree while every child's link is live, and floods otherwise.
     pub fn plan(&self, origin: usize, mode: Mode, live: &[bool]) -> Plan<'_> {
+        if self.starts.is_empty() {
+            return Plan::Flood; // no trees
+        }
         match mode {
             Mode::Flood | Mode::Repair => Plan::Flood,
             Mode::Tree => {
@@ -298,5 +308,8 @@ mod tests {
         assert_eq!(r.parent(0), None);
         assert_eq!(r.plan(4, Mode::Flood, &[true, true]), Plan::Flood);
         assert_eq!(r.plan(0, Mode::Repair, &[true, true]), Plan::Flood);
+        let flooding = Routes::flooding(&NAMES);
+        assert_eq!((flooding.origin(b"Clark"), flooding.me()), (Some(3), None));
+        assert_eq!(flooding.plan(3, Mode::Tree, &[true, true]), Plan::Flood, "no trees: everything floods");
     }
 }

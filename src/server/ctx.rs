@@ -43,8 +43,6 @@ pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
 pub struct Ctx {
     pub name: Box<[u8]>,
-    /// Every server name of the config: a record from a peer must name one of them.
-    pub herd_names: Box<[Box<[u8]>]>,
     /// Monotonic time of this turn, for deadlines.
     pub now: Instant,
     /// Wall-clock time of this turn, for time differences.
@@ -121,7 +119,8 @@ pub struct Ctx {
     /// The slot cursor of a journal rewrite walking the table, while one runs.
     pub(super) rewrite_cursor: Option<u32>,
     /// Where each origin's records go from here (`route.rs`): this server's children in every origin's
-    /// shortest-path tree. Empty (every record floods) until `with_routes`.
+    /// shortest-path tree. Until `with_routes`, the herd's names without trees (every record floods).
+    /// A record from a peer must name one of the herd's servers (`routes.origin`).
     pub routes: Routes,
     /// Records to send again as repair floods because a sending link broke before the neighbour
     /// acknowledged them (`herd::link_out_closed`), walked a step per turn.
@@ -263,7 +262,6 @@ impl Ctx {
         let mut unconfigured = crate::places::Failure::NotConfigured.answer();
         Ctx {
             name: name.as_bytes().into(),
-            herd_names: herd.iter().map(|n| n.as_bytes().into()).collect(),
             now: Instant::now(),
             wall: Timestamp::from_system_time(std::time::SystemTime::now()),
             records: RecordStore::new(),
@@ -302,7 +300,7 @@ impl Ctx {
             last_seq: 0,
             replay: ReplayStats::default(),
             rewrite_cursor: None,
-            routes: Routes::default(),
+            routes: Routes::flooding(herd),
             refloods: Vec::new(),
         }
     }

@@ -26,6 +26,8 @@ pub struct HandOff {
     tokens: Vec<Option<Token>>,
     /// What the routes decided for the records being delivered.
     sends: Vec<Send>,
+    /// The neighbour names of a logged send (kept: no allocation per record logged).
+    log_to: String,
 }
 
 impl HandOff {
@@ -86,7 +88,7 @@ impl HandOff {
             conns.with(*token, ctx, scratch, |c, ctx, s| c.deliver(Delivery::Advanced, ctx, s));
         }
         if ctx.log.logs_peer_io() {
-            log_sends(ctx, &self.sends, &floods);
+            log_sends(ctx, &self.sends, &floods, &mut self.log_to);
         }
         // Keep the allocation.
         let mut floods = floods;
@@ -98,14 +100,19 @@ impl HandOff {
 
 /// One log line per record sent: where it went, and how (`tree` or `flood`). A record's sends are
 /// consecutive in `sends` (`route_floods` makes them a record at a time).
-fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8]) {
+fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8], to: &mut String) {
     for group in sends.chunk_by(|a, b| (a.start, a.end) == (b.start, b.end)) {
-        let mut to = String::from(if group[0].mode == Mode::Tree { "tree:" } else { "flood:" });
+        to.clear();
+        to.push_str(match group[0].mode {
+            Mode::Tree => "tree:",
+            Mode::Flood => "flood:",
+            Mode::Repair => "repair:",
+        });
         for s in group {
             to.push(' ');
             to.push_str(&ctx.neighbours[s.neighbour as usize].name);
         }
-        ctx.log.peer("flood", &to, &floods[group[0].start as usize..group[0].end as usize]);
+        ctx.log.peer("flood", to, &floods[group[0].start as usize..group[0].end as usize]);
     }
 }
 

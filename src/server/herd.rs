@@ -176,7 +176,7 @@ impl Ctx {
     pub fn check_peer_record(&self, line: &[u8]) -> Result<AtFields, protocol::AtRefusal> {
         let fields = protocol::check_at(line)?;
         let field = |r: (u32, u32)| &line[r.0 as usize..r.1 as usize];
-        if !self.herd_names.iter().any(|n| **n == *field(fields.server)) {
+        if self.routes.origin(field(fields.server)).is_none() {
             return Err(protocol::AtRefusal::Field("unknown_server"));
         }
         if !protocol::time_at_most(field(fields.client_time), self.latest_client_time()) {

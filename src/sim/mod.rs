@@ -24,7 +24,8 @@
 //! flooding) followed by an `OFF <seq>` line under the pacing rule of `conn/peer/sync.rs`; the
 //! acceptor's `ACK` once it has processed everything before the `OFF`.
 //!
-//! Plain flooding, for comparison, is the same `Ctx` with `Routes::default()`: no origin is known, so
+//! Plain flooding, for comparison, is the same `Ctx` with the routes it starts with (`Routes::flooding`:
+//! the herd's names, no trees), so
 //! every record floods. Both columns of the report run the same code.
 //!
 //! Nothing here reads a clock or opens a socket: a run is a pure function of its [`Params`] (seeded
@@ -70,7 +71,7 @@ impl Rng {
 pub enum Scheme {
     /// The shortest-path trees of `route.rs` (with their repair by flooding).
     Tree,
-    /// Plain flooding: `Routes::default()`, so every record floods.
+    /// Plain flooding: the `Ctx`'s own routes (`Routes::flooding`), so every record floods.
     Flood,
 }
 

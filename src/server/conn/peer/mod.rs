@@ -441,7 +441,8 @@ impl Peer {
         }
     }
 
-    /// Appends a line that is not a record (`PING`, `OFF`), after closing any open frame.
+    /// Appends a line that is not a record (`PING`; `OFF` is formatted in place), after closing any open
+    /// frame.
     fn push_line(&mut self, line: &[u8]) {
         self.close_frame();
         self.out.extend_from_slice(line);

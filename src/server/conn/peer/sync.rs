@@ -5,6 +5,7 @@
 use super::{Peer, PeerClose};
 use crate::route::Mode;
 use crate::server::ctx::Ctx;
+use std::io::Write;
 use std::time::Duration;
 
 /// A link that carries no records (they go down other trees) tells its neighbour the stream's offset
@@ -62,7 +63,7 @@ impl Peer {
             j.set_peer(&name, &rid, off);
         }
         ctx.peer_offsets.insert(name, (rid, off));
-        self.out.extend_from_slice(format!("ACK {off}\n").as_bytes());
+        let _ = writeln!(self.out, "ACK {off}"); // into the buffer: no allocation per acknowledgement
         ctx.counters.acks_sent += 1;
         self.mark_dirty(ctx);
     }
@@ -82,7 +83,8 @@ impl Peer {
         self.off_sent = seq;
         self.off_at = ctx.now;
         self.carried = false;
-        self.push_line(format!("OFF {seq}\n").as_bytes());
+        self.close_frame();
+        let _ = writeln!(self.out, "OFF {seq}"); // into the buffer: no allocation per offset
     }
 
     /// Appends the next batch of the anti-entropy sync; false when there is nothing (more) to send.
