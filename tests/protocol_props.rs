@@ -30,6 +30,14 @@ fn coordinate(limit: u32) -> impl Strategy<Value = String> {
     )
 }
 
+/// A coordinate at its limit's edge, valid or not: integer part `limit - 1`, `limit` or `limit + 1`
+/// (leading zeros optional), and a fraction that is zero, absent, or just above zero.
+fn near_limit(limit: u32) -> impl Strategy<Value = String> {
+    let frac = prop::sample::select(vec!["", ".0", ".000", ".5", ".01", ".0000001"]);
+    (any::<bool>(), limit - 1..=limit + 1, 0usize..3, frac)
+        .prop_map(|(neg, int, zeros, frac)| format!("{}{}{int}{frac}", if neg { '-' } else { '+' }, "0".repeat(zeros)))
+}
+
 /// A client time small enough for the i128 reference of the time difference.
 fn client_time() -> impl Strategy<Value = String> {
     (digits(1, 12), proptest::option::of(digits(1, 15))).prop_map(|(i, f)| match f {
@@ -166,6 +174,36 @@ proptest! {
         prop_assert_eq!(record.location(), loc.as_bytes());
         prop_assert_eq!(record.client_time(), time.as_bytes());
         prop_assert_eq!(record.line(), &out[..]);
+    }
+
+    /// The one-pass scan of a peer record (the fast path) accepts exactly what the field-by-field check
+    /// accepts, with the same fields: every valid line, and, for lines one edit away from valid, the same
+    /// answer either way (the scan says "not sure" and the field check gives the reason).
+    #[test]
+    fn the_one_pass_scan_agrees_with_the_field_by_field_check(
+        server in "[!-~]{1,70}",
+        diff_int in digits(1, 13),
+        diff_frac in digits(8, 10),
+        id in prop_oneof!["[!-~]{1,40}", "[!-~\u{80}-\u{ff}]{1,300}"],
+        lat in prop_oneof![coordinate(90), near_limit(90), "[-+][0-9]{1,3}(\\.[0-9]{1,4})?"],
+        lng in prop_oneof![coordinate(180), near_limit(180), "[-+][0-9]{1,4}(\\.[0-9]{1,4})?"],
+        time in prop_oneof![long_client_time(), digits(38, 42)],
+        edit in proptest::option::of((any::<prop::sample::Index>(), 0usize..3, prop::sample::select(
+            b" .+-09a\t\n\x7f\x80\x00".to_vec()))),
+    ) {
+        let sign = if diff_int.len() % 2 == 0 { '+' } else { '-' };
+        let mut line = format!("AT {server} {sign}{diff_int}.{diff_frac} {id} {lat}{lng} {time}\n").into_bytes();
+        if let Some((at, kind, byte)) = edit {
+            let i = at.index(line.len());
+            match kind {
+                0 => line[i] = byte,
+                1 => line.insert(i, byte),
+                _ => { line.remove(i); }
+            }
+        }
+        let by_field = protocol::check_at_by_field(&line);
+        prop_assert_eq!(protocol::scan_at(&line), by_field.ok(), "{}", String::from_utf8_lossy(&line));
+        prop_assert_eq!(protocol::check_at(&line), by_field);
     }
 
     #[test]

@@ -316,10 +316,14 @@ impl RecordStore {
         }
         let hash = self.hasher.hash_one(id);
         if let Some(&slot) = self.index.find(hash, |&s| id_in(self.line(s)) == id) {
-            let held = self.record(slot);
-            let newer = cmp_time_keyed(key, time, self.order.key_of(slot), held.client_time())
-                .then_with(|| field(fields.server).cmp(held.server()))
-                .then_with(|| field(fields.location).cmp(held.location()));
+            // The keys nearly always decide; the held line's fields are found only on a tie.
+            let held_key = self.order.key_of(slot);
+            let newer = key.cmp(&held_key).then_with(|| {
+                let held = self.record(slot);
+                cmp_time_keyed(key, time, held_key, held.client_time())
+                    .then_with(|| field(fields.server).cmp(held.server()))
+                    .then_with(|| field(fields.location).cmp(held.location()))
+            });
             if newer != Ordering::Greater {
                 self.counters.not_newer += 1;
                 return Offer::NotNewer;

@@ -81,20 +81,9 @@ pub(super) const SECS_BITS: u32 = 33;
 /// (the year 2242) all get `u64::MAX`. Monotone: a greater time never gets a smaller key; equal keys with
 /// the low bit clear are equal times.
 pub fn time_key(time: &[u8]) -> u64 {
-    let Some(d) = protocol::parse_decimal(time) else { return 0 };
-    let zeros = d.int.iter().take_while(|&&b| b == b'0').count();
-    let int = &d.int[zeros..];
-    if int.len() > 10 {
-        return u64::MAX;
+    match protocol::TimeValue::parse(time) {
+        None => 0,
+        Some(t) if t.secs >= 1 << SECS_BITS => u64::MAX,
+        Some(t) => t.secs << 31 | u64::from(t.nanos) << 1 | u64::from(t.beyond),
     }
-    let secs = int.iter().fold(0u64, |v, &b| v * 10 + u64::from(b - b'0'));
-    if secs >= 1 << SECS_BITS {
-        return u64::MAX;
-    }
-    let mut nanos = 0u64;
-    for i in 0..9 {
-        nanos = nanos * 10 + d.frac.get(i).map_or(0, |&b| u64::from(b - b'0'));
-    }
-    let inexact = d.frac.iter().skip(9).any(|&b| b != b'0');
-    secs << 31 | nanos << 1 | u64::from(inexact)
 }
