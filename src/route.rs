@@ -28,7 +28,9 @@
 //! This module is pure (no sockets, no clock): the server and the propagation simulation
 //! (`herd::sim`) use the same code.
 
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// How a record travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,8 +130,11 @@ impl Trees {
 /// Neighbours are numbered by their slot in the server's neighbour list (`Ctx::neighbours`).
 #[derive(Debug, Clone, Default)]
 pub struct Routes {
-    /// Origin index by server name (the name in an `AT` line).
-    origins: HashMap<Box<[u8]>, u32>,
+    /// Origin index by server name (the name in an `AT` line), looked up for every record received.
+    origins: NameIndex,
+    /// The names by origin index, and the origin [`origin`](Self::origin) found last.
+    names: Vec<Box<[u8]>>,
+    last_origin: Cell<u32>,
     /// `children[starts[o]..starts[o + 1]]`: the neighbour slots that are this server's children in the
     /// tree of origin `o`. One flat allocation for every origin.
     starts: Vec<u32>,
@@ -159,8 +164,8 @@ impl Routes {
             parents.push(if p == NONE { NONE } else { slot_of.get(&(p as usize)).copied().unwrap_or(NONE) });
         }
         starts.push(children.len() as u32);
-        let origins = names.iter().enumerate().map(|(i, n)| (n.as_bytes().into(), i as u32)).collect();
-        Routes { origins, starts, children, parents, me: me as u32 }
+        let (origins, names) = name_index(names);
+        Routes { origins, names, last_origin: Cell::new(0), starts, children, parents, me: me as u32 }
     }
 
     /// This server's origin index: its clients' records start their tree here.
@@ -171,13 +176,20 @@ impl Routes {
     /// Routes that know the herd's servers by name and no trees: every record floods (plain flooding,
     /// the routes of a `Ctx` until `with_routes`).
     pub fn flooding(names: &[&str]) -> Routes {
-        let origins = names.iter().enumerate().map(|(i, n)| (n.as_bytes().into(), i as u32)).collect();
-        Routes { origins, ..Routes::default() }
+        let (origins, names) = name_index(names);
+        Routes { origins, names, ..Routes::default() }
     }
 
-    /// The origin index of a server name, if it is a server of the herd.
+    /// The origin index of a server name, if it is a server of the herd. Records come in runs from one
+    /// origin (a busy server's clients), so the last name found is tried first.
     pub fn origin(&self, name: &[u8]) -> Option<usize> {
-        self.origins.get(name).map(|&o| o as usize)
+        let last = self.last_origin.get();
+        if self.names.get(last as usize).is_some_and(|n| **n == *name) {
+            return Some(last as usize);
+        }
+        let o = *self.origins.get(name)?;
+        self.last_origin.set(o);
+        Some(o as usize)
     }
 
     /// The neighbour slots that receive `origin`'s records from this server in tree mode.
@@ -220,6 +232,40 @@ pub enum Plan<'a> {
     Flood,
 }
 
+type NameIndex = HashMap<Box<[u8]>, u32, BuildHasherDefault<Fnv>>;
+
+/// The origin index by name, and the names by index.
+fn name_index(names: &[&str]) -> (NameIndex, Vec<Box<[u8]>>) {
+    let by_index: Vec<Box<[u8]>> = names.iter().map(|n| n.as_bytes().into()).collect();
+    (by_index.iter().enumerate().map(|(i, n)| (n.clone(), i as u32)).collect(), by_index)
+}
+
+/// FNV-1a, for the server-name index: a few instructions a byte where SipHash costs a few hundred a
+/// lookup, and it is looked up for every record received. An unkeyed hash is safe here: the table holds
+/// the config's names and never grows, so names chosen to collide can only lengthen a probe within it,
+/// not fill it.
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325) // the offset basis
+    }
+}
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = self.0;
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +273,29 @@ mod tests {
     /// The default herd: Bailey 0, Bona 1, Campbell 2, Clark 3, Jaquez 4.
     const NAMES: [&str; 5] = ["Bailey", "Bona", "Campbell", "Clark", "Jaquez"];
     const LINKS: [(usize, usize); 6] = [(0, 1), (0, 2), (1, 2), (1, 3), (2, 4), (3, 4)];
+
+    /// Names map to their index in the config whatever was looked up before (the last one found is tried
+    /// first): runs, alternations, a name that is a prefix of another, and names of no server.
+    #[test]
+    fn origins_are_found_by_name_in_any_order() {
+        let routes = Routes::flooding(&NAMES);
+        let asks: [(&str, Option<usize>); 10] = [
+            ("Bona", Some(1)),
+            ("Bona", Some(1)),
+            ("Bailey", Some(0)),
+            ("Bon", None),
+            ("Bona", Some(1)),
+            ("Bonaa", None),
+            ("Jaquez", Some(4)),
+            ("", None),
+            ("Jaquez", Some(4)),
+            ("Campbell", Some(2)),
+        ];
+        for (name, want) in asks {
+            assert_eq!(routes.origin(name.as_bytes()), want, "{name}");
+        }
+        assert_eq!(Routes::default().origin(b"Bailey"), None);
+    }
 
     /// Parents worked out by hand from the graph (a breadth-first search, neighbours in index order):
     /// from Bailey: Bona and Campbell at 1 hop; Clark via Bona, Jaquez via Campbell.
