@@ -513,6 +513,7 @@ impl Sim {
                     rids.push(self.by_line[&self.line[..]]);
                 }
                 push_frames(&mut parts, rids.iter().map(|&r| (Mode::Flood, r)), true, &self.recs);
+                self.links[l].carried |= !rids.is_empty();
                 self.links[l].synced = true;
                 self.note_offset(l, max, &mut parts);
             }
@@ -535,8 +536,9 @@ impl Sim {
         }
     }
 
-    /// `Peer::note_offset`: after records went out, at once; on a link that carried none, once the stream
-    /// moved `OFF_ADVANCE` or `OFF_PACE` passed; only once the catch-up is done and the stream moved on.
+    /// `Peer::note_offset`: when `off_due` says so (paced one way on a link that carried records since
+    /// the last `OFF`, another on one that carried none); only once the catch-up is done and the stream
+    /// moved on.
     fn note_offset(&mut self, l: usize, max: u64, parts: &mut Vec<Part>) {
         let link = &mut self.links[l];
         if !(link.synced && max > link.off_sent) {

@@ -10,16 +10,28 @@ use std::time::Duration;
 
 /// A link that carries no records (they go down other trees) tells its neighbour the stream's offset
 /// when it has moved this far, or this long after the last time: the offset only shortens the delta of
-/// the next link-up, and must cost far fewer bytes than the records it is about. (A link that carries
-/// records states it after every turn that did: it bounds what is sent again if the link breaks.)
+/// the next link-up, and must cost far fewer bytes than the records it is about.
 pub const OFF_PACE: Duration = Duration::from_secs(10);
 pub const OFF_ADVANCE: u64 = 4096;
 
+/// A link that carries records states its offset once the stream moved this far, or this long after the
+/// last time (and, after the records stop, with the next `PING`, within a second): the offset bounds what
+/// is sent again if the link breaks, and each one costs the neighbour a write of its `ACK` and this
+/// server a wake-up to read it. Stating it after every turn, as version 3 first did, cost both a system
+/// call per batch of records; redis's replicas acknowledge once a second (`REPLCONF ACK`).
+pub const OFF_CARRIED_PACE: Duration = Duration::from_millis(100);
+pub const OFF_CARRIED_ADVANCE: u64 = 1024;
+
 /// Whether a link whose stream moved `advanced` seqs since its last `OFF`, `since` ago, states its offset
-/// now: at once after it carried records, else past [`OFF_ADVANCE`] or [`OFF_PACE`]. (The propagation
-/// simulation asks the same function.)
+/// now: on a link that `carried` records since then, past [`OFF_CARRIED_ADVANCE`] or
+/// [`OFF_CARRIED_PACE`]; on one that carried none, past [`OFF_ADVANCE`] or [`OFF_PACE`]. (The
+/// propagation simulation asks the same function.)
 pub fn off_due(carried: bool, advanced: u64, since: Duration) -> bool {
-    carried || advanced >= OFF_ADVANCE || since >= OFF_PACE
+    if carried {
+        advanced >= OFF_CARRIED_ADVANCE || since >= OFF_CARRIED_PACE
+    } else {
+        advanced >= OFF_ADVANCE || since >= OFF_PACE
+    }
 }
 
 /// Sync bytes queued per turn per link: a million records go out over many turns, never all at once.
@@ -69,9 +81,8 @@ impl Peer {
     }
 
     /// Dialer, version 2, sync done: tells the neighbour how far our stream has been sent (all records up
-    /// to our greatest seq are in `out` or were written before). After records went out on this link,
-    /// at once: the offset bounds what must be sent again if the link breaks. On a link that carried
-    /// none (the records went down other trees), once it moved [`OFF_ADVANCE`] or [`OFF_PACE`] passed.
+    /// to our greatest seq are in `out` or were written before), when [`off_due`] says so. Called at the
+    /// end of every turn in which the link was written to, the heartbeat's `PING` included.
     pub(super) fn note_offset(&mut self, ctx: &mut Ctx) {
         let seq = ctx.records().max_seq();
         if !(self.v2 && self.synced && self.is_live() && seq > self.off_sent) {
@@ -112,6 +123,8 @@ impl Peer {
             record.write_line(&mut self.out);
             sent += 1;
         }
+        // Records sent by the catch-up were carried too: their offset is stated under the same pacing.
+        self.carried |= sent > 0;
         let done = ctx.records().next_since(cursor as u32, self.sync_after).is_none();
         self.sync = if done { None } else { Some(cursor) };
         if done {
@@ -138,14 +151,18 @@ impl Peer {
 mod tests {
     use super::*;
 
-    /// A carrying link states its offset at once; an idle one only past 4,096 seqs or 10 s (the values
-    /// README's peer protocol section promises).
+    /// A carrying link states its offset past 1,024 seqs or 100 ms; an idle one only past 4,096 seqs or
+    /// 10 s (the values README's peer protocol section promises).
     #[test]
-    fn an_offset_is_due_after_records_or_past_the_pacing_bounds() {
-        let s = Duration::from_secs;
+    fn an_offset_is_due_past_the_pacing_bounds() {
+        let (s, ms) = (Duration::from_secs, Duration::from_millis);
         let table = [
-            (true, 1, s(0), true),
+            (true, 1, s(0), false),
+            (true, 1023, ms(99), false),
+            (true, 1024, s(0), true),
+            (true, 1, ms(100), true),
             (false, 1, s(0), false),
+            (false, 1024, ms(100), false),
             (false, 4095, s(9), false),
             (false, 4096, s(0), true),
             (false, 1, s(10), true),
