@@ -13,6 +13,8 @@
 # server is ~50x slower, so loop turns batch more records than at full speed.
 #
 #     benches/callgrind-tree.sh [CONNECTIONS]        Env: N1 (default 1000), N2 (default 11000)
+#     SYSTEMS=herd KEEP=/tmp/cg benches/callgrind-tree.sh    (herd only; keep each server's callgrind
+#                                                             profile, for callgrind_annotate --inclusive=yes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 conns=${1:-10}
@@ -47,6 +49,10 @@ herd_run() { # n: writes "Ir per server" to $dir/ir
     kill -TERM "${pids[@]}"
     wait "${pids[@]}" 2>/dev/null || true
     for n in "${names[@]}"; do total_ir "$dir/cg-$n.out"; done | paste -sd' ' >"$dir/ir"
+    if [ -n "${KEEP:-}" ]; then
+        mkdir -p "$KEEP"
+        for n in "${names[@]}"; do cp "$dir/cg-$n.out" "$KEEP/herd-$1-$n.out"; done
+    fi
     rm -rf "$dir"/logs "$dir"/*.err "$dir"/cg-*.out
 }
 redis_up() { redis-cli -p "$1" ping 2>/dev/null | grep -q PONG; }
@@ -82,7 +88,7 @@ echo "commit $(git rev-parse --short HEAD); instructions per write, (Ir@$N2 - Ir
 echo
 echo "| system | origin | first hop (a) | first hop (b) | second hop (a) | second hop (b) | all five |"
 echo "|---|---|---|---|---|---|---|"
-for sys in herd redis; do
+for sys in ${SYSTEMS:-herd redis}; do
     ${sys}_run "$N1"; cp "$dir/ir" "$dir/ir1"
     ${sys}_run "$N2"; cp "$dir/ir" "$dir/ir2"
     python3 - "$sys" "$dir/ir1" "$dir/ir2" "$((N2 - N1))" <<'PY'
