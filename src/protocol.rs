@@ -333,6 +333,23 @@ impl Timestamp {
 /// Appends `now - client_time` as `±S.NNNNNNNNN`, exact: computed in integer nanoseconds from the decimal
 /// text and truncated toward zero past the ninth fraction digit. `client_time` must satisfy [`valid_time`].
 pub fn write_time_diff(out: &mut Vec<u8>, now: Timestamp, client_time: &[u8]) {
+    // Every real time (before the year 2242, 2^33 s) in 64-bit nanoseconds: under 2^63, so the
+    // difference of two fits an i64 too. A 64-bit division is a few instructions; the i128 path below is
+    // for the rest.
+    const REAL: u64 = 1 << 33;
+    if let Some(t) = TimeValue::parse(client_time).filter(|t| t.secs < REAL && now.secs < REAL) {
+        let nanos = |secs: u64, nanos: u32| (secs * 1_000_000_000 + u64::from(nanos)) as i64;
+        let mut diff = nanos(now.secs, now.nanos) - nanos(t.secs, t.nanos);
+        if t.beyond && diff > 0 {
+            diff -= 1; // see below
+        }
+        out.push(if diff < 0 { b'-' } else { b'+' });
+        let abs = diff.unsigned_abs();
+        write_digits(out, abs / 1_000_000_000, 1);
+        out.push(b'.');
+        write_digits(out, abs % 1_000_000_000, 9);
+        return;
+    }
     let t = parse_decimal(client_time).unwrap_or(Decimal { int: b"0", frac: b"" });
     let int = t.int_trimmed();
     let frac9 = |i: usize| t.frac.get(i).map_or(0, |d| i128::from(d - b'0'));
