@@ -63,11 +63,16 @@ KEY_ENV = "HERD_LOCAL_PLACES_KEY"
 
 IMPLS = {
     "herd": lambda name, cfg: [HERD, "serve", name, "--config", cfg],
+    # herd again, for the cache-miss cell only, with a Places pool as large as the cell's concurrency
+    # (solo_argv writes its config).
+    "herd-pool": lambda name, cfg: [HERD, "serve", name, "--config", cfg],
     "tokio": lambda name, cfg: [TOKIO, name, "--config", cfg],
     "tokio-ct": lambda name, cfg: [TOKIO, name, "--config", cfg, "--current-thread"],
     "asyncio": lambda name, cfg: [sys.executable, ASYNCIO, name, "--config", cfg],
 }
-LABEL = {"herd": "herd (mio loop)", "tokio": "tokio multi-thread", "tokio-ct": "tokio current-thread",
+# Concurrent WHATSATs in the cache-miss cell.
+MISS_CONNS = 20
+LABEL = {"herd": "herd (mio loop)", "herd-pool": f"herd (mio loop), places.pool_size {MISS_CONNS}", "tokio": "tokio multi-thread", "tokio-ct": "tokio current-thread",
          "asyncio": "Python asyncio", "redis": "redis-server (SET)"}
 
 # The measurements, in the order they run; `--cells` (or $HERD_COMPARE_CELLS) picks some. "conformance":
@@ -292,7 +297,11 @@ def solo_argv(impl, tmp, places_port, ca, tag="solo"):
         return port, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                       "no", "--maxclients", "20000", "--daemonize", "no"]
     cfg = os.path.join(tmp, f"{impl}-{tag}.json")
-    herd_config(cfg, base, places_port, ca, os.path.join(tmp, f"logs-{impl}-{tag}"), False)
+    config = herd_config(cfg, base, places_port, ca, os.path.join(tmp, f"logs-{impl}-{tag}"), False)
+    if impl == "herd-pool":
+        config["places"]["pool_size"] = MISS_CONNS
+        with open(cfg, "w") as f:
+            json.dump(config, f, indent=1)
     return port, IMPLS[impl]("Solo", cfg)
 
 
@@ -439,7 +448,7 @@ def miss_cell(proc, port, o, rnd, places_pid):
     sampler.start()
     t0, l0 = time.monotonic(), children_cpu_s()
     res = load(port, "--workload", "whatsat", "--clients", str(n), "--radius", f"10.{rnd + 1:03d}", "--bound",
-               "5", "--connections", "20", "--warmup", "0", "--requests", str(n - 40), "--duration",
+               "5", "--connections", str(MISS_CONNS), "--warmup", "0", "--requests", str(n - 2 * MISS_CONNS), "--duration",
                str(o.miss_duration))
     t1 = time.monotonic()
     done.set()
@@ -903,6 +912,14 @@ def main():
         else:
             continue
         running[impl] = (proc, port)
+    # The cache-miss cell also runs herd with a Places pool that keeps every connection its concurrent
+    # misses open, as reqwest's does: config/herd.json's pool_size (4) keeps four idle and closes the
+    # rest, and each one opened again costs a TLS handshake on both sides.
+    if "miss" in cells and "herd" in running:
+        log = open(os.path.join(tmp, "herd-pool-solo.log"), "w")
+        results["herd-pool"] = {"cells": {}}
+        proc, port, _ = start_solo("herd-pool", tmp, places_port, ca, log)
+        running["herd-pool"] = (proc, port)
 
     # Throughput rounds: every server is up (idle ones cost nothing), and the cells of one connection
     # count run back to back across implementations, so a change in the machine's background load hits
@@ -916,7 +933,7 @@ def main():
     for rnd in range(o.rounds):
         for conns in kinds:
             for impl, (proc, port) in running.items():
-                if conns in ("whatsat", "miss") and impl == "redis":
+                if (conns in ("whatsat", "miss") and impl == "redis") or (conns != "miss" and impl == "herd-pool"):
                     continue
                 print(f"== round {rnd + 1}/{o.rounds}: {impl} at {conns} connections", file=sys.stderr)
                 if conns == "whatsat":
@@ -1043,9 +1060,12 @@ def main():
             f"{o.miss_duration}` in round R, same rounds, median round. Every measured WHATSAT asks about a client "
             "id of its own, seeded by one IAMAT at a position of its own before the window opens, with a radius "
             "that no earlier request asked, so every reply waits for an HTTPS request to the local Places "
-            f"service: herd's over its keep-alive pool (at most 4 × pool_size = {4 * pool} connections), "
-            "tokio's through reqwest's keep-alive pool, asyncio's over a new TLS connection each (standard "
-            "library only, one TLS context for all). Server CPU: the server's on-CPU time (all threads) over "
+            f"service: herd's over its keep-alive pool, as config/herd.json sets it (pool_size {pool}: at most "
+            f"{4 * pool} connections, {pool} kept idle, the others closed as they finish with nothing queued, "
+            "and opened again, with a TLS handshake, when the next misses come), and again with pool_size "
+            f"{MISS_CONNS}, which keeps every connection the {MISS_CONNS} concurrent misses open, as reqwest's "
+            "pool does for tokio; asyncio's over a new TLS connection each (standard library only, one TLS "
+            "context for all). Server CPU: the server's on-CPU time (all threads) over "
             "the measured window (the seeding IAMATs left out), as a share of the window and per reply. Places "
             "service: `herd places`, a process of its own (under `herd up` too) on CPU 1 with the client, "
             "single-threaded, no cache; its on-CPU time over the same window, in no server's figure: the cost "
@@ -1057,8 +1077,8 @@ def main():
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         herd_m = results.get("herd", {}).get("cells", {}).get("miss")
-        for impl, r in results.items():
-            c = r["cells"].get("miss")
+        for impl in [i for i in ("herd", "herd-pool", "tokio", "tokio-ct", "asyncio") if i in results]:
+            c = results[impl]["cells"].get("miss")
             if c:
                 rps, p50, p99, p999, err, share, _, client, per_reply, up_reply, up_share, _ = c
                 ratio = f"{rps / herd_m[0]:.2f}" if herd_m and herd_m[0] else "-"
@@ -1143,6 +1163,8 @@ def main():
     if "resources" in cells:
         lines += resources_text
     for impl, r in results.items():
+        if impl == "herd-pool":  # the cache-miss cell only
+            continue
         if "resources" not in cells:
             if "mallocs" in r:
                 lines += ["", f"{LABEL[impl]}: {r['mallocs']:.3f} heap allocations per IAMAT (libc malloc + "
