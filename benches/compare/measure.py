@@ -72,8 +72,9 @@ IMPLS = {
 }
 # Concurrent WHATSATs in the cache-miss cell.
 MISS_CONNS = 20
-LABEL = {"herd": "herd (mio loop)", "herd-pool": f"herd (mio loop), places.pool_size {MISS_CONNS}", "tokio": "tokio multi-thread", "tokio-ct": "tokio current-thread",
-         "asyncio": "Python asyncio", "redis": "redis-server (SET)"}
+LABEL = {"herd": "herd (mio loop)", "herd-pool": f"herd (mio loop), places.pool_size {MISS_CONNS}",
+         "tokio": "tokio multi-thread", "tokio-ct": "tokio current-thread", "asyncio": "Python asyncio",
+         "redis": "redis-server (SET)"}
 
 # The measurements, in the order they run; `--cells` (or $HERD_COMPARE_CELLS) picks some. "conformance":
 # the checks and the WHATSAT bytes; "resources": start-up, idle connections, bytes per record, CPU per
@@ -426,12 +427,11 @@ def miss_cell(proc, port, o, rnd, places_pid):
     """WHATSAT cache misses: every request asks a position and radius that no request before it asked,
     so each one costs the server an HTTPS request to the local Places service. `herd load --workload
     whatsat` seeds client{k} (k < N) with one IAMAT each, at a position of its own (home(k) plus a
-    random wander, to a millionth of a degree), then asks WHATSAT client0, client1, ... in turn; with
-    --warmup 0 the first request on each connection is its warm-up (rarely two, if a reply comes
-    back before the window opens) and at most N less two per connection are measured, so no id is
-    asked twice. The radius is new in every round
-    (10.001 km, 10.002, ...) and unlike every other cell's: herd load's wander is the same sequence in
-    every run, so a position may come back, but not with this radius.
+    random wander, to a millionth of a degree), then asks WHATSAT client0, client1, ... in turn. With
+    --warmup 0, whatever a connection sends before the window opens (a request or two at most) is
+    warm-up, and at most N less two per connection are measured, so no id is asked twice. The radius
+    is new in every round (10.001 km, 10.002, ...) and unlike every other cell's: herd load's wander is
+    the same sequence in every run, so a position may come back, but not with this radius.
 
     The server's and the Places service's CPU are sampled every 10 ms; the measured window is the last
     `duration_s` seconds before `herd load` exited (it exits as the window ends), which leaves the
@@ -448,8 +448,8 @@ def miss_cell(proc, port, o, rnd, places_pid):
     sampler.start()
     t0, l0 = time.monotonic(), children_cpu_s()
     res = load(port, "--workload", "whatsat", "--clients", str(n), "--radius", f"10.{rnd + 1:03d}", "--bound",
-               "5", "--connections", str(MISS_CONNS), "--warmup", "0", "--requests", str(n - 2 * MISS_CONNS), "--duration",
-               str(o.miss_duration))
+               "5", "--connections", str(MISS_CONNS), "--warmup", "0", "--requests", str(n - 2 * MISS_CONNS),
+               "--duration", str(o.miss_duration))
     t1 = time.monotonic()
     done.set()
     sampler.join()
@@ -999,7 +999,7 @@ def main():
         f"otherwise; kernel {os.uname().release}; Python {sys.version.split()[0]}. Load average (1 min) "
         f"{load_start[0]:.1f} at the start, {load_mid[0]:.1f} after the throughput rounds, {load_end[0]:.1f} at "
         "the end: other jobs share these cores, so compare ratios within this run, not absolute figures "
-        f"across runs.{'' if cells == set(CELLS) else ' Cells run: ' + ', '.join(c for c in CELLS if c in cells) + '.'}",
+        "across runs." + ("" if cells == set(CELLS) else f" Cells run: {', '.join(c for c in CELLS if c in cells)}."),
     ]
     throughput = [
         "",
@@ -1184,9 +1184,9 @@ def main():
     if gc:
         g = gc["by_gen"]
         lines += ["", "Python's garbage collector in the asyncio server, over the phases above that ran on it "
-                  "(records, CPU per request, throughput, WHATSAT hits and misses: gc.callbacks; wall time by perf_counter, CPU time by "
-                  f"thread_time): {gc['count']:,} collections ({g[0]:,} of generation 0, {g[1]:,} of 1, {g[2]:,} of "
-                  f"2); longest {gc['max_cpu_ms']:.1f} ms of CPU ({gc['max_wall_ms']:.1f} ms of wall time, which "
+                  "(records, CPU per request, throughput, WHATSAT hits and misses; gc.callbacks; wall time by "
+                  f"perf_counter, CPU time by thread_time): {gc['count']:,} collections ({g[0]:,} of generation "
+                  f"0, {g[1]:,} of 1, {g[2]:,} of 2); longest {gc['max_cpu_ms']:.1f} ms of CPU ({gc['max_wall_ms']:.1f} ms of wall time, which "
                   f"includes any preemption), {gc['cpu_ms']:.0f} ms of CPU in all."]
     lines += ["", f"Whole run: {time.monotonic() - t_start:.0f} s."]
     text = "\n".join(lines) + "\n"
