@@ -1186,8 +1186,9 @@ def main():
         lines += ["", "Python's garbage collector in the asyncio server, over the phases above that ran on it "
                   "(records, CPU per request, throughput, WHATSAT hits and misses; gc.callbacks; wall time by "
                   f"perf_counter, CPU time by thread_time): {gc['count']:,} collections ({g[0]:,} of generation "
-                  f"0, {g[1]:,} of 1, {g[2]:,} of 2); longest {gc['max_cpu_ms']:.1f} ms of CPU ({gc['max_wall_ms']:.1f} ms of wall time, which "
-                  f"includes any preemption), {gc['cpu_ms']:.0f} ms of CPU in all."]
+                  f"0, {g[1]:,} of 1, {g[2]:,} of 2); longest {gc['max_cpu_ms']:.1f} ms of CPU "
+                  f"({gc['max_wall_ms']:.1f} ms of wall time, which includes any preemption), {gc['cpu_ms']:.0f} ms "
+                  "of CPU in all."]
     lines += ["", f"Whole run: {time.monotonic() - t_start:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text)
