@@ -2,6 +2,9 @@
 """The measuring half of benches/compare/run.sh (run that, not this: it builds and installs first).
 
     python3 benches/compare/measure.py [--quick] [--rounds N] [--out FILE] [--only herd,tokio,...] [--no-multicore]
+                                       [--cells conformance,resources,throughput,whatsat,miss,alloc,flood,multicore]
+
+`--only` picks implementations, `--cells` (or $HERD_COMPARE_CELLS) the measurements; both default to all.
 
 For each implementation (herd, tokio multi-thread, tokio current-thread, asyncio) and redis-server:
 
@@ -19,15 +22,17 @@ For each implementation (herd, tokio multi-thread, tokio current-thread, asyncio
      run of exactly M IAMAT updates at 20 connections, divided by M;
    - throughput and latency: `herd load` closed loop, depth 1, 1 / 20 / 200 connections (IAMAT over 1000
      ids; redis `SET k{i} v`), and WHATSAT at 20 connections (50 ids: cache hits from the local Places
-     service after the warm-up); the asyncio process runs under a wrapper that times its garbage
-     collections.
+     service after the warm-up), then WHATSAT cache misses at 20 connections (every request a position and
+     radius never asked before: an HTTPS request to the Places service each, whose CPU is read too); the
+     asyncio process runs under a wrapper that times its garbage collections.
 3. flooding (not redis): the 5-server herd on the server core, N IAMATs for new ids at Bailey, a sentinel
    after them; records/s until every server knows the sentinel, records received per record (kernel
    byte counters of the peer sockets, `ss -ti`), CPU per record over all five servers.
 4. more than one loop: herd as one process on CPU 0 and on CPUs 0-1, two herd processes sharing the
    client port with SO_REUSEPORT (the hidden `herd serve --reuseport`), alone and linked as neighbours,
-   and tokio current-thread and multi-thread on CPUs 0-1; the client stays on CPU 1, so on a 2-core
-   machine everything on CPU 1 competes with it.
+   tokio current-thread and multi-thread on CPUs 0-1, and asyncio as one process and as two sharing the
+   port (`herd_asyncio.py --reuseport`) on CPUs 0-1; the client stays on CPU 1, so on a 2-core machine
+   everything on CPU 1 competes with it.
 Every load is bounded (--duration or --requests, with herd load's own 600 s cap) and every process this
 script starts is killed when it ends, whatever happens.
 """
@@ -58,12 +63,25 @@ KEY_ENV = "HERD_LOCAL_PLACES_KEY"
 
 IMPLS = {
     "herd": lambda name, cfg: [HERD, "serve", name, "--config", cfg],
+    # herd again, for the cache-miss cell only, with a Places pool as large as the cell's concurrency
+    # (solo_argv writes its config).
+    "herd-pool": lambda name, cfg: [HERD, "serve", name, "--config", cfg],
     "tokio": lambda name, cfg: [TOKIO, name, "--config", cfg],
     "tokio-ct": lambda name, cfg: [TOKIO, name, "--config", cfg, "--current-thread"],
     "asyncio": lambda name, cfg: [sys.executable, ASYNCIO, name, "--config", cfg],
 }
-LABEL = {"herd": "herd (mio loop)", "tokio": "tokio multi-thread", "tokio-ct": "tokio current-thread",
-         "asyncio": "Python asyncio", "redis": "redis-server (SET)"}
+# Concurrent WHATSATs in the cache-miss cell.
+MISS_CONNS = 20
+LABEL = {"herd": "herd (mio loop)", "herd-pool": f"herd (mio loop), places.pool_size {MISS_CONNS}",
+         "tokio": "tokio multi-thread", "tokio-ct": "tokio current-thread", "asyncio": "Python asyncio",
+         "redis": "redis-server (SET)"}
+
+# The measurements, in the order they run; `--cells` (or $HERD_COMPARE_CELLS) picks some. "conformance":
+# the checks and the WHATSAT bytes; "resources": start-up, idle connections, bytes per record, CPU per
+# request (the table's last columns); "throughput": IAMAT at 1, 20, 200 connections; "whatsat": cache
+# hits; "miss": cache misses; "alloc": heap allocations (perf); "flood": the five-server herd;
+# "multicore": SO_REUSEPORT processes and worker threads.
+CELLS = ("conformance", "resources", "throughput", "whatsat", "miss", "alloc", "flood", "multicore")
 
 procs = []
 
@@ -280,7 +298,11 @@ def solo_argv(impl, tmp, places_port, ca, tag="solo"):
         return port, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
                       "no", "--maxclients", "20000", "--daemonize", "no"]
     cfg = os.path.join(tmp, f"{impl}-{tag}.json")
-    herd_config(cfg, base, places_port, ca, os.path.join(tmp, f"logs-{impl}-{tag}"), False)
+    config = herd_config(cfg, base, places_port, ca, os.path.join(tmp, f"logs-{impl}-{tag}"), False)
+    if impl == "herd-pool":
+        config["places"]["pool_size"] = MISS_CONNS
+        with open(cfg, "w") as f:
+            json.dump(config, f, indent=1)
     return port, IMPLS[impl]("Solo", cfg)
 
 
@@ -307,14 +329,7 @@ def resources(impl, tmp, places_port, ca, o):
     idle.wait(30)
     stop(p)
 
-    if impl == "asyncio":
-        # The same server under a wrapper that times every garbage collection (gc.callbacks) and writes
-        # the pauses to a file at SIGTERM; it costs nothing between collections.
-        r["gc_file"] = os.path.join(tmp, "asyncio-gc.json")
-        argv = [sys.executable, "-c", GC_WRAPPER, r["gc_file"]] + argv[1:]
-    p = spawn(argv, log, SERVER_CPU)
-    wait_port(port, p)
-    time.sleep(0.2)
+    p, port, r["gc_file"] = start_solo(impl, tmp, places_port, ca, log)
     r["rss0_kb"] = before = rss_kb(p.pid)
     if impl == "redis":
         value = '"AT Solo +0.000123456 client{i} +34.068930-118.445127 1764870000.123456789"'
@@ -336,6 +351,21 @@ def resources(impl, tmp, places_port, ca, o):
     r["errors"] = rec["errors_total"] + cpu["errors_total"]
     r["cells"] = {}
     return r, p, port
+
+
+def start_solo(impl, tmp, places_port, ca, log):
+    """A fresh Solo server on the server core, listening: (process, client port, GC file or None). The
+    asyncio server runs under a wrapper that times every garbage collection (gc.callbacks) and writes
+    the pauses to the file at SIGTERM; it costs nothing between collections."""
+    port, argv = solo_argv(impl, tmp, places_port, ca)
+    gc_file = None
+    if impl == "asyncio":
+        gc_file = os.path.join(tmp, "asyncio-gc.json")
+        argv = [sys.executable, "-c", GC_WRAPPER, gc_file] + argv[1:]
+    p = spawn(argv, log, SERVER_CPU)
+    wait_port(port, p)
+    time.sleep(0.2)
+    return p, port, gc_file
 
 
 GC_WRAPPER = r"""
@@ -391,6 +421,56 @@ def cell(impl, proc, port, conns, o, workload=None, procs=None):
     lat = res["latency_us"]
     return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"], sum(shares), shares,
             client, per_reply)
+
+
+def miss_cell(proc, port, o, rnd, places_pid):
+    """WHATSAT cache misses: every request asks a position and radius that no request before it asked,
+    so each one costs the server an HTTPS request to the local Places service. `herd load --workload
+    whatsat` seeds client{k} (k < N) with one IAMAT each, at a position of its own (home(k) plus a
+    random wander, to a millionth of a degree), then asks WHATSAT client0, client1, ... in turn. With
+    --warmup 0, whatever a connection sends before the window opens (a request or two at most) is
+    warm-up, and at most N less two per connection are measured, so no id is asked twice. The radius
+    is new in every round (10.001 km, 10.002, ...) and unlike every other cell's: herd load's wander is
+    the same sequence in every run, so a position may come back, but not with this radius.
+
+    The server's and the Places service's CPU are sampled every 10 ms; the measured window is the last
+    `duration_s` seconds before `herd load` exited (it exits as the window ends), which leaves the
+    seeding IAMATs out. Returns the row's figures, the Places service's two columns last."""
+    n = o.miss_clients
+    samples, done = [], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            samples.append((time.monotonic(), cpu_ns(proc.pid), cpu_ns(places_pid)))
+            done.wait(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0, l0 = time.monotonic(), children_cpu_s()
+    res = load(port, "--workload", "whatsat", "--clients", str(n), "--radius", f"10.{rnd + 1:03d}", "--bound",
+               "5", "--connections", str(MISS_CONNS), "--warmup", "0", "--requests", str(n - 2 * MISS_CONNS),
+               "--duration", str(o.miss_duration))
+    t1 = time.monotonic()
+    done.set()
+    sampler.join()
+    samples.append((t1, cpu_ns(proc.pid), cpu_ns(places_pid)))
+
+    def at(t, i):
+        """CPU ns of column i at instant t, linear between the samples either side."""
+        for (ta, *a), (tb, *b) in zip(samples, samples[1:]):
+            if ta <= t <= tb:
+                return a[i] + (b[i] - a[i]) * ((t - ta) / (tb - ta) if tb > ta else 1)
+        return samples[0][1 + i]
+
+    window = res["duration_s"]
+    start = max(t0, t1 - window)
+    server_ns, places_ns = (at(t1, i) - at(start, i) for i in (0, 1))
+    replies = max(1, res["replies"])
+    lat = res["latency_us"]
+    client = (children_cpu_s() - l0) / (t1 - t0) * 100
+    return (res["throughput_rps"], lat["p50"], lat["p99"], lat["p99.9"], res["errors_total"],
+            server_ns / 1e9 / window * 100 if window else 0, [], client, server_ns / 1000 / replies,
+            places_ns / 1000 / replies, places_ns / 1e9 / window * 100 if window else 0, res["replies"])
 
 
 def gc_pauses(path):
@@ -584,7 +664,7 @@ def flood(impl, tmp, places_port, ca, o):
 BOTH_CPUS = "0,1"
 
 
-def shared_port_configs(tmp, places_port, ca, linked):
+def shared_port_configs(tmp, places_port, ca, linked, tag="herd"):
     """Two servers A and B for one client port, one config each (a config may not give two servers one
     port, so each names the other with a port nobody uses). `linked`: A and B are neighbours, so each
     floods its records to the other and both end up with every record."""
@@ -597,34 +677,57 @@ def shared_port_configs(tmp, places_port, ca, linked):
         config = {"servers": servers, "links": [["A", "B"]] if linked else [],
                   "places": {"api": "legacy", "url": f"https://127.0.0.1:{places_port}/maps/api/place/nearbysearch/"
                              "json", "key_env": KEY_ENV, "ca_file": ca},
-                  "log_dir": os.path.join(tmp, f"logs-shared-{'linked' if linked else 'alone'}"),
+                  "log_dir": os.path.join(tmp, f"logs-shared-{tag}-{'linked' if linked else 'alone'}"),
                   "limits": {"max_clients": 20000}}
-        path = os.path.join(tmp, f"shared-{'linked' if linked else 'alone'}-{me}.json")
+        path = os.path.join(tmp, f"shared-{tag}-{'linked' if linked else 'alone'}-{me}.json")
         with open(path, "w") as f:
             json.dump(config, f)
         paths.append((me, path))
     return port, paths
 
 
-def multicore_setups(tmp, places_port, ca):
-    """(label, port, [process argvs], CPU list) for each way of using more than one core, and the
-    one-loop anchor pinned as in the main table."""
+HERD_FREE = "herd, 1 process, CPUs 0-1"
+TOKIO_CT_FREE = "tokio current-thread, CPUs 0-1"
+ASYNCIO_FREE = "Python asyncio, 1 process, CPUs 0-1"
+
+
+def multicore_setups(tmp, places_port, ca, only):
+    """(label, port, [process argvs], CPU list, anchor label) for each way of using more than one core.
+    Each set-up is compared with one loop of its own kind free on CPUs 0-1 (its anchor): herd's with one
+    herd process, tokio's worker threads with its current-thread runtime, asyncio's pair with one
+    asyncio process. herd pinned to CPU 0, as in the main table, is there to show what the pinning did.
+    Only the kinds in `only` (tokio's needs both runtimes)."""
     port1, herd1 = solo_argv("herd", tmp, places_port, ca, "multi-pinned")
     port_tk, tk = solo_argv("tokio", tmp, places_port, ca, "multi")
     port_ct, ct = solo_argv("tokio-ct", tmp, places_port, ca, "multi")
     alone, alone_cfgs = shared_port_configs(tmp, places_port, ca, False)
     linked, linked_cfgs = shared_port_configs(tmp, places_port, ca, True)
     port1b, herd1b = solo_argv("herd", tmp, places_port, ca, "multi-free")
-    return [
-        ("herd, 1 process, CPU 0", port1, [herd1], SERVER_CPU),
-        ("herd, 1 process, CPUs 0-1", port1b, [herd1b], BOTH_CPUS),
+    herd = [
+        ("herd, 1 process, CPU 0", port1, [herd1], SERVER_CPU, HERD_FREE),
+        (HERD_FREE, port1b, [herd1b], BOTH_CPUS, HERD_FREE),
         ("herd, 2 processes, SO_REUSEPORT, not linked", alone,
-         [[HERD, "serve", n, "--config", c, "--reuseport"] for n, c in alone_cfgs], BOTH_CPUS),
+         [[HERD, "serve", n, "--config", c, "--reuseport"] for n, c in alone_cfgs], BOTH_CPUS, HERD_FREE),
         ("herd, 2 processes, SO_REUSEPORT, linked", linked,
-         [[HERD, "serve", n, "--config", c, "--reuseport"] for n, c in linked_cfgs], BOTH_CPUS),
-        ("tokio current-thread, CPUs 0-1", port_ct, [ct], BOTH_CPUS),
-        ("tokio multi-thread (2 workers), CPUs 0-1", port_tk, [tk], BOTH_CPUS),
+         [[HERD, "serve", n, "--config", c, "--reuseport"] for n, c in linked_cfgs], BOTH_CPUS, HERD_FREE),
     ]
+    tokio = [
+        (TOKIO_CT_FREE, port_ct, [ct], BOTH_CPUS, TOKIO_CT_FREE),
+        ("tokio multi-thread (2 workers), CPUs 0-1", port_tk, [tk], BOTH_CPUS, TOKIO_CT_FREE),
+    ]
+    setups = (herd if "herd" in only else []) + (tokio if "tokio" in only and "tokio-ct" in only else [])
+    if "asyncio" in only:
+        # The GIL lets one thread run Python at a time, so asyncio's second loop is a second process:
+        # the same two-process set-up as herd's, each with its own records.
+        port_py, py = solo_argv("asyncio", tmp, places_port, ca, "multi")
+        py_port, py_cfgs = shared_port_configs(tmp, places_port, ca, False, "asyncio")
+        setups += [
+            (ASYNCIO_FREE, port_py, [py], BOTH_CPUS, ASYNCIO_FREE),
+            ("Python asyncio, 2 processes, SO_REUSEPORT, not linked", py_port,
+             [[sys.executable, ASYNCIO, n, "--config", c, "--reuseport"] for n, c in py_cfgs], BOTH_CPUS,
+             ASYNCIO_FREE),
+        ]
+    return setups
 
 
 def stripped_size(path):
@@ -733,6 +836,9 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", default="herd,tokio,tokio-ct,asyncio,redis")
     ap.add_argument("--no-multicore", action="store_true", help="skip the SO_REUSEPORT / worker-thread cells")
+    ap.add_argument("--cells", default=os.environ.get("HERD_COMPARE_CELLS", ",".join(CELLS)),
+                    help=f"which measurements to run, comma-separated from {','.join(CELLS)} (default: all, "
+                    "or $HERD_COMPARE_CELLS)")
     ap.add_argument("--rounds", type=int, dest="set_rounds", default=None,
                     help="throughput rounds (median reported); default 1 with --quick, 3 without")
     o = ap.parse_args()
@@ -741,7 +847,13 @@ def main():
     o.records, o.cpu_requests = (30_000, 20_000) if o.quick else (200_000, 100_000)
     o.flood_records = 20_000 if o.quick else 100_000
     o.idle = 10_000
+    o.miss_clients, o.miss_duration = (10_000, 3) if o.quick else (30_000, 10)
     only = o.only.split(",")
+    cells = set(o.cells.split(","))
+    if cells - set(CELLS):
+        ap.error(f"unknown cells {','.join(sorted(cells - set(CELLS)))} (known: {','.join(CELLS)})")
+    if o.no_multicore:
+        cells.discard("multicore")
     tmp = tempfile.mkdtemp(prefix="herd-compare-")
     t_start = time.monotonic()
     load_start = os.getloadavg()
@@ -761,11 +873,20 @@ def main():
     else:
         raise RuntimeError(f"the Places service exited with {places.wait()}: see {tmp}/places.log")
     # It stays up for the WHATSAT and flooding cells: drain what it prints, or a full pipe would stop it.
-    threading.Thread(target=lambda: [places_log.write(x.decode(errors="replace")) for x in places.stdout],
-                     daemon=True).start()
+    # Its last line counts the connections and requests it served.
+    places_end = []
+
+    def drain():
+        for x in places.stdout:
+            places_log.write(x.decode(errors="replace"))
+            if b"shut down:" in x:
+                places_end.append(x.decode(errors="replace").split("shut down:", 1)[1].strip())
+
+    places_drain = threading.Thread(target=drain, daemon=True)
+    places_drain.start()
 
     conf, ref, results = {}, None, {}
-    for impl in [i for i in IMPLS if i in only]:
+    for impl in [i for i in IMPLS if i in only and "conformance" in cells]:
         print(f"== {impl}: conformance", file=sys.stderr)
         ok, got = conformance(impl, tmp, places_port, ca, ref)
         if impl == "herd":
@@ -774,29 +895,51 @@ def main():
         conf[impl] = ("pass" if ok else "FAIL", same)
 
     running = {}
+    kinds = [k for k in (1, 20, 200) if "throughput" in cells] + [k for k in ("whatsat", "miss") if k in cells]
     for impl in [i for i in list(IMPLS) + ["redis"] if i in only]:
         if impl == "redis" and not shutil.which("redis-server"):
             print("!! redis-server not installed: its row is skipped", file=sys.stderr)
             continue
-        print(f"== {impl}: start-up, idle connections, records, CPU per request", file=sys.stderr)
-        results[impl], proc, port = resources(impl, tmp, places_port, ca, o)
+        if "resources" in cells:
+            print(f"== {impl}: start-up, idle connections, records, CPU per request", file=sys.stderr)
+            results[impl], proc, port = resources(impl, tmp, places_port, ca, o)
+        elif impl != "redis" or "throughput" in cells:
+            results[impl] = {"cells": {}}
+            if not kinds:
+                continue
+            log = open(os.path.join(tmp, f"{impl}-solo.log"), "w")
+            proc, port, results[impl]["gc_file"] = start_solo(impl, tmp, places_port, ca, log)
+        else:
+            continue
         running[impl] = (proc, port)
+    # The cache-miss cell also runs herd with a Places pool that keeps every connection its concurrent
+    # misses open, as reqwest's does: config/herd.json's pool_size (4) keeps four idle and closes the
+    # rest, and each one opened again costs a TLS handshake on both sides.
+    if "miss" in cells and "herd" in running:
+        log = open(os.path.join(tmp, "herd-pool-solo.log"), "w")
+        results["herd-pool"] = {"cells": {}}
+        proc, port, _ = start_solo("herd-pool", tmp, places_port, ca, log)
+        running["herd-pool"] = (proc, port)
 
     # Throughput rounds: every server is up (idle ones cost nothing), and the cells of one connection
     # count run back to back across implementations, so a change in the machine's background load hits
     # them alike. The median round by throughput is reported. WHATSAT: 50 client ids, so after the first
     # 50 (in the warm-up) every answer comes from the server's own Places cache, cut to the bound and
     # written in Google's style; 20 connections.
+    # Cache misses ("miss"): every WHATSAT asks a position and radius never asked before (miss_cell),
+    # after the cells that fill the caches, so nothing they cached can be hit.
     whatsat = ["--workload", "whatsat", "--clients", "50", "--radius", "10", "--bound", "5"]
-    rounds = {impl: {c: [] for c in (1, 20, 200, "whatsat")} for impl in running}
+    rounds = {impl: {c: [] for c in kinds} for impl in running}
     for rnd in range(o.rounds):
-        for conns in (1, 20, 200, "whatsat"):
+        for conns in kinds:
             for impl, (proc, port) in running.items():
-                if conns == "whatsat" and impl == "redis":
+                if (conns in ("whatsat", "miss") and impl == "redis") or (conns != "miss" and impl == "herd-pool"):
                     continue
                 print(f"== round {rnd + 1}/{o.rounds}: {impl} at {conns} connections", file=sys.stderr)
                 if conns == "whatsat":
                     rounds[impl][conns].append(cell(impl, proc, port, 20, o, workload=whatsat))
+                elif conns == "miss":
+                    rounds[impl][conns].append(miss_cell(proc, port, o, rnd, places.pid))
                 else:
                     rounds[impl][conns].append(cell(impl, proc, port, conns, o))
     for impl, (proc, port) in running.items():
@@ -809,44 +952,45 @@ def main():
     load_mid = os.getloadavg()
 
     # Heap allocations per request, where perf can count them.
-    probes = add_malloc_probes()
+    probes = add_malloc_probes() if "alloc" in cells else None
     for impl in [i for i in IMPLS if i in only]:
         if probes is not None:
             print(f"== {impl}: allocations per request", file=sys.stderr)
-            results[impl]["mallocs"] = allocations(impl, tmp, places_port, ca, o)
+            results.setdefault(impl, {"cells": {}})["mallocs"] = allocations(impl, tmp, places_port, ca, o)
     if probes:
         remove_malloc_probes(probes)
 
     # Flooding through the five-server herd.
     floods = {}
-    for impl in [i for i in IMPLS if i in only]:
+    for impl in [i for i in IMPLS if i in only and "flood" in cells]:
         print(f"== {impl}: flooding through five servers", file=sys.stderr)
         floods[impl] = flood(impl, tmp, places_port, ca, o)
     stop(places)
+    places_drain.join(5)
 
     # More than one loop. All set-ups up at once (idle ones cost nothing), cells interleaved by round.
     multi = []
-    if not o.no_multicore and all(i in only for i in ("herd", "tokio", "tokio-ct")):
-        for k, (label, port, argvs, cpus) in enumerate(multicore_setups(tmp, places_port, ca)):
+    if "multicore" in cells:
+        for k, (label, port, argvs, cpus, anchor) in enumerate(multicore_setups(tmp, places_port, ca, only)):
             ps = []
             for j, argv in enumerate(argvs):
                 path = os.path.join(tmp, f"multicore-{k}-{j}.log")
                 ps.append(spawn(argv, open(path, "w"), cpus))
                 # Its own `listening` line: with SO_REUSEPORT a connect succeeds once either one listens.
                 wait_line(path, " listening on ", ps[-1])
-            multi.append((label, port, ps, cpus, {20: [], 200: []}))
+            multi.append((label, port, ps, cpus, anchor, {20: [], 200: []}))
         time.sleep(0.5)  # the linked pair's links up (redial within milliseconds; nothing to wait on)
         for rnd in range(o.rounds):
             for conns in (20, 200):
-                for label, port, ps, cpus, runs in multi:
+                for label, port, ps, cpus, _, runs in multi:
                     print(f"== round {rnd + 1}/{o.rounds}: {label} at {conns} connections", file=sys.stderr)
                     runs[conns].append(cell("herd", ps[0], port, conns, o, procs=ps))
-        for _, _, ps, _, _ in multi:
+        for _, _, ps, _, _, _ in multi:
             for p in ps:
                 stop(p)
     load_end = os.getloadavg()
 
-    sl = sizes_and_lines()
+    sl = sizes_and_lines() if "resources" in cells else {}
     cores = os.cpu_count()
     lines = [
         f"Commit measured: {git_commit()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
@@ -855,7 +999,9 @@ def main():
         f"otherwise; kernel {os.uname().release}; Python {sys.version.split()[0]}. Load average (1 min) "
         f"{load_start[0]:.1f} at the start, {load_mid[0]:.1f} after the throughput rounds, {load_end[0]:.1f} at "
         "the end: other jobs share these cores, so compare ratios within this run, not absolute figures "
-        "across runs.",
+        "across runs." + ("" if cells == set(CELLS) else f" Cells run: {', '.join(c for c in CELLS if c in cells)}."),
+    ]
+    throughput = [
         "",
         f"Throughput: `herd load` closed loop, depth 1, {o.duration} s measured after {o.warmup} s warm-up, "
         f"median of {o.rounds} round(s) run back to back across implementations; IAMAT over 1000 client ids "
@@ -878,28 +1024,71 @@ def main():
         return (f"| {label} | {conns} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | {share} | "
                 f"{per_reply:.1f} | {client:.0f} | {ratio} |")
 
+    if "throughput" in cells and results:
+        lines += throughput
     for impl, r in results.items():
         for conns in (1, 20, 200):
-            c = r["cells"][conns]
+            c = r["cells"].get(conns)
+            if c is None:
+                continue
             red = results.get("redis", {}).get("cells", {}).get(conns)
             lines.append(row(LABEL[impl], conns, c, f"{c[0] / red[0]:.2f}" if red and red[0] else "-"))
-    lines += [
-        "",
-        "WHATSAT: `herd load --workload whatsat --clients 50 --radius 10 --bound 5`, 20 connections, same cell "
-        "length and rounds; every implementation asks the same local Places service (`herd places`, HTTPS) "
-        "through its own client and cache, so after the first request per client id (in the warm-up) every "
-        "answer is a cache hit: the cost measured is the cached answer cut to the bound and written in "
-        "Google's style (herd's WHATSAT bytes are checked equal above).",
-        "",
-        "| implementation | conns | WHATSAT/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | "
-        "client CPU % | vs herd |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    if "whatsat" in cells and results:
+        lines += [
+            "",
+            "WHATSAT: `herd load --workload whatsat --clients 50 --radius 10 --bound 5`, 20 connections, same cell "
+            "length and rounds; every implementation asks the same local Places service (`herd places`, HTTPS) "
+            "through its own client and cache, so after the first request per client id (in the warm-up) every "
+            "answer is a cache hit: the cost measured is the cached answer cut to the bound and written in "
+            "Google's style (herd's WHATSAT bytes are checked equal above).",
+            "",
+            "| implementation | conns | WHATSAT/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | "
+            "client CPU % | vs herd |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
     herd_w = results.get("herd", {}).get("cells", {}).get("whatsat")
     for impl, r in results.items():
         c = r["cells"].get("whatsat")
         if c:
             lines.append(row(LABEL[impl], 20, c, f"{c[0] / herd_w[0]:.2f}" if herd_w and herd_w[0] else "-"))
+    if "miss" in cells and results:
+        pool = json.load(open(os.path.join(ROOT, "config/herd.json")))["places"].get("pool_size", 4)
+        lines += [
+            "",
+            f"WHATSAT cache misses: `herd load --workload whatsat --clients {o.miss_clients} --radius 10.00R "
+            f"--bound 5 --connections 20 --warmup 0 --requests {o.miss_clients - 40} --duration "
+            f"{o.miss_duration}` in round R, same rounds, median round. Every measured WHATSAT asks about a client "
+            "id of its own, seeded by one IAMAT at a position of its own before the window opens, with a radius "
+            "that no earlier request asked, so every reply waits for an HTTPS request to the local Places "
+            f"service: herd's over its keep-alive pool, as config/herd.json sets it (pool_size {pool}: at most "
+            f"{4 * pool} connections, {pool} kept idle, the others closed as they finish with nothing queued, "
+            "and opened again, with a TLS handshake, when the next misses come), and again with pool_size "
+            f"{MISS_CONNS}, which keeps every connection the {MISS_CONNS} concurrent misses open, as reqwest's "
+            "pool does for tokio; asyncio's over a new TLS connection each (standard library only, one TLS "
+            "context for all). Server CPU: the server's on-CPU time (all threads) over "
+            "the measured window (the seeding IAMATs left out), as a share of the window and per reply. Places "
+            "service: `herd places`, a process of its own (under `herd up` too) on CPU 1 with the client, "
+            "single-threaded, no cache; its on-CPU time over the same window, in no server's figure: the cost "
+            "each implementation's way of asking puts on the upstream. Client CPU % over the whole invocation "
+            "(seeding included).",
+            "",
+            "| implementation | conns | WHATSAT/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | "
+            "Places service CPU % | Places service CPU µs/reply | client CPU % | vs herd |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        herd_m = results.get("herd", {}).get("cells", {}).get("miss")
+        for impl in [i for i in ("herd", "herd-pool", "tokio", "tokio-ct", "asyncio") if i in results]:
+            c = results[impl]["cells"].get("miss")
+            if c:
+                rps, p50, p99, p999, err, share, _, client, per_reply, up_reply, up_share, _ = c
+                ratio = f"{rps / herd_m[0]:.2f}" if herd_m and herd_m[0] else "-"
+                lines.append(f"| {LABEL[impl]} | 20 | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {err} | "
+                             f"{share:.0f} | {per_reply:.1f} | {up_share:.0f} | {up_reply:.1f} | {client:.0f} | "
+                             f"{ratio} |")
+    if places_end and cells & {"conformance", "whatsat", "miss"}:
+        lines += ["", f"The Places service at the end of the run: {places_end[0]} (every request of the run: the "
+                  "conformance checks, the WHATSAT bytes, the first request per id of the cache-hit cells, every "
+                  "miss)."]
     if floods:
         f0 = next(iter(floods.values()))
         lines += [
@@ -932,18 +1121,23 @@ def main():
             "these cells show what a second loop costs and gains here, not what it would give with a core of "
             "its own. 'not linked': each process keeps its own records (a WHATSAT may reach the other one); "
             "'linked': the two are neighbours and flood every record to each other. Server CPU %: the sum "
-            "over the processes, each process's share in brackets.",
+            "over the processes, each process's share in brackets. 'vs one loop, free': the rate over that of one "
+            f"loop of the same kind free on CPUs {BOTH_CPUS} in this table (herd's rows over one herd process, "
+            "tokio's worker threads over its current-thread runtime, asyncio's pair over one asyncio "
+            f"process), not over the process pinned to CPU {SERVER_CPU}, whose rate says as much about that "
+            "CPU's other tenants as about the server.",
             "",
             "| set-up | conns | req/s | p50 | p99 | p99.9 | errors | server CPU % | server CPU µs/reply | client CPU % "
-            "| vs 1 process on CPU 0 |",
+            "| vs one loop, free |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        anchor = {c: sorted(multi[0][4][c], key=lambda x: x[0])[len(multi[0][4][c]) // 2] for c in (20, 200)}
-        for label, port, ps, cpus, runs in multi:
+        median = {label: {c: sorted(runs[c], key=lambda x: x[0])[len(runs[c]) // 2] for c in (20, 200)}
+                  for label, _, _, _, _, runs in multi}
+        for label, _, _, _, anchor, _ in multi:
             for conns in (20, 200):
-                c = sorted(runs[conns], key=lambda x: x[0])[len(runs[conns]) // 2]
-                lines.append(row(label, conns, c, f"{c[0] / anchor[conns][0]:.2f}" if anchor[conns][0] else "-"))
-    lines += [
+                c, a = median[label][conns], median[anchor][conns]
+                lines.append(row(label, conns, c, f"{c[0] / a[0]:.2f}" if a[0] else "-"))
+    resources_text = [
         "",
         f"Resources: CPU per request = server on-CPU time (all threads, /proc/PID/task/*/schedstat) over "
         f"{o.cpu_requests:,} IAMAT updates at 20 connections / replies; idle = VmRSS growth with {o.idle:,} "
@@ -966,7 +1160,18 @@ def main():
             return "- (jemalloc, linked in: not counted)"
         return "- (perf probe unavailable)"
 
+    if "resources" in cells:
+        lines += resources_text
     for impl, r in results.items():
+        if impl == "herd-pool":  # the cache-miss cell only
+            continue
+        if "resources" not in cells:
+            if "mallocs" in r:
+                lines += ["", f"{LABEL[impl]}: {r['mallocs']:.3f} heap allocations per IAMAT (libc malloc + "
+                          f"realloc + calloc, perf uprobes, over {o.cpu_requests:,} IAMAT updates)."]
+            if impl in conf:
+                lines += ["", f"{LABEL[impl]}: conformance {conf[impl][0]}, WHATSAT bytes {conf[impl][1]}."]
+            continue
         c = conf.get(impl, ("-", "-"))
         size, loc, files = sl["tokio" if impl.startswith("tokio") else impl]
         loc_text = f"{loc:,} ({files})" if loc else "-"
@@ -978,11 +1183,12 @@ def main():
     gc = results.get("asyncio", {}).get("gc")
     if gc:
         g = gc["by_gen"]
-        lines += ["", "Python's garbage collector in the asyncio server, over its records, CPU-per-request, "
-                  "throughput and WHATSAT phases above (gc.callbacks; wall time by perf_counter, CPU time by "
-                  f"thread_time): {gc['count']:,} collections ({g[0]:,} of generation 0, {g[1]:,} of 1, {g[2]:,} of "
-                  f"2); longest {gc['max_cpu_ms']:.1f} ms of CPU ({gc['max_wall_ms']:.1f} ms of wall time, which "
-                  f"includes any preemption), {gc['cpu_ms']:.0f} ms of CPU in all."]
+        lines += ["", "Python's garbage collector in the asyncio server, over the phases above that ran on it "
+                  "(records, CPU per request, throughput, WHATSAT hits and misses; gc.callbacks; wall time by "
+                  f"perf_counter, CPU time by thread_time): {gc['count']:,} collections ({g[0]:,} of generation "
+                  f"0, {g[1]:,} of 1, {g[2]:,} of 2); longest {gc['max_cpu_ms']:.1f} ms of CPU "
+                  f"({gc['max_wall_ms']:.1f} ms of wall time, which includes any preemption), {gc['cpu_ms']:.0f} ms "
+                  "of CPU in all."]
     lines += ["", f"Whole run: {time.monotonic() - t_start:.0f} s."]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The herd protocol subset on Python asyncio streams, written for benches/compare.
 
-    python3 herd_asyncio.py NAME [--config FILE]
+    python3 herd_asyncio.py NAME [--config FILE] [--reuseport]
 
 Same config file as herd (servers, links, places, limits.max_line, limits.max_clock_skew_s). What it does,
 the way such a server is usually written with asyncio and nothing but the standard library:
@@ -14,8 +14,11 @@ the way such a server is usually written with asyncio and nothing but the standa
   100 ms while down; on (re)connect every record held is sent first (anti-entropy). Records come in on
   the peer port, only from configured neighbours.
 - WHATSAT: the legacy Nearby Search endpoint over HTTPS (the local Places service in comparison runs),
-  one TLS connection per cache miss, a TTL cache keyed by (location, radius), results cut to the bound
-  and re-serialized in Google's style.
+  one TLS connection per cache miss (one TLS context for them all, made at the first), a TTL cache keyed
+  by (location, radius), results cut to the bound and re-serialized in Google's style.
+- `--reuseport`: the client listener is opened with SO_REUSEPORT (`start_server(..., reuse_port=True)`),
+  so several processes can share one client port, each with its own records: the GIL keeps a second
+  thread from running Python in parallel, so a second process is asyncio's way to a second core.
 
 Not here (herd has them): peer TLS and secrets, journal, admin port, logs, record retention, limits on
 clients and buffers, request coalescing and a keep-alive pool for Places.
@@ -55,6 +58,7 @@ class Server:
         self.records = {}  # client id -> (time, server, location, AT line)
         self.links = {}  # neighbour -> asyncio.Queue of AT lines to send, while the link is up
         self.cache = {}  # (location, metres) -> (expires, parsed answer)
+        self.tls = None  # the TLS context of every Places request, made at the first one
 
     # ----- records and flooding -----
 
@@ -191,11 +195,14 @@ class Server:
             query = {"location": f"{lat:f},{lng:f}", "radius": f"{metres.normalize():f}"}
             if os.environ.get(p.get("key_env", "")):
                 query["key"] = os.environ[p["key_env"]]
-            tls = ssl.create_default_context(cafile=p.get("ca_file"))
+            if self.tls is None:
+                # One context for all requests: making one loads the CA file and costs about a
+                # millisecond with OpenSSL 3, more than the handshake it serves.
+                self.tls = ssl.create_default_context(cafile=p.get("ca_file"))
             target = url.path + "?" + urllib.parse.urlencode(query)
 
             async def get():
-                reader, writer = await asyncio.open_connection(url.hostname, url.port or 443, ssl=tls)
+                reader, writer = await asyncio.open_connection(url.hostname, url.port or 443, ssl=self.tls)
                 writer.write(f"GET {target} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n".encode())
                 try:
                     return await reader.read()  # to EOF
@@ -257,11 +264,13 @@ async def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("name")
     ap.add_argument("--config", default="config/herd.json")
+    ap.add_argument("--reuseport", action="store_true", help="share the client port (SO_REUSEPORT)")
     args = ap.parse_args()
     with open(args.config) as f:
         server = Server(args.name, json.load(f))
     host = server.me.get("host", "127.0.0.1")
-    clients = await asyncio.start_server(server.client_conn, host, server.me["port"], limit=server.max_line + 1)
+    clients = await asyncio.start_server(server.client_conn, host, server.me["port"], limit=server.max_line + 1,
+                                         reuse_port=args.reuseport or None)
     peers = await asyncio.start_server(server.peer_conn, host, server.me["peer_port"])
     links = [asyncio.create_task(server.dial(p)) for p in sorted(server.neighbours)]  # noqa: F841 (kept alive)
     print(f"{args.name} listening on {host}:{server.me['port']} (peers on {host}:{server.me['peer_port']})",
