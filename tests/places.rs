@@ -248,6 +248,59 @@ fn keep_alive_connections_are_reused_and_a_restarted_service_keeps_its_ca() {
     drop(server);
 }
 
+/// A steady burst of cache misses, four at a time with `pool_size` 1 (so up to four connections open),
+/// each answered in 10 ms:
+/// the connections past the pool linger between requests and are reused, so the burst costs about four
+/// TCP and TLS handshakes, not one per request. Counted by the service (connections it accepted) and by
+/// the server's `herd_places_connections_total`. Then, a second after the burst, the pool is back to one
+/// idle connection: the next four questions, asked together, open three more.
+#[test]
+fn a_steady_burst_reuses_connections_past_the_pool_and_the_pool_shrinks_after_it() {
+    const CLIENTS: u32 = 4;
+    const EACH: u32 = 20;
+    // Each answer takes 10 ms, so the four questions are in flight together.
+    let service = PlacesService::start(&["--fault", "delay=10"]);
+    let config = HerdConfig::new(&["Solo"], &[], &places_with(&service, r#""pool_size": 1"#));
+    let admin = config.member("Solo").admin_port;
+    let _server = config.serve_env("Solo", &[(KEY_ENV, "k")]);
+    let port = config.port("Solo");
+    ask(port, format!("IAMAT burst {UCLA} 1\n").as_bytes());
+    let before = service.connections();
+    std::thread::scope(|s| {
+        for c in 0..CLIENTS {
+            s.spawn(move || {
+                let mut conn = connect(port);
+                for i in 0..EACH {
+                    // A radius no other question asks: every WHATSAT is a miss.
+                    let radius = format!("{}.{:03}", 10 + i, c);
+                    conn.write_all(format!("WHATSAT burst {radius} 1\n").as_bytes()).unwrap();
+                    let (_, value, _) = split_whatsat(&read_until(&mut conn, b"}\n\n"));
+                    assert_eq!(value["status"], "OK", "{value}");
+                }
+            });
+        }
+    });
+    let opened = service.connections() - before - 1; // less the question just asked
+    let requests = u64::from(CLIENTS * EACH);
+    assert_eq!(metric(admin, "herd_places_cache_misses_total"), requests);
+    assert!(opened <= 2 * u64::from(CLIENTS), "{opened} connections for {requests} misses at {CLIENTS} at a time");
+    assert_eq!(metric(admin, "herd_places_connections_total"), opened);
+    // Past the linger, the extra connections have closed: four questions at once need three new ones.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = service.connections();
+    let mut conns: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let mut conn = connect(port);
+            conn.write_all(format!("WHATSAT burst 40.{c} 1\n").as_bytes()).unwrap();
+            conn
+        })
+        .collect();
+    for conn in &mut conns {
+        read_until(conn, b"}\n\n");
+    }
+    assert_eq!(service.connections() - before - 1, u64::from(CLIENTS) - 1, "one idle connection kept");
+}
+
 /// Restarts the service on the same port with the CA files already in `dir`.
 fn restart_on(dir: TempDir, port: u16) -> PlacesService {
     let ca = dir.path().join("ca.pem");

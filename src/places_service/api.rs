@@ -3,7 +3,7 @@
 //!
 //! - `GET /maps/api/place/nearbysearch/json?location=LAT,LNG&radius=M&key=K`: legacy Nearby Search.
 //! - `POST /v1/places:searchNearby` with `X-Goog-Api-Key`, `X-Goog-FieldMask` and a JSON body: Places (New).
-//! - `GET /__stats`: how many Places requests were served, for tests.
+//! - `GET /__stats`: how many Places requests were served and connections accepted, for tests.
 //!
 //! Radius and result limits follow Google: the legacy radius is clamped to 50,000 m and at most 20
 //! results are returned, nearest first; the new API refuses a radius outside (0, 50000] and a
@@ -41,11 +41,13 @@ impl Endpoint {
     }
 }
 
-/// Requests served so far.
+/// Requests served so far, and connections accepted (each a TLS handshake: what a client's keep-alive
+/// pool saves).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Stats {
     pub legacy: u64,
     pub new: u64,
+    pub connections: u64,
 }
 
 /// What to answer.
@@ -84,6 +86,7 @@ pub fn handle(gazetteer: &Gazetteer, stats: &mut Stats, req: &Request) -> Reply 
                 "requests": stats.legacy + stats.new,
                 "legacy": stats.legacy,
                 "new": stats.new,
+                "connections": stats.connections,
             });
             reply(Endpoint::Stats, 200, &value, "stats".into())
         }
@@ -472,7 +475,7 @@ mod tests {
         assert_eq!(first["place_id"], first["reference"]);
         assert_eq!(first["name"], "Bel Air");
         assert_eq!(first["vicinity"], "Los Angeles County, California");
-        assert_eq!(stats, Stats { legacy: 1, new: 0 });
+        assert_eq!(stats, Stats { legacy: 1, new: 0, connections: 0 });
     }
 
     #[test]
@@ -553,24 +556,24 @@ mod tests {
         let pacific = body.replace("34.068930", "0").replace("-118.445127", "-150");
         let empty = handle(g, &mut stats, &post(&both, &pacific));
         assert_eq!((empty.status, empty.body.as_slice()), (200, &b"{}"[..]));
-        assert_eq!(stats, Stats { legacy: 0, new: 12 });
+        assert_eq!(stats, Stats { legacy: 0, new: 12, connections: 0 });
     }
 
     #[test]
     fn stats_and_not_found() {
         let g = gazetteer();
-        let mut stats = Stats { legacy: 2, new: 3 };
+        let mut stats = Stats { legacy: 2, new: 3, connections: 7 };
         let r = handle(g, &mut stats, &get("/__stats"));
         assert_eq!(
             String::from_utf8(r.body).unwrap(),
-            "{\n   \"requests\" : 5,\n   \"legacy\" : 2,\n   \"new\" : 3\n}"
+            "{\n   \"requests\" : 5,\n   \"legacy\" : 2,\n   \"new\" : 3,\n   \"connections\" : 7\n}"
         );
         assert_eq!(handle(g, &mut stats, &get("/nope")).status, 404);
         assert_eq!(handle(g, &mut stats, &post(&[], "{}")).endpoint, Endpoint::New);
         let mut wrong_method = get(NEW_PATH);
         wrong_method.method = "GET".into();
         assert_eq!(handle(g, &mut stats, &wrong_method).status, 404);
-        assert_eq!(stats, Stats { legacy: 2, new: 4 });
+        assert_eq!(stats, Stats { legacy: 2, new: 4, connections: 7 });
     }
 
     #[test]

@@ -46,7 +46,6 @@ struct Server {
     generation: u64,
     accept_retry: Option<Instant>,
     drain_deadline: Option<Instant>,
-    accepted: u64,
 }
 
 /// Runs the loop until SIGTERM or SIGINT. `listener` is bound; the listening line is printed here, once
@@ -85,7 +84,6 @@ pub(crate) fn serve(
         generation: 0,
         accept_retry: None,
         drain_deadline: None,
-        accepted: 0,
     };
     server.run()
 }
@@ -138,7 +136,7 @@ impl Server {
         }
         log::info!(
             "shut down: {} connections accepted, {} legacy and {} new Places requests served",
-            self.accepted,
+            self.ctx.stats.connections,
             self.ctx.stats.legacy,
             self.ctx.stats.new
         );
@@ -192,7 +190,7 @@ impl Server {
                 continue;
             }
             self.generation += 1;
-            self.accepted += 1;
+            self.ctx.stats.connections += 1;
             log::debug!("{peer}: connected");
             entry.insert(Conn::new(sock, tls, peer, self.generation, now));
             self.settle(key, now);

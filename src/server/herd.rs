@@ -350,17 +350,22 @@ impl Ctx {
         self.outbox.places_replies.extend(replies.into_iter().map(|(w, body)| (w.client, w.ticket, body)));
     }
 
-    /// An upstream connection finished a request and can be kept: returns false if the pool is full.
-    pub fn places_idle(&mut self, token: Token) -> bool {
-        let Some(places) = self.places.as_mut() else { return false };
-        let kept = !places.queue.is_empty() || places.idle_conn(token);
-        if kept && !places.idle.contains(&token) {
-            places.idle.push(token);
-        }
-        if kept {
-            self.timers.add(self.now + IDLE_KEEP, Timer::Conn(token));
-        }
-        kept
+    /// An upstream connection finished a request and can be kept: returns until when it may stay idle,
+    /// or `None` if the pool is full.
+    pub fn places_idle(&mut self, token: Token) -> Option<Instant> {
+        let places = self.places.as_mut()?;
+        // With requests queued it takes the next at once (the hand-off), so it is kept whatever the pool.
+        let keep = match places.idle_conn(token) {
+            Some(keep) => keep,
+            None if !places.queue.is_empty() => {
+                places.idle.push(token);
+                IDLE_KEEP
+            }
+            None => return None,
+        };
+        let until = self.now + keep;
+        self.timers.add(until, Timer::Conn(token));
+        Some(until)
     }
 
     /// An upstream connection closed.

@@ -351,7 +351,9 @@ pub fn dial_places(addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) -> Option
     let _ = stream.set_nodelay(true);
     let now = ctx.now;
     let token = conns.add(stream, |s, t| Conn::Upstream(Box::new(Upstream::new(s, t, tls, now)))).ok()?;
-    ctx.places.as_mut()?.conns += 1;
+    let places = ctx.places.as_mut()?;
+    places.conns += 1;
+    places.counters.connections += 1;
     Some(token)
 }
 

@@ -502,9 +502,18 @@ impl PlacesService {
 
     /// Places requests the service has answered so far (from its /__stats endpoint, over TLS).
     pub fn requests(&self) -> u64 {
+        self.stat("requests")
+    }
+
+    /// Connections the service has accepted so far, this question's own included.
+    pub fn connections(&self) -> u64 {
+        self.stat("connections")
+    }
+
+    fn stat(&self, name: &str) -> u64 {
         let body = https_get(self.port, &self.ca, "/__stats");
         let v: serde_json::Value = serde_json::from_slice(&body).expect("stats JSON");
-        v["requests"].as_u64().expect("requests count")
+        v[name].as_u64().unwrap_or_else(|| panic!("{name} in {v}"))
     }
 }
 

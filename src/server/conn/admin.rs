@@ -472,6 +472,7 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
         metric("places_cache_misses_total", "counter", "Upstream requests made for a WHATSAT.", &one(pc.misses));
         metric("places_coalesced_total", "counter", "WHATSATs that joined a request in flight.", &one(pc.coalesced));
         metric("places_retries_total", "counter", "Requests retried on a fresh connection.", &one(pc.retries));
+        metric("places_connections_total", "counter", "Connections opened to Places.", &one(pc.connections));
         let errors = vec![
             ("kind=\"timeout\"".to_string(), pc.errors_timeout),
             ("kind=\"connect\"".to_string(), pc.errors_connect),

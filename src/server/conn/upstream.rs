@@ -19,7 +19,7 @@
 use super::{Connection, Delivery};
 use crate::http::{Parsed, Response, ResponseParser};
 use crate::server::ctx::Ctx;
-use crate::server::places_client::{FailKind, Outcome, IDLE_KEEP};
+use crate::server::places_client::{FailKind, Outcome};
 use mio::net::TcpStream;
 use mio::Token;
 use rustls::ClientConnection;
@@ -170,11 +170,13 @@ impl Upstream {
         self.served += 1;
         let keep = response.keep_alive;
         ctx.places_outcome(id, Outcome::Response(response));
-        if keep && self.state != UpState::Closed && ctx.places_idle(self.token) {
-            self.state = UpState::Idle;
-            self.idle_until = ctx.now + IDLE_KEEP;
-        } else {
-            self.close(ctx);
+        let kept = if keep && self.state != UpState::Closed { ctx.places_idle(self.token) } else { None };
+        match kept {
+            Some(until) => {
+                self.state = UpState::Idle;
+                self.idle_until = until;
+            }
+            None => self.close(ctx),
         }
     }
 

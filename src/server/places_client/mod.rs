@@ -41,8 +41,14 @@ pub use cache::Key;
 use cache::CacheEntry;
 use threads::ShapeJob;
 
-/// How long an idle keep-alive connection is kept.
+/// How long an idle keep-alive connection is kept, for the first `pool_size` of them.
 pub const IDLE_KEEP: Duration = Duration::from_secs(30);
+/// How long an idle connection past `pool_size` is kept (up to `max_conns`): long enough for the next
+/// request of a steady burst to reuse it instead of paying a TCP and TLS handshake for a new one, short
+/// enough that the pool shrinks back to `pool_size` a second after the burst. (Closing them at once, as
+/// this pool first did, opened 3,417 connections for 9,960 cache misses at 20 concurrent WHATSATs:
+/// `benches/compare`'s miss cell.)
+pub const IDLE_LINGER: Duration = Duration::from_secs(1);
 
 /// How a request on an upstream connection ended (the connection reports it; this client decides).
 pub enum Outcome {
@@ -126,6 +132,8 @@ pub struct PlacesCounters {
     pub coalesced: u64,
     pub requests: u64,
     pub retries: u64,
+    /// Connections opened to Places (each a TCP and a TLS handshake).
+    pub connections: u64,
     pub errors_timeout: u64,
     pub errors_connect: u64,
     pub errors_tls: u64,
@@ -434,14 +442,17 @@ impl PlacesClient {
         out
     }
 
-    /// A connection finished its request and may take another: the next queued one, or the pool.
-    pub fn idle_conn(&mut self, token: Token) -> bool {
-        if self.idle.len() < self.pool_size {
-            self.idle.push(token);
-            true
-        } else {
-            false
-        }
+    /// A connection finished its request and may take another: the next queued one, or the pool. Returns
+    /// how long it may wait idle there ([`IDLE_KEEP`] within `pool_size`, [`IDLE_LINGER`] past it), or
+    /// `None` when `max_conns` are idle already: it closes.
+    pub fn idle_conn(&mut self, token: Token) -> Option<Duration> {
+        let keep = match self.idle.len() {
+            n if n < self.pool_size => IDLE_KEEP,
+            n if n < self.max_conns => IDLE_LINGER,
+            _ => return None,
+        };
+        self.idle.push(token);
+        Some(keep)
     }
 
     /// An upstream connection closed: counted out at once, so queued requests can start on a new one in
@@ -478,6 +489,17 @@ mod tests {
             cache_max_bytes: 64 << 20,
         };
         (poll, PlacesClient::new(&config, waker).unwrap())
+    }
+
+    /// Idle connections: the first `pool_size` (1) are kept 30 s, the rest up to `max_conns` (4 × 1) for a
+    /// second, and past that they close.
+    #[test]
+    fn idle_connections_are_kept_long_within_the_pool_and_briefly_past_it() {
+        let (_poll, mut c) = client();
+        let keeps: Vec<Option<Duration>> = (1..=5).map(|t| c.idle_conn(Token(t))).collect();
+        let (long, brief) = (Some(Duration::from_secs(30)), Some(Duration::from_secs(1)));
+        assert_eq!(keeps, [long, brief, brief, brief, None]);
+        assert_eq!(c.idle, [Token(1), Token(2), Token(3), Token(4)]);
     }
 
     /// Sleeps in `poll` until the waker fires, as the loop does (a generous limit, not a latency bound).
