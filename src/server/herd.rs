@@ -92,18 +92,22 @@ impl Ctx {
                     // A tree record whose tree is broken here becomes a repair: the servers below the
                     // break are reached only if the ones around it, which hold the record already,
                     // pass it on (`route::Mode::Repair`). A repair stays one; so does a flood.
-                    let mode = match f.mode {
+                    let (mode, skip) = match f.mode {
                         Mode::Tree if self.routes.me().is_some() => {
                             self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
-                            Mode::Repair
+                            // Back up the tree too: its parent holds the record, but the way around the
+                            // break may start there (in a ring, this server's only other link is the
+                            // broken one), and only a repair makes the servers there pass it on.
+                            (Mode::Repair, None)
                         }
-                        Mode::Repair => Mode::Repair,
-                        _ => Mode::Flood,
+                        Mode::Repair => (Mode::Repair, f.from),
+                        _ => (Mode::Flood, f.from),
                     };
-                    // Every live link but the source, even one that carried the record already: the
-                    // server there must relay the repair for it to reach the ones beyond the break.
+                    // Every live link but the source of a repair or a flood, even one that carried the
+                    // record already: the server there must relay the repair for it to reach the ones
+                    // beyond the break.
                     for (n, &up) in live.iter().enumerate() {
-                        if up && Some(n) != f.from {
+                        if up && Some(n) != skip {
                             sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
                         }
                     }
@@ -137,8 +141,7 @@ impl Ctx {
 
     /// Walks the refloods a step: each record stored after a broken link's last acknowledged offset is
     /// queued again, as a repair (`route::Mode::Repair`: every server passes it on once, so it gets
-    /// past the servers that hold it to the ones beyond the break), for every live link but the tree
-    /// parent it came from. Records of origins whose tree does not pass through that link here went to
+    /// past the servers that hold it to the ones beyond the break), for every live link. Records of origins whose tree does not pass through that link here went to
     /// their own children (or flooded) and are passed over, as are versions relayed in a repair
     /// already. Returns whether anything was queued; at most [`REFLOOD_STEP`] records are looked at.
     pub fn reflood_step(&mut self) -> bool {
@@ -159,11 +162,11 @@ impl Ctx {
             if origin.is_some_and(|o| !self.routes.children(o).contains(&(job.neighbour as u32))) {
                 continue;
             }
-            let from = origin.and_then(|o| self.routes.parent(o));
             if !self.records.relay_once(&line) {
                 continue;
             }
-            self.queue_flood(&line, from, Mode::Repair, u32::MAX);
+            // To every live link, the tree parent's included: the way around the break may start there.
+            self.queue_flood(&line, None, Mode::Repair, u32::MAX);
             self.counters.records_reflooded += 1;
             queued = true;
         }
@@ -592,7 +595,8 @@ mod tests {
 
     /// The routing table of `routed()`, by hand: B's records (from B, slot 0) go to C only, C's to B
     /// only, A's own to both; a flood goes to every live link but its source; a tree record whose child
-    /// link is down is sent as a repair (passed on by every server).
+    /// link is down is sent as a repair (passed on by every server) to every live link, its tree parent's
+    /// included.
     #[test]
     fn records_follow_their_origins_tree_and_flood_where_it_is_broken() {
         let mut ctx = routed();
@@ -610,7 +614,7 @@ mod tests {
             ("C", Some(1), Mode::Tree, [true, true], &[(0, Mode::Tree)]),
             ("A", None, Mode::Tree, [true, true], &[(0, Mode::Tree), (1, Mode::Tree)]),
             ("A", None, Mode::Tree, [true, false], &[(0, Mode::Repair)]),
-            ("B", Some(0), Mode::Tree, [true, false], &[]),
+            ("B", Some(0), Mode::Tree, [true, false], &[(0, Mode::Repair)]),
             ("B", Some(0), Mode::Flood, [true, true], &[(1, Mode::Flood)]),
             ("A", None, Mode::Flood, [true, true], &[(0, Mode::Flood), (1, Mode::Flood)]),
         ];
@@ -626,8 +630,8 @@ mod tests {
     }
 
     /// A live link that breaks before its neighbour acknowledged what went down a tree through it: those
-    /// records (and only those: B's own go to C, not to B) are sent again as repairs, to every live link
-    /// but the tree parent they came from.
+    /// records (and only those: B's own go to C, not to B) are sent again as repairs, to every live link,
+    /// the tree parent they came from included.
     #[test]
     fn a_link_that_breaks_unacknowledged_has_its_tree_records_flooded_again() {
         let mut ctx = routed();
@@ -658,12 +662,13 @@ mod tests {
         let again: Vec<(u32, Mode)> = sends(&mut ctx, &[false, true]);
         let text = String::from_utf8(ctx.outbox.floods.clone()).unwrap();
         // "lost" (C's, through A to B) and "mine" (A's own, to B) are sent again; "acked" was
-        // acknowledged, "other" (B's own) never went to B. C's record is not sent back to C, its parent.
+        // acknowledged, "other" (B's own) never went to B.
         assert!(text.contains(&lines[1]), "{text}");
         assert!(!text.contains("acked") && !text.contains("other"), "{text}");
-        // "lost" is not sent back to C, its tree parent; "mine" goes to C although C has it: C must relay
-        // it for the repair to reach the servers beyond the break.
-        assert_eq!(again, [(1, Mode::Repair)], "{text}");
+        // "lost" goes back to C, its tree parent, and "mine" to C although C has it: C must relay them for
+        // the repair to reach the servers beyond the break.
+        assert_eq!(again, [(1, Mode::Repair), (1, Mode::Repair)], "{text}");
+        assert!(text.contains(&lines[0]), "{text}");
         assert_eq!(ctx.counters.records_reflooded, 2);
         // Those versions were relayed in a repair here: another copy of one is not passed on again.
         let mine = protocol::parse_at(lines[1].as_bytes()).unwrap();
@@ -676,6 +681,51 @@ mod tests {
         assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Repair)], "passed on, not back to its source");
         assert!(!ctx.repair_record(lines[2].as_bytes(), other, 0), "once");
         assert!(ctx.outbox.flood_marks.is_empty());
+    }
+
+    /// A ring of four, O - S - C - D - O, whose link S - C is down. O's tree reaches C through S (BFS from
+    /// O, neighbours in config order: S before D), so C can get O's record only the other way round:
+    /// S, where the tree breaks, sends it back to O as a repair; O, holding it, passes the repair on once
+    /// to D (its other link); D to C. Each step is the context of one server of the ring.
+    #[test]
+    fn in_a_ring_a_broken_tree_link_is_repaired_the_other_way_round() {
+        let names = ["O", "S", "C", "D"];
+        let trees = crate::route::Trees::new(4, &[(0, 1), (1, 2), (2, 3), (3, 0)]);
+        // The context of server `me`, its sending links live as `live` says (neighbours by index).
+        let server = |me: usize, neighbours: [usize; 2]| {
+            let limits = Limits::default();
+            let ns = neighbours
+                .iter()
+                .map(|&n| Neighbour::new(names[n].to_string(), format!("127.0.0.1:{}", 9 + n).parse().unwrap()))
+                .collect();
+            let routes = crate::route::Routes::new(&trees, &names, me, &neighbours);
+            let mut ctx = Ctx::new(names[me], &names, &limits, ServerLog::disabled(), Auth::default(), ns, None, 42)
+                .with_routes(routes);
+            ctx.on_link_out(0, Token(5));
+            ctx.on_link_out(1, Token(6));
+            ctx
+        };
+        let line = b"AT O +0.100000000 ringed +34.068930-118.445127 1520023934.9\n";
+        let fields = protocol::parse_at(line).unwrap();
+        // S (neighbours O, C): the record comes down O's tree from O; its child C is cut off.
+        let mut s = server(1, [0, 2]);
+        assert!(s.store_and_flood(line, fields, Some(0), Mode::Tree));
+        assert_eq!(sends(&mut s, &[true, false]), [(0, Mode::Repair)], "back to O, as a repair");
+        // O (neighbours S, D) has it (it sent it) and passes the repair on once, to D only.
+        let mut o = server(0, [1, 3]);
+        assert!(o.store_and_flood(line, fields, None, Mode::Tree));
+        let _ = sends(&mut o, &[true, true]);
+        assert!(!o.repair_record(line, fields, 0), "held already");
+        assert_eq!(sends(&mut o, &[true, true]), [(1, Mode::Repair)]);
+        // D (neighbours C, O) got it down O's tree, has no child there, and passes the repair to C.
+        let mut d = server(3, [2, 0]);
+        assert!(d.store_and_flood(line, fields, Some(1), Mode::Tree));
+        assert_eq!(sends(&mut d, &[true, true]), [], "D is a leaf of O's tree");
+        assert!(!d.repair_record(line, fields, 1));
+        assert_eq!(sends(&mut d, &[true, true]), [(0, Mode::Repair)]);
+        // C (neighbours S, D) stores it.
+        let mut c = server(2, [1, 3]);
+        assert!(c.repair_record(line, fields, 1), "C has it, from D");
     }
 
     /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer
