@@ -347,7 +347,7 @@ fn a_ring_ends_its_flood_and_a_disconnected_graph_keeps_each_part_consistent() {
     let ring = HerdConfig::new(
         &["R1", "R2", "R3", "R4", "R5"],
         &[("R1", "R2"), ("R2", "R3"), ("R3", "R4"), ("R4", "R5"), ("R5", "R1")],
-        "",
+        r#""log_detail": "records""#, // a line per record received, counted below
     );
     let mut herd = Herd::start(ring);
     let line = String::from_utf8(ask(herd.port("R1"), b"IAMAT ringer +1+1 1700000000\n")).unwrap();

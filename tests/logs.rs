@@ -139,6 +139,47 @@ fn log_detail_events_keeps_connections_but_not_commands() {
     assert!(!text.contains(" recv ") && !text.contains(" send "), "{text}");
 }
 
+/// Records exchanged with a neighbour: at the default detail (`io`) one line per read and per hand-off
+/// with their counts, never the records themselves; at `records`, a line per record sent and received.
+/// Two linked servers, three IAMATs at A answered one at a time: three reads at B, three hand-offs at A.
+#[test]
+fn peer_records_are_counted_at_io_and_logged_one_by_one_at_records() {
+    for detail in ["io", "records"] {
+        let config = HerdConfig::new(&["A", "B"], &[("A", "B")], &format!(r#""log_detail": "{detail}""#));
+        let mut herd = Herd::start(config);
+        let mut lines = Vec::new();
+        for i in 0..3 {
+            let reply = grader(herd.port("A"), format!("IAMAT counted{i} +1+1 1700000000\n").as_bytes());
+            let line = String::from_utf8(reply).unwrap();
+            wait_record(herd.port("B"), &format!("counted{i}"), line.trim_end(), Duration::from_secs(5));
+            lines.push(line.trim_end().to_string());
+        }
+        // SIGTERM, waited for: every line reaches the files.
+        for p in herd.procs.values_mut() {
+            p.signal(libc::SIGTERM);
+        }
+        for p in herd.procs.values_mut() {
+            p.wait_exit(Duration::from_secs(3)).expect("exits");
+        }
+        let (a, b) = (herd.config.log_text("A"), herd.config.log_text("B"));
+        let count = |text: &str, pat: &str| text.lines().filter(|l| l.contains(pat)).count();
+        match detail {
+            "io" => {
+                assert_eq!(count(&b, " peer-recv A records=1 bytes="), 3, "B:\n{b}");
+                assert_eq!(count(&a, " peer-send B tree=1 flood=0 repair=0"), 3, "A:\n{a}");
+                assert!(!b.contains("peer-recv A AT") && !a.contains(" flood tree: B AT"), "A:\n{a}\nB:\n{b}");
+            }
+            _ => {
+                for line in &lines {
+                    assert_eq!(count(&b, &format!(" peer-recv A {line}")), 1, "B:\n{b}");
+                    assert_eq!(count(&a, &format!(" flood tree: B {line}")), 1, "A:\n{a}");
+                }
+                assert!(!b.contains("records=") && !a.contains("peer-send"), "A:\n{a}\nB:\n{b}");
+            }
+        }
+    }
+}
+
 /// Bytes from the network reach the log escaped, whichever way they come in: a client's command, a name
 /// in a peer's HELLO.
 #[test]

@@ -89,11 +89,13 @@ pub fn is_dns_label(name: &str) -> bool {
         && !b.iter().all(u8::is_ascii_digit)
 }
 
-/// How much the log keeps: every command, reply and record (`io`), or only what happens to connections,
-/// links and Places (`events`).
+/// How much the log keeps: every command and reply, and the records exchanged with each neighbour counted
+/// once per read and per hand-off (`io`); all that and every record itself (`records`); or only what
+/// happens to connections, links and Places (`events`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogDetail {
     Io,
+    Records,
     Events,
 }
 
@@ -451,7 +453,7 @@ mod tests {
             (
                 GOOD.replace(r#""log_dir""#, r#""log_detail": "all", "log_dir""#),
                 "log_detail",
-                found("\"io\" or \"events\"", "\"all\""),
+                found("\"io\", \"records\" or \"events\"", "\"all\""),
             ),
             (
                 GOOD.replace(r#""log_dir""#, r#""limits": {"max_clock_skew_s": -1}, "log_dir""#),
@@ -544,7 +546,7 @@ mod tests {
             ),
             (
                 GOOD.replace(r#""log_dir""#, r#""log_detail": "all", "log_dir""#),
-                "c.json: log_detail: expected \"io\" or \"events\", found \"all\"",
+                "c.json: log_detail: expected \"io\", \"records\" or \"events\", found \"all\"",
             ),
             (
                 GOOD.replace(r#""log_dir""#, r#""log_max_bytes": 10, "log_dir""#),

@@ -211,8 +211,11 @@ fn parse_log_options(top: &Obj<'_>) -> Result<LogOptions, FieldError> {
         keep: top.integer("log_keep", 0, 1000)?.map_or(d.keep, |k| k as u32),
         detail: match top.string("log_detail")?.as_deref() {
             None | Some("io") => LogDetail::Io,
+            Some("records") => LogDetail::Records,
             Some("events") => LogDetail::Events,
-            Some(other) => return Err(expected("log_detail", "\"io\" or \"events\"", format!("{other:?}"))),
+            Some(other) => {
+                return Err(expected("log_detail", "\"io\", \"records\" or \"events\"", format!("{other:?}")))
+            }
         },
     })
 }

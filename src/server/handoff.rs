@@ -28,6 +28,8 @@ pub struct HandOff {
     sends: Vec<Send>,
     /// The neighbour names of a logged send (kept: no allocation per record logged).
     log_to: String,
+    /// Records sent per neighbour in this hand-off, by mode (tree, flood, repair), for the log.
+    log_counts: Vec<[u64; 3]>,
 }
 
 impl HandOff {
@@ -87,8 +89,10 @@ impl HandOff {
         for token in self.tokens.iter().flatten() {
             conns.with(*token, ctx, scratch, |c, ctx, s| c.deliver(Delivery::Advanced, ctx, s));
         }
-        if ctx.log.logs_peer_io() {
+        if ctx.log.logs_records() {
             log_sends(ctx, &self.sends, &floods, &mut self.log_to);
+        } else if ctx.log.logs_peer_counts() {
+            log_send_counts(ctx, &self.sends, &mut self.log_counts);
         }
         // Keep the allocation.
         let mut floods = floods;
@@ -113,6 +117,25 @@ fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8], to: &mut String) {
             to.push_str(&ctx.neighbours[s.neighbour as usize].name);
         }
         ctx.log.peer("flood", to, &floods[group[0].start as usize..group[0].end as usize]);
+    }
+}
+
+/// One log line per neighbour that this hand-off sent records to, with how many went down a tree, as
+/// floods and as repairs (`log_detail` `io`).
+fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 3]>) {
+    counts.clear();
+    counts.resize(ctx.neighbours.len(), [0; 3]);
+    for s in sends {
+        let mode = match s.mode {
+            Mode::Tree => 0,
+            Mode::Flood => 1,
+            Mode::Repair => 2,
+        };
+        counts[s.neighbour as usize][mode] += 1;
+    }
+    for (n, [tree, flood, repair]) in counts.iter().enumerate().filter(|(_, c)| c.iter().any(|&x| x > 0)) {
+        let counts = [("tree", *tree), ("flood", *flood), ("repair", *repair)];
+        ctx.log.peer_counts("peer-send", &ctx.neighbours[n].name, &counts);
     }
 }
 

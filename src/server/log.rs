@@ -325,9 +325,17 @@ impl ServerLog {
         format_rfc3339_micros(now, &mut self.stamp);
     }
 
-    /// Whether peer I/O lines (`peer`) are written: a log file, at `log_detail` `io`.
-    pub fn logs_peer_io(&self) -> bool {
-        self.writer.is_some() && self.detail != Detail::Events
+    /// Whether a line per record sent to or received from a peer is written (`peer`): a log file, at
+    /// `log_detail` `records`.
+    pub fn logs_records(&self) -> bool {
+        self.writer.is_some() && self.detail == Detail::Records
+    }
+
+    /// Whether a line per read from a peer and per hand-off to it, with its record counts, is written
+    /// (`peer_counts`): a log file, at `log_detail` `io` (the default). At `records` every record has a
+    /// line of its own instead.
+    pub fn logs_peer_counts(&self) -> bool {
+        self.writer.is_some() && self.detail == Detail::Io
     }
 
     pub fn has_pending(&self) -> bool {
@@ -386,9 +394,9 @@ impl ServerLog {
         self.bytes("send", addr, reply, BODY_PREVIEW);
     }
 
-    /// A record received from or sent to a peer.
+    /// A record received from or sent to a peer (`log_detail` `records`).
     pub fn peer(&mut self, what: &str, peer: &str, line: &[u8]) {
-        if self.detail == Detail::Events {
+        if self.detail != Detail::Records {
             return;
         }
         let Some(buf) = self.start(what, BACKLOG_MAX) else { return };
@@ -396,6 +404,22 @@ impl ServerLog {
         buf.extend_from_slice(peer.as_bytes());
         buf.push(b' ');
         escape_into(buf, line.strip_suffix(b"\n").unwrap_or(line));
+        self.end();
+    }
+
+    /// What one read from a peer, or one hand-off to it, carried: `counts` as `name=value` pairs
+    /// (`log_detail` `io`). A line per record costs more than the record's own handling at a receiving
+    /// server (BENCHMARKS.md, issue 19), so the default counts them.
+    pub fn peer_counts(&mut self, what: &str, peer: &str, counts: &[(&str, u64)]) {
+        if self.detail != Detail::Io {
+            return;
+        }
+        let Some(buf) = self.start(what, BACKLOG_MAX) else { return };
+        buf.push(b' ');
+        buf.extend_from_slice(peer.as_bytes());
+        for (name, value) in counts {
+            let _ = write!(buf, " {name}={value}");
+        }
         self.end();
     }
 

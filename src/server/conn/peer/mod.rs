@@ -524,7 +524,15 @@ impl Connection for Peer {
                     if n < scratch.len() && !self.hup && !self.io.is_tls() {
                         self.readable = false;
                     }
+                    let before = ctx.counters.records_received;
                     self.take_input(&scratch[..n], ctx);
+                    let records = ctx.counters.records_received - before;
+                    if records > 0 && ctx.log.logs_peer_counts() {
+                        if let Some(from) = self.neighbour() {
+                            let counts = [("records", records), ("bytes", n as u64)];
+                            ctx.log.peer_counts("peer-recv", &ctx.neighbours[from].name, &counts);
+                        }
+                    }
                 }
                 IoRead::Eof => self.close(PeerClose::Eof, ctx, format_args!("")),
                 IoRead::WouldBlock => self.readable = false,
