@@ -30,6 +30,10 @@ fn coordinate(limit: u32) -> impl Strategy<Value = String> {
     )
 }
 
+/// A valid coordinate of 27-37 bytes (leading zeros): two make a location on either side of its 64-byte
+/// bound.
+const LONG_COORDINATE: &str = "[-+]0{25,35}[1-8]";
+
 /// A coordinate at its limit's edge, valid or not: integer part `limit - 1`, `limit` or `limit + 1`
 /// (leading zeros optional), and a fraction that is zero, absent, or just above zero.
 fn near_limit(limit: u32) -> impl Strategy<Value = String> {
@@ -185,8 +189,8 @@ proptest! {
         diff_int in digits(1, 13),
         diff_frac in digits(8, 10),
         id in prop_oneof!["[!-~]{1,40}", "[!-~\u{80}-\u{ff}]{1,300}"],
-        lat in prop_oneof![coordinate(90), near_limit(90), "[-+][0-9]{1,3}(\\.[0-9]{1,4})?"],
-        lng in prop_oneof![coordinate(180), near_limit(180), "[-+][0-9]{1,4}(\\.[0-9]{1,4})?"],
+        lat in prop_oneof![coordinate(90), near_limit(90), "[-+][0-9]{1,3}(\\.[0-9]{1,4})?", LONG_COORDINATE],
+        lng in prop_oneof![coordinate(180), near_limit(180), "[-+][0-9]{1,4}(\\.[0-9]{1,4})?", LONG_COORDINATE],
         time in prop_oneof![long_client_time(), digits(38, 42)],
         edit in proptest::option::of((any::<prop::sample::Index>(), 0usize..3, prop::sample::select(
             b" .+-09a\t\n\x7f\x80\x00".to_vec()))),
@@ -204,6 +208,37 @@ proptest! {
         let by_field = protocol::check_at_by_field(&line);
         prop_assert_eq!(protocol::scan_at(&line), by_field.ok(), "{}", String::from_utf8_lossy(&line));
         prop_assert_eq!(protocol::check_at(&line), by_field);
+    }
+
+    /// The one-pass IAMAT scan (the fast path of every client update) agrees with the field-by-field
+    /// parser on valid lines, limits' edges, and lines one edit away: another whitespace byte, a doubled
+    /// or missing space, a byte changed, inserted or removed anywhere.
+    #[test]
+    fn the_one_pass_iamat_scan_agrees_with_the_field_by_field_parser(
+        id in prop_oneof!["[!-~]{1,40}", "[!-~\u{80}-\u{ff}]{1,300}"],
+        lat in prop_oneof![coordinate(90), near_limit(90), "[-+][0-9]{1,3}(\\.[0-9]{1,4})?", LONG_COORDINATE],
+        lng in prop_oneof![coordinate(180), near_limit(180), "[-+][0-9]{1,4}(\\.[0-9]{1,4})?", LONG_COORDINATE],
+        time in prop_oneof![long_client_time(), digits(38, 42)],
+        edit in proptest::option::of((any::<prop::sample::Index>(), 0usize..3, prop::sample::select(
+            b" \t\r\x0b\x0c.+-09a\x7f\x80\x00".to_vec()))),
+    ) {
+        let mut line = format!("IAMAT {id} {lat}{lng} {time}").into_bytes();
+        let valid = edit.is_none();
+        if let Some((at, kind, byte)) = edit {
+            let i = at.index(line.len());
+            match kind {
+                0 => line[i] = byte,
+                1 => line.insert(i, byte),
+                _ => { line.remove(i); }
+            }
+        }
+        let by_field = protocol::parse_command_by_field(&line);
+        prop_assert_eq!(protocol::parse_command(&line), by_field.clone(), "{}", String::from_utf8_lossy(&line));
+        if let Some(cmd) = protocol::scan_iamat(&line) {
+            prop_assert_eq!(Command::IAmAt(cmd), by_field);
+        } else if valid {
+            prop_assert!(!matches!(by_field, Command::IAmAt(_)), "a valid IAMAT missed the fast path");
+        }
     }
 
     #[test]
