@@ -126,30 +126,11 @@ pub fn scan_iamat(line: &[u8]) -> Option<IAmAt<'_>> {
     let mut at = Scan { s: line.strip_prefix(b"IAMAT ")?, i: 0 };
     let id = at.name(MAX_CLIENT_ID)?;
     at.space()?;
-    let loc_start = at.i;
-    at.sign()?;
-    at.coordinate(90)?;
-    at.sign()?;
-    at.coordinate(180)?;
-    let loc_end = at.i;
-    if loc_end - loc_start > MAX_LOCATION {
-        return None;
-    }
+    let location = at.location()?;
     at.space()?;
-    let time_start = at.i;
-    at.digits()?;
-    if at.byte(b'.').is_some() {
-        at.digits()?;
-    }
-    if at.i != at.s.len() || at.i - time_start > MAX_CLIENT_TIME {
-        return None;
-    }
-    let s = at.s;
-    Some(IAmAt {
-        client_id: &s[id.0 as usize..id.1 as usize],
-        location: &s[loc_start..loc_end],
-        client_time: &s[time_start..],
-    })
+    let time = at.time_to_end()?;
+    let field = |(a, b): (u32, u32)| &at.s[a as usize..b as usize];
+    Some(IAmAt { client_id: field(id), location: field(location), client_time: field(time) })
 }
 
 /// [`parse_command`] field by field: splits the line at any whitespace, then checks the fields of the
@@ -581,25 +562,10 @@ pub fn scan_at(line: &[u8]) -> Option<AtFields> {
     at.space()?;
     let client_id = at.name(MAX_CLIENT_ID)?;
     at.space()?;
-    let loc_start = at.i;
-    at.sign()?;
-    at.coordinate(90)?;
-    at.sign()?;
-    at.coordinate(180)?;
-    if at.i - loc_start > MAX_LOCATION {
-        return None;
-    }
-    let location = (loc_start as u32, at.i as u32);
+    let location = at.location()?;
     at.space()?;
-    let time_start = at.i;
-    at.digits()?;
-    if at.byte(b'.').is_some() {
-        at.digits()?;
-    }
-    if at.i != body.len() || at.i - time_start > MAX_CLIENT_TIME {
-        return None;
-    }
-    Some(AtFields { server, client_id, location, client_time: (time_start as u32, at.i as u32) })
+    let client_time = at.time_to_end()?;
+    Some(AtFields { server, client_id, location, client_time })
 }
 
 /// A cursor over an `AT` line's body for [`scan_at`]: each step consumes what it accepts, or says `None`.
@@ -632,6 +598,28 @@ impl Scan<'_> {
             self.i += 1;
         }
         (self.i > start && self.i - start <= max).then_some((start as u32, self.i as u32))
+    }
+
+    /// A location, `±lat±lng` within range and at most [`MAX_LOCATION`] bytes: the range it spans.
+    #[inline]
+    fn location(&mut self) -> Option<(u32, u32)> {
+        let start = self.i;
+        self.sign()?;
+        self.coordinate(90)?;
+        self.sign()?;
+        self.coordinate(180)?;
+        (self.i - start <= MAX_LOCATION).then_some((start as u32, self.i as u32))
+    }
+
+    /// A client time that ends the input: DIGITS or DIGITS.DIGITS, at most [`MAX_CLIENT_TIME`] bytes.
+    #[inline]
+    fn time_to_end(&mut self) -> Option<(u32, u32)> {
+        let start = self.i;
+        self.digits()?;
+        if self.byte(b'.').is_some() {
+            self.digits()?;
+        }
+        (self.i == self.s.len() && self.i - start <= MAX_CLIENT_TIME).then_some((start as u32, self.i as u32))
     }
 
     /// One or more ASCII digits: how many, and their value (saturating at 10^9, past any limit asked).

@@ -30,6 +30,20 @@ fn coordinate(limit: u32) -> impl Strategy<Value = String> {
     )
 }
 
+/// One edit of `line`, if any: at an index, the byte replaced, a byte inserted, or the byte removed.
+fn apply_edit(line: &mut Vec<u8>, edit: Option<(prop::sample::Index, usize, u8)>) {
+    if let Some((at, kind, byte)) = edit {
+        let i = at.index(line.len());
+        match kind {
+            0 => line[i] = byte,
+            1 => line.insert(i, byte),
+            _ => {
+                line.remove(i);
+            }
+        }
+    }
+}
+
 /// A valid coordinate of 27-37 bytes (leading zeros): two make a location on either side of its 64-byte
 /// bound.
 const LONG_COORDINATE: &str = "[-+]0{25,35}[1-8]";
@@ -197,14 +211,7 @@ proptest! {
     ) {
         let sign = if diff_int.len() % 2 == 0 { '+' } else { '-' };
         let mut line = format!("AT {server} {sign}{diff_int}.{diff_frac} {id} {lat}{lng} {time}\n").into_bytes();
-        if let Some((at, kind, byte)) = edit {
-            let i = at.index(line.len());
-            match kind {
-                0 => line[i] = byte,
-                1 => line.insert(i, byte),
-                _ => { line.remove(i); }
-            }
-        }
+        apply_edit(&mut line, edit);
         let by_field = protocol::check_at_by_field(&line);
         prop_assert_eq!(protocol::scan_at(&line), by_field.ok(), "{}", String::from_utf8_lossy(&line));
         prop_assert_eq!(protocol::check_at(&line), by_field);
@@ -224,14 +231,7 @@ proptest! {
     ) {
         let mut line = format!("IAMAT {id} {lat}{lng} {time}").into_bytes();
         let valid = edit.is_none();
-        if let Some((at, kind, byte)) = edit {
-            let i = at.index(line.len());
-            match kind {
-                0 => line[i] = byte,
-                1 => line.insert(i, byte),
-                _ => { line.remove(i); }
-            }
-        }
+        apply_edit(&mut line, edit);
         let by_field = protocol::parse_command_by_field(&line);
         prop_assert_eq!(protocol::parse_command(&line), by_field.clone(), "{}", String::from_utf8_lossy(&line));
         if let Some(cmd) = protocol::scan_iamat(&line) {
