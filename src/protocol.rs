@@ -453,7 +453,7 @@ fn write_u128(out: &mut Vec<u8>, v: u128) {
 }
 
 /// Appends `v` in decimal, zero-padded to at least `width` digits.
-fn write_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
+pub fn write_digits(out: &mut Vec<u8>, mut v: u64, width: usize) {
     let mut buf = [b'0'; 20];
     let mut i = buf.len();
     while v > 0 || buf.len() - i < width {
