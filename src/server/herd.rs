@@ -141,9 +141,10 @@ impl Ctx {
 
     /// Walks the refloods a step: each record stored after a broken link's last acknowledged offset is
     /// queued again, as a repair (`route::Mode::Repair`: every server passes it on once, so it gets
-    /// past the servers that hold it to the ones beyond the break), for every live link. Records of origins whose tree does not pass through that link here went to
-    /// their own children (or flooded) and are passed over, as are versions relayed in a repair
-    /// already. Returns whether anything was queued; at most [`REFLOOD_STEP`] records are looked at.
+    /// past the servers that hold it to the ones beyond the break), for every live link. Records of
+    /// origins whose tree does not pass through that link here went to their own children (or flooded)
+    /// and are passed over, as are versions relayed in a repair already. Returns whether anything was
+    /// queued; at most [`REFLOOD_STEP`] records are looked at.
     pub fn reflood_step(&mut self) -> bool {
         let Some(mut job) = self.refloods.pop() else { return false };
         let mut queued = false;
