@@ -10,8 +10,12 @@
 # journal, ROUNDS interleaved runs of 1,000,000 IAMATs at depth 16, and the writer thread's share.
 #
 #     benches/journal-vs-redis.sh [ROUNDS] [SECONDS] [DIR]   (needs redis-server: apt-get install -y redis-server)
+#     PIN=0 benches/journal-vs-redis.sh ...     servers and load unpinned: the journal's writer thread (and
+#                                               redis's fsync thread) may run on the other core
 set -euo pipefail
 cd "$(dirname "$0")/.."
+server_cpu="taskset -c 0"; load_cpu="taskset -c 1"
+if [ "${PIN:-1}" = 0 ]; then server_cpu=""; load_cpu=""; echo "unpinned (PIN=0)"; fi
 rounds=${1:-5}
 secs=${2:-4}
 base=${3:-/var/tmp}
@@ -29,16 +33,16 @@ conf Plain 31720 ""
 wait_port() { for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.05; done; }
 declare -A pid
 for s in Always Everysec Plain; do
-    taskset -c 0 $herd serve $s --config "$dir/$s.json" >/dev/null 2>&1 &
+    $server_cpu $herd serve $s --config "$dir/$s.json" >/dev/null 2>&1 &
     pid[$s]=$!
 done
 mkdir -p "$dir/ra" "$dir/re"
-taskset -c 0 redis-server --port 16380 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir "$dir/ra" --daemonize yes >/dev/null
-taskset -c 0 redis-server --port 16381 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$dir/re" --daemonize yes >/dev/null
+$server_cpu redis-server --port 16380 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync always --dir "$dir/ra" --daemonize yes >/dev/null
+$server_cpu redis-server --port 16381 --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$dir/re" --daemonize yes >/dev/null
 for p in 31700 31710 31720 16380 16381; do wait_port $p; done
 sleep 0.5
 run() { # target extra-args...
-    taskset -c 1 $herd load --target "127.0.0.1:$1" "${@:2}" --duration "$secs" --warmup 1 --json 2>/dev/null |
+    $load_cpu $herd load --target "127.0.0.1:$1" "${@:2}" --duration "$secs" --warmup 1 --json 2>/dev/null |
         python3 -c "import json,sys;r=json.load(sys.stdin);l=r['latency_us'];print('%.0f %.0f %.0f %d'%(r['throughput_rps'],l['p50'],l['p99'],r['errors_total']))"
 }
 redis() { run "$1" --workload raw --template 'SET k{i} v' --expect +OK "${@:2}"; }
@@ -84,7 +88,7 @@ for round in $(seq "$rounds"); do
         p=${pid[$s]}
         port=$([ $s = Everysec ] && echo 31710 || echo 31720)
         before=$(ticks "$p"); wbefore=$(ticks "$p" herd-journal)
-        taskset -c 1 $herd load --target "127.0.0.1:$port" --connections 50 --depth 16 --requests 1000000 --warmup 0 \
+        $load_cpu $herd load --target "127.0.0.1:$port" --connections 50 --depth 16 --requests 1000000 --warmup 0 \
             >/dev/null 2>&1
         after=$(ticks "$p"); wafter=$(ticks "$p" herd-journal)
         echo "$s $after $before ${wafter:-0} ${wbefore:-0}" >> "$cpu"
