@@ -26,11 +26,12 @@ use std::time::{Duration, Instant};
 
 /// After an unclean stop in `always` mode the sequence counter resumes this far past the greatest seq on
 /// disk: entries handed out but still in memory when the process died were never acknowledged to a client,
-/// but they may have been flooded, and a neighbour may hold an offset past them. The writer's backlog is
-/// bounded (`BACKLOG_MAX`, under two million entries), so every new seq is greater than any offset a
-/// neighbour can hold, and the replication id can stay (no full sync). (Past the backlog entries are
-/// dropped and counted; more than 2^30 of them before a crash would break this.) Seqs are 47 bits in the
-/// record store: 2^17 unclean restarts.
+/// but they may have been flooded, and a neighbour may hold an offset past them. What was handed out and not
+/// yet on disk is bounded: the loop's queue holds at most `BACKLOG_MAX` bytes (64 MiB; past it entries are
+/// dropped and counted) and the writer's tail at most what it took from the queue, in entries of at least
+/// 43 bytes (a 16-byte header and the shortest `AT` line): about three million entries, far below 2^30. So
+/// every new seq is greater than any offset a neighbour can hold, and the replication id can stay (no full
+/// sync). Seqs are 47 bits in the record store: 2^17 unclean restarts.
 pub const UNCLEAN_SKIP: u64 = 1 << 30;
 
 /// Read size for replay: big reads, few system calls.
