@@ -219,6 +219,67 @@ fn a_replay_keeps_each_records_seq_and_the_counter_resumes_after_the_greatest() 
     assert_eq!(offer(&mut s, &at("A", "d", "+1+1", "5"), EPOCH), Offer::Stored { seq: 21 });
 }
 
+/// Seqs are 47 bits, split over two header words: values past 32 bits come back whole (with the relayed
+/// mark set beside them), and the limit is 2^47 exclusive. Expected values written out by hand.
+#[test]
+fn seqs_past_32_bits_come_back_whole_up_to_the_47_bit_limit() {
+    let mut s = RecordStore::new();
+    let cases: [(&str, u64); 3] = [("a", (1 << 32) + 7), ("b", (1 << 46) + (1 << 32) + 3), ("c", (1 << 47) - 1)];
+    for (id, seq) in cases {
+        let line = at("A", id, "+1+1", "5");
+        assert_eq!(s.offer_with_seq(&line, split_fields(&line), EPOCH, seq), Offer::Stored { seq });
+        assert!(s.relay_once(&line), "marked relayed");
+    }
+    for (id, seq) in cases {
+        assert_eq!(s.get(id.as_bytes()).unwrap().seq(), seq, "{id}");
+    }
+    assert_eq!(s.max_seq(), (1 << 47) - 1);
+    s.resume_seq_after((1 << 47) - 1); // the greatest seq a journal can hold: accepted
+                                       // A delta walk after b's seq finds c alone; after a's, b and c.
+    let since = |after: u64| {
+        let (mut cursor, mut ids) = (0, Vec::new());
+        while let Some((next, r)) = s.next_since(cursor, after) {
+            ids.push(r.client_id().to_vec());
+            cursor = next;
+        }
+        ids
+    };
+    assert_eq!(since((1 << 46) + (1 << 32) + 3), vec![b"c".to_vec()]);
+    assert_eq!(since((1 << 32) + 7), vec![b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(since(6), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
+#[should_panic(expected = "sequence numbers are 47 bits")]
+fn a_replayed_seq_of_2_47_is_refused() {
+    let mut s = RecordStore::new();
+    let line = at("A", "a", "+1+1", "5");
+    s.offer_with_seq(&line, split_fields(&line), EPOCH, 1 << 47);
+}
+
+#[test]
+#[should_panic(expected = "sequence numbers are 47 bits")]
+fn resuming_at_2_47_is_refused() {
+    let mut s = RecordStore::new();
+    s.resume_seq_after(1 << 47);
+}
+
+/// `reserve(n)` sizes the index for n more records, so a replay of n records never grows (rehashes) it.
+#[test]
+fn a_reserved_store_takes_that_many_records_without_growing_its_index() {
+    for n in [1usize, 7, 1000, 5000] {
+        let mut s = RecordStore::new();
+        assert!(offer(&mut s, &at("A", "first", "+1+1", "1"), EPOCH).is_stored());
+        s.reserve(n);
+        let capacity = s.index.capacity();
+        assert!(capacity > n, "{capacity} buckets for {n} + 1 records");
+        for i in 0..n {
+            assert!(offer(&mut s, &at("A", &format!("c{i}"), "+1+1", "2"), EPOCH).is_stored());
+            assert_eq!(s.index.capacity(), capacity, "grew at record {i} of {n}");
+        }
+    }
+}
+
 #[test]
 fn a_cursor_walk_visits_every_record_held_throughout_exactly_once() {
     let mut s = bounded(100);
