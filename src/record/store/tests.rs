@@ -420,6 +420,24 @@ fn the_handshake_states_the_least_record_only_when_full() {
     assert!(RecordStore::new().least_when_full().is_none(), "an unbounded store is never full");
 }
 
+/// A handshake's `least=` value at PROTOCOL.md's field limits: a client time of 40 bytes and a client id
+/// of 255 bytes (510 hex digits) are read, one byte more of either is refused, and the id's bytes come
+/// back from their hex digits (high digit first) in either case of hex.
+#[test]
+fn a_least_value_is_read_up_to_the_field_limits() {
+    let time40 = format!("{}.{}", "1".repeat(10), "5".repeat(29));
+    assert_eq!(time40.len(), 40);
+    let id255 = "fA".repeat(255);
+    let point = OrderPoint::parse(format!("{time40},{id255}").as_bytes()).expect("at the limits");
+    assert_eq!((point.time.len(), point.id.len()), (40, 255));
+    assert!(point.id.iter().all(|&b| b == 0xfa), "each byte from its two digits, high first");
+    assert_eq!(OrderPoint::parse(format!("{time40}5,{id255}").as_bytes()), None, "a 41-byte time");
+    assert_eq!(OrderPoint::parse(format!("{time40},{id255}fa").as_bytes()), None, "a 256-byte id");
+    let one = OrderPoint::parse(b"7,0f").expect("one byte");
+    assert_eq!((one.time, one.id), (b"7".to_vec(), vec![0x0f]));
+    assert_eq!(OrderPoint::parse(b"7,f0").unwrap().id, vec![0xf0]);
+}
+
 // ---- Property tests against a model ----
 
 /// The naive model of the rules, written from the text: a list scanned in full.
