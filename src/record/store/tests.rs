@@ -420,6 +420,32 @@ fn the_handshake_states_the_least_record_only_when_full() {
     assert!(RecordStore::new().least_when_full().is_none(), "an unbounded store is never full");
 }
 
+/// A record's slot is where it lives: slots are taken from 0 in order of arrival, a slot freed by an
+/// eviction is the next one taken, and a cursor walk returns each record with the cursor just past its
+/// slot. Expected slots written out by hand.
+#[test]
+fn slots_are_taken_in_order_and_reused_after_an_eviction() {
+    let mut s = bounded(3);
+    for (id, time) in [("a", "5"), ("b", "6"), ("c", "7")] {
+        assert!(offer(&mut s, &at("A", id, "+1+1", time), EPOCH).is_stored());
+    }
+    let slot = |s: &RecordStore, id: &str| s.get(id.as_bytes()).unwrap().slot();
+    assert_eq!((slot(&s, "a"), slot(&s, "b"), slot(&s, "c")), (0, 1, 2));
+    // d evicts a (the least) and takes its slot.
+    assert!(offer(&mut s, &at("A", "d", "+1+1", "8"), EPOCH).is_stored());
+    assert!(s.get(b"a").is_none());
+    assert_eq!((slot(&s, "d"), s.slots()), (0, 3));
+    let walk: Vec<(u32, u32, Vec<u8>)> = {
+        let (mut cursor, mut out) = (0, Vec::new());
+        while let Some((next, r)) = s.next_from(cursor) {
+            out.push((next, r.slot(), r.client_id().to_vec()));
+            cursor = next;
+        }
+        out
+    };
+    assert_eq!(walk, vec![(1, 0, b"d".to_vec()), (2, 1, b"b".to_vec()), (3, 2, b"c".to_vec())]);
+}
+
 /// A handshake's `least=` value at PROTOCOL.md's field limits: a client time of 40 bytes and a client id
 /// of 255 bytes (510 hex digits) are read, one byte more of either is refused, and the id's bytes come
 /// back from their hex digits (high digit first) in either case of hex.
