@@ -446,6 +446,31 @@ fn slots_are_taken_in_order_and_reused_after_an_eviction() {
     assert_eq!(walk, vec![(1, 0, b"d".to_vec()), (2, 1, b"b".to_vec()), (3, 2, b"c".to_vec())]);
 }
 
+/// The store's gauges: `line_bytes` is the exact length of the lines held without their `AT ` and LF
+/// (lengths counted by hand), through a replacement and an eviction; `bytes` is one 16 KiB page for
+/// lines of one size class (23 and 24 bytes), plus 12 bytes a header slot, the heap's bytes and the index's allocation;
+/// `retention` is what the store was made with.
+#[test]
+fn the_gauges_add_up() {
+    let retention = Retention { max: Some(2), max_age_s: Some(60) };
+    let mut s = RecordStore::with_retention(retention);
+    assert_eq!(s.retention(), retention);
+    assert_eq!((s.line_bytes(), s.bytes()), (0, 0));
+    // "AT A +0.000000000 a +1+1 5\n" is 27 bytes, 23 without "AT " and LF.
+    assert!(offer(&mut s, &at("A", "a", "+1+1", "5"), ts(10)).is_stored());
+    assert_eq!(s.line_bytes(), 23);
+    assert!(offer(&mut s, &at("A", "b", "+1+1", "6"), ts(10)).is_stored());
+    assert_eq!(s.line_bytes(), 46);
+    assert!(offer(&mut s, &at("A", "b", "+1+1", "60"), ts(10)).is_stored()); // b's line grows by 1
+    assert_eq!(s.line_bytes(), 47);
+    assert!(offer(&mut s, &at("A", "cc", "+1+1", "7"), ts(10)).is_stored()); // evicts a (23), adds 24
+    assert_eq!((s.line_bytes(), s.len()), (48, 2));
+    assert_eq!(size_of::<Header>(), 12);
+    let parts = 16_384 + s.headers.capacity() * 12 + s.order.bytes() + s.index.allocation_size();
+    assert!(s.index.allocation_size() > 0 && s.order.bytes() > 0);
+    assert_eq!(s.bytes(), parts);
+}
+
 /// A handshake's `least=` value at PROTOCOL.md's field limits: a client time of 40 bytes and a client id
 /// of 255 bytes (510 hex digits) are read, one byte more of either is refused, and the id's bytes come
 /// back from their hex digits (high digit first) in either case of hex.
