@@ -471,6 +471,22 @@ fn the_gauges_add_up() {
     assert_eq!(s.bytes(), parts);
 }
 
+/// The age limit ends where the time key does: with the clock such that now - max_age_s is 2^33 s (the
+/// year 2242) or later, nothing is too old, whatever the nanoseconds; one second earlier, a record of
+/// time 0 is. (2^33 = 8,589,934,592, written out.)
+#[test]
+fn past_the_keys_range_nothing_is_too_old() {
+    let max_age = 10;
+    let mut s = RecordStore::with_retention(Retention { max: None, max_age_s: Some(max_age) });
+    let past = Timestamp { secs: 8_589_934_592 + max_age, nanos: 500_000_000 };
+    assert_eq!(offer(&mut s, &at("A", "a", "+1+1", "0.0000001"), past), Offer::Stored { seq: 1 });
+    assert!(!s.sweep_due(past));
+    assert_eq!(s.sweep(past, 10), 0);
+    let before = Timestamp { secs: 8_589_934_591 + max_age, nanos: 500_000_000 };
+    assert_eq!(offer(&mut s, &at("A", "b", "+1+1", "0"), before), Offer::RefusedOld);
+    assert!(s.sweep_due(before));
+}
+
 /// A handshake's `least=` value at PROTOCOL.md's field limits: a client time of 40 bytes and a client id
 /// of 255 bytes (510 hex digits) are read, one byte more of either is refused, and the id's bytes come
 /// back from their hex digits (high digit first) in either case of hex.
