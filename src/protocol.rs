@@ -1017,6 +1017,8 @@ mod tests {
             assert_eq!(matches!(parse_command(iamat.as_bytes()), Command::IAmAt(_)), *valid, "{iamat}");
             let at = format!("AT Bona +0.000000000 kiwi {loc} 1700000000.5\n");
             assert_eq!(check_at(at.as_bytes()).is_ok(), *valid, "{at}");
+            // The fast path on its own (check_at falls back to the field check when it stops).
+            assert_eq!(scan_at(at.as_bytes()).is_some(), *valid, "scan: {at}");
         }
         assert_eq!(cases[0].0.len(), 64);
         for (id, valid) in [("k".repeat(255), true), ("k".repeat(256), false)] {
@@ -1024,11 +1026,13 @@ mod tests {
             assert_eq!(matches!(parse_command(iamat.as_bytes()), Command::IAmAt(_)), valid, "{} bytes", id.len());
             let at = format!("AT Bona +0.000000000 {id} +1+1 1700000000.5\n");
             assert_eq!(check_at(at.as_bytes()).is_ok(), valid, "{} bytes", id.len());
+            assert_eq!(scan_at(at.as_bytes()).is_some(), valid, "scan: {} bytes", id.len());
         }
         for (time, valid) in [(format!("1.{}", "5".repeat(38)), true), (format!("1.{}", "5".repeat(39)), false)] {
             assert_eq!(valid_time(time.as_bytes()), valid, "{} bytes", time.len());
             let at = format!("AT Bona +0.000000000 kiwi +1+1 {time}\n");
             assert_eq!(check_at(at.as_bytes()).is_ok(), valid, "{} bytes", time.len());
+            assert_eq!(scan_at(at.as_bytes()).is_some(), valid, "scan: {} bytes", time.len());
         }
     }
 }

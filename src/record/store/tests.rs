@@ -487,6 +487,48 @@ fn past_the_keys_range_nothing_is_too_old() {
     assert!(s.sweep_due(before));
 }
 
+/// Every counter against a hand-written table: a run of offers, a sweep, with the outcome of each
+/// worked out by hand from the rules (max 2, max_age_s 100, clock at 1000 s).
+#[test]
+fn counters_follow_a_table() {
+    let mut s = RecordStore::with_retention(Retention { max: Some(2), max_age_s: Some(100) });
+    let now = ts(1000);
+    let steps: [(&[u8], Offer); 11] = [
+        (b"AT A +0.000000000 a +1+1 950\n", Offer::Stored { seq: 1 }),
+        (b"AT A +0.000000000 a +1+1 950\n", Offer::NotNewer),
+        (b"AT A +0.000000000 a +1+1 940\n", Offer::NotNewer),
+        (b"AT A +0.000000000 a +1+1 955\n", Offer::Stored { seq: 2 }), // an update, in place
+        (b"AT A +0.000000000 b +1+1 800\n", Offer::RefusedOld),
+        (b"AT A +0.000000000 b +1+1 960\n", Offer::Stored { seq: 3 }),
+        (b"AT A +0.000000000 c +1+1 930\n", Offer::RefusedFull),
+        (b"AT A +0.000000000 c +1+1 970\n", Offer::Stored { seq: 4 }), // evicts a (955)
+        (b"AT A +0.000000000 a +1+1 949\n", Offer::RefusedBelowEvicted), // a new client again, below 955
+        (b"AT A +0.000000000 d +1+1 899\n", Offer::RefusedOld),
+        (b"AT A +0.000000000 e +1+1 990", Offer::Invalid), // no final LF
+    ];
+    for (line, want) in steps {
+        let got = if want == Offer::Invalid {
+            s.offer(line, AtFields { server: (0, 0), client_id: (0, 0), location: (0, 0), client_time: (0, 0) }, now)
+        } else {
+            offer(&mut s, line, now)
+        };
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(line));
+    }
+    // At 1061 s, b (960) is more than 100 s old; c (970) is not.
+    assert_eq!(s.sweep(ts(1061), 10), 1);
+    let want = StoreCounters {
+        stored: 4,
+        not_newer: 2,
+        refused_full: 1,
+        refused_below_evicted: 1,
+        refused_old: 2,
+        invalid: 1,
+        evicted_full: 1,
+        evicted_age: 1,
+    };
+    assert_eq!(*s.counters(), want);
+}
+
 /// A handshake's `least=` value at PROTOCOL.md's field limits: a client time of 40 bytes and a client id
 /// of 255 bytes (510 hex digits) are read, one byte more of either is refused, and the id's bytes come
 /// back from their hex digits (high digit first) in either case of hex.
