@@ -165,6 +165,10 @@ fn the_next_sweep_is_due_when_the_least_record_turns_too_old() {
     assert_eq!(s.sweep(after, 10), 1);
     assert_eq!(s.sweep_due_in(after), Some(Duration::from_millis(4750) - Duration::from_nanos(1)));
     assert_eq!(RecordStore::new().sweep_due_in(ts(1)), None, "no max_age_s");
+    // A time with digits past the ninth is a little more than its nanoseconds: due a nanosecond later.
+    let mut s = RecordStore::with_retention(Retention { max: None, max_age_s: Some(60) });
+    offer(&mut s, &at("A", "a", "+1+1", "990.0000000001"), ts(1000));
+    assert_eq!(s.sweep_due_in(ts(1000)), Some(Duration::from_secs(50) + Duration::from_nanos(1)));
 }
 
 #[test]
