@@ -998,4 +998,41 @@ mod tests {
             assert_eq!(time_at_most(t.as_bytes(), limit), want, "{t}");
         }
     }
+
+    /// PROTOCOL.md section 2's length limits, at the edge and one byte past it, for a client's command
+    /// and for a peer's record: a location of 64 bytes (and of 4, the shortest: `+0+0`), a client id of
+    /// 255 and a client time of 40. Lengths counted by the test, the limits written out by hand.
+    #[test]
+    fn length_limits_hold_at_the_edge() {
+        // (location, valid): `+1.` then zeros, then `+1`; 64 bytes is 3 + 59 + 2.
+        let cases = [
+            (format!("+1.{}+1", "0".repeat(59)), true),
+            (format!("+1.{}+1", "0".repeat(60)), false),
+            ("+0+0".to_string(), true),
+            ("+0+".to_string(), false),
+        ];
+        for (loc, valid) in &cases {
+            assert_eq!(parse_location(loc.as_bytes()).is_some(), *valid, "{} bytes: {loc}", loc.len());
+            let iamat = format!("IAMAT kiwi {loc} 1700000000.5");
+            assert_eq!(matches!(parse_command(iamat.as_bytes()), Command::IAmAt(_)), *valid, "{iamat}");
+            let at = format!("AT Bona +0.000000000 kiwi {loc} 1700000000.5\n");
+            assert_eq!(check_at(at.as_bytes()).is_ok(), *valid, "{at}");
+            // The fast path on its own (check_at falls back to the field check when it stops).
+            assert_eq!(scan_at(at.as_bytes()).is_some(), *valid, "scan: {at}");
+        }
+        assert_eq!(cases[0].0.len(), 64);
+        for (id, valid) in [("k".repeat(255), true), ("k".repeat(256), false)] {
+            let iamat = format!("IAMAT {id} +1+1 1700000000.5");
+            assert_eq!(matches!(parse_command(iamat.as_bytes()), Command::IAmAt(_)), valid, "{} bytes", id.len());
+            let at = format!("AT Bona +0.000000000 {id} +1+1 1700000000.5\n");
+            assert_eq!(check_at(at.as_bytes()).is_ok(), valid, "{} bytes", id.len());
+            assert_eq!(scan_at(at.as_bytes()).is_some(), valid, "scan: {} bytes", id.len());
+        }
+        for (time, valid) in [(format!("1.{}", "5".repeat(38)), true), (format!("1.{}", "5".repeat(39)), false)] {
+            assert_eq!(valid_time(time.as_bytes()), valid, "{} bytes", time.len());
+            let at = format!("AT Bona +0.000000000 kiwi +1+1 {time}\n");
+            assert_eq!(check_at(at.as_bytes()).is_ok(), valid, "{} bytes", time.len());
+            assert_eq!(scan_at(at.as_bytes()).is_some(), valid, "scan: {} bytes", time.len());
+        }
+    }
 }

@@ -285,6 +285,53 @@ mod tests {
         assert_eq!(a.get(keep, 100), &line(100, 9)[..]);
     }
 
+    /// `line_bytes` is the sum of the exact lengths held, through replacements in place and across
+    /// classes: kept by a model (a list of lengths) beside the arena.
+    #[test]
+    fn line_bytes_follow_every_replacement() {
+        let mut a = LineArena::default();
+        let mut held: Vec<(Chunk, usize)> = [10, 100, 101, 300].iter().map(|&n| (a.alloc(&line(n, 1)), n)).collect();
+        // (which line, its new length): in place (same class) and across classes, longer and shorter.
+        let steps = [(0, 9), (1, 99), (2, 102), (3, 299), (0, 40), (1, 2), (2, MAX_LEN), (3, 300), (1, 3)];
+        for (i, n) in steps {
+            let (c, old) = held[i];
+            held[i] = (a.replace(c, old, &line(n, 2)), n);
+            let model: usize = held.iter().map(|&(_, n)| n).sum();
+            assert_eq!(a.line_bytes(), model, "after replacing line {i} by {n} bytes");
+        }
+        for &(c, n) in &held {
+            assert_eq!(a.get(c, n), &line(n, 2)[..]);
+        }
+    }
+
+    /// Pages are 16 KiB (the size the module doc and the memory figures assume): one line costs one page,
+    /// and a page of 100-byte chunks holds 163 of them (16,384 / 100, by hand); the 164th cuts a second.
+    #[test]
+    fn pages_are_16_kib() {
+        let mut a = LineArena::default();
+        a.alloc(&line(100, 1));
+        assert_eq!(a.page_bytes(), 16_384);
+        for _ in 1..163 {
+            a.alloc(&line(100, 1));
+        }
+        assert_eq!(a.page_bytes(), 16_384, "163 lines of 100 bytes fit one page");
+        a.alloc(&line(100, 1));
+        assert_eq!(a.page_bytes(), 2 * 16_384, "the 164th does not");
+    }
+
+    /// Every page the arena may cut (it refuses to cut more than `MAX_PAGES`) has chunk addresses that
+    /// name it: the last page's first and last chunks split back into that page and index. And the bound
+    /// is the 16 GiB the assertion's message promises.
+    #[test]
+    fn every_page_the_arena_may_cut_is_addressable() {
+        let last = MAX_PAGES - 1;
+        for index in [0, (1 << INDEX_BITS) - 1] {
+            let chunk = ((last as u32) << INDEX_BITS) | index as u32;
+            assert_eq!(split(chunk), (last, index));
+        }
+        assert_eq!(MAX_PAGES as u64 * PAGE_BYTES as u64, 16 << 30);
+    }
+
     #[test]
     fn churn_within_fixed_lengths_cuts_no_new_pages() {
         let mut a = LineArena::default();

@@ -214,4 +214,16 @@ mod tests {
     fn an_entry_is_twelve_bytes() {
         assert_eq!(size_of::<Entry>(), 12);
     }
+
+    /// The heap's bytes: 12 a heap entry and 4 a position, of what is allocated (capacity).
+    #[test]
+    fn bytes_count_twelve_an_entry_and_four_a_position() {
+        let mut h = OrderHeap::default();
+        assert_eq!(h.bytes(), 0);
+        for s in [3, 0, 9] {
+            h.push(s, u64::from(s), by_key);
+        }
+        assert!(h.entries.capacity() >= 3 && h.pos.capacity() >= 10);
+        assert_eq!(h.bytes(), h.entries.capacity() * 12 + h.pos.capacity() * 4);
+    }
 }

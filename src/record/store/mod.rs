@@ -494,8 +494,6 @@ impl RecordStore {
         seq
     }
 
-    /// The stored text of `slot`'s record (its line without `AT ` and LF).
-    #[inline]
     /// A repair copy of `line` (an `AT` line) arrived, or is about to be sent: true the first time for
     /// the version held, which is then marked relayed (the mark goes with the version: a newer one starts
     /// unmarked). False when the held record is another version, or this one was relayed already, or
@@ -517,6 +515,8 @@ impl RecordStore {
         true
     }
 
+    /// The stored text of `slot`'s record (its line without `AT ` and LF).
+    #[inline]
     fn line(&self, slot: u32) -> &[u8] {
         line_of(&self.headers, &self.arena, slot)
     }

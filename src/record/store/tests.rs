@@ -165,6 +165,10 @@ fn the_next_sweep_is_due_when_the_least_record_turns_too_old() {
     assert_eq!(s.sweep(after, 10), 1);
     assert_eq!(s.sweep_due_in(after), Some(Duration::from_millis(4750) - Duration::from_nanos(1)));
     assert_eq!(RecordStore::new().sweep_due_in(ts(1)), None, "no max_age_s");
+    // A time with digits past the ninth is a little more than its nanoseconds: due a nanosecond later.
+    let mut s = RecordStore::with_retention(Retention { max: None, max_age_s: Some(60) });
+    offer(&mut s, &at("A", "a", "+1+1", "990.0000000001"), ts(1000));
+    assert_eq!(s.sweep_due_in(ts(1000)), Some(Duration::from_secs(50) + Duration::from_nanos(1)));
 }
 
 #[test]
@@ -217,6 +221,67 @@ fn a_replay_keeps_each_records_seq_and_the_counter_resumes_after_the_greatest() 
     assert_eq!((s.get(b"b").unwrap().seq(), s.max_seq()), (3, 12));
     s.resume_seq_after(20);
     assert_eq!(offer(&mut s, &at("A", "d", "+1+1", "5"), EPOCH), Offer::Stored { seq: 21 });
+}
+
+/// Seqs are 47 bits, split over two header words: values past 32 bits come back whole (with the relayed
+/// mark set beside them), and the limit is 2^47 exclusive. Expected values written out by hand.
+#[test]
+fn seqs_past_32_bits_come_back_whole_up_to_the_47_bit_limit() {
+    let mut s = RecordStore::new();
+    let cases: [(&str, u64); 3] = [("a", (1 << 32) + 7), ("b", (1 << 46) + (1 << 32) + 3), ("c", (1 << 47) - 1)];
+    for (id, seq) in cases {
+        let line = at("A", id, "+1+1", "5");
+        assert_eq!(s.offer_with_seq(&line, split_fields(&line), EPOCH, seq), Offer::Stored { seq });
+        assert!(s.relay_once(&line), "marked relayed");
+    }
+    for (id, seq) in cases {
+        assert_eq!(s.get(id.as_bytes()).unwrap().seq(), seq, "{id}");
+    }
+    assert_eq!(s.max_seq(), (1 << 47) - 1);
+    s.resume_seq_after((1 << 47) - 1); // the greatest seq a journal can hold: accepted
+                                       // A delta walk after b's seq finds c alone; after a's, b and c.
+    let since = |after: u64| {
+        let (mut cursor, mut ids) = (0, Vec::new());
+        while let Some((next, r)) = s.next_since(cursor, after) {
+            ids.push(r.client_id().to_vec());
+            cursor = next;
+        }
+        ids
+    };
+    assert_eq!(since((1 << 46) + (1 << 32) + 3), vec![b"c".to_vec()]);
+    assert_eq!(since((1 << 32) + 7), vec![b"b".to_vec(), b"c".to_vec()]);
+    assert_eq!(since(6), vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+}
+
+#[test]
+#[should_panic(expected = "sequence numbers are 47 bits")]
+fn a_replayed_seq_of_2_47_is_refused() {
+    let mut s = RecordStore::new();
+    let line = at("A", "a", "+1+1", "5");
+    s.offer_with_seq(&line, split_fields(&line), EPOCH, 1 << 47);
+}
+
+#[test]
+#[should_panic(expected = "sequence numbers are 47 bits")]
+fn resuming_at_2_47_is_refused() {
+    let mut s = RecordStore::new();
+    s.resume_seq_after(1 << 47);
+}
+
+/// `reserve(n)` sizes the index for n more records, so a replay of n records never grows (rehashes) it.
+#[test]
+fn a_reserved_store_takes_that_many_records_without_growing_its_index() {
+    for n in [1usize, 7, 1000, 5000] {
+        let mut s = RecordStore::new();
+        assert!(offer(&mut s, &at("A", "first", "+1+1", "1"), EPOCH).is_stored());
+        s.reserve(n);
+        let capacity = s.index.capacity();
+        assert!(capacity > n, "{capacity} buckets for {n} + 1 records");
+        for i in 0..n {
+            assert!(offer(&mut s, &at("A", &format!("c{i}"), "+1+1", "2"), EPOCH).is_stored());
+            assert_eq!(s.index.capacity(), capacity, "grew at record {i} of {n}");
+        }
+    }
 }
 
 #[test]
@@ -357,6 +422,133 @@ fn the_handshake_states_the_least_record_only_when_full() {
         assert_eq!(least.is_below(&other.get(id.as_bytes()).unwrap()), below, "{id} {t}");
     }
     assert!(RecordStore::new().least_when_full().is_none(), "an unbounded store is never full");
+}
+
+/// A record's slot is where it lives: slots are taken from 0 in order of arrival, a slot freed by an
+/// eviction is the next one taken, and a cursor walk returns each record with the cursor just past its
+/// slot. Expected slots written out by hand.
+#[test]
+fn slots_are_taken_in_order_and_reused_after_an_eviction() {
+    let mut s = bounded(3);
+    for (id, time) in [("a", "5"), ("b", "6"), ("c", "7")] {
+        assert!(offer(&mut s, &at("A", id, "+1+1", time), EPOCH).is_stored());
+    }
+    let slot = |s: &RecordStore, id: &str| s.get(id.as_bytes()).unwrap().slot();
+    assert_eq!((slot(&s, "a"), slot(&s, "b"), slot(&s, "c")), (0, 1, 2));
+    // d evicts a (the least) and takes its slot.
+    assert!(offer(&mut s, &at("A", "d", "+1+1", "8"), EPOCH).is_stored());
+    assert!(s.get(b"a").is_none());
+    assert_eq!((slot(&s, "d"), s.slots()), (0, 3));
+    let walk: Vec<(u32, u32, Vec<u8>)> = {
+        let (mut cursor, mut out) = (0, Vec::new());
+        while let Some((next, r)) = s.next_from(cursor) {
+            out.push((next, r.slot(), r.client_id().to_vec()));
+            cursor = next;
+        }
+        out
+    };
+    assert_eq!(walk, vec![(1, 0, b"d".to_vec()), (2, 1, b"b".to_vec()), (3, 2, b"c".to_vec())]);
+}
+
+/// The store's gauges: `line_bytes` is the exact length of the lines held without their `AT ` and LF
+/// (lengths counted by hand), through a replacement and an eviction; `bytes` is one 16 KiB page for
+/// lines of one size class (23 and 24 bytes), plus 12 bytes a header slot, the heap's bytes and the index's allocation;
+/// `retention` is what the store was made with.
+#[test]
+fn the_gauges_add_up() {
+    let retention = Retention { max: Some(2), max_age_s: Some(60) };
+    let mut s = RecordStore::with_retention(retention);
+    assert_eq!(s.retention(), retention);
+    assert_eq!((s.line_bytes(), s.bytes()), (0, 0));
+    // "AT A +0.000000000 a +1+1 5\n" is 27 bytes, 23 without "AT " and LF.
+    assert!(offer(&mut s, &at("A", "a", "+1+1", "5"), ts(10)).is_stored());
+    assert_eq!(s.line_bytes(), 23);
+    assert!(offer(&mut s, &at("A", "b", "+1+1", "6"), ts(10)).is_stored());
+    assert_eq!(s.line_bytes(), 46);
+    assert!(offer(&mut s, &at("A", "b", "+1+1", "60"), ts(10)).is_stored()); // b's line grows by 1
+    assert_eq!(s.line_bytes(), 47);
+    assert!(offer(&mut s, &at("A", "cc", "+1+1", "7"), ts(10)).is_stored()); // evicts a (23), adds 24
+    assert_eq!((s.line_bytes(), s.len()), (48, 2));
+    assert_eq!(size_of::<Header>(), 12);
+    let parts = 16_384 + s.headers.capacity() * 12 + s.order.bytes() + s.index.allocation_size();
+    assert!(s.index.allocation_size() > 0 && s.order.bytes() > 0);
+    assert_eq!(s.bytes(), parts);
+}
+
+/// The age limit ends where the time key does: with the clock such that now - max_age_s is 2^33 s (the
+/// year 2242) or later, nothing is too old, whatever the nanoseconds; one second earlier, a record of
+/// time 0 is. (2^33 = 8,589,934,592, written out.)
+#[test]
+fn past_the_keys_range_nothing_is_too_old() {
+    let max_age = 10;
+    let mut s = RecordStore::with_retention(Retention { max: None, max_age_s: Some(max_age) });
+    let past = Timestamp { secs: 8_589_934_592 + max_age, nanos: 500_000_000 };
+    assert_eq!(offer(&mut s, &at("A", "a", "+1+1", "0.0000001"), past), Offer::Stored { seq: 1 });
+    assert!(!s.sweep_due(past));
+    assert_eq!(s.sweep(past, 10), 0);
+    let before = Timestamp { secs: 8_589_934_591 + max_age, nanos: 500_000_000 };
+    assert_eq!(offer(&mut s, &at("A", "b", "+1+1", "0"), before), Offer::RefusedOld);
+    assert!(s.sweep_due(before));
+}
+
+/// Every counter against a hand-written table: a run of offers, a sweep, with the outcome of each
+/// worked out by hand from the rules (max 2, max_age_s 100, clock at 1000 s).
+#[test]
+fn counters_follow_a_table() {
+    let mut s = RecordStore::with_retention(Retention { max: Some(2), max_age_s: Some(100) });
+    let now = ts(1000);
+    let steps: [(&[u8], Offer); 11] = [
+        (b"AT A +0.000000000 a +1+1 950\n", Offer::Stored { seq: 1 }),
+        (b"AT A +0.000000000 a +1+1 950\n", Offer::NotNewer),
+        (b"AT A +0.000000000 a +1+1 940\n", Offer::NotNewer),
+        (b"AT A +0.000000000 a +1+1 955\n", Offer::Stored { seq: 2 }), // an update, in place
+        (b"AT A +0.000000000 b +1+1 800\n", Offer::RefusedOld),
+        (b"AT A +0.000000000 b +1+1 960\n", Offer::Stored { seq: 3 }),
+        (b"AT A +0.000000000 c +1+1 930\n", Offer::RefusedFull),
+        (b"AT A +0.000000000 c +1+1 970\n", Offer::Stored { seq: 4 }), // evicts a (955)
+        (b"AT A +0.000000000 a +1+1 949\n", Offer::RefusedBelowEvicted), // a new client again, below 955
+        (b"AT A +0.000000000 d +1+1 899\n", Offer::RefusedOld),
+        (b"AT A +0.000000000 e +1+1 990", Offer::Invalid), // no final LF
+    ];
+    for (line, want) in steps {
+        let got = if want == Offer::Invalid {
+            s.offer(line, AtFields { server: (0, 0), client_id: (0, 0), location: (0, 0), client_time: (0, 0) }, now)
+        } else {
+            offer(&mut s, line, now)
+        };
+        assert_eq!(got, want, "{}", String::from_utf8_lossy(line));
+    }
+    // At 1061 s, b (960) is more than 100 s old; c (970) is not.
+    assert_eq!(s.sweep(ts(1061), 10), 1);
+    let want = StoreCounters {
+        stored: 4,
+        not_newer: 2,
+        refused_full: 1,
+        refused_below_evicted: 1,
+        refused_old: 2,
+        invalid: 1,
+        evicted_full: 1,
+        evicted_age: 1,
+    };
+    assert_eq!(*s.counters(), want);
+}
+
+/// A handshake's `least=` value at PROTOCOL.md's field limits: a client time of 40 bytes and a client id
+/// of 255 bytes (510 hex digits) are read, one byte more of either is refused, and the id's bytes come
+/// back from their hex digits (high digit first) in either case of hex.
+#[test]
+fn a_least_value_is_read_up_to_the_field_limits() {
+    let time40 = format!("{}.{}", "1".repeat(10), "5".repeat(29));
+    assert_eq!(time40.len(), 40);
+    let id255 = "fA".repeat(255);
+    let point = OrderPoint::parse(format!("{time40},{id255}").as_bytes()).expect("at the limits");
+    assert_eq!((point.time.len(), point.id.len()), (40, 255));
+    assert!(point.id.iter().all(|&b| b == 0xfa), "each byte from its two digits, high first");
+    assert_eq!(OrderPoint::parse(format!("{time40}5,{id255}").as_bytes()), None, "a 41-byte time");
+    assert_eq!(OrderPoint::parse(format!("{time40},{id255}fa").as_bytes()), None, "a 256-byte id");
+    let one = OrderPoint::parse(b"7,0f").expect("one byte");
+    assert_eq!((one.time, one.id), (b"7".to_vec(), vec![0x0f]));
+    assert_eq!(OrderPoint::parse(b"7,f0").unwrap().id, vec![0xf0]);
 }
 
 // ---- Property tests against a model ----

@@ -28,15 +28,17 @@ use crate::http::Response;
 use crate::places::{self, Api, Endpoint, Failure, PlacesAnswer};
 use mio::Token;
 use rustls::pki_types::ServerName;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 mod cache;
+mod queue;
 mod threads;
 
 pub use cache::Key;
+pub use queue::Queue;
 
 use cache::CacheEntry;
 use threads::ShapeJob;
@@ -176,7 +178,8 @@ pub struct PlacesClient {
     cache_max_bytes: usize,
     pub requests: HashMap<u64, Request>,
     by_key: HashMap<Key, u64>,
-    pub queue: VecDeque<u64>,
+    /// Requests waiting for a connection (removal by id is O(1), for deadlines that fire in bursts).
+    pub queue: Queue,
     pub idle: Vec<Token>,
     pub conns: usize,
     next_id: u64,
@@ -412,7 +415,7 @@ impl PlacesClient {
         let request = self.requests.remove(&id)?;
         self.by_key.remove(&request.key);
         self.pending_bytes -= request.cost;
-        self.queue.retain(|&q| q != id);
+        self.queue.remove(id);
         self.counters.errors_timeout += 1;
         let mut answer = Failure::Timeout(self.timeout.as_millis() as u64).answer();
         let log = format!(
@@ -428,7 +431,7 @@ impl PlacesClient {
     /// Requests that cannot start because the address is unknown: fail them all.
     pub fn fail_unresolvable(&mut self, now: Instant) -> Vec<(Replies, String)> {
         let Address::Failed(why) = self.address.clone() else { return Vec::new() };
-        let ids: Vec<u64> = self.queue.drain(..).collect();
+        let ids = self.queue.take_all();
         let mut out = Vec::new();
         for id in ids {
             let outcome = Outcome::Failed { kind: FailKind::Connect, message: why.clone(), retry: false };
@@ -660,12 +663,39 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(refused).unwrap();
         assert_eq!(value["error_message"], Failure::ServerPending.message());
         assert_eq!(c.counters.refused_bytes, 2);
-        // Expiring them gives every byte back.
+        // Expiring them gives every byte back, and empties the queue.
+        assert_eq!(c.queue.len(), ids.len());
         for id in ids {
             c.expire(id, t0 + Duration::from_secs(1)).expect("pending");
         }
         assert_eq!(c.pending_bytes(), 0);
+        assert!(c.queue.is_empty() && c.queue.front().is_none());
         assert!(c.admit(0, 8).is_ok());
+    }
+
+    #[test]
+    fn an_expired_request_leaves_the_queue_and_the_rest_keep_their_order() {
+        let (_poll, mut c) = client();
+        let t0 = Instant::now();
+        let ids: Vec<u64> = (0..5u8)
+            .map(|i| {
+                let location = format!("+3{i}-118");
+                let key = PlacesClient::key_for(location.as_bytes(), b"10");
+                let waiter = Waiter { client: Token(1), ticket: u64::from(i), bound: 1 };
+                c.join_or_create(key, location.as_bytes(), b"10", waiter, t0).expect("new")
+            })
+            .collect();
+        // The first, a middle one and the last expire while queued; an expiry twice answers nothing.
+        for i in [0, 2, 4] {
+            let (replies, conn, _) = c.expire(ids[i], t0 + Duration::from_secs(1)).expect("pending");
+            assert_eq!((replies.len(), conn), (1, None));
+        }
+        assert!(c.expire(ids[2], t0 + Duration::from_secs(1)).is_none());
+        // The two left start in the order they came, and nothing else is queued.
+        assert_eq!(c.queue.front(), Some(&ids[1]));
+        assert_eq!((c.queue.pop_front(), c.queue.pop_front(), c.queue.pop_front()), (Some(ids[1]), Some(ids[3]), None));
+        assert!(c.queue.is_empty());
+        assert_eq!(c.counters.errors_timeout, 3);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 //! starts: `herd-shaper`, which turns response bodies into answers, and `herd-resolver`, which resolves
 //! the host name (DNS blocks). Both hand their results back through channels and wake the loop.
 
-use super::{Address, PlacesClient, PlacesCounters};
+use super::{Address, PlacesClient, PlacesCounters, Queue};
 use crate::config::{PlacesApi, PlacesConfig};
 use crate::places::{Api, Endpoint, Failure, PlacesAnswer};
 use crate::server::error::ServerError;
 use rustls::pki_types::ServerName;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -132,7 +132,7 @@ impl PlacesClient {
             cache_bytes: 0,
             requests: HashMap::new(),
             by_key: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: Queue::default(),
             idle: Vec::new(),
             conns: 0,
             next_id: 0,
