@@ -40,8 +40,10 @@ pub enum Mode {
     /// To every live neighbour but the sender; every server that stores it does the same.
     Flood,
     /// A repair: a record whose tree is broken at the sender, or that a broken link carried
-    /// unacknowledged. To every live neighbour but the sender, and every server passes each version of
-    /// a record on in a repair once, *whether or not it stores it* (`RecordStore::relay_once`).
+    /// unacknowledged. The server where it starts sends it to every live neighbour (its tree parent's
+    /// included: the way around the break may start there); every server passes each version of a
+    /// record on in a repair once, to every live neighbour but the one it came from, *whether or not it
+    /// stores it* (`RecordStore::relay_once`).
     ///
     /// A plain flood stops at the first server that already holds the record, which is right for a new
     /// record and wrong for a repair: the servers around a break hold it (it reached them down their
@@ -50,6 +52,17 @@ pub enum Mode {
     /// record meets, its repairs together cost at most one relay per server and link: plain flooding's
     /// `2E - (N - 1)`, on top of the tree messages it had cost before the break was seen.
     Repair,
+}
+
+impl Mode {
+    /// The mode's name in the log (`peer-send` counts, `records`-detail lines).
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Tree => "tree",
+            Mode::Flood => "flood",
+            Mode::Repair => "repair",
+        }
+    }
 }
 
 /// The shortest-path trees of a whole herd: `parent[o][x]`, the server that sends origin `o`'s records

@@ -107,11 +107,8 @@ impl HandOff {
 fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8], to: &mut String) {
     for group in sends.chunk_by(|a, b| (a.start, a.end) == (b.start, b.end)) {
         to.clear();
-        to.push_str(match group[0].mode {
-            Mode::Tree => "tree:",
-            Mode::Flood => "flood:",
-            Mode::Repair => "repair:",
-        });
+        to.push_str(group[0].mode.name());
+        to.push(':');
         for s in group {
             to.push(' ');
             to.push_str(&ctx.neighbours[s.neighbour as usize].name);
@@ -125,16 +122,12 @@ fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8], to: &mut String) {
 fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 3]>) {
     counts.clear();
     counts.resize(ctx.neighbours.len(), [0; 3]);
+    const MODES: [Mode; 3] = [Mode::Tree, Mode::Flood, Mode::Repair]; // in declaration order: `mode as usize`
     for s in sends {
-        let mode = match s.mode {
-            Mode::Tree => 0,
-            Mode::Flood => 1,
-            Mode::Repair => 2,
-        };
-        counts[s.neighbour as usize][mode] += 1;
+        counts[s.neighbour as usize][s.mode as usize] += 1;
     }
-    for (n, [tree, flood, repair]) in counts.iter().enumerate().filter(|(_, c)| c.iter().any(|&x| x > 0)) {
-        let counts = [("tree", *tree), ("flood", *flood), ("repair", *repair)];
+    for (n, c) in counts.iter().enumerate().filter(|(_, c)| c.iter().any(|&x| x > 0)) {
+        let counts = [(MODES[0].name(), c[0]), (MODES[1].name(), c[1]), (MODES[2].name(), c[2])];
         ctx.log.peer_counts("peer-send", &ctx.neighbours[n].name, &counts);
     }
 }

@@ -154,15 +154,13 @@ impl Ctx {
                 return queued || !self.refloods.is_empty();
             };
             job.cursor = next;
-            line.clear();
-            record.write_line(&mut line);
-            let Some(fields) = protocol::parse_at(&line) else { continue };
-            let server = &line[fields.server.0 as usize..fields.server.1 as usize];
-            let origin = self.routes.origin(server);
             // Only what went (or would have gone) down the tree to that neighbour can be missing there.
+            let origin = self.routes.origin(record.server());
             if origin.is_some_and(|o| !self.routes.children(o).contains(&(job.neighbour as u32))) {
                 continue;
             }
+            line.clear();
+            record.write_line(&mut line);
             if !self.records.relay_once(&line) {
                 continue;
             }
