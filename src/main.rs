@@ -80,10 +80,8 @@ fn load_config(path: &Path) -> Result<Config, i32> {
 
 fn serve(args: &[String]) -> i32 {
     let truncate_corrupt = args.iter().any(|a| a == "--journal-truncate-corrupt");
-    // Hidden, for benches/compare only: SO_REUSEPORT on the client port (sockets::share_client_port).
-    if args.iter().any(|a| a == "--reuseport") {
-        herd::server::sockets::share_client_port();
-    }
+    // Hidden, for benches/compare only: SO_REUSEPORT on the client port (`Config::share_client_port`).
+    let share_client_port = args.iter().any(|a| a == "--reuseport");
     let args: Vec<String> =
         args.iter().filter(|a| !matches!(a.as_str(), "--journal-truncate-corrupt" | "--reuseport")).cloned().collect();
     let (path, names) = match config_and_names(&args) {
@@ -100,6 +98,7 @@ fn serve(args: &[String]) -> i32 {
     if let Some(j) = config.journal.as_mut() {
         j.truncate_corrupt = truncate_corrupt;
     }
+    config.share_client_port = share_client_port;
     match herd::server::serve(&config, name) {
         Ok(()) => 0,
         Err(e) => start_failed(&e),

@@ -49,6 +49,13 @@ pub struct Config {
     pub peer_tls: Option<PeerTlsConfig>,
     /// `journal` (issue 15): every stored record appended to `dir/NAME/` and replayed at start.
     pub journal: Option<JournalConfig>,
+    /// Set by the hidden `herd serve NAME --reuseport` (benches/compare only), never by the file: the
+    /// client listener gets `SO_REUSEPORT`, so several server processes can listen on one client port and
+    /// the kernel spreads new connections over them by a hash of the address pair. It is not a feature
+    /// of the herd: each process keeps its own record table, so processes sharing a port agree only if
+    /// they are linked as neighbours in the config (benches/compare/measure.py measures both ways). Never
+    /// set for the peer or admin ports.
+    pub share_client_port: bool,
 }
 
 /// `"peer_tls": {"ca_file": F, "cert_dir": D}`: the herd CA every peer certificate must chain to, and the

@@ -145,6 +145,7 @@ pub(super) fn from_value(value: &Value) -> Result<Config, FieldError> {
             None => crate::record::Retention::default(),
             Some(v) => parse_records(v)?,
         },
+        share_client_port: false,
     })
 }
 

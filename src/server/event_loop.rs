@@ -104,7 +104,7 @@ impl Server {
             neighbours.push(Neighbour::new(s.name.clone(), s.peer_addr().map_err(bad)?));
         }
         let admin_addr = me.admin_port.map(|port| SocketAddr::new(config.admin_host, port));
-        let mut listeners = Listeners::bind(name, client_addr, peer_addr, admin_addr)?;
+        let mut listeners = Listeners::bind(name, client_addr, peer_addr, admin_addr, config.share_client_port)?;
         // Before the log file: a server that cannot present its certificate must not start at all.
         let peer_tls = match &config.peer_tls {
             Some(tls) => Some(PeerTls::load(tls, &config.path, name).map_err(ServerError::PeerTls)?),

@@ -22,7 +22,6 @@ use mio::{Interest, Registry, Token};
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Admin connections open at once (it is an operator's tool, not a public service).
@@ -33,20 +32,6 @@ const MAX_HANDSHAKING: usize = 64;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// The accept queue asked of the kernel (it caps it at `net.core.somaxconn`, 4096 by default).
 const LISTEN_BACKLOG: i32 = 4096;
-
-/// Set by the hidden `herd serve NAME --reuseport` (benches/compare only): the client listener gets
-/// `SO_REUSEPORT`, so several server processes can listen on one client port and the kernel spreads new
-/// connections over them by a hash of the address pair. It is not a feature of the herd: each process
-/// keeps its own record table, so processes sharing a port agree only if they are linked as neighbours
-/// in the config (benches/compare/measure.py measures both ways). Off by default, and never set for the
-/// peer or admin ports.
-static SHARE_CLIENT_PORT: AtomicBool = AtomicBool::new(false);
-
-/// Makes every client listener bound from now on in this process set `SO_REUSEPORT` (see
-/// [`SHARE_CLIENT_PORT`]). Called by `main` before `serve`, for the comparison benchmarks only.
-pub fn share_client_port() {
-    SHARE_CLIENT_PORT.store(true, Ordering::Relaxed);
-}
 
 /// The three listening sockets of a server, and the state of accepting from them.
 pub struct Listeners {
@@ -62,14 +47,16 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds the client and peer ports, and the admin port if there is one: all or nothing.
+    /// Binds the client and peer ports, and the admin port if there is one: all or nothing. With
+    /// `share_client_port` (`Config::share_client_port`) the client listener gets `SO_REUSEPORT`.
     pub fn bind(
         server: &str,
         client: SocketAddr,
         peer: SocketAddr,
         admin: Option<SocketAddr>,
+        share_client_port: bool,
     ) -> Result<Listeners, ServerError> {
-        let client = listen(server, client, "client port", SHARE_CLIENT_PORT.load(Ordering::Relaxed))?;
+        let client = listen(server, client, "client port", share_client_port)?;
         let peer = listen(server, peer, "peer port", false)?;
         let admin = admin.map(|addr| listen(server, addr, "admin port", false)).transpose()?;
         Ok(Listeners {
@@ -358,7 +345,7 @@ pub fn dial_places(addr: SocketAddr, conns: &mut Conns, ctx: &mut Ctx) -> Option
 }
 
 /// Binds a listener, with an error that names the server, the address and its role; with `share`, the
-/// socket gets `SO_REUSEPORT` before it binds ([`SHARE_CLIENT_PORT`]).
+/// socket gets `SO_REUSEPORT` before it binds (`Config::share_client_port`).
 fn listen(server: &str, addr: SocketAddr, what: &'static str, share: bool) -> Result<TcpListener, ServerError> {
     let bound = if share { bind_shared(addr) } else { TcpListener::bind(addr) };
     let listener = bound.map_err(|source| ServerError::Listen { server: server.to_string(), what, addr, source })?;
