@@ -16,14 +16,22 @@
 //!
 //! - [`Mode::Tree`]: a server that receives it (or stores it from a client) sends it to its children in
 //!   its origin's tree, if the sending link to every one of those children is live.
-//! - [`Mode::Flood`]: otherwise the tree is broken below this server, and the record floods: to every
-//!   live neighbour but the one it came from, and every server that stores it floods it on. Flooding
-//!   is the repair path; newest-wins ends it, so it costs at most what plain flooding costs.
+//! - [`Mode::Repair`]: otherwise the tree is broken below this server, and a repair starts here: the
+//!   record goes round the break through the servers that hold it (see the variant).
+//! - [`Mode::Flood`]: a record learned by anti-entropy when a link comes up floods on, to every live
+//!   neighbour but the one it came from, and every server that stores it floods it on: whoever was cut
+//!   off with the receiver needs it. (Without routes, every record floods: plain flooding.)
 //!
 //! A record whose tree link broke *after* it was sent (lost in flight, or held by a neighbour that died)
-//! is sent again by the server above that link, as a flood of everything the neighbour had not
-//! acknowledged (`Ctx::link_out_closed`). Records learned by anti-entropy when a link comes up are
-//! flooded on too: whoever was cut off with the receiver needs them.
+//! is repaired by the server above that link, with everything the neighbour had not acknowledged
+//! (`Ctx::link_out_closed`).
+//!
+//! A repair costs at most what plain flooding costs, however many breaks it meets: per version of a
+//! record, each server passes it on in one repair at most (`RecordStore::relay_once`), never sends the
+//! record itself back over the link it first came from, and sends it on each other link once at most.
+//! Where the neighbour holds the record already (down the tree, to this server or from it) a repair
+//! sends a [`Mode::Notice`] instead: a few bytes that make the neighbour pass the repair on without
+//! the record crossing the link again, the way Plumtree's lazy announcements stand in for payloads.
 //!
 //! This module is pure (no sockets, no clock): the server and the propagation simulation
 //! (`herd::sim`) use the same code.
@@ -40,18 +48,19 @@ pub enum Mode {
     /// To every live neighbour but the sender; every server that stores it does the same.
     Flood,
     /// A repair: a record whose tree is broken at the sender, or that a broken link carried
-    /// unacknowledged. The server where it starts sends it to every live neighbour (its tree parent's
-    /// included: the way around the break may start there); every server passes each version of a
-    /// record on in a repair once, to every live neighbour but the one it came from, *whether or not it
-    /// stores it* (`RecordStore::relay_once`).
+    /// unacknowledged. Every server passes each version of a record on in a repair once, stored now or
+    /// held already (`RecordStore::relay_once`), to every live neighbour but the one the repair came
+    /// from: the record itself to a neighbour that may lack it, a [`Mode::Notice`] to one that holds it.
     ///
     /// A plain flood stops at the first server that already holds the record, which is right for a new
     /// record and wrong for a repair: the servers around a break hold it (it reached them down their
     /// own trees), and the ones that lack it are beyond them. Passing each version on once, in whatever
-    /// repair reaches a server first, reaches every server still connected, and however many breaks a
-    /// record meets, its repairs together cost at most one relay per server and link: plain flooding's
-    /// `2E - (N - 1)`, on top of the tree messages it had cost before the break was seen.
+    /// repair reaches a server first, reaches every server still connected.
     Repair,
+    /// A repair's notice (peer protocol version 4): "pass on your copy of this version in a repair". Sent
+    /// instead of the record to a tree neighbour that holds it: the parent it came from, or a child it
+    /// went to. A server that does not hold that version does nothing with it.
+    Notice,
 }
 
 impl Mode {
@@ -61,6 +70,7 @@ impl Mode {
             Mode::Tree => "tree",
             Mode::Flood => "flood",
             Mode::Repair => "repair",
+            Mode::Notice => "notice",
         }
     }
 }
@@ -215,6 +225,12 @@ impl Routes {
         self.parents.get(origin).filter(|&&p| p != NONE).map(|&p| p as usize)
     }
 
+    /// Whether neighbour `slot` holds `origin`'s records that this server holds down the tree: it is this
+    /// server's parent in that tree (they came from it) or one of its children (they went to it).
+    pub fn tree_neighbour(&self, origin: usize, slot: usize) -> bool {
+        !self.starts.is_empty() && (self.parent(origin) == Some(slot) || self.children(origin).contains(&(slot as u32)))
+    }
+
     /// How a record of `origin` that arrived in `mode` (a client's `IAMAT`: `Tree`) goes on, given
     /// which sending links are live (`live[slot]`). A flood stays a flood; a tree record stays in the
     /// tree while every child's link is live, and floods otherwise.
@@ -223,7 +239,7 @@ impl Routes {
             return Plan::Flood; // no trees
         }
         match mode {
-            Mode::Flood | Mode::Repair => Plan::Flood,
+            Mode::Flood | Mode::Repair | Mode::Notice => Plan::Flood,
             Mode::Tree => {
                 let children = self.children(origin);
                 if children.iter().all(|&c| live[c as usize]) {

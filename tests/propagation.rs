@@ -199,3 +199,67 @@ fn print_record_counters(herd: &Herd, dead: &str) {
         eprintln!("{}: {}", m.name, counters.join(" | "));
     }
 }
+
+/// Reads from `s` until what was read contains `needle`; returns all of it.
+fn read_until_contains(s: &mut std::net::TcpStream, needle: &str) -> String {
+    let mut text = String::new();
+    while !text.contains(needle) {
+        text.push_str(&String::from_utf8(read_until(s, b"\n")).unwrap());
+    }
+    text
+}
+
+/// A repair's notice on the wire (peer protocol version 4), with real server A and the test playing its
+/// neighbours B and C (links A-B, A-C, B-C). A gets B's record down B's tree (B is A's parent there), then
+/// a notice of it from C: A relays its copy, and its only other live link is B, which holds the record, so
+/// B gets the notice (`N` frame: client id and client time), not the record. The same with C's record
+/// and a notice from B, except that C answered A's handshake with `v=3`: a version 3 neighbour gets the
+/// record itself in a repair frame instead, as version 3 did.
+#[test]
+fn a_repair_sends_a_tree_neighbour_holding_the_record_a_notice_and_a_version_3_one_the_record() {
+    let config = HerdConfig::new(&["A", "B", "C"], &[("A", "B"), ("A", "C"), ("B", "C")], "");
+    let a = config.member("A").clone();
+    let listen = |name: &str| std::net::TcpListener::bind(("127.0.0.1", config.member(name).peer_port)).unwrap();
+    let (b_listener, c_listener) = (listen("B"), listen("C"));
+    let _a = config.serve("A");
+    // A's sending links: B speaks version 4, C version 3.
+    let mut from_a = Vec::new();
+    for (listener, version) in [(&b_listener, 4), (&c_listener, 3)] {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let hello = String::from_utf8(read_until(&mut s, b"\n")).unwrap();
+        assert!(hello.split_whitespace().any(|f| f == "v=4"), "{hello}");
+        let me = hello.split_whitespace().nth(2).unwrap().to_string();
+        s.write_all(format!("WELCOME {me} n2 - v={version}\n").as_bytes()).unwrap();
+        read_until_contains(&mut s, "PROOF -\n");
+        from_a.push(s);
+    }
+    // Our sending links to A, as B and as C.
+    let dial = |name: &str| {
+        let mut s = connect(a.peer_port);
+        s.write_all(format!("HELLO {name} A n1\nPROOF -\n").as_bytes()).unwrap();
+        s
+    };
+    let mut to_a = [dial("B"), dial("C")];
+    let now = now_text();
+    let frame = |mode: char, body: &str| format!("{mode} {:05}\n{body}", body.len());
+    // (origin and its socket index, the record's client id): B's record, noticed by C; C's, noticed by B.
+    for (origin, id) in [(0, "fromb"), (1, "fromc")] {
+        let name = ["B", "C"][origin];
+        let line = format!("AT {name} +0.100000000 {id} +34.068930-118.445127 {now}\n");
+        to_a[origin].write_all(frame('T', &line).as_bytes()).unwrap();
+        wait_record(a.port, id, &line[..line.len() - 1], Duration::from_secs(10));
+        let notice = format!("{id} {now}\n");
+        to_a[1 - origin].write_all(frame('N', &notice).as_bytes()).unwrap();
+        // What A sent the origin, its tree parent for this record, up to the repair.
+        let (want, until) = match origin {
+            0 => (frame('N', &notice), notice.clone()),
+            _ => (frame('R', &line), line.clone()),
+        };
+        let text = read_until_contains(&mut from_a[origin], &until);
+        assert!(text.contains(&want), "{name}: {want:?} not in {text:?}");
+        assert_eq!(text.matches(id).count(), 1, "{name}: the record went once, as a notice or a repair: {text:?}");
+    }
+    assert_eq!(metric(a.admin_port, "herd_notices_received_total"), 2);
+    assert_eq!(metric(a.admin_port, "herd_notices_sent_total"), 2, "counted as notices, whatever C was sent");
+}

@@ -260,7 +260,7 @@ fn a_catch_up_leaves_out_what_a_full_neighbour_would_refuse() {
     let hello = String::from_utf8(read_until(&mut s, b"\n")).unwrap();
     let fields: Vec<&str> = hello.split_whitespace().collect();
     assert_eq!(&fields[..3], ["HELLO", "A", "B"], "{hello}");
-    assert!(fields.contains(&"v=3") && fields.contains(&"max=100"), "{hello}");
+    assert!(fields.contains(&"v=4") && fields.contains(&"max=100"), "{hello}");
     assert!(!hello.contains("least="), "A is not full: {hello}");
     let least = format!("{},{}", base + 16, "c16".bytes().map(|b| format!("{b:02x}")).collect::<String>());
     // A version 2 neighbour: A sends it bare AT lines (no frames), which is what this test reads.

@@ -71,19 +71,42 @@ fn after_a_few_link_failures_heal_every_one_of_100_servers_holds_every_clients_n
 }
 
 /// Issue 19: "a record never costs more than plain flooding's 2E - (N - 1) messages, even while
-/// repairing". Under link failures the simulation finds records above it: the repair relays (at most
-/// one per server and link) come on top of the tree sends before the break, of plain floods (a catch-up
-/// at link-up floods on from its receiver), and of the catch-ups themselves.
+/// repairing". Every record's tree, flood and repair sends together stay within it, under link failures
+/// that heal and under some that never do, at 10 and 30 servers and four seeds: per version, each server
+/// relays once, never sends the record back where it first came from, sends it on each other link once
+/// at most, and sends a notice instead where the neighbour holds it. (With repairs sent as records to
+/// every live link, 2e53e5c to bd82ff6, the first run here cost one record 57 sends against 37.)
+///
+/// A link-up catch-up is counted apart: plain flooding pays it too, and with it plain flooding itself
+/// passes 2E - (N - 1) in these runs, which the test shows as well, so the bound cannot mean it.
 #[test]
-#[ignore = "issue 19 finding: under link failures a record can cost more than 2E-(N-1) sends (repair relays on top of tree, flood and catch-up sends); see BENCHMARKS.md"]
 fn while_repairing_a_record_costs_at_most_2e_minus_n_plus_1_messages() {
+    let mut flooding_past_its_bound = 0;
     for n in [10, 30] {
-        for seed in SEEDS {
-            let failures = edges(n, seed) / 4;
-            let o = run(n, Scheme::Tree, seed, failures, false);
-            assert!(o.max_sends <= o.bound, "N={n} seed {seed}: {} > {}: {}", o.max_sends, o.bound, o.worst);
+        for seed in [1, 2, 3, 4] {
+            let e = edges(n, seed);
+            for (failures, permanent) in [(e / 4, 0), (e / 8, 2)] {
+                let o = run_with(n, Scheme::Tree, seed, failures, permanent);
+                let what = format!("N={n} seed {seed} with {failures} + {permanent} failures");
+                assert!(o.repair_sends > 0 && o.notice_sends > 0, "{what}: the failures must start repairs");
+                assert!(o.max_live_sends <= o.bound, "{what}: {} > {}: {}", o.max_live_sends, o.bound, o.worst);
+                if permanent == 0 {
+                    assert_eq!(o.missing, 0, "{what}: {:?}", o.missing_examples);
+                }
+                let flood = run_with(n, Scheme::Flood, seed, failures, permanent);
+                assert!(flood.max_live_sends <= flood.bound, "{what}: plain flooding");
+                flooding_past_its_bound += usize::from(flood.max_sends > flood.bound);
+            }
         }
     }
+    assert!(flooding_past_its_bound > 0, "plain flooding with its catch-ups never passed 2E - (N - 1)");
+}
+
+fn run_with(n: usize, scheme: Scheme, seed: u64, failures: usize, permanent: usize) -> Outcome {
+    let mut p = Params::new(n, scheme, seed).with_failures(failures, permanent);
+    p.records = 300;
+    p.clients = 75;
+    sim::run(&p)
 }
 
 /// The default five-server herd (Bailey 0, Bona 1, Campbell 2, Clark 3, Jaquez 4) with the link

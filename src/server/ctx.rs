@@ -147,6 +147,9 @@ pub struct Flood {
     pub mode: Mode,
     /// Its origin's index (the server its `AT` line names); `u32::MAX` when the routes do not know it.
     pub origin: u32,
+    /// A repair of a version this server held before this turn (a repair's notice or a second copy, or
+    /// a reflood), not one it has just stored: its tree neighbours hold it too (see `herd::route_floods`).
+    pub held: bool,
     pub start: u32,
     pub end: u32,
 }
@@ -510,11 +513,14 @@ pub struct Counters {
     /// Records from peers refused for breaking a rule of PROTOCOL section 2 or 5 (the link stays up).
     pub records_refused: u64,
     pub records_forwarded: u64,
-    /// Of `records_forwarded`: those sent in flood mode (a tree broken below this server, a record
-    /// learned by anti-entropy, or a reflood), the rest went down their origin's tree.
+    /// Of `records_forwarded`: those sent in flood or repair mode (a tree broken below this server, a
+    /// record learned by anti-entropy, or a reflood), the rest went down their origin's tree.
     pub records_flooded: u64,
-    /// Records sent again as floods because a link broke before the neighbour acknowledged them.
+    /// Records sent again as repairs because a link broke before the neighbour acknowledged them.
     pub records_reflooded: u64,
+    /// A repair's notices (`route::Mode::Notice`) sent to neighbours that hold the record, and received.
+    pub notices_sent: u64,
+    pub notices_received: u64,
     pub records_synced: u64,
     /// Records a catch-up passed over because the neighbour, full, would have refused them at once.
     pub records_sync_skipped: u64,

@@ -28,8 +28,8 @@ pub struct HandOff {
     sends: Vec<Send>,
     /// The neighbour names of a logged send (kept: no allocation per record logged).
     log_to: String,
-    /// Records sent per neighbour in this hand-off, by mode (tree, flood, repair), for the log.
-    log_counts: Vec<[u64; 3]>,
+    /// Records sent per neighbour in this hand-off, by mode (tree, flood, repair, notice), for the log.
+    log_counts: Vec<[u64; 4]>,
 }
 
 impl HandOff {
@@ -118,16 +118,17 @@ fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8], to: &mut String) {
 }
 
 /// One log line per neighbour that this hand-off sent records to, with how many went down a tree, as
-/// floods and as repairs (`log_detail` `io`).
-fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 3]>) {
+/// floods and as repairs, and how many repair notices it got (`log_detail` `io`).
+fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 4]>) {
     counts.clear();
-    counts.resize(ctx.neighbours.len(), [0; 3]);
-    const MODES: [Mode; 3] = [Mode::Tree, Mode::Flood, Mode::Repair]; // in declaration order: `mode as usize`
+    counts.resize(ctx.neighbours.len(), [0; 4]);
+    // In declaration order: `mode as usize`.
+    const MODES: [Mode; 4] = [Mode::Tree, Mode::Flood, Mode::Repair, Mode::Notice];
     for s in sends {
         counts[s.neighbour as usize][s.mode as usize] += 1;
     }
     for (n, c) in counts.iter().enumerate().filter(|(_, c)| c.iter().any(|&x| x > 0)) {
-        let counts = [(MODES[0].name(), c[0]), (MODES[1].name(), c[1]), (MODES[2].name(), c[2])];
+        let counts: [(&str, u64); 4] = std::array::from_fn(|i| (MODES[i].name(), c[i]));
         ctx.log.peer_counts("peer-send", &ctx.neighbours[n].name, &counts);
     }
 }

@@ -57,66 +57,91 @@ impl Ctx {
                 None => self.routes.me(),
                 Some(_) => self.routes.origin(&line[fields.server.0 as usize..fields.server.1 as usize]),
             };
-            self.queue_flood(line, from, mode, origin.map_or(u32::MAX, |o| o as u32));
+            self.queue_flood(line, from, mode, origin.map_or(u32::MAX, |o| o as u32), false);
         }
         true
     }
 
-    fn queue_flood(&mut self, line: &[u8], from: Option<usize>, mode: Mode, origin: u32) {
+    fn queue_flood(&mut self, line: &[u8], from: Option<usize>, mode: Mode, origin: u32, held: bool) {
         let floods = &mut self.outbox.floods;
         let start = floods.len() as u32;
         floods.extend_from_slice(line);
-        self.outbox.flood_marks.push(Flood { from, mode, origin, start, end: floods.len() as u32 });
+        self.outbox.flood_marks.push(Flood { from, mode, origin, held, start, end: floods.len() as u32 });
     }
 
     /// Turns the records stored since the last hand-off into sends, one per (record, neighbour), their
     /// bytes staying in `outbox.floods`. `live[n]` says whether our sending link to neighbour `n` is live.
-    /// A record travels down its origin's tree while every child's link is live and floods otherwise
-    /// (`route::Routes::plan`); one whose origin the routes do not know floods. Empties `flood_marks`.
+    /// A record travels down its origin's tree while every child's link is live (`route::Routes::plan`);
+    /// where a child's link is down, a repair starts; one whose origin the routes do not know floods.
+    /// Empties `flood_marks`.
+    ///
+    /// What a repair costs is bounded the way plain flooding is (`route` module documentation): each
+    /// server relays a version once (`RecordStore::relay_once`), sends the record on each link once at
+    /// most and never back where it first came from; a tree neighbour that holds it gets a notice.
     pub fn route_floods(&mut self, live: &[bool], sends: &mut Vec<Send>) {
         let mut marks = std::mem::take(&mut self.outbox.flood_marks);
+        let trees = self.routes.me().is_some();
+        let mut notices = 0;
         for f in marks.drain(..) {
-            let plan = match f.origin {
-                u32::MAX => Plan::Flood,
-                o => self.routes.plan(o as usize, f.mode, live),
+            let mut send = |n: usize, mode: Mode| {
+                notices += u64::from(mode == Mode::Notice);
+                sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
             };
-            match plan {
-                Plan::Tree(children) => {
-                    for &c in children {
-                        if Some(c as usize) != f.from {
-                            sends.push(Send { neighbour: c, mode: Mode::Tree, start: f.start, end: f.end });
+            let live_but_source = live.iter().enumerate().filter(|&(n, &up)| up && Some(n) != f.from).map(|(n, _)| n);
+            let origin = (trees && f.origin != u32::MAX).then_some(f.origin as usize);
+            match (f.mode, origin) {
+                (Mode::Tree, Some(o)) => match self.routes.plan(o, Mode::Tree, live) {
+                    Plan::Tree(children) => {
+                        for &c in children {
+                            if Some(c as usize) != f.from {
+                                send(c as usize, Mode::Tree);
+                            }
                         }
+                    }
+                    Plan::Flood => {
+                        // The tree is broken below this server: a repair starts here. The live children
+                        // get the record (in a repair, so they pass it on too), and so does every other
+                        // neighbour but the parent it came from, which gets a notice: the way around the
+                        // break may start there (in a ring, this server's only other link is the broken
+                        // one), and only a repair makes the servers there pass on the copies they hold.
+                        self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
+                        let parent = self.routes.parent(o);
+                        for (n, _) in live.iter().enumerate().filter(|(_, &up)| up) {
+                            if Some(n) == parent {
+                                send(n, Mode::Notice);
+                            } else if Some(n) != f.from {
+                                send(n, Mode::Repair);
+                            }
+                        }
+                    }
+                },
+                (Mode::Repair, _) => {
+                    // Stored just now: the record to every live link but its source. Held before: its tree
+                    // neighbours hold it too (it came down the tree to this server, and went on to the
+                    // children whose links were live, or the break would have started a repair then), so
+                    // they get a notice, and the others the record.
+                    for n in live_but_source {
+                        let holds = f.held && origin.is_some_and(|o| self.routes.tree_neighbour(o, n));
+                        send(n, if holds { Mode::Notice } else { Mode::Repair });
                     }
                 }
-                Plan::Flood => {
-                    // A tree record whose tree is broken here becomes a repair: the servers below the
-                    // break are reached only if the ones around it, which hold the record already,
-                    // pass it on (`route::Mode::Repair`). A repair stays one; so does a flood.
-                    let (mode, skip) = match f.mode {
-                        Mode::Tree if self.routes.me().is_some() => {
-                            self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
-                            // Back up the tree too: its parent holds the record, but the way around the
-                            // break may start there (in a ring, this server's only other link is the
-                            // broken one), and only a repair makes the servers there pass it on.
-                            (Mode::Repair, None)
-                        }
-                        Mode::Repair => (Mode::Repair, f.from),
-                        _ => (Mode::Flood, f.from),
-                    };
-                    // Every live link but the source of a repair or a flood, even one that carried the
-                    // record already: the server there must relay the repair for it to reach the ones
-                    // beyond the break.
-                    for (n, &up) in live.iter().enumerate() {
-                        if up && Some(n) != skip {
-                            sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
-                        }
+                (Mode::Notice, _) => unreachable!("a notice is sent, never queued"),
+                // A flood (a record learned by catch-up), or a record whose origin has no tree here. Where
+                // there are trees, flooding it is this server's relay of that version: a repair reaching
+                // it later has nothing left to send.
+                (Mode::Flood | Mode::Tree, _) => {
+                    if trees {
+                        self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
                     }
+                    live_but_source.for_each(|n| send(n, Mode::Flood));
                 }
             }
         }
         self.outbox.flood_marks = marks;
-        self.counters.records_forwarded += sends.len() as u64;
-        self.counters.records_flooded += sends.iter().filter(|s| s.mode != Mode::Tree).count() as u64;
+        self.counters.records_forwarded += sends.len() as u64 - notices;
+        self.counters.records_flooded +=
+            sends.iter().filter(|s| !matches!(s.mode, Mode::Tree | Mode::Notice)).count() as u64;
+        self.counters.notices_sent += notices;
     }
 
     /// A record of a repair from neighbour `from`: stored if it is the newest, and passed on to every
@@ -134,9 +159,29 @@ impl Ctx {
             }
         }
         if self.records.relay_once(line) {
-            self.queue_flood(line, Some(from), Mode::Repair, u32::MAX);
+            let server = &line[fields.server.0 as usize..fields.server.1 as usize];
+            let origin = self.routes.origin(server).map_or(u32::MAX, |o| o as u32);
+            self.queue_flood(line, Some(from), Mode::Repair, origin, !stored);
         }
         stored
+    }
+
+    /// A repair's notice from neighbour `from` (`route::Mode::Notice`): if this server holds that version
+    /// of the client's record and has not relayed it, it relays it now, as a repair of a record it held.
+    /// Returns whether it did.
+    pub fn notice_record(&mut self, client_id: &[u8], client_time: &[u8], from: usize) -> bool {
+        self.counters.notices_received += 1;
+        if !self.records.relay_notice(client_id, client_time) {
+            return false;
+        }
+        let record = self.records.get(client_id).expect("relay_notice found it");
+        let origin = self.routes.origin(record.server()).map_or(u32::MAX, |o| o as u32);
+        let floods = &mut self.outbox.floods;
+        let start = floods.len() as u32;
+        record.write_line(floods);
+        let (from, end) = (Some(from), floods.len() as u32);
+        self.outbox.flood_marks.push(Flood { from, mode: Mode::Repair, origin, held: true, start, end });
+        true
     }
 
     /// Walks the refloods a step: each record stored after a broken link's last acknowledged offset is
@@ -164,8 +209,10 @@ impl Ctx {
             if !self.records.relay_once(&line) {
                 continue;
             }
-            // To every live link, the tree parent's included: the way around the break may start there.
-            self.queue_flood(&line, None, Mode::Repair, u32::MAX);
+            // To every live link, the tree parent's included (a notice): the way around the break may
+            // start there.
+            let origin = origin.map_or(u32::MAX, |o| o as u32);
+            self.queue_flood(&line, None, Mode::Repair, origin, true);
             self.counters.records_reflooded += 1;
             queued = true;
         }
@@ -594,8 +641,10 @@ mod tests {
 
     /// The routing table of `routed()`, by hand: B's records (from B, slot 0) go to C only, C's to B
     /// only, A's own to both; a flood goes to every live link but its source; a tree record whose child
-    /// link is down is sent as a repair (passed on by every server) to every live link, its tree parent's
-    /// included.
+    /// link is down starts a repair: the record to the live children (in repair frames, passed on by every
+    /// server), a notice to the tree parent it came from. A repair of a record stored just now goes to
+    /// every live link but its source, the record itself; a repair of one held already sends a notice to
+    /// the tree neighbours, which hold it too.
     #[test]
     fn records_follow_their_origins_tree_and_flood_where_it_is_broken() {
         let mut ctx = routed();
@@ -613,7 +662,7 @@ mod tests {
             ("C", Some(1), Mode::Tree, [true, true], &[(0, Mode::Tree)]),
             ("A", None, Mode::Tree, [true, true], &[(0, Mode::Tree), (1, Mode::Tree)]),
             ("A", None, Mode::Tree, [true, false], &[(0, Mode::Repair)]),
-            ("B", Some(0), Mode::Tree, [true, false], &[(0, Mode::Repair)]),
+            ("B", Some(0), Mode::Tree, [true, false], &[(0, Mode::Notice)]),
             ("B", Some(0), Mode::Flood, [true, true], &[(1, Mode::Flood)]),
             ("A", None, Mode::Flood, [true, true], &[(0, Mode::Flood), (1, Mode::Flood)]),
         ];
@@ -626,11 +675,30 @@ mod tests {
         let (line, fields) = record("B", "zed");
         assert!(ctx.store_and_flood(&line, fields, Some(0), Mode::Flood));
         assert_eq!(sends(&mut ctx, &[true, true]), [(1, Mode::Flood)]);
+        // A repair of B's record from C, new here: the record to B too, which it did not come from.
+        let (line, fields) = record("B", "mended");
+        assert!(ctx.repair_record(&line, fields, 1));
+        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Repair)]);
+        // B's record down B's tree, then a notice from C (its child there): a notice back to B, and no
+        // record crosses a link twice.
+        let (line, fields) = record("B", "noticed");
+        assert!(ctx.store_and_flood(&line, fields, Some(0), Mode::Tree));
+        assert_eq!(sends(&mut ctx, &[true, true]), [(1, Mode::Tree)]);
+        ctx.outbox.floods.clear(); // as the hand-off does
+        assert!(ctx.notice_record(b"noticed", b"1520023934.9", 1));
+        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Notice)]);
+        assert_eq!(ctx.outbox.floods, line, "the notice's record is queued as the store holds it");
+        ctx.outbox.floods.clear();
+        assert!(!ctx.notice_record(b"noticed", b"1520023934.9", 0), "relayed once");
+        assert!(!ctx.notice_record(b"noticed", b"1520023935.0", 1), "another version");
+        assert!(!ctx.notice_record(b"nobody", b"1520023934.9", 1), "no record");
+        assert!(ctx.outbox.flood_marks.is_empty());
+        assert_eq!((ctx.counters.notices_received, ctx.counters.notices_sent), (4, 2));
     }
 
     /// A live link that breaks before its neighbour acknowledged what went down a tree through it: those
-    /// records (and only those: B's own go to C, not to B) are sent again as repairs, to every live link,
-    /// the tree parent they came from included.
+    /// records (and only those: B's own go to C, not to B) are repaired, on every live link, the tree
+    /// parent they came from included: as notices, since the tree neighbours hold them.
     #[test]
     fn a_link_that_breaks_unacknowledged_has_its_tree_records_flooded_again() {
         let mut ctx = routed();
@@ -665,8 +733,8 @@ mod tests {
         assert!(text.contains(&lines[1]), "{text}");
         assert!(!text.contains("acked") && !text.contains("other"), "{text}");
         // "lost" goes back to C, its tree parent, and "mine" to C although C has it: C must relay them for
-        // the repair to reach the servers beyond the break.
-        assert_eq!(again, [(1, Mode::Repair), (1, Mode::Repair)], "{text}");
+        // the repair to reach the servers beyond the break. C holds both, so it gets notices.
+        assert_eq!(again, [(1, Mode::Notice), (1, Mode::Notice)], "{text}");
         assert!(text.contains(&lines[0]), "{text}");
         assert_eq!(ctx.counters.records_reflooded, 2);
         // Those versions were relayed in a repair here: another copy of one is not passed on again.
@@ -677,15 +745,17 @@ mod tests {
         let other = protocol::parse_at(lines[2].as_bytes()).unwrap();
         ctx.on_link_out(0, Token(7));
         assert!(!ctx.repair_record(lines[2].as_bytes(), other, 1), "held already: not stored");
-        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Repair)], "passed on, not back to its source");
+        assert_eq!(sends(&mut ctx, &[true, true]), [(0, Mode::Notice)], "passed on, not back to its source");
         assert!(!ctx.repair_record(lines[2].as_bytes(), other, 0), "once");
         assert!(ctx.outbox.flood_marks.is_empty());
     }
 
     /// A ring of four, O - S - C - D - O, whose link S - C is down. O's tree reaches C through S (BFS from
     /// O, neighbours in config order: S before D), so C can get O's record only the other way round:
-    /// S, where the tree breaks, sends it back to O as a repair; O, holding it, passes the repair on once
-    /// to D (its other link); D to C. Each step is the context of one server of the ring.
+    /// S, where the tree breaks, sends O a notice; O, holding it, passes the repair on once to D (its
+    /// other link), as a notice too, since D got the record down O's tree; D sends the record itself to
+    /// C. Three records in all, N - 1, as with every link up; two notices. Each step is the context of
+    /// one server of the ring.
     #[test]
     fn in_a_ring_a_broken_tree_link_is_repaired_the_other_way_round() {
         let names = ["O", "S", "C", "D"];
@@ -709,22 +779,25 @@ mod tests {
         // S (neighbours O, C): the record comes down O's tree from O; its child C is cut off.
         let mut s = server(1, [0, 2]);
         assert!(s.store_and_flood(line, fields, Some(0), Mode::Tree));
-        assert_eq!(sends(&mut s, &[true, false]), [(0, Mode::Repair)], "back to O, as a repair");
+        assert_eq!(sends(&mut s, &[true, false]), [(0, Mode::Notice)], "back to O, as a notice");
+        let (id, time) = (&b"ringed"[..], &b"1520023934.9"[..]);
         // O (neighbours S, D) has it (it sent it) and passes the repair on once, to D only.
         let mut o = server(0, [1, 3]);
         assert!(o.store_and_flood(line, fields, None, Mode::Tree));
-        let _ = sends(&mut o, &[true, true]);
-        assert!(!o.repair_record(line, fields, 0), "held already");
-        assert_eq!(sends(&mut o, &[true, true]), [(1, Mode::Repair)]);
-        // D (neighbours C, O) got it down O's tree, has no child there, and passes the repair to C.
+        assert_eq!(sends(&mut o, &[true, true]), [(0, Mode::Tree), (1, Mode::Tree)]);
+        assert!(o.notice_record(id, time, 0), "held already: relayed");
+        assert_eq!(sends(&mut o, &[true, true]), [(1, Mode::Notice)]);
+        // D (neighbours C, O) got it down O's tree, has no child there, and passes the repair to C, which
+        // is not its tree neighbour: the record itself.
         let mut d = server(3, [2, 0]);
         assert!(d.store_and_flood(line, fields, Some(1), Mode::Tree));
         assert_eq!(sends(&mut d, &[true, true]), [], "D is a leaf of O's tree");
-        assert!(!d.repair_record(line, fields, 1));
+        assert!(d.notice_record(id, time, 1));
         assert_eq!(sends(&mut d, &[true, true]), [(0, Mode::Repair)]);
-        // C (neighbours S, D) stores it.
+        // C (neighbours S, D) stores it, and passes it on to every live link but D: none (S - C is down).
         let mut c = server(2, [1, 3]);
         assert!(c.repair_record(line, fields, 1), "C has it, from D");
+        assert_eq!(sends(&mut c, &[false, true]), []);
     }
 
     /// Every stored record goes to the journal with its seq; a wait for a seq ends only once the writer

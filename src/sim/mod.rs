@@ -7,7 +7,8 @@
 //!
 //! - a client's `IAMAT`: the AT line made by `protocol::write_at`, then `store_and_flood(.., None, Tree)`;
 //! - a frame of records from a neighbour: `check_peer_record`, then `store_and_flood(.., Some(n), mode)`,
-//!   or `repair_record` for a repair frame;
+//!   or `repair_record` for a repair frame; for a notice frame, `notice_record` with each record's
+//!   notice as `conn/peer/frame.rs` writes and reads it;
 //! - the hand-off after every handler: `route_floods` until nothing is left, as `server::handoff` does,
 //!   the sends going to the simulated links; and at the end of a turn while a reflood runs, one step of
 //!   it (`reflood_step`) and a hand-off, as the event loop does;
@@ -20,7 +21,7 @@
 //! What the simulation models itself is only what the sockets and the peer connection do
 //! (`transport.rs`): directed links with a delay, delivering messages in order; a failed link that loses
 //! what is in flight on it, both ways; one message per link per turn holding the turn's records in
-//! frames (`T`/`F`/`R` headers of 8 bytes, as `conn/peer/frame.rs` writes them; bare lines for plain
+//! frames (`T`/`F`/`R`/`N` headers of 8 bytes, as `conn/peer/frame.rs` writes them; bare lines for plain
 //! flooding) followed by an `OFF <seq>` line under the pacing rule of `conn/peer/sync.rs`; the
 //! acceptor's `ACK` once it has processed everything before the `OFF`.
 //!

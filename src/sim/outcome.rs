@@ -19,6 +19,11 @@ pub struct Outcome {
     pub flood_sends: u64,
     pub repair_sends: u64,
     pub sync_sends: u64,
+    /// A repair's notices (`route::Mode::Notice`): lines naming a record (client id and client time)
+    /// sent instead of it to a neighbour that holds it. Not record sends; their bytes (and their frames'
+    /// headers) count as announcements, off the trees.
+    pub notice_sends: u64,
+    pub notice_bytes: u64,
     /// The most sends any one record cost, with and without the link-up catch-ups.
     pub max_sends: u64,
     pub max_live_sends: u64,
@@ -60,6 +65,8 @@ impl Outcome {
             flood_sends: 0,
             repair_sends: 0,
             sync_sends: 0,
+            notice_sends: 0,
+            notice_bytes: 0,
             max_sends: 0,
             max_live_sends: 0,
             worst: String::new(),
@@ -86,7 +93,7 @@ impl Outcome {
     }
 
     pub fn total_bytes(&self) -> u64 {
-        self.record_bytes + self.header_bytes + self.off_bytes + self.ack_bytes
+        self.record_bytes + self.header_bytes + self.off_bytes + self.ack_bytes + self.notice_bytes
     }
 
     pub fn sends_per_record(&self) -> f64 {

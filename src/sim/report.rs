@@ -17,20 +17,22 @@ pub fn scenario(o: &Outcome) -> &'static str {
 /// One markdown row per run.
 pub fn table(rows: &[Outcome]) -> String {
     let mut t = String::from(
-        "| N | E | links | scheme | msgs/record | max msgs (bound 2E-(N-1)) | bytes/record | non-tree bytes | \
-         tree / flood / repair / catch-up sends | msgs lost | convergence | records lost |\n\
-         |---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|\n",
+        "| N | E | links | scheme | msgs/record | max msgs: live, with catch-up (bound 2E-(N-1)) | bytes/record | \
+         non-tree bytes | tree / flood / repair / catch-up sends | notices/record | msgs lost | convergence | \
+         records lost |\n\
+         |---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|\n",
     );
     for o in rows {
         let conv = o.convergence_ms.map_or("never".to_string(), |ms| format!("{ms:.0} ms"));
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {:.2} | {} ({}) | {:.0} | {:.1}% | {} / {} / {} / {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {}, {} ({}) | {:.0} | {:.1}% | {} / {} / {} / {} | {:.2} | {} | {} | {} |",
             o.params.servers,
             o.links,
             scenario(o),
             o.params.scheme.name(),
             o.sends_per_record(),
+            o.max_live_sends,
             o.max_sends,
             o.bound,
             o.bytes_per_record(),
@@ -39,6 +41,7 @@ pub fn table(rows: &[Outcome]) -> String {
             o.flood_sends,
             o.repair_sends,
             o.sync_sends,
+            o.notice_sends as f64 / o.records as f64,
             o.messages_lost,
             conv,
             o.missing,

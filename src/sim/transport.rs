@@ -8,6 +8,7 @@ use crate::config::Limits;
 use crate::protocol::{self, IAmAt, Timestamp};
 use crate::route::{Mode, Routes, Trees};
 use crate::server::auth::Auth;
+use crate::server::conn::peer::frame;
 use crate::server::ctx::{Ctx, Neighbour, OutLink, Send};
 use crate::server::log::ServerLog;
 use mio::Token;
@@ -15,8 +16,8 @@ use std::collections::{BinaryHeap, HashMap};
 
 /// A millisecond, in the simulation's microseconds.
 const MS: u64 = 1000;
-/// A frame's header (`T 00170\n`, or `F`, `R`): `conn/peer/frame.rs` (`HEADER`).
-const FRAME_HEADER: u64 = crate::server::conn::peer::frame::HEADER as u64;
+/// A frame's header (`T 00170\n`, or `F`, `R`, `N`): `conn/peer/frame.rs` (`HEADER`).
+const FRAME_HEADER: u64 = frame::HEADER as u64;
 /// The sending side pings every `peer_dead_after_ms / 3` (1 s by default), which flushes a paced `OFF`.
 const PING_EVERY: u64 = 1000 * MS;
 /// The wall clock at simulated time 0; every client time is this plus the simulated time.
@@ -360,6 +361,15 @@ impl Sim {
             Msg::Batch(parts) => {
                 for part in parts {
                     match part {
+                        Part::Frame { mode: Mode::Notice, rids, .. } => {
+                            for rid in rids {
+                                self.line.clear();
+                                frame::write_notice(&mut self.line, &self.recs[rid as usize].line);
+                                let (id, time) = frame::parse_notice(&self.line).expect("a notice of a record");
+                                self.ctxs[to].notice_record(id, time, slot_to);
+                            }
+                            self.handoff(to);
+                        }
                         Part::Frame { mode, rids, .. } => {
                             for rid in rids {
                                 let line = &self.recs[rid as usize].line;
@@ -564,6 +574,18 @@ impl Sim {
         let mut control = 0;
         for part in parts.iter() {
             match part {
+                Part::Frame { mode: Mode::Notice, rids, .. } => {
+                    // A repair's notices: announcements, whichever link they take.
+                    self.out.header_bytes += FRAME_HEADER;
+                    control += FRAME_HEADER;
+                    for &rid in rids {
+                        self.line.clear();
+                        frame::write_notice(&mut self.line, &self.recs[rid as usize].line);
+                        self.out.notice_sends += 1;
+                        self.out.notice_bytes += self.line.len() as u64;
+                        control += self.line.len() as u64;
+                    }
+                }
                 Part::Frame { mode, rids, sync } => {
                     if framed {
                         self.out.header_bytes += FRAME_HEADER;
@@ -578,6 +600,7 @@ impl Sim {
                             (false, Mode::Tree) => 0,
                             (false, Mode::Flood) => 1,
                             (false, Mode::Repair) => 2,
+                            (false, Mode::Notice) => unreachable!("notice frames are counted above"),
                         };
                         self.rec_sends[rid as usize][kind] += 1;
                         let out = &mut self.out;

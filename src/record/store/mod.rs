@@ -515,6 +515,20 @@ impl RecordStore {
         true
     }
 
+    /// A repair's notice named `client_id`'s record of `client_time`: true the first time, if the version
+    /// held has that client time, which is then marked relayed as [`relay_once`](Self::relay_once) marks
+    /// it. False when another version is held (an older one: the record itself is on its way by another
+    /// path; a newer one: that version's own travels reach the same servers), or none, or it was relayed.
+    pub fn relay_notice(&mut self, client_id: &[u8], client_time: &[u8]) -> bool {
+        let hash = self.hasher.hash_one(client_id);
+        let Some(&slot) = self.index.find(hash, |&s| id_in(self.line(s)) == client_id) else { return false };
+        if self.headers[slot as usize].seq_hi & RELAYED != 0 || self.record(slot).client_time() != client_time {
+            return false;
+        }
+        self.headers[slot as usize].seq_hi |= RELAYED;
+        true
+    }
+
     /// The stored text of `slot`'s record (its line without `AT ` and LF).
     #[inline]
     fn line(&self, slot: u32) -> &[u8] {

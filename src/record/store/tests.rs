@@ -53,6 +53,25 @@ fn a_version_is_relayed_once_and_a_newer_one_starts_unmarked() {
     assert!(!s.relay_once(b"AT A +0.1 kiwi\n"), "not a record");
 }
 
+/// A notice names a version by client id and client time, and shares the relayed mark with the record
+/// itself: whichever of the two reaches a server first relays it, the other then does nothing.
+#[test]
+fn a_notice_relays_the_version_of_its_client_time_once_and_shares_the_mark() {
+    let mut s = RecordStore::new();
+    let v1 = at("A", "kiwi", "+1+1", "100");
+    let v2 = at("B", "kiwi", "+1+1", "101");
+    assert!(!s.relay_notice(b"kiwi", b"100"), "nothing held");
+    assert!(offer(&mut s, &v1, EPOCH).is_stored());
+    assert!(!s.relay_notice(b"kiwi", b"101"), "a version not held yet");
+    assert!(!s.relay_notice(b"kiwi", b"10"), "a prefix of the client time is another time");
+    assert!(!s.relay_notice(b"kiw", b"100") && !s.relay_notice(b"lime", b"100"), "another client");
+    assert!(s.relay_notice(b"kiwi", b"100") && !s.relay_notice(b"kiwi", b"100"), "once");
+    assert!(!s.relay_once(&v1), "a notice's relay is the record's relay");
+    assert!(offer(&mut s, &v2, EPOCH).is_stored());
+    assert!(!s.relay_notice(b"kiwi", b"100"), "superseded");
+    assert!(s.relay_once(&v2) && !s.relay_notice(b"kiwi", b"101"), "and the other way round");
+}
+
 fn bounded(max: usize) -> RecordStore {
     RecordStore::with_retention(Retention { max: Some(max), max_age_s: None })
 }

@@ -362,10 +362,23 @@ fn metrics(ctx: &Ctx, g: Gauges) -> String {
     );
     metric("records_forwarded_total", "counter", "Records queued to peer links.", &one(c.records_forwarded));
     let flooded = &one(c.records_flooded);
-    metric("records_flooded_total", "counter", "Of the records forwarded, those sent in flood mode.", flooded);
+    metric(
+        "records_flooded_total",
+        "counter",
+        "Of the records forwarded, those sent in flood or repair mode.",
+        flooded,
+    );
     let reflooded = &one(c.records_reflooded);
-    metric("records_reflooded_total", "counter", "Records flooded again after a link broke unacknowledged.", reflooded);
+    metric("records_reflooded_total", "counter", "Records repaired after a link broke unacknowledged.", reflooded);
     metric("records_synced_total", "counter", "Records sent by anti-entropy.", &one(c.records_synced));
+    let notices = &one(c.notices_sent);
+    metric(
+        "notices_sent_total",
+        "counter",
+        "Repair notices sent instead of records to neighbours holding them.",
+        notices,
+    );
+    metric("notices_received_total", "counter", "Repair notices received.", &one(c.notices_received));
     metric(
         "peer_bytes_in_total",
         "counter",

@@ -68,6 +68,7 @@ impl Peer {
                 let version = ext.number("v").unwrap_or(1);
                 self.v2 = version >= 2;
                 self.v3 = version >= 3;
+                self.v4 = version >= 4;
                 let off = ext.number("off").filter(|&off| {
                     off > 0 && ext.get("rid") == Some(ctx.rid.as_bytes()) && off <= ctx.records().max_seq()
                 });
@@ -163,7 +164,7 @@ impl Peer {
 /// The `key=value` tokens of this server's HELLO and WELCOME: the peer protocol version and its retention
 /// (`max=N` when bounded, `least=...` while full; see the `peer` module documentation).
 fn handshake_ext(ctx: &Ctx) -> String {
-    let mut ext = String::from("v=3");
+    let mut ext = String::from("v=4");
     if let Some(max) = ctx.records().retention().max {
         ext.push_str(&format!(" max={max}"));
     }

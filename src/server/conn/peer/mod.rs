@@ -142,6 +142,9 @@ pub struct Peer {
     synced: bool,
     /// Dialer: the other side speaks version 3: records go in frames that say how they travel.
     v3: bool,
+    /// Dialer: the other side speaks version 4: a repair's notices go as notices (to a version 3
+    /// neighbour, the record itself goes in a repair frame instead, as version 3 did).
+    v4: bool,
     /// Dialer: the frame being filled in `out`. Closed (its length written) before anything else is
     /// appended and before `out` is written.
     frame: Option<frame::Open>,
@@ -218,6 +221,7 @@ impl Peer {
             v2: false,
             synced: false,
             v3: false,
+            v4: false,
             frame: None,
             frame_in: None,
             off_sent: 0,
@@ -332,6 +336,9 @@ impl Peer {
                     return self.close(PeerClose::Protocol, ctx, format_args!("a line runs past its frame"));
                 }
                 self.frame_in = (line.len() < left).then_some((mode, left - line.len()));
+                if mode == Mode::Notice {
+                    return self.on_notice(neighbour, line, ctx);
+                }
                 self.on_record(neighbour, line, mode, ctx)
             }
             (&PeerState::Live { .. }, Role::Acceptor) if frame::is_header(line) => match frame::parse_header(line) {
@@ -394,6 +401,16 @@ impl Peer {
         }
     }
 
+    /// A repair's notice from an identified neighbour: the version it names is relayed if held here.
+    fn on_notice(&mut self, neighbour: usize, line: &[u8], ctx: &mut Ctx) {
+        let Some((id, time)) = frame::parse_notice(line) else {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(80)]).to_string();
+            return self.close(PeerClose::Protocol, ctx, format_args!("not a notice: {shown:?}"));
+        };
+        ctx.log.peer("notice-recv", &ctx.neighbours[neighbour].name, line);
+        ctx.notice_record(id, time, neighbour);
+    }
+
     /// Queues a record for this (sending, live) link, in `mode`. Past the bound the link is dropped
     /// rather than allowed to grow: the neighbour resyncs by anti-entropy when it relinks (and what it
     /// had not acknowledged is flooded again meanwhile).
@@ -413,10 +430,20 @@ impl Peer {
         self.mark_dirty(ctx);
     }
 
-    /// Appends a record to `out` inside a frame of `mode` (version 3), or as a bare line (version 2).
+    /// Appends a record to `out` inside a frame of `mode` (version 3), or as a bare line (version 2). A
+    /// notice is the record's client id and client time in a notice frame (version 4).
     fn push_record(&mut self, mode: Mode, line: &[u8]) {
-        self.frame_room(mode, line.len());
-        self.out.extend_from_slice(line);
+        match mode {
+            Mode::Notice if self.v4 => {
+                self.frame_room(mode, line.len());
+                frame::write_notice(&mut self.out, line);
+            }
+            Mode::Notice => self.push_record(Mode::Repair, line),
+            _ => {
+                self.frame_room(mode, line.len());
+                self.out.extend_from_slice(line);
+            }
+        }
     }
 
     /// Makes sure `out` ends in an open frame of `mode` with room for `len` more bytes (version 3; a
