@@ -118,7 +118,7 @@ fn log_sends(ctx: &mut Ctx, sends: &[Send], floods: &[u8], to: &mut String) {
 }
 
 /// One log line per neighbour that this hand-off sent records to, with how many went down a tree, as
-/// floods and as repairs, and how many repair notices it got (`log_detail` `io`).
+/// floods and as repairs, and how many repair notices it got, if any (`log_detail` `io`).
 fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 4]>) {
     counts.clear();
     counts.resize(ctx.neighbours.len(), [0; 4]);
@@ -129,7 +129,10 @@ fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 4]>) {
     }
     for (n, c) in counts.iter().enumerate().filter(|(_, c)| c.iter().any(|&x| x > 0)) {
         let counts: [(&str, u64); 4] = std::array::from_fn(|i| (MODES[i].name(), c[i]));
-        ctx.log.peer_counts("peer-send", &ctx.neighbours[n].name, &counts);
+        // `notice=` only when there were notices: they come with repairs, and the line is written per
+        // hand-off and neighbour.
+        let shown = if c[3] == 0 { &counts[..3] } else { &counts[..] };
+        ctx.log.peer_counts("peer-send", &ctx.neighbours[n].name, shown);
     }
 }
 

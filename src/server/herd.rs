@@ -81,67 +81,80 @@ impl Ctx {
     pub fn route_floods(&mut self, live: &[bool], sends: &mut Vec<Send>) {
         let mut marks = std::mem::take(&mut self.outbox.flood_marks);
         let trees = self.routes.me().is_some();
-        let mut notices = 0;
+        let first = sends.len();
         for f in marks.drain(..) {
-            let mut send = |n: usize, mode: Mode| {
-                notices += u64::from(mode == Mode::Notice);
-                sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
-            };
-            let live_but_source = live.iter().enumerate().filter(|&(n, &up)| up && Some(n) != f.from).map(|(n, _)| n);
             let origin = (trees && f.origin != u32::MAX).then_some(f.origin as usize);
-            match (f.mode, origin) {
-                (Mode::Tree, Some(o)) => match self.routes.plan(o, Mode::Tree, live) {
-                    Plan::Tree(children) => {
-                        for &c in children {
-                            if Some(c as usize) != f.from {
-                                send(c as usize, Mode::Tree);
-                            }
+            // The common case first: down a whole tree.
+            if let (Mode::Tree, Some(o)) = (f.mode, origin) {
+                if let Plan::Tree(children) = self.routes.plan(o, Mode::Tree, live) {
+                    for &c in children {
+                        if Some(c as usize) != f.from {
+                            sends.push(Send { neighbour: c, mode: Mode::Tree, start: f.start, end: f.end });
                         }
                     }
-                    Plan::Flood => {
-                        // The tree is broken below this server: a repair starts here. The live children
-                        // get the record (in a repair, so they pass it on too), and so does every other
-                        // neighbour but the parent it came from, which gets a notice: the way around the
-                        // break may start there (in a ring, this server's only other link is the broken
-                        // one), and only a repair makes the servers there pass on the copies they hold.
-                        self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
-                        let parent = self.routes.parent(o);
-                        for (n, _) in live.iter().enumerate().filter(|(_, &up)| up) {
-                            if Some(n) == parent {
-                                send(n, Mode::Notice);
-                            } else if Some(n) != f.from {
-                                send(n, Mode::Repair);
-                            }
-                        }
-                    }
-                },
-                (Mode::Repair, _) => {
-                    // Stored just now: the record to every live link but its source. Held before: its tree
-                    // neighbours hold it too (it came down the tree to this server, and went on to the
-                    // children whose links were live, or the break would have started a repair then), so
-                    // they get a notice, and the others the record.
-                    for n in live_but_source {
-                        let holds = f.held && origin.is_some_and(|o| self.routes.tree_neighbour(o, n));
-                        send(n, if holds { Mode::Notice } else { Mode::Repair });
-                    }
-                }
-                (Mode::Notice, _) => unreachable!("a notice is sent, never queued"),
-                // A flood (a record learned by catch-up), or a record whose origin has no tree here. Where
-                // there are trees, flooding it is this server's relay of that version: a repair reaching
-                // it later has nothing left to send.
-                (Mode::Flood | Mode::Tree, _) => {
-                    if trees {
-                        self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
-                    }
-                    live_but_source.for_each(|n| send(n, Mode::Flood));
+                    continue;
                 }
             }
+            self.route_off_tree(&f, origin, live, sends);
         }
         self.outbox.flood_marks = marks;
-        self.counters.records_forwarded += sends.len() as u64 - notices;
-        self.counters.records_flooded +=
-            sends.iter().filter(|s| !matches!(s.mode, Mode::Tree | Mode::Notice)).count() as u64;
+        let (mut tree, mut off_tree, mut notices) = (0, 0, 0);
+        for s in &sends[first..] {
+            match s.mode {
+                Mode::Tree => tree += 1,
+                Mode::Notice => notices += 1,
+                Mode::Flood | Mode::Repair => off_tree += 1,
+            }
+        }
+        self.counters.records_forwarded += tree + off_tree;
+        self.counters.records_flooded += off_tree;
         self.counters.notices_sent += notices;
+    }
+
+    /// [`route_floods`](Self::route_floods) for a record that does not go down a whole tree: a repair
+    /// starting here, a repair passed on, or a flood.
+    fn route_off_tree(&mut self, f: &Flood, origin: Option<usize>, live: &[bool], sends: &mut Vec<Send>) {
+        let mut send =
+            |n: usize, mode: Mode| sends.push(Send { neighbour: n as u32, mode, start: f.start, end: f.end });
+        let live_but_source = live.iter().enumerate().filter(|&(n, &up)| up && Some(n) != f.from).map(|(n, _)| n);
+        match (f.mode, origin) {
+            (Mode::Tree, Some(o)) => {
+                // The tree is broken below this server: a repair starts here. The live children get the
+                // record (in a repair, so they pass it on too), and so does every other neighbour but the
+                // parent it came from, which gets a notice: the way around the break may start there (in
+                // a ring, this server's only other link is the broken one), and only a repair makes the
+                // servers there pass on the copies they hold.
+                self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
+                let parent = self.routes.parent(o);
+                for (n, _) in live.iter().enumerate().filter(|(_, &up)| up) {
+                    if Some(n) == parent {
+                        send(n, Mode::Notice);
+                    } else if Some(n) != f.from {
+                        send(n, Mode::Repair);
+                    }
+                }
+            }
+            (Mode::Repair, _) => {
+                // Stored just now: the record to every live link but its source. Held before: its tree
+                // neighbours hold it too (it came down the tree to this server, and went on to the
+                // children whose links were live, or the break would have started a repair then), so
+                // they get a notice, and the others the record.
+                for n in live_but_source {
+                    let holds = f.held && origin.is_some_and(|o| self.routes.tree_neighbour(o, n));
+                    send(n, if holds { Mode::Notice } else { Mode::Repair });
+                }
+            }
+            (Mode::Notice, _) => unreachable!("a notice is sent, never queued"),
+            // A flood (a record learned by catch-up), or a record whose origin has no tree here. Where
+            // there are trees, flooding it is this server's relay of that version: a repair reaching it
+            // later has nothing left to send.
+            (Mode::Flood | Mode::Tree, _) => {
+                if self.routes.me().is_some() {
+                    self.records.relay_once(&self.outbox.floods[f.start as usize..f.end as usize]);
+                }
+                live_but_source.for_each(|n| send(n, Mode::Flood));
+            }
+        }
     }
 
     /// A record of a repair from neighbour `from`: stored if it is the newest, and passed on to every
