@@ -36,6 +36,18 @@ fn with_every_link_up_a_record_crosses_n_minus_1_links_in_its_tree_and_2e_minus_
                 assert_eq!(o.messages_lost, 0, "{what}");
             }
             assert_eq!((tree.flood_sends, tree.sync_sends), (0, 0), "N={n}: nothing floods while the trees are whole");
+            let flooded = (flood.tree_sends, flood.repair_sends, flood.notice_sends);
+            assert_eq!(flooded, (0, 0, 0), "N={n}: without trees every send is a flood");
+            // Bytes: every record line sent, and a little framing; the trees' a third of flooding's or less.
+            for o in [&tree, &flood] {
+                assert!(o.total_bytes() > o.record_bytes && o.record_bytes > o.sends() * 40, "N={n}");
+            }
+            assert!(
+                3 * tree.total_bytes() < flood.total_bytes(),
+                "N={n}: {} against {}",
+                tree.total_bytes(),
+                flood.total_bytes()
+            );
             // What travels off the trees with every link up is announcements only: OFF lines of links that
             // carried no record (paced) and their ACKs, well under the 10% of record bytes issue 19 allows.
             assert!(tree.non_tree_fraction() < 0.10, "N={n}: {:.1}% off the trees", 100.0 * tree.non_tree_fraction());
@@ -89,6 +101,10 @@ fn while_repairing_a_record_costs_at_most_2e_minus_n_plus_1_messages() {
                 let o = run_with(n, Scheme::Tree, seed, failures, permanent);
                 let what = format!("N={n} seed {seed} with {failures} + {permanent} failures");
                 assert!(o.repair_sends > 0 && o.notice_sends > 0, "{what}: the failures must start repairs");
+                // A notice is `c<client> <time>\n`: ids c0..c74, times of 20 characters, so 24 to 26 bytes.
+                let per_notice = o.notice_bytes as f64 / o.notice_sends as f64;
+                assert!((24.0..=26.0).contains(&per_notice), "{what}: {per_notice} bytes a notice");
+                assert!(o.total_bytes() >= o.record_bytes + o.notice_bytes + o.header_bytes, "{what}");
                 assert!(o.max_live_sends <= o.bound, "{what}: {} > {}: {}", o.max_live_sends, o.bound, o.worst);
                 if permanent == 0 {
                     assert_eq!(o.missing, 0, "{what}: {:?}", o.missing_examples);

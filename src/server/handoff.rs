@@ -127,7 +127,7 @@ fn log_send_counts(ctx: &mut Ctx, sends: &[Send], counts: &mut Vec<[u64; 4]>) {
     for s in sends {
         counts[s.neighbour as usize][s.mode as usize] += 1;
     }
-    for (n, c) in counts.iter().enumerate().filter(|(_, c)| c.iter().any(|&x| x > 0)) {
+    for (n, c) in counts.iter().enumerate().filter(|(_, c)| **c != [0; 4]) {
         let counts: [(&str, u64); 4] = std::array::from_fn(|i| (MODES[i].name(), c[i]));
         // `notice=` only when there were notices: they come with repairs, and the line is written per
         // hand-off and neighbour.
