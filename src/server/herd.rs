@@ -57,16 +57,22 @@ impl Ctx {
                 None => self.routes.me(),
                 Some(_) => self.routes.origin(&line[fields.server.0 as usize..fields.server.1 as usize]),
             };
-            self.queue_flood(line, from, mode, origin.map_or(u32::MAX, |o| o as u32), false);
+            self.queue_flood(line, from, mode, origin, false);
         }
         true
     }
 
-    fn queue_flood(&mut self, line: &[u8], from: Option<usize>, mode: Mode, origin: u32, held: bool) {
-        let floods = &mut self.outbox.floods;
-        let start = floods.len() as u32;
-        floods.extend_from_slice(line);
-        self.outbox.flood_marks.push(Flood { from, mode, origin, held, start, end: floods.len() as u32 });
+    /// Queues `line` for [`route_floods`](Self::route_floods) (see [`Flood`] for the rest).
+    fn queue_flood(&mut self, line: &[u8], from: Option<usize>, mode: Mode, origin: Option<usize>, held: bool) {
+        let start = self.outbox.floods.len() as u32;
+        self.outbox.floods.extend_from_slice(line);
+        self.mark_flood(start, from, mode, origin, held);
+    }
+
+    /// Marks what was appended to `outbox.floods` from `start` on as one record for `route_floods`.
+    fn mark_flood(&mut self, start: u32, from: Option<usize>, mode: Mode, origin: Option<usize>, held: bool) {
+        let (origin, end) = (origin.map_or(u32::MAX, |o| o as u32), self.outbox.floods.len() as u32);
+        self.outbox.flood_marks.push(Flood { from, mode, origin, held, start, end });
     }
 
     /// Turns the records stored since the last hand-off into sends, one per (record, neighbour), their
@@ -172,8 +178,7 @@ impl Ctx {
             }
         }
         if self.records.relay_once(line) {
-            let server = &line[fields.server.0 as usize..fields.server.1 as usize];
-            let origin = self.routes.origin(server).map_or(u32::MAX, |o| o as u32);
+            let origin = self.routes.origin(&line[fields.server.0 as usize..fields.server.1 as usize]);
             self.queue_flood(line, Some(from), Mode::Repair, origin, !stored);
         }
         stored
@@ -187,13 +192,12 @@ impl Ctx {
         if !self.records.relay_notice(client_id, client_time) {
             return false;
         }
+        // Written from the store straight into the outbox.
         let record = self.records.get(client_id).expect("relay_notice found it");
-        let origin = self.routes.origin(record.server()).map_or(u32::MAX, |o| o as u32);
-        let floods = &mut self.outbox.floods;
-        let start = floods.len() as u32;
-        record.write_line(floods);
-        let (from, end) = (Some(from), floods.len() as u32);
-        self.outbox.flood_marks.push(Flood { from, mode: Mode::Repair, origin, held: true, start, end });
+        let origin = self.routes.origin(record.server());
+        let start = self.outbox.floods.len() as u32;
+        record.write_line(&mut self.outbox.floods);
+        self.mark_flood(start, Some(from), Mode::Repair, origin, true);
         true
     }
 
@@ -224,7 +228,6 @@ impl Ctx {
             }
             // To every live link, the tree parent's included (a notice): the way around the break may
             // start there.
-            let origin = origin.map_or(u32::MAX, |o| o as u32);
             self.queue_flood(&line, None, Mode::Repair, origin, true);
             self.counters.records_reflooded += 1;
             queued = true;
