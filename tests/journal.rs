@@ -355,15 +355,20 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Start offsets of the entries of a journal file: `[len u32 LE][crc][seq][line]` after an 8-byte magic
-/// (the format written down in src/server/journal/format.rs, read here on its own).
-fn entry_offsets(bytes: &[u8]) -> Vec<usize> {
+/// (the format written down in src/server/journal/format.rs, read here on its own), and where they end.
+/// A zero length ends them: the zero padding of the last `O_DIRECT` write, up to a 4 KiB boundary.
+fn entry_offsets(bytes: &[u8]) -> (Vec<usize>, usize) {
     let mut at = 8;
     let mut v = Vec::new();
     while at + 16 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
         v.push(at);
-        at += 16 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        at += 16 + len;
     }
-    v
+    (v, at)
 }
 
 #[test]
@@ -376,19 +381,25 @@ fn a_torn_tail_is_cut_logged_and_the_server_starts() {
     p.signal(libc::SIGKILL);
     p.wait_exit(Duration::from_secs(5));
     let seg = segments(&data.path().join("Solo")).pop().unwrap();
-    // Half an entry at the end: what a crash in the middle of a write leaves.
-    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
-    f.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, b'A', b'T']).unwrap();
+    let bytes = std::fs::read(&seg).unwrap();
+    let (offsets, end) = entry_offsets(&bytes);
+    assert_eq!(offsets.len(), 100);
+    // Half an entry after the last whole one: what a crash in the middle of a write leaves. The zeros of
+    // the last write's padding, if any, follow it and are cut with it.
+    let torn = [40, 0, 0, 0, 1, 2, 3, 4, 5, 0, 0, 0, 0, 0, 0, 0, b'A', b'T'];
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &torn, end as u64).unwrap();
     drop(f);
+    let cut = bytes.len().max(end + torn.len()) - end;
     let p = config.serve("Solo");
     wait_holds(config.member("Solo").admin_port, &acked, Duration::from_secs(5));
     // Logged before the replay ended; the thread that reads the child's stderr may not have it yet.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while p.stderr_count("cut 18 bytes") == 0 {
+    while p.stderr_count(&format!("cut {cut} bytes")) == 0 {
         assert!(Instant::now() < deadline, "{:?}", p.stderr());
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(metric(config.member("Solo").admin_port, "journal_cut_bytes"), 18.0);
+    assert_eq!(metric(config.member("Solo").admin_port, "journal_cut_bytes"), cut as f64);
 }
 
 #[test]
@@ -402,7 +413,7 @@ fn a_corrupt_entry_in_the_middle_stops_the_start_unless_told_to_truncate() {
     p.wait_exit(Duration::from_secs(5)).expect("a clean stop");
     let seg = segments(&data.path().join("Solo")).pop().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
-    let offsets = entry_offsets(&bytes);
+    let (offsets, _) = entry_offsets(&bytes);
     assert_eq!(offsets.len(), 100);
     bytes[offsets[40] + 30] ^= 0x01; // inside the 41st entry's line
     std::fs::write(&seg, &bytes).unwrap();

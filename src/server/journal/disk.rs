@@ -13,13 +13,14 @@
 //! the directory), so a crash leaves either the old list or the new one. A file it does not list is debris
 //! of an interrupted rewrite and is removed at open.
 
+use super::block::{AlignedBuf, BLOCK};
 use super::error::{IoOp, JournalError, MetaProblem};
 use super::format::{self, Entry, HEADER, MAGIC, MAX_PAYLOAD};
 use super::{Faults, FsyncMode};
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -169,11 +170,25 @@ struct Rewrite {
     snap: Option<(File, u64)>,
 }
 
-/// The journal's directory, open for appending to its tail segment.
+/// The journal's directory, open for appending to its tail segment, and the bytes taken for the tail and
+/// not yet committed to it.
+///
+/// The tail segment is written with `O_DIRECT` where the filesystem allows it (buffered otherwise): every
+/// write starts at the block boundary at or before the write position and ends padded with zeros to the
+/// next one, so the block the last write ended in is written again, whole, by the next. The bytes of that
+/// block are kept in `buf` for it. Rewriting bytes already on disk with the same bytes cannot lose them
+/// (a device writes a sector whole or not at all), and the padding is not part of the journal: a clean
+/// close cuts it off, and replay after an unclean stop removes it (`scan_file`).
 pub struct Disk {
     dir: PathBuf,
     pub meta: Meta,
     tail: File,
+    /// The same file opened with `O_DIRECT`, or `None` where the filesystem refuses it.
+    direct: Option<File>,
+    /// The tail segment from byte `base` (a block boundary) on: committed bytes of the block `committed`
+    /// lies in, then every byte taken and not yet committed.
+    buf: AlignedBuf,
+    base: u64,
     /// Bytes of the tail segment written, and of those, committed (fsynced, or just written in mode `no`).
     written: u64,
     committed: u64,
@@ -252,7 +267,16 @@ impl Disk {
         let mut lost_durable = false;
         for i in 0..meta.files.len() {
             let path = dir.join(&meta.files[i]);
-            let scan = scan_file(&path, on_entry).map_err(JournalError::io(IoOp::Read, &path))?;
+            let mut scan = scan_file(&path, on_entry).map_err(JournalError::io(IoOp::Read, &path))?;
+            if scan.padding > 0 {
+                if old_meta.as_ref().is_some_and(|m| m.clean) {
+                    // A clean close cuts the padding off: zeros there now stand where entries were.
+                    scan.bad = Some(scan.good_end);
+                } else {
+                    // The last write's padding, left by a stop before the close could cut it.
+                    truncate_to(&path, scan.good_end).map_err(JournalError::io(IoOp::Truncate, &path))?;
+                }
+            }
             stats.entries += scan.entries;
             stats.max_seq = stats.max_seq.max(scan.max_seq);
             stats.len += scan.good_end;
@@ -329,10 +353,14 @@ impl Disk {
                 (file, MAGIC.len() as u64)
             }
         };
+        let direct = open_direct(dir, meta.files.last().expect("the tail is listed"), &faults).map_err(fail)?;
         let mut disk = Disk {
             dir: dir.to_path_buf(),
             meta,
             tail,
+            direct,
+            buf: AlignedBuf::with_capacity(0),
+            base: len / BLOCK as u64 * BLOCK as u64,
             written: len,
             committed: len,
             others: 0,
@@ -340,6 +368,7 @@ impl Disk {
             faults,
             rewrite: None,
         };
+        disk.read_lead().map_err(fail)?;
         disk.write_meta().map_err(fail)?;
         disk.others = disk.sum_others();
         let peers = disk.meta.peers.clone();
@@ -381,14 +410,66 @@ impl Disk {
         sync_dir(&self.dir)
     }
 
-    /// Writes `bytes` after what is written of the tail segment. Positioned writes: after a failure and a
-    /// rollback, the retry lands exactly where the failed write began.
+    /// The bytes of the block the write position lies in, from the file: where the next write begins.
+    fn read_lead(&mut self) -> io::Result<()> {
+        self.buf.clear();
+        let mut lead = vec![0u8; (self.committed - self.base) as usize];
+        self.tail.read_exact_at(&mut lead, self.base)?;
+        self.buf.extend_from_slice(&lead);
+        Ok(())
+    }
+
+    /// Takes `bytes` (whole entries) for the tail segment; `write` writes them.
+    pub fn stage(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes taken and not yet committed.
+    pub fn pending(&self) -> usize {
+        (self.base + self.buf.len() as u64 - self.committed) as usize
+    }
+
+    /// Bytes taken and not yet written.
+    pub fn unwritten(&self) -> usize {
+        (self.base + self.buf.len() as u64 - self.written) as usize
+    }
+
+    /// The bytes taken and not yet written, whole entries (for their CRCs).
+    pub fn unwritten_mut(&mut self) -> &mut [u8] {
+        let from = (self.written - self.base) as usize;
+        &mut self.buf.as_mut_slice()[from..]
+    }
+
+    /// Takes `bytes` and writes them (the tests' shortcut).
+    #[cfg(test)]
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stage(bytes);
+        self.write()
+    }
+
+    /// Writes every byte taken and not yet written, after what is written of the tail segment. Positioned
+    /// writes: after a failure and a rollback, the retry lands exactly where the failed write began.
+    pub fn write(&mut self) -> io::Result<()> {
         if self.faults.fail_writes.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(injected("write"));
         }
-        self.tail.write_all_at(bytes, self.written)?;
-        self.written += bytes.len() as u64;
+        let from = (self.written - self.base) as usize;
+        if let Some(direct) = &self.direct {
+            let at = self.base + (from / BLOCK * BLOCK) as u64;
+            match direct.write_all_at(self.buf.padded_from(from), at) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // The filesystem took the flag at open but not the write: buffered from now on.
+                    log::info!("journal {}: O_DIRECT write refused ({e}); writing buffered", self.dir.display());
+                    self.direct = None;
+                    return self.write();
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.tail.write_all_at(&self.buf.as_slice()[from..], self.written)?;
+        }
+        self.written = self.base + self.buf.len() as u64;
         Ok(())
     }
 
@@ -398,30 +479,56 @@ impl Disk {
             return Err(injected("fsync"));
         }
         self.tail.sync_data()?;
-        self.committed = self.written;
+        self.commit_unsynced();
         Ok(())
     }
 
-    /// Mode `no`: written counts as committed.
+    /// Everything written is committed (mode `no` says so without an fsync): of the bytes kept, only the
+    /// block the next write begins in stays.
     pub fn commit_unsynced(&mut self) {
         self.committed = self.written;
+        if self.pending() == 0 {
+            self.base += (self.buf.len() / BLOCK * BLOCK) as u64;
+            self.buf.keep_last_partial_block();
+        }
     }
 
-    /// After a failed write or fsync: forget everything not committed (it will be written again), and cut
-    /// the file back so that a crash before the retry finds no half-written entry. After a failed fsync the
-    /// kernel may have dropped the dirty pages, so trusting them would be wrong (PostgreSQL's "fsyncgate").
+    /// After a failed write or fsync: forget what was written and not committed (it will be written again),
+    /// and cut the file back so that a crash before the retry finds no half-written entry. After a failed
+    /// fsync the kernel may have dropped the dirty pages, so trusting them would be wrong (PostgreSQL's
+    /// "fsyncgate").
     pub fn rollback(&mut self) {
         self.written = self.committed;
         let _ = self.tail.set_len(self.committed);
+    }
+
+    /// Cuts the last write's padding off the tail segment, durably: before a clean close is recorded, and
+    /// before the tail is left for a new one.
+    pub fn trim(&mut self) -> io::Result<()> {
+        if self.tail.metadata()?.len() != self.committed {
+            self.tail.set_len(self.committed)?;
+            self.tail.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the tail segment is written with `O_DIRECT`.
+    pub fn direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Step 1 of a rewrite: the tail is synced and closed, a new tail segment is listed in the meta file.
     /// Every entry appended after this goes to the new segment, so the old files plus the snapshot are no
     /// longer needed once the snapshot holds the live table.
     pub fn rotate(&mut self) -> io::Result<()> {
+        debug_assert_eq!(self.pending(), 0, "the tail is committed before a rotation");
         self.sync()?;
+        self.trim()?;
         let (file, name) = new_segment(&self.dir, self.next_gen)?;
         self.next_gen += 1;
+        let direct = open_direct(&self.dir, &name, &self.faults).inspect_err(|_| {
+            let _ = std::fs::remove_file(self.dir.join(&name));
+        })?;
         self.meta.files.push(name.clone());
         if let Err(e) = self.write_meta() {
             self.meta.files.pop();
@@ -429,9 +536,13 @@ impl Disk {
             return Err(e);
         }
         self.others += self.written;
+        self.direct = direct;
         self.tail = file;
+        self.base = 0;
         self.written = MAGIC.len() as u64;
         self.committed = self.written;
+        self.buf.clear();
+        self.buf.extend_from_slice(MAGIC);
         self.rewrite = Some(Rewrite { keep_from: self.meta.files.len() - 1, snap: None });
         Ok(())
     }
@@ -511,6 +622,24 @@ impl Disk {
     }
 }
 
+/// The tail segment `name` opened for `O_DIRECT` writes, or `None` where the filesystem refuses the flag
+/// (or `faults.refuse_direct` says to act as if it did).
+fn open_direct(dir: &Path, name: &str, faults: &super::Faults) -> io::Result<Option<File>> {
+    let refused = || log::info!("journal {}: the filesystem refuses O_DIRECT; writing buffered", dir.display());
+    if faults.refuse_direct.load(std::sync::atomic::Ordering::Relaxed) {
+        refused();
+        return Ok(None);
+    }
+    match OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(dir.join(name)) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            refused();
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Creates `seg-<gen>.log` holding only the magic, durable with its directory entry.
 fn new_segment(dir: &Path, gen: u64) -> io::Result<(File, String)> {
     let name = file_name(Kind::Segment, gen);
@@ -543,6 +672,9 @@ struct Scan {
     bad: Option<u64>,
     /// A good entry somewhere after `bad`.
     good_after: bool,
+    /// Zeros from `good_end` to the end of the file, which ends on a block boundary, fewer than a block:
+    /// the padding of the last `O_DIRECT` write (then `bad` is `None`).
+    padding: u64,
 }
 
 /// Replays one file through `on_entry` until its end or its first bad entry, reading 8 MiB at a time.
@@ -579,6 +711,10 @@ fn scan_file(path: &Path, on_entry: &mut dyn FnMut(u64, &[u8])) -> io::Result<Sc
             Entry::Short if pos == filled => break,
             Entry::Short | Entry::Bad => {
                 let bad = base + pos as u64;
+                if is_padding(&file, bad, len)? {
+                    scan.padding = len - bad;
+                    break;
+                }
                 scan.bad = Some(bad);
                 scan.good_after = has_good_from(&mut file, bad + 1)?;
                 break;
@@ -587,6 +723,17 @@ fn scan_file(path: &Path, on_entry: &mut dyn FnMut(u64, &[u8])) -> io::Result<Sc
     }
     scan.good_end = base + pos as u64;
     Ok(scan)
+}
+
+/// Whether the file's bytes from `from` to its end `len` are the zero padding of an `O_DIRECT` write: the
+/// file ends on a block boundary and they are fewer than a block, all zero.
+fn is_padding(file: &File, from: u64, len: u64) -> io::Result<bool> {
+    if len % BLOCK as u64 != 0 || len - from >= BLOCK as u64 {
+        return Ok(false);
+    }
+    let mut rest = vec![0u8; (len - from) as usize];
+    file.read_exact_at(&mut rest, from)?;
+    Ok(rest.iter().all(|&b| b == 0))
 }
 
 /// Reads until `buf` is full or the file ends.

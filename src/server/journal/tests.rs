@@ -3,6 +3,7 @@
 //! Expected tables come from a model: each test line names its client and carries its seq as client time,
 //! so "newest wins" is "greatest seq wins", computed here independently of the journal.
 
+use super::block::BLOCK;
 use super::disk::Disk;
 use super::*;
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ impl Loop {
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut events = mio::Events::with_capacity(4);
         loop {
+            journal.flush(); // as the server's loop does every turn (`Herd::journal_turn`)
             journal.want_wake();
             if done(journal) {
                 return;
@@ -182,8 +184,41 @@ fn everysec_fsyncs_about_once_a_second_and_no_never() {
     assert_eq!(seen.len(), 200);
 }
 
-/// Writes `n` entries through the journal and closes it cleanly; returns the tail segment's path.
-fn write_clean(opts: &Options, n: u64) -> PathBuf {
+#[test]
+fn entries_the_loop_keeps_back_under_everysec_are_asked_for_by_a_wake_up() {
+    let tmp = TempDir::new("held");
+    let mut lp = new_loop();
+    let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    // Append and hand over until a hand-off finds the writer's queue still full (it sleeps `WRITE_PACE`
+    // after each write) and keeps the entries back.
+    let mut n = 0;
+    while !j.shared.slots().held {
+        n += 1;
+        assert!(n < 10_000, "never kept back");
+        j.append(n, &line(n, n));
+        j.flush();
+    }
+    // The loop has nothing else to do: only the writer's wake-up brings it back to hand them over.
+    let mut events = mio::Events::with_capacity(4);
+    lp.poll.poll(&mut events, Some(Duration::from_secs(2))).unwrap();
+    assert!(!events.is_empty(), "the writer took its queue and did not wake the loop");
+    j.flush();
+    assert!(!j.shared.slots().held);
+    lp.wait(&mut j, |j| j.durable() == n);
+    j.close();
+    assert_eq!(replay(&opts).unwrap().1.len(), n as usize);
+}
+
+/// The length of a segment holding entries 1..=n written by `write_entries`: the magic and the entries,
+/// counted from the format, not from the journal.
+fn logical_len(n: u64) -> usize {
+    MAGIC_LEN + (1..=n).map(|s| format::HEADER + line(s, s).len()).sum::<usize>()
+}
+
+/// Writes `n` entries through the journal and stops without a clean close, as a crash does; returns the
+/// tail segment's path. The last write's padding (see `disk::Disk`) is still in the file.
+fn write_entries(opts: &Options, n: u64) -> PathBuf {
     let mut lp = new_loop();
     let (mut j, _, _) = open(opts, &lp).unwrap();
     for s in 1..=n {
@@ -191,8 +226,86 @@ fn write_clean(opts: &Options, n: u64) -> PathBuf {
     }
     j.flush();
     lp.wait(&mut j, |j| j.durable() == n);
-    j.crash(); // unclean: a torn tail then is what a crash leaves
+    j.crash();
     segments(&opts.dir).pop().unwrap()
+}
+
+/// `write_entries`, with the padding cut off by the test: the file a torn write would tear.
+fn write_clean(opts: &Options, n: u64) -> PathBuf {
+    let seg = write_entries(opts, n);
+    let bytes = std::fs::read(&seg).unwrap();
+    let len = logical_len(n);
+    assert!(bytes[len..].iter().all(|&b| b == 0), "only zeros after the entries");
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len as u64).unwrap();
+    seg
+}
+
+#[test]
+fn o_direct_pads_the_last_block_and_replay_after_a_crash_removes_the_padding_silently() {
+    let tmp = TempDir::new("padding");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_entries(&opts, 20);
+    let len = logical_len(20);
+    assert!(len % BLOCK != 0, "the test needs a partly filled last block");
+    let bytes = std::fs::read(&seg).unwrap();
+    // On a filesystem that refuses O_DIRECT there is no padding to test (tmpfs and ext4 both take it).
+    assert_eq!(bytes.len(), len.next_multiple_of(BLOCK), "written in whole blocks");
+    assert!(bytes[len..].iter().all(|&b| b == 0));
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!((r.cut_bytes, r.cut_at), (0, None), "padding is not a torn tail");
+    assert_eq!(r.new_rid, None);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64, "the padding is gone");
+
+    // Appending after the replay starts in the partly filled block, and a clean close leaves no padding.
+    let mut lp = new_loop();
+    let (mut j, r, _) = open(&opts, &lp).unwrap();
+    let next = r.next_seq; // past an unclean stop's skip; the entry's header is the same size
+    for s in 21..=30 {
+        j.append(next + s, &line(s, s));
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == next + 30);
+    j.close();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical_len(30) as u64, "a clean close trims");
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.into_iter().map(|e| e.1).collect::<Vec<_>>(), (1..=30).map(|s| line(s, s)).collect::<Vec<_>>());
+    assert_eq!(r.cut_bytes, 0);
+}
+
+#[test]
+fn zeros_after_a_clean_close_are_lost_entries_not_padding() {
+    let tmp = TempDir::new("zeros-clean");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let mut lp = new_loop();
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    for s in 1..=20 {
+        j.append(s, &line(s, s));
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == 20);
+    j.close();
+    let seg = segments(&opts.dir).pop().unwrap();
+    // The last entry zeroed out to the block's end: looks like padding, but a clean close trims padding.
+    let last = logical_len(19);
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(last as u64).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(last.next_multiple_of(BLOCK) as u64).unwrap();
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), 19);
+    assert_eq!(r.cut_bytes, (last.next_multiple_of(BLOCK) - last) as u64, "counted as a cut");
+    assert!(r.new_rid.is_some(), "entries that had been on disk are gone: a new replication id");
+}
+
+#[test]
+fn where_o_direct_is_refused_the_journal_writes_buffered_and_replays_the_same() {
+    let tmp = TempDir::new("buffered");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    opts.faults.refuse_direct.store(true, Ordering::Relaxed);
+    let seg = write_entries(&opts, 20);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical_len(20) as u64, "no padding when buffered");
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!(r.cut_bytes, 0);
 }
 
 #[test]

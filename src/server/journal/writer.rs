@@ -11,12 +11,10 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     waker: Arc<mio::Waker>,
     mode: FsyncMode,
-    /// Bytes taken from the mailbox and not yet committed; `written` of them are written. Kept until their
-    /// commit because a failed fsync writes them again; under `everysec` that is up to a second's worth, or
-    /// `EVERYSEC_UNSYNCED_MAX` bytes.
-    tail: Vec<u8>,
+    /// The seq of the last entry taken from the mailbox. The entries themselves are kept by `disk` until
+    /// their commit, because a failed fsync writes them again; under `everysec` that is up to a second's
+    /// worth, or `EVERYSEC_UNSYNCED_MAX` bytes.
     tail_last: u64,
-    written: usize,
     commands: VecDeque<Command>,
     last_sync: Instant,
     retry: Option<Duration>,
@@ -34,9 +32,7 @@ impl Writer {
             shared,
             waker,
             mode,
-            tail: Vec::with_capacity(CHUNK_BYTES),
             tail_last: 0,
-            written: 0,
             commands: VecDeque::new(),
             last_sync: Instant::now(),
             retry: None,
@@ -62,10 +58,11 @@ impl Writer {
             self.write_peers(closing);
             // Only what is not yet written is the disk falling behind (what waits for its fsync is bounded
             // by `EVERYSEC_UNSYNCED_MAX`).
-            self.shared.writer_backlog.store((self.tail.len() - self.written) as u64, Ordering::Relaxed);
+            self.shared.writer_backlog.store(self.disk.unwritten() as u64, Ordering::Relaxed);
             if closing {
-                let idle = self.tail.is_empty() && self.commands.is_empty() && self.shared.slots().queued.is_empty();
-                if idle && self.retry.is_none() {
+                let idle =
+                    self.disk.pending() == 0 && self.commands.is_empty() && self.shared.slots().queued.is_empty();
+                if idle && self.retry.is_none() && self.disk.trim().is_ok() {
                     self.disk.meta.clean = true;
                     self.disk.meta.last_seq = self.last_seq;
                     if self.disk.write_meta().is_ok() {
@@ -91,7 +88,7 @@ impl Writer {
             // Sleep until the loop hands over more, or until a retry, a once-a-second fsync or a meta write
             // is due. A wake-up that finds nothing to do only loops.
             let mut wait = self.retry;
-            if self.mode == FsyncMode::EverySec && !self.tail.is_empty() {
+            if self.mode == FsyncMode::EverySec && self.disk.pending() > 0 {
                 let due = Duration::from_secs(1).saturating_sub(self.last_sync.elapsed());
                 wait = Some(wait.map_or(due, |w| w.min(due)));
             }
@@ -113,18 +110,12 @@ impl Writer {
     fn take(&mut self) -> (bool, bool) {
         let mut slots = self.shared.slots();
         if !self.commands.iter().any(|c| matches!(c, Command::Rotate)) && !slots.queued.is_empty() {
-            // The loop's batches, in order, copied into the tail here, off the loop's thread; their buffers
-            // go back to the loop as spares. A batch becomes the tail without a copy only while the tail's
-            // own buffer is the smaller: under `everysec` the tail holds up to EVERYSEC_UNSYNCED_MAX
-            // between fsyncs, and when every commit swapped its grown buffer away, the next one had to
-            // grow to that size again, a realloc and a copy at each doubling and a page fault for every
-            // fresh page (`perf record` on this thread: a third of its time). Kept, it is faulted in once.
+            // The loop's batches, in order, copied into the disk's block-aligned buffer here, off the loop's
+            // thread (the one copy: with `O_DIRECT` the kernel writes from that buffer); their buffers go
+            // back to the loop as spares. The aligned buffer is kept and grows once, to what `everysec`
+            // holds between fsyncs, instead of being faulted in anew after every commit.
             for mut batch in std::mem::take(&mut slots.queued) {
-                if self.tail.is_empty() && self.tail.capacity() < batch.len() {
-                    std::mem::swap(&mut self.tail, &mut batch);
-                } else {
-                    self.tail.extend_from_slice(&batch);
-                }
+                self.disk.stage(&batch);
                 batch.clear();
                 if slots.spare.len() < SPARE_BATCHES {
                     slots.spare.push(batch);
@@ -132,31 +123,38 @@ impl Writer {
             }
             self.tail_last = slots.queued_last;
         }
+        // The loop kept entries back while the queue was full: its next turn hands them over.
+        let wake_loop = slots.held && slots.queued.is_empty();
+        slots.held &= !wake_loop;
         self.commands.extend(slots.commands.drain(..));
         if let Some(p) = slots.peers.take() {
             self.peers = Some(p);
         }
         self.last_seq = slots.last_seq;
         self.disk.meta.last_seq = self.disk.meta.last_seq.max(self.last_seq);
-        (slots.closing, slots.crash)
+        let state = (slots.closing, slots.crash);
+        drop(slots);
+        if wake_loop {
+            let _ = self.waker.wake();
+        }
+        state
     }
 
     /// Writes what is not yet written of the tail, and commits it as the mode says. Returns whether it
     /// wrote anything.
     fn write_and_commit(&mut self, force_sync: bool) -> bool {
-        let wrote = self.written < self.tail.len();
+        let wrote = self.disk.unwritten() > 0;
         if wrote {
             // The loop left the CRCs to this thread (bytes written again after a failure are sealed again:
             // the same CRCs).
-            format::seal(&mut self.tail[self.written..]);
-            if let Err(e) = self.disk.append(&self.tail[self.written..]) {
+            format::seal(self.disk.unwritten_mut());
+            if let Err(e) = self.disk.write() {
                 self.failed("write", e);
                 return false;
             }
-            self.written = self.tail.len();
             self.shared.bytes.store(self.disk.bytes(), Ordering::Relaxed);
         }
-        if self.tail.is_empty() {
+        if self.disk.pending() == 0 {
             return wrote;
         }
         let sync = match self.mode {
@@ -164,7 +162,7 @@ impl Writer {
             FsyncMode::EverySec => {
                 force_sync
                     || self.last_sync.elapsed() >= Duration::from_secs(1)
-                    || self.tail.len() >= EVERYSEC_UNSYNCED_MAX
+                    || self.disk.pending() >= EVERYSEC_UNSYNCED_MAX
             }
             FsyncMode::No => force_sync,
         };
@@ -207,8 +205,6 @@ impl Writer {
 
     /// The tail is committed: publish it and wake the loop if it waits.
     fn committed(&mut self) {
-        self.tail.clear();
-        self.written = 0;
         self.shared.durable.store(self.tail_last, Ordering::SeqCst);
         let recovered = self.retry.take().is_some();
         if recovered {
@@ -224,7 +220,6 @@ impl Writer {
         self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
         self.shared.failed.store(self.tail_last, Ordering::Release);
         self.disk.rollback();
-        self.written = 0;
         if self.retry.is_none() {
             self.shared.failing.store(true, Ordering::Relaxed);
             log::warn!(
@@ -242,7 +237,7 @@ impl Writer {
         while let Some(cmd) = self.commands.pop_front() {
             match cmd {
                 Command::Rotate => {
-                    if !self.tail.is_empty() {
+                    if self.disk.pending() > 0 {
                         self.write_and_commit(true);
                         if self.retry.is_some() {
                             self.commands.push_front(Command::Rotate);
