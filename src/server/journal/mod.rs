@@ -26,8 +26,8 @@
 //! so that it writes about a hundred big batches a second rather than one per loop turn; meanwhile the
 //! loop keeps one batch queued and grows the next in its own buffer.
 //!
-//! The writer writes the tail segment with `O_DIRECT` where the filesystem allows it: from a block-aligned
-//! buffer, in whole blocks, with no copy into the page cache (see `disk::Disk`).
+//! Under `everysec` and `no` the writer writes the tail segment with `O_DIRECT` where the filesystem allows
+//! it: from a block-aligned buffer, in whole blocks, with no copy into the page cache (see `disk::Disk`).
 //!
 //! ## Failures
 //!
