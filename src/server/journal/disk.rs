@@ -38,6 +38,21 @@ pub const UNCLEAN_SKIP: u64 = 1 << 30;
 /// Read size for replay: big reads, few system calls.
 const CHUNK: usize = 8 << 20;
 
+/// Under `always` the tail segment is extended with zeros this far ahead of the entries, fsynced with the
+/// next commit: an `fdatasync` that only overwrites blocks already in the file does not make the
+/// filesystem commit a new size and new blocks (ext4: no journal commit), and took 131-143 µs under load
+/// where appending took 285-324 µs (BENCHMARKS.md).
+pub const ZERO_CHUNK: u64 = 4 << 20;
+/// The zeros are written only while the filesystem has this much room left: a nearly full disk keeps its
+/// last megabytes for entries and the meta file.
+pub const ZERO_ROOM_MIN: u64 = 256 << 20;
+/// Under `always` at most this many bytes are written between two fsyncs (at least one entry), so that a
+/// write torn by a power loss inside the zeros is told from corruption by its size (`scan_file`).
+const INFLIGHT_MAX: usize = 1 << 20;
+/// The most a torn in-flight write can span: `INFLIGHT_MAX`, or one entry of the largest size.
+pub const TORN_WRITE_MAX: u64 =
+    if INFLIGHT_MAX > HEADER + MAX_PAYLOAD { INFLIGHT_MAX } else { HEADER + MAX_PAYLOAD } as u64;
+
 /// The meta file's contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
@@ -192,6 +207,9 @@ pub struct Disk {
     /// Bytes of the tail segment written, and of those, committed (fsynced, or just written in mode `no`).
     written: u64,
     committed: u64,
+    /// `always`: the tail segment is zeroed ahead of the entries (`zero_ahead`), up to `zeroed_to`.
+    prezero: bool,
+    zeroed_to: u64,
     /// Bytes of every listed file but the tail.
     others: u64,
     next_gen: u64,
@@ -282,7 +300,14 @@ impl Disk {
             stats.len += scan.good_end;
             let Some(bad) = scan.bad else { continue };
             let later = &meta.files[i + 1..];
-            let good_later = scan.good_after || later.iter().any(|f| has_good_entry(&dir.join(f)).unwrap_or(true));
+            // Good entries after a bad one in the last file, within what one write under `always` spans and
+            // followed by zeros, after an unclean stop of an `always` journal: the write in flight when the
+            // power went, torn. None of it was acknowledged (its fsync never returned), so it is a tail.
+            let torn_write = scan.torn_write
+                && later.is_empty()
+                && old_meta.as_ref().is_some_and(|m| !m.clean && m.mode == FsyncMode::Always);
+            let good_later =
+                (scan.good_after && !torn_write) || later.iter().any(|f| has_good_entry(&dir.join(f)).unwrap_or(true));
             if good_later && !truncate_corrupt {
                 return Err(JournalError::Corrupt { file: path, offset: bad });
             }
@@ -364,6 +389,8 @@ impl Disk {
             base: len / BLOCK as u64 * BLOCK as u64,
             written: len,
             committed: len,
+            prezero: mode == FsyncMode::Always,
+            zeroed_to: len,
             others: 0,
             next_gen,
             faults,
@@ -467,11 +494,52 @@ impl Disk {
                 }
                 Err(e) => return Err(e),
             }
-        } else {
-            self.tail.write_all_at(&self.buf.as_slice()[from..], self.written)?;
+            self.written = self.base + self.buf.len() as u64;
+            return Ok(());
         }
-        self.written = self.base + self.buf.len() as u64;
+        let to = if self.prezero { self.capped_end(from) } else { self.buf.len() };
+        if self.prezero {
+            self.zero_ahead(self.base + to as u64);
+        }
+        self.tail.write_all_at(&self.buf.as_slice()[from..to], self.written)?;
+        self.written = self.base + to as u64;
         Ok(())
+    }
+
+    /// Where a write from `from` in `buf` ends under `always`: after the last whole entry within
+    /// `INFLIGHT_MAX` bytes, and after the first entry in any case. The rest goes in the next write.
+    fn capped_end(&self, from: usize) -> usize {
+        let bytes = self.buf.as_slice();
+        let mut to = from;
+        while to < bytes.len() {
+            let next = to + HEADER + u32::from_le_bytes(bytes[to..to + 4].try_into().expect("4 bytes")) as usize;
+            if to > from && next - from > INFLIGHT_MAX {
+                break;
+            }
+            to = next;
+        }
+        to
+    }
+
+    /// Makes sure the tail segment holds zeros well past `end` (written here, made durable by the next
+    /// commit's fsync along with the entries), so that the commits after it only overwrite. Gives up
+    /// quietly, appending as before, where the filesystem is short of room or refuses the write.
+    fn zero_ahead(&mut self, end: u64) {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        if end + ZERO_CHUNK / 4 <= self.zeroed_to || !has_room(&self.tail, ZERO_ROOM_MIN) {
+            return;
+        }
+        let target = (end + ZERO_CHUNK).next_multiple_of(BLOCK as u64);
+        let mut at = self.zeroed_to.max(end);
+        while at < target {
+            let n = (target - at).min(ZEROS.len() as u64) as usize;
+            if self.tail.write_all_at(&ZEROS[..n], at).is_err() {
+                let _ = self.tail.set_len(self.zeroed_to.max(self.written));
+                return;
+            }
+            at += n as u64;
+        }
+        self.zeroed_to = target;
     }
 
     /// fsync (data only: the file's size is data) of the tail: everything written is now committed.
@@ -500,16 +568,18 @@ impl Disk {
     /// "fsyncgate").
     pub fn rollback(&mut self) {
         self.written = self.committed;
+        self.zeroed_to = self.committed;
         let _ = self.tail.set_len(self.committed);
     }
 
-    /// Cuts the last write's padding off the tail segment, durably: before a clean close is recorded, and
-    /// before the tail is left for a new one.
+    /// Cuts the last write's padding or the zeros ahead off the tail segment, durably: before a clean
+    /// close is recorded, and before the tail is left for a new one.
     pub fn trim(&mut self) -> io::Result<()> {
         if self.tail.metadata()?.len() != self.committed {
             self.tail.set_len(self.committed)?;
             self.tail.sync_data()?;
         }
+        self.zeroed_to = self.committed;
         Ok(())
     }
 
@@ -542,6 +612,7 @@ impl Disk {
         self.base = 0;
         self.written = MAGIC.len() as u64;
         self.committed = self.written;
+        self.zeroed_to = self.written;
         self.buf.clear();
         self.buf.extend_from_slice(MAGIC);
         self.rewrite = Some(Rewrite { keep_from: self.meta.files.len() - 1, snap: None });
@@ -682,9 +753,13 @@ struct Scan {
     bad: Option<u64>,
     /// A good entry somewhere after `bad`.
     good_after: bool,
-    /// Zeros from `good_end` to the end of the file, which ends on a block boundary, fewer than a block:
-    /// the padding of the last `O_DIRECT` write (then `bad` is `None`).
+    /// Zeros from `good_end` to the end of the file, which ends on a block boundary: the padding of the
+    /// last `O_DIRECT` write or the zeros written ahead under `always` (then `bad` is `None`).
     padding: u64,
+    /// The bad entry and the good ones after it lie within `TORN_WRITE_MAX` bytes, followed by zeros to
+    /// the end of the file: what a power loss leaves of a write into the zeros ahead whose sectors reached
+    /// the device out of order.
+    torn_write: bool,
 }
 
 /// Replays one file through `on_entry` until its end or its first bad entry, reading 8 MiB at a time.
@@ -726,7 +801,10 @@ fn scan_file(path: &Path, on_entry: &mut dyn FnMut(u64, &[u8])) -> io::Result<Sc
                     break;
                 }
                 scan.bad = Some(bad);
-                scan.good_after = has_good_from(&mut file, bad + 1)?;
+                let (good_after, nonzero_end) = rest_after(&mut file, bad + 1)?;
+                scan.good_after = good_after;
+                scan.torn_write =
+                    good_after && len % BLOCK as u64 == 0 && nonzero_end < len && nonzero_end - bad <= TORN_WRITE_MAX;
                 break;
             }
         }
@@ -735,15 +813,33 @@ fn scan_file(path: &Path, on_entry: &mut dyn FnMut(u64, &[u8])) -> io::Result<Sc
     Ok(scan)
 }
 
-/// Whether the file's bytes from `from` to its end `len` are the zero padding of an `O_DIRECT` write: the
-/// file ends on a block boundary and they are fewer than a block, all zero.
+/// Whether the file's bytes from `from` to its end `len` are zeros this journal writes after its entries
+/// (an `O_DIRECT` write's padding, the zeros ahead under `always`): the file ends on a block boundary and
+/// they are all zero.
 fn is_padding(file: &File, from: u64, len: u64) -> io::Result<bool> {
-    if len % BLOCK as u64 != 0 || len - from >= BLOCK as u64 {
+    if len % BLOCK as u64 != 0 {
         return Ok(false);
     }
-    let mut rest = vec![0u8; (len - from) as usize];
-    file.read_exact_at(&mut rest, from)?;
-    Ok(rest.iter().all(|&b| b == 0))
+    let mut piece = vec![0u8; (len - from).min(1 << 20) as usize];
+    let mut at = from;
+    while at < len {
+        let n = (len - at).min(piece.len() as u64) as usize;
+        file.read_exact_at(&mut piece[..n], at)?;
+        if piece[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
+/// Whether the filesystem holding `file` has `bytes` free for an unprivileged writer.
+pub fn has_room(file: &File, bytes: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `fstatvfs` writes only into the struct it is given, which is plain data.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0;
+    ok && (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) >= bytes
 }
 
 /// Reads until `buf` is full or the file ends.
@@ -762,10 +858,17 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Whether a good entry starts anywhere at or after byte `from` (only on the corruption path).
 fn has_good_from(file: &mut File, from: u64) -> io::Result<bool> {
+    Ok(rest_after(file, from)?.0)
+}
+
+/// Whether a good entry starts anywhere at or after byte `from`, and where the file's last non-zero byte
+/// ends (`from` if there is none).
+fn rest_after(file: &mut File, from: u64) -> io::Result<(bool, u64)> {
     let mut rest = Vec::new();
     file.seek(SeekFrom::Start(from))?;
     file.read_to_end(&mut rest)?;
-    Ok(format::any_good_after(&rest, 0).is_some())
+    let nonzero_end = from + rest.iter().rposition(|&b| b != 0).map_or(0, |i| i as u64 + 1);
+    Ok((format::any_good_after(&rest, 0).is_some(), nonzero_end))
 }
 
 fn has_good_entry(path: &Path) -> io::Result<bool> {

@@ -296,17 +296,110 @@ fn zeros_after_a_clean_close_are_lost_entries_not_padding() {
 }
 
 #[test]
-fn under_always_or_where_o_direct_is_refused_the_journal_writes_buffered_and_replays_the_same() {
-    for (mode, refuse) in [(FsyncMode::EverySec, true), (FsyncMode::Always, false)] {
-        let tmp = TempDir::new("buffered");
-        let opts = Options::new(tmp.0.clone(), mode);
-        opts.faults.refuse_direct.store(refuse, Ordering::Relaxed);
-        let seg = write_entries(&opts, 20);
-        assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical_len(20) as u64, "{mode:?}: no padding");
-        let (r, seen) = replay(&opts).unwrap();
-        assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
-        assert_eq!(r.cut_bytes, 0);
+fn where_o_direct_is_refused_the_journal_writes_buffered_and_replays_the_same() {
+    let tmp = TempDir::new("buffered");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
+    opts.faults.refuse_direct.store(true, Ordering::Relaxed);
+    let seg = write_entries(&opts, 20);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical_len(20) as u64, "no padding");
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!(r.cut_bytes, 0);
+}
+
+/// Whether the temp dir's filesystem has room for the zeros `always` writes ahead; says so when not.
+fn room_to_zero_ahead(test: &str) -> bool {
+    std::fs::create_dir_all(std::env::temp_dir()).unwrap();
+    let room = disk::has_room(&std::fs::File::open(std::env::temp_dir()).unwrap(), disk::ZERO_ROOM_MIN);
+    if !room {
+        eprintln!("SKIPPED {test}: the temp dir's filesystem has less than 256 MiB free, so nothing is zeroed ahead");
     }
+    room
+}
+
+#[test]
+fn under_always_the_tail_is_zeroed_ahead_and_replay_after_a_crash_takes_the_zeros_for_its_end() {
+    if !room_to_zero_ahead("under_always_the_tail_is_zeroed_ahead") {
+        return;
+    }
+    let tmp = TempDir::new("zeroed");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_entries(&opts, 20);
+    let len = logical_len(20);
+    let bytes = std::fs::read(&seg).unwrap();
+    assert_eq!(bytes.len() % BLOCK, 0);
+    assert!(bytes.len() as u64 >= len as u64 + disk::ZERO_CHUNK, "zeroed {} bytes ahead", bytes.len() - len);
+    assert!(bytes[len..].iter().all(|&b| b == 0));
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
+    assert_eq!((r.cut_bytes, r.cut_at, r.new_rid), (0, None, None), "the zeros are not a torn tail");
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), len as u64, "the zeros are cut off at replay");
+
+    let mut lp = new_loop();
+    let (mut j, r, _) = open(&opts, &lp).unwrap();
+    for s in 21..=30 {
+        j.append(r.next_seq + s, &line(s, s));
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == r.next_seq + 30);
+    j.close();
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical_len(30) as u64, "a clean close trims");
+}
+
+#[test]
+fn a_write_torn_inside_the_zeros_by_a_power_loss_is_a_tail_and_anything_else_is_corruption() {
+    if !room_to_zero_ahead("a_write_torn_inside_the_zeros_by_a_power_loss_is_a_tail") {
+        return;
+    }
+    // Entry 15 of 20 half gone (its sectors never reached the device), 16-20 there: one torn write.
+    let tear = |seg: &Path| {
+        let mut bytes = std::fs::read(seg).unwrap();
+        let at = logical_len(14);
+        bytes[at + 8..at + 20].fill(0);
+        std::fs::write(seg, &bytes).unwrap();
+        at as u64
+    };
+    let tmp = TempDir::new("torn-write");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_entries(&opts, 20);
+    let at = tear(&seg);
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), 14);
+    assert_eq!(r.cut_at, Some((seg.file_name().unwrap().to_string_lossy().into_owned(), at)));
+    assert_eq!(r.new_rid, None, "nothing acknowledged was in the torn write");
+
+    // After a clean close there is no write in flight and no zeros ahead: the same bytes are corruption.
+    let tmp = TempDir::new("torn-clean");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let mut lp = new_loop();
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    for s in 1..=20 {
+        j.append(s, &line(s, s));
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == 20);
+    j.close();
+    let seg = segments(&opts.dir).pop().unwrap();
+    let at = tear(&seg);
+    let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+    f.set_len((logical_len(20) + 100).next_multiple_of(BLOCK) as u64).unwrap(); // zeros after, as if ahead
+    assert!(matches!(replay(&opts), Err(JournalError::Corrupt { offset, .. }) if offset == at));
+
+    // Under `everysec` many writes may be in flight: the rule is `always`'s only.
+    let tmp = TempDir::new("torn-everysec");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
+    let seg = write_entries(&opts, 20);
+    let at = tear(&seg);
+    assert!(matches!(replay(&opts), Err(JournalError::Corrupt { offset, .. }) if offset == at));
+
+    // Good entries spanning more than one write can after the bad one: corruption, even after a crash.
+    let tmp = TempDir::new("torn-long");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let n = 40_000;
+    let seg = write_entries(&opts, n);
+    assert!((logical_len(n) - logical_len(14)) as u64 > disk::TORN_WRITE_MAX);
+    let at = tear(&seg);
+    assert!(matches!(replay(&opts), Err(JournalError::Corrupt { offset, .. }) if offset == at));
 }
 
 #[test]

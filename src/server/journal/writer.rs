@@ -69,7 +69,10 @@ impl Writer {
                         return;
                     }
                 }
-                close_attempts += 1;
+                // Only failures count: a close still writing capped pieces (`Disk::write`) is progress.
+                if idle || self.retry.is_some() {
+                    close_attempts += 1;
+                }
                 if close_attempts >= 5 {
                     log::error!(
                         "journal {}: giving up at shut-down, the disk keeps failing",
@@ -77,6 +80,10 @@ impl Writer {
                     );
                     return;
                 }
+            }
+            // Under `always` a write is capped (`Disk::write`): what is left goes at once, in the next piece.
+            if self.disk.unwritten() > 0 && self.mode == FsyncMode::Always && self.retry.is_none() {
+                continue;
             }
             // Under `everysec` and `no` nothing waits for the disk: after a write, let the loop gather a few
             // milliseconds of records for the next one, so that writes are big (a few hundred a second, not
