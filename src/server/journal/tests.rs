@@ -216,9 +216,9 @@ fn logical_len(n: u64) -> usize {
     MAGIC_LEN + (1..=n).map(|s| format::HEADER + line(s, s).len()).sum::<usize>()
 }
 
-/// Writes `n` entries through the journal and stops without a clean close, as a crash does; returns the
-/// tail segment's path. The last write's padding (see `disk::Disk`) is still in the file.
-fn write_entries(opts: &Options, n: u64) -> PathBuf {
+/// Writes `n` entries through the journal, then closes it cleanly or stops as a crash does (the zeros
+/// after the entries, see `disk::Disk`, then still in the file); returns the tail segment's path.
+fn write_entries(opts: &Options, n: u64, clean: bool) -> PathBuf {
     let mut lp = new_loop();
     let (mut j, _, _) = open(opts, &lp).unwrap();
     for s in 1..=n {
@@ -226,13 +226,17 @@ fn write_entries(opts: &Options, n: u64) -> PathBuf {
     }
     j.flush();
     lp.wait(&mut j, |j| j.durable() == n);
-    j.crash();
+    if clean {
+        j.close();
+    } else {
+        j.crash();
+    }
     segments(&opts.dir).pop().unwrap()
 }
 
 /// `write_entries`, with the padding cut off by the test: the file a torn write would tear.
 fn write_clean(opts: &Options, n: u64) -> PathBuf {
-    let seg = write_entries(opts, n);
+    let seg = write_entries(opts, n, false);
     let bytes = std::fs::read(&seg).unwrap();
     let len = logical_len(n);
     assert!(bytes[len..].iter().all(|&b| b == 0), "only zeros after the entries");
@@ -244,7 +248,7 @@ fn write_clean(opts: &Options, n: u64) -> PathBuf {
 fn o_direct_pads_the_last_block_and_replay_after_a_crash_removes_the_padding_silently() {
     let tmp = TempDir::new("padding");
     let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
-    let seg = write_entries(&opts, 20);
+    let seg = write_entries(&opts, 20, false);
     let len = logical_len(20);
     assert!(len % BLOCK != 0, "the test needs a partly filled last block");
     let bytes = std::fs::read(&seg).unwrap();
@@ -276,15 +280,7 @@ fn o_direct_pads_the_last_block_and_replay_after_a_crash_removes_the_padding_sil
 fn zeros_after_a_clean_close_are_lost_entries_not_padding() {
     let tmp = TempDir::new("zeros-clean");
     let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
-    let mut lp = new_loop();
-    let (mut j, _, _) = open(&opts, &lp).unwrap();
-    for s in 1..=20 {
-        j.append(s, &line(s, s));
-    }
-    j.flush();
-    lp.wait(&mut j, |j| j.durable() == 20);
-    j.close();
-    let seg = segments(&opts.dir).pop().unwrap();
+    let seg = write_entries(&opts, 20, true);
     // The last entry zeroed out to the block's end: looks like padding, but a clean close trims padding.
     let last = logical_len(19);
     std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(last as u64).unwrap();
@@ -300,7 +296,7 @@ fn where_o_direct_is_refused_the_journal_writes_buffered_and_replays_the_same() 
     let tmp = TempDir::new("buffered");
     let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
     opts.faults.refuse_direct.store(true, Ordering::Relaxed);
-    let seg = write_entries(&opts, 20);
+    let seg = write_entries(&opts, 20, false);
     assert_eq!(std::fs::metadata(&seg).unwrap().len(), logical_len(20) as u64, "no padding");
     let (r, seen) = replay(&opts).unwrap();
     assert_eq!(seen.iter().map(|e| e.0).collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
@@ -324,7 +320,7 @@ fn under_always_the_tail_is_zeroed_ahead_and_replay_after_a_crash_takes_the_zero
     }
     let tmp = TempDir::new("zeroed");
     let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
-    let seg = write_entries(&opts, 20);
+    let seg = write_entries(&opts, 20, false);
     let len = logical_len(20);
     let bytes = std::fs::read(&seg).unwrap();
     assert_eq!(bytes.len() % BLOCK, 0);
@@ -361,7 +357,7 @@ fn a_write_torn_inside_the_zeros_by_a_power_loss_is_a_tail_and_anything_else_is_
     };
     let tmp = TempDir::new("torn-write");
     let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
-    let seg = write_entries(&opts, 20);
+    let seg = write_entries(&opts, 20, false);
     let at = tear(&seg);
     let (r, seen) = replay(&opts).unwrap();
     assert_eq!(seen.len(), 14);
@@ -371,15 +367,7 @@ fn a_write_torn_inside_the_zeros_by_a_power_loss_is_a_tail_and_anything_else_is_
     // After a clean close there is no write in flight and no zeros ahead: the same bytes are corruption.
     let tmp = TempDir::new("torn-clean");
     let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
-    let mut lp = new_loop();
-    let (mut j, _, _) = open(&opts, &lp).unwrap();
-    for s in 1..=20 {
-        j.append(s, &line(s, s));
-    }
-    j.flush();
-    lp.wait(&mut j, |j| j.durable() == 20);
-    j.close();
-    let seg = segments(&opts.dir).pop().unwrap();
+    let seg = write_entries(&opts, 20, true);
     let at = tear(&seg);
     let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     f.set_len((logical_len(20) + 100).next_multiple_of(BLOCK) as u64).unwrap(); // zeros after, as if ahead
@@ -388,7 +376,7 @@ fn a_write_torn_inside_the_zeros_by_a_power_loss_is_a_tail_and_anything_else_is_
     // Under `everysec` many writes may be in flight: the rule is `always`'s only.
     let tmp = TempDir::new("torn-everysec");
     let opts = Options::new(tmp.0.clone(), FsyncMode::EverySec);
-    let seg = write_entries(&opts, 20);
+    let seg = write_entries(&opts, 20, false);
     let at = tear(&seg);
     assert!(matches!(replay(&opts), Err(JournalError::Corrupt { offset, .. }) if offset == at));
 
@@ -396,7 +384,7 @@ fn a_write_torn_inside_the_zeros_by_a_power_loss_is_a_tail_and_anything_else_is_
     let tmp = TempDir::new("torn-long");
     let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
     let n = 40_000;
-    let seg = write_entries(&opts, n);
+    let seg = write_entries(&opts, n, false);
     assert!((logical_len(n) - logical_len(14)) as u64 > disk::TORN_WRITE_MAX);
     let at = tear(&seg);
     assert!(matches!(replay(&opts), Err(JournalError::Corrupt { offset, .. }) if offset == at));
