@@ -40,8 +40,8 @@ const CHUNK: usize = 8 << 20;
 
 /// Under `always` the tail segment is extended with zeros this far ahead of the entries, fsynced with the
 /// next commit: an `fdatasync` that only overwrites blocks already in the file does not make the
-/// filesystem commit a new size and new blocks (ext4: no journal commit), and took 131-143 µs under load
-/// where appending took 285-324 µs (BENCHMARKS.md).
+/// filesystem commit a new size and new blocks (ext4: no journal commit): a median of 125 µs a commit
+/// at depth 1 where appending took 252 µs (`benches/journal-always.sh`, BENCHMARKS.md).
 pub const ZERO_CHUNK: u64 = 4 << 20;
 /// The zeros are written only while the filesystem has this much room left: a nearly full disk keeps its
 /// last megabytes for entries and the meta file.

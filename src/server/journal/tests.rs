@@ -741,3 +741,75 @@ fn replayed_fields_by_shape_agree_with_the_full_check() {
         assert!(entry_fields(bad.as_bytes()).is_none(), "{bad:?}");
     }
 }
+
+/// Entries `from..to` encoded as the writer hands them to the disk, CRCs included.
+fn encoded(seqs: std::ops::Range<u64>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for s in seqs {
+        format::encode(&mut buf, s, &line(s, s));
+    }
+    buf
+}
+
+#[test]
+fn under_always_one_write_carries_at_most_a_mebibyte_of_whole_entries_and_at_least_one() {
+    const CAP: usize = 1 << 20; // the README's figure
+    let tmp = TempDir::new("cap");
+    let (mut disk, _) = Disk::open(&tmp.0, FsyncMode::Always, false, Arc::default(), &mut |_, _| {}).unwrap();
+    let bytes = encoded(1..40_001);
+    let longest = (1..40_001).map(|s| format::HEADER + line(s, s).len()).max().unwrap();
+    disk.stage(&bytes);
+    let mut sizes = Vec::new();
+    while disk.unwritten() > 0 {
+        let before = disk.unwritten();
+        disk.write().unwrap();
+        disk.sync().unwrap();
+        sizes.push(before - disk.unwritten());
+    }
+    let (last, full) = sizes.split_last().unwrap();
+    assert!(!full.is_empty(), "{} bytes went in {} writes", bytes.len(), sizes.len());
+    for &n in full {
+        assert!(n <= CAP && n > CAP - longest, "a write of {n} bytes");
+    }
+    assert!(*last <= CAP);
+    drop(disk);
+    let (_, seen) = replay(&Options::new(tmp.0.clone(), FsyncMode::Always)).unwrap();
+    assert_eq!(seen.len(), 40_000, "every write ended on an entry's end");
+
+    // An entry longer than the cap goes whole, alone.
+    let mut big = Vec::new();
+    let mut payload = vec![b'x'; format::MAX_PAYLOAD - 1];
+    payload.push(b'\n');
+    format::encode(&mut big, 1 << 40, &payload);
+    let (mut disk, _) = Disk::open(&tmp.0, FsyncMode::Always, false, Arc::default(), &mut |_, _| {}).unwrap();
+    disk.stage(&big);
+    disk.stage(&encoded(1..3));
+    disk.write().unwrap();
+    assert_eq!(disk.unwritten(), encoded(1..3).len(), "the big entry went first and alone");
+}
+
+#[test]
+fn zeros_ahead_stay_a_quarter_to_one_chunk_ahead_and_are_written_once_a_chunk() {
+    if !room_to_zero_ahead("zeros_ahead_stay_a_quarter_to_one_chunk_ahead") {
+        return;
+    }
+    let tmp = TempDir::new("ahead");
+    let (mut disk, _) = Disk::open(&tmp.0, FsyncMode::Always, false, Arc::default(), &mut |_, _| {}).unwrap();
+    let seg = segments(&tmp.0).pop().unwrap();
+    let chunk = disk::ZERO_CHUNK;
+    let (mut end, mut len_before, mut extensions) = (MAGIC_LEN as u64, 0, 0);
+    for step in 0..300u64 {
+        let bytes = encoded(step * 500 + 1..step * 500 + 501); // about 28 KiB
+        disk.stage(&bytes);
+        disk.write().unwrap();
+        disk.sync().unwrap();
+        end += bytes.len() as u64;
+        let len = std::fs::metadata(&seg).unwrap().len();
+        assert!(len >= end + chunk / 4 && len <= end + chunk + BLOCK as u64, "step {step}: {len} for {end}");
+        extensions += u32::from(len != len_before);
+        len_before = len;
+    }
+    // About 8 MiB of entries: the first extension, then one whenever less than a quarter chunk is left.
+    let expected = 1 + ((end - MAGIC_LEN as u64) as f64 / (chunk as f64 * 0.75)).floor() as u32;
+    assert!((expected - 1..=expected + 1).contains(&extensions), "{extensions} extensions, about {expected}");
+}
