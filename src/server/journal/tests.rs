@@ -813,3 +813,21 @@ fn zeros_ahead_stay_a_quarter_to_one_chunk_ahead_and_are_written_once_a_chunk() 
     let expected = 1 + ((end - MAGIC_LEN as u64) as f64 / (chunk as f64 * 0.75)).floor() as u32;
     assert!((expected - 1..=expected + 1).contains(&extensions), "{extensions} extensions, about {expected}");
 }
+
+#[test]
+fn a_byte_that_is_not_zero_far_into_the_zeros_ahead_makes_them_a_counted_cut() {
+    if !room_to_zero_ahead("a_byte_that_is_not_zero_far_into_the_zeros_ahead") {
+        return;
+    }
+    let tmp = TempDir::new("zeros-dirty");
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let seg = write_entries(&opts, 20, false);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let n = bytes.len();
+    assert!(n - logical_len(20) > 2 << 20, "the zeros ahead reach past the first mebibyte read");
+    bytes[n - 1] = 0xEE;
+    std::fs::write(&seg, &bytes).unwrap();
+    let (r, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), 20);
+    assert_eq!(r.cut_bytes, (n - logical_len(20)) as u64, "not padding: cut and counted");
+}
