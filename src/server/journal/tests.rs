@@ -538,6 +538,38 @@ fn churn(j: &mut Journal, model: &mut Entries, from: u64, n: u64, clients: u64) 
 }
 
 #[test]
+fn records_after_a_rotation_the_failing_disk_holds_up_land_in_the_new_segment() {
+    let tmp = TempDir::new("rotate-fail");
+    let mut lp = new_loop();
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    let mut model = Vec::new();
+    churn(&mut j, &mut model, 1, 500, 100);
+    lp.wait(&mut j, |j| j.durable() == 500);
+    // The disk fails with records unsynced: the rotation asked for next cannot run (it commits the
+    // tail first) and waits in the writer for the retry, while records that follow it are queued.
+    opts.faults.fail_syncs.store(true, Ordering::Relaxed);
+    churn(&mut j, &mut model, 501, 10, 100);
+    let live: Vec<(u64, Vec<u8>)> = table(&model).into_values().collect();
+    j.start_rewrite();
+    let failures = j.stats().write_errors;
+    lp.wait(&mut j, |j| j.stats().write_errors >= failures + 2); // the rotation is held up
+    churn(&mut j, &mut model, 511, 10, 1_000_000); // new clients, in no snapshot
+    lp.wait(&mut j, |j| j.stats().write_errors >= failures + 4); // retried with them queued
+    opts.faults.fail_syncs.store(false, Ordering::Relaxed);
+    for (seq, l) in &live {
+        lp.wait(&mut j, |j| j.rewrite_room());
+        j.rewrite_record(*seq, l);
+    }
+    j.finish_rewrite();
+    lp.wait(&mut j, |j| !j.rewriting());
+    assert_eq!(j.stats().rewrites, 1);
+    j.close();
+    let (_, seen) = replay(&opts).unwrap();
+    assert_eq!(table(&seen), table(&model), "records queued after the rotation were not in the old files");
+}
+
+#[test]
 fn a_rewrite_keeps_the_live_table_while_records_keep_coming() {
     let tmp = TempDir::new("rewrite");
     let mut lp = new_loop();
