@@ -863,3 +863,22 @@ fn a_byte_that_is_not_zero_far_into_the_zeros_ahead_makes_them_a_counted_cut() {
     assert_eq!(seen.len(), 20);
     assert_eq!(r.cut_bytes, (n - logical_len(20)) as u64, "not padding: cut and counted");
 }
+
+#[test]
+fn under_always_entries_are_durable_only_once_every_piece_of_a_capped_write_is_fsynced() {
+    let tmp = TempDir::new("pieces");
+    let mut lp = new_loop();
+    let opts = Options::new(tmp.0.clone(), FsyncMode::Always);
+    // Slow fsyncs: a crash right after `durable()` says so finds the later pieces not yet written.
+    opts.faults.sync_delay_ms.store(100, Ordering::Relaxed);
+    let (mut j, _, _) = open(&opts, &lp).unwrap();
+    let n = 40_000; // about 2.2 MB taken at once: three writes of at most 1 MiB
+    for s in 1..=n {
+        j.append(s, &line(s, s));
+    }
+    j.flush();
+    lp.wait(&mut j, |j| j.durable() == n);
+    j.crash();
+    let (_, seen) = replay(&opts).unwrap();
+    assert_eq!(seen.len(), n as usize, "entries reported durable were not on disk");
+}

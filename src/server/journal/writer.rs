@@ -212,13 +212,18 @@ impl Writer {
 
     /// The tail is committed: publish it and wake the loop if it waits.
     fn committed(&mut self) {
-        self.shared.durable.store(self.tail_last, Ordering::SeqCst);
+        // Under `always` a commit may cover only the first pieces of what was taken (`Disk::write` caps
+        // each write): the seqs taken are durable once none of their bytes is left to commit.
+        let all = self.disk.pending() == 0;
+        if all {
+            self.shared.durable.store(self.tail_last, Ordering::SeqCst);
+        }
         let recovered = self.retry.take().is_some();
         if recovered {
             self.shared.failing.store(false, Ordering::Relaxed);
             log::info!("journal {}: writes succeed again", self.disk.dir().display());
         }
-        if recovered || self.shared.want_wake.swap(false, Ordering::SeqCst) {
+        if recovered || (all && self.shared.want_wake.swap(false, Ordering::SeqCst)) {
             let _ = self.waker.wake();
         }
     }
