@@ -25,8 +25,8 @@ pub struct AlignedBuf {
 }
 
 impl AlignedBuf {
-    pub fn with_capacity(bytes: usize) -> AlignedBuf {
-        AlignedBuf { blocks: Vec::with_capacity(bytes.div_ceil(BLOCK)), len: 0 }
+    pub fn new() -> AlignedBuf {
+        AlignedBuf { blocks: Vec::new(), len: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -47,11 +47,6 @@ impl AlignedBuf {
 
     pub fn as_slice(&self) -> &[u8] {
         &self.storage()[..self.len]
-    }
-
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let len = self.len;
-        &mut self.storage_mut()[..len]
     }
 
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
@@ -94,7 +89,7 @@ mod tests {
 
     #[test]
     fn the_buffer_starts_on_a_block_and_pads_to_one() {
-        let mut buf = AlignedBuf::with_capacity(0);
+        let mut buf = AlignedBuf::new();
         buf.extend_from_slice(b"HERDJNL1");
         for i in 0..1000u32 {
             buf.extend_from_slice(&i.to_le_bytes()); // grows past several blocks, moving the storage

@@ -189,11 +189,13 @@ struct Rewrite {
 /// not yet committed to it.
 ///
 /// Under `everysec` and `no` the tail segment is written with `O_DIRECT` where the filesystem allows it
-/// (`open_direct`; buffered otherwise, and the bytes are kept the same way). Every write starts at the block boundary at or before the write position and ends padded with zeros to the
-/// next one, so the block the last write ended in is written again, whole, by the next. The bytes of that
-/// block are kept in `buf` for it. Rewriting bytes already on disk with the same bytes cannot lose them
-/// (a device writes a sector whole or not at all), and the padding is not part of the journal: a clean
-/// close cuts it off, and replay after an unclean stop removes it (`scan_file`).
+/// (`open_direct`; buffered otherwise, and the bytes are kept the same way). Every write starts at the
+/// block boundary at or before the write position and ends padded with zeros to the next one, so the block
+/// the last write ended in is written again, whole, by the next. The bytes of that block are kept in `buf`
+/// for it. Rewriting bytes already on disk with the same bytes cannot lose them (a device writes a sector
+/// whole or not at all). Under `always` the tail is written buffered and zeroed ahead (`zero_ahead`).
+/// Neither the padding nor the zeros ahead are part of the journal: a clean close cuts them off, and
+/// replay after an unclean stop removes them (`scan_file`).
 pub struct Disk {
     dir: PathBuf,
     pub meta: Meta,
@@ -207,8 +209,7 @@ pub struct Disk {
     /// Bytes of the tail segment written, and of those, committed (fsynced, or just written in mode `no`).
     written: u64,
     committed: u64,
-    /// `always`: the tail segment is zeroed ahead of the entries (`zero_ahead`), up to `zeroed_to`.
-    prezero: bool,
+    /// `always`: the tail segment holds zeros ahead of the entries (`zero_ahead`) up to here.
     zeroed_to: u64,
     /// Bytes of every listed file but the tail.
     others: u64,
@@ -385,11 +386,10 @@ impl Disk {
             meta,
             tail,
             direct,
-            buf: AlignedBuf::with_capacity(0),
+            buf: AlignedBuf::new(),
             base: len / BLOCK as u64 * BLOCK as u64,
             written: len,
             committed: len,
-            prezero: mode == FsyncMode::Always,
             zeroed_to: len,
             others: 0,
             next_gen,
@@ -462,12 +462,6 @@ impl Disk {
         (self.base + self.buf.len() as u64 - self.written) as usize
     }
 
-    /// The bytes taken and not yet written, whole entries (for their CRCs).
-    pub fn unwritten_mut(&mut self) -> &mut [u8] {
-        let from = (self.written - self.base) as usize;
-        &mut self.buf.as_mut_slice()[from..]
-    }
-
     /// Takes `bytes` and writes them (the tests' shortcut).
     #[cfg(test)]
     pub fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -497,10 +491,13 @@ impl Disk {
             self.written = self.base + self.buf.len() as u64;
             return Ok(());
         }
-        let to = if self.prezero { self.capped_end(from) } else { self.buf.len() };
-        if self.prezero {
+        let to = if self.meta.mode == FsyncMode::Always {
+            let to = self.capped_end(from);
             self.zero_ahead(self.base + to as u64);
-        }
+            to
+        } else {
+            self.buf.len()
+        };
         self.tail.write_all_at(&self.buf.as_slice()[from..to], self.written)?;
         self.written = self.base + to as u64;
         Ok(())

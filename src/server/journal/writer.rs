@@ -117,11 +117,14 @@ impl Writer {
     fn take(&mut self) -> (bool, bool) {
         let mut slots = self.shared.slots();
         if !self.commands.iter().any(|c| matches!(c, Command::Rotate)) && !slots.queued.is_empty() {
-            // The loop's batches, in order, copied into the disk's block-aligned buffer here, off the loop's
-            // thread (the one copy: with `O_DIRECT` the kernel writes from that buffer); their buffers go
-            // back to the loop as spares. The aligned buffer is kept and grows once, to what `everysec`
-            // holds between fsyncs, instead of being faulted in anew after every commit.
+            // The loop's batches, in order, sealed (the loop left the CRCs to this thread) and copied into
+            // the disk's block-aligned buffer here, off the loop's thread (the one copy: with `O_DIRECT` the
+            // kernel writes from that buffer); their buffers go back to the loop as spares. The aligned
+            // buffer is kept and grows once, to what `everysec` holds between fsyncs, instead of being
+            // faulted in anew after every commit. Each entry is sealed once, however many writes (`always`
+            // caps each) or retries it takes.
             for mut batch in std::mem::take(&mut slots.queued) {
+                format::seal(&mut batch);
                 self.disk.stage(&batch);
                 batch.clear();
                 if slots.spare.len() < SPARE_BATCHES {
@@ -152,9 +155,6 @@ impl Writer {
     fn write_and_commit(&mut self, force_sync: bool) -> bool {
         let wrote = self.disk.unwritten() > 0;
         if wrote {
-            // The loop left the CRCs to this thread (bytes written again after a failure are sealed again:
-            // the same CRCs).
-            format::seal(self.disk.unwritten_mut());
             if let Err(e) = self.disk.write() {
                 self.failed("write", e);
                 return false;
